@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="msmm",
+    version="0.1.0",
+    description="MindSpore-backend port of MindSpeed-MM with a torch-API shim",
+    python_requires=">=3.9",
+    packages=find_packages(include=["msmm*", "adapters*", "auto_convert*"]),
+    install_requires=[
+        "mindspore==2.10.0",
+        "numpy<2",
+        "transformers==4.53.*",
+        "safetensors",
+        "pillow",
+        "pyyaml",
+        "decord",
+        "libcst",
+        "tqdm",
+    ],
+    extras_require={
+        # torch==2.13.0 is the CPU build; any other spec pulls a multi-GB CUDA build.
+        "test": ["torch==2.13.0", "pytest"],
+    },
+    entry_points={"console_scripts": []},
+)
