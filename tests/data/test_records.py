@@ -1,0 +1,100 @@
+"""Records readers for the four seed formats, with bad input skipped (counted, logged) or fatal."""
+import json
+
+import pytest
+
+from msmm.data.bad_input import BadInputError, BadInputLog
+from msmm.data.records import Message, RecordAttributes, load_records
+
+
+def _jsonl(path, lines):
+    path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines) + "\n")
+    return str(path)
+
+
+def test_internvl_jsonl(tmp_path):
+    path = _jsonl(tmp_path / "ai2d.jsonl", [
+        {"id": 0, "image": "images/a.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]},
+        {"id": 1, "image": ["a.png", "b.png"], "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "<image><image>\nSame?"}, {"from": "gpt", "value": "No."}]},
+        {"id": 2, "video": "v.mp4", "conversations": [
+            {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "Rain."}]},
+        {"id": 3, "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+    ])
+    records = load_records(path, media_root="/data")
+    assert [len(r.images) for r in records] == [1, 2, 0, 0]
+    assert records[0].images == ["/data/images/a.png"]
+    assert records[2].videos == ["/data/v.mp4"]
+    assert records[1].messages[0] == Message("system", "Be brief.")
+    assert [m.role for m in records[0].messages] == ["user", "assistant"]
+    assert records[3].where == f"{path}:4"
+
+
+def test_llava_pretrain_and_xtuner_json_lines(tmp_path):
+    items = [
+        {"id": "004539375", "image": "00453/004539375.jpg", "conversations": [
+            {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+            {"from": "gpt", "value": "select luxury furniture"}]},
+        {"id": "x", "image": "00001/x.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A dog."},
+            {"from": "human", "value": "Color?"}, {"from": "gpt", "value": "Brown."}]},
+    ]
+    path = tmp_path / "blip_laion_cc_sub_558k.json"
+    path.write_text(json.dumps(items, indent=2))
+    records = load_records(str(path), media_root="imgs")
+    assert len(records) == 2 and records[1].images == ["imgs/00001/x.jpg"]
+    text = path.read_text().splitlines()
+    first_line_of_second = next(i for i, l in enumerate(text, 1) if '"id": "x"' in l) - 1
+    assert records[1].where == f"{path}:{first_line_of_second}"
+    assert records[0].where == f"{path}:2"
+
+
+def test_mllm_sharegpt_with_attr(tmp_path):
+    items = [{"msgs": [{"r": "human", "c": "<image>Hi"}, {"r": "bot", "c": "Yo"}], "pics": ["a.jpg"]}]
+    path = tmp_path / "mllm.json"
+    path.write_text(json.dumps(items))
+    attr = RecordAttributes(messages="msgs", images="pics", role_tag="r", content_tag="c", user_tag="human", assistant_tag="bot")
+    (record,) = load_records(str(path), media_root="d", attr=attr)
+    assert record.messages == [Message("user", "<image>Hi"), Message("assistant", "Yo")]
+    assert record.images == ["d/a.jpg"]
+
+
+BAD_LINES = [
+    ('{"conversations": [{"from": "human", "value": "hi"}, ', "malformed_json", "Expecting"),
+    ({"conversations": [{"from": "human", "value": "<image> x"}, {"from": "gpt", "value": "y"}]}, "placeholder_mismatch", "1 <image> placeholder(s) but 0 image(s)"),
+    ({"image": ["a", "b"], "conversations": [{"from": "human", "value": "<image> x"}, {"from": "gpt", "value": "y"}]}, "placeholder_mismatch", "but 2 image(s)"),
+    ({"video": "v.mp4", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}, "placeholder_mismatch", "0 <video>"),
+    ({"conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]}, "bad_record", "conversations[0].from='robot'"),
+    ({"conversations": [{"from": "human", "value": "x"}]}, "bad_record", "no assistant turn"),
+    ({"image": 3, "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}, "bad_record", "'image' must be a string"),
+    ({"text": "x"}, "bad_record", "no 'conversations' or 'messages' key"),
+    ([1, 2], "bad_record", "expected a json object"),
+]
+
+
+@pytest.mark.parametrize("line, kind, reason", BAD_LINES)
+def test_bad_line_is_skipped_counted_and_logged(tmp_path, caplog, line, kind, reason):
+    good = {"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}
+    path = _jsonl(tmp_path / "d.jsonl", [good, line, good])
+    log = BadInputLog()
+    records = load_records(path, log=log)
+    assert len(records) == 2 and [r.where for r in records] == [f"{path}:1", f"{path}:3"]
+    assert log.epoch_summary(0) == {kind: 1}
+    assert f"{path}:2: {kind}" in caplog.text and reason in caplog.text
+    assert "epoch 0: skipped 1 sample(s)" in caplog.text
+    with pytest.raises(BadInputError, match=rf"{path}:2: {kind}"):
+        load_records(path, log=BadInputLog(strict=True))
+
+
+def test_unreadable_json_list_names_the_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n {"conversations": []},\n {"id": 1,,}\n]')
+    with pytest.raises(BadInputError, match=rf"{path}:3: malformed json"):
+        load_records(str(path))
+    path.write_text('{"id": 1}')
+    with pytest.raises(BadInputError, match="expected a json list"):
+        load_records(str(path))
+    with pytest.raises(BadInputError, match="annotation file not found"):
+        load_records(str(tmp_path / "missing.jsonl"))
