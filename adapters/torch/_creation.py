@@ -1,0 +1,2 @@
+"""creation ops of adapters.torch."""
+__all__: list = []

@@ -1,0 +1,2 @@
+"""random ops of adapters.torch."""
+__all__: list = []

@@ -1,0 +1,1 @@
+"""torch.autograd: Function with custom backward, grad modes."""

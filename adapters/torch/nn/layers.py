@@ -1,0 +1,2 @@
+"""torch.nn layers as MindSpore Cells."""
+__all__: list = []
