@@ -1,0 +1,120 @@
+"""Self-attention through F.scaled_dot_product_attention, and the masks it takes.
+
+Masks are boolean, True where a query may attend to a key, shaped [B or 1, 1, Lq, Lk].
+One mask expresses causal order, key padding and packed sequences (block-diagonal from
+segment ids) at once, so the same call serves padded batches, packed/varlen batches and
+the ViT's per-image blocks; the Ascend dispatch maps it onto the fused flash-attention
+kernel.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import TransformerConfig
+from .parallel_linear import ColumnParallelLinear, RowParallelLinear
+from .rotary import apply_rotary
+
+
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal mask [B, 1, L, L] (or [1, 1, L, L] for 1D ids): same segment attends."""
+    if len(segment_ids.shape) == 1:
+        segment_ids = segment_ids.unsqueeze(0)
+    return (segment_ids.unsqueeze(-1) == segment_ids.unsqueeze(-2)).unsqueeze(1)
+
+
+def causal_attention_mask(
+    seq_len: int,
+    padding_mask: Optional[torch.Tensor] = None,
+    segment_ids: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Causal mask, restricted to valid keys (``padding_mask`` [B, L], 1 = token) and to the
+    query's own segment (``segment_ids`` [B, L], packed sequences).
+
+    Every query also attends to itself, so rows of padding tokens are never empty (their
+    outputs are finite and ignored) and sdpa never produces NaN.
+    """
+    pos = torch.arange(seq_len)
+    mask = (pos.unsqueeze(1) >= pos.unsqueeze(0)).unsqueeze(0).unsqueeze(0)  # [1, 1, L, L]
+    if padding_mask is not None:
+        mask = mask & (padding_mask != 0).unsqueeze(1).unsqueeze(1)
+    if segment_ids is not None:
+        mask = mask & segment_mask(segment_ids)
+    return mask | (pos.unsqueeze(1) == pos.unsqueeze(0))
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, G, L, D] -> [B, G * n_rep, L, D], each key/value group repeated for its queries."""
+    if n_rep == 1:
+        return x
+    b, g, l, d = x.shape
+    return x.unsqueeze(2).expand(b, g, n_rep, l, d).reshape(b, g * n_rep, l, d)
+
+
+def dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    dropout: float = 0.0,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """q [B, H, Lq, D], k/v [B, G, Lk, D] with H a multiple of G (GQA) -> [B, Lq, H * D]."""
+    n_rep = q.shape[1] // k.shape[1]
+    out = F.scaled_dot_product_attention(
+        q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, dropout_p=dropout, scale=scale
+    )
+    b, h, l, d = out.shape
+    return out.transpose(1, 2).reshape(b, l, h * d)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head / grouped-query self-attention with RoPE, separate q/k/v projections.
+
+    Parameter names follow HF Llama/Qwen2: q_proj, k_proj, v_proj, o_proj.
+    Subclasses with another projection layout override ``project_qkv`` and ``output``.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_groups = config.num_query_groups
+        self.head_dim = config.kv_channels
+        self.dropout = config.attention_dropout
+        self._build_projections(config)
+
+    def _build_projections(self, config: TransformerConfig) -> None:
+        h, tp, std = config.hidden_size, config.tensor_model_parallel_size, config.init_method_std
+        q_out, kv_out = self.num_heads * self.head_dim, self.num_groups * self.head_dim
+        self.q_proj = ColumnParallelLinear(h, q_out, config.add_qkv_bias, tp, std)
+        self.k_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, tp, std)
+        self.v_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, tp, std)
+        self.o_proj = RowParallelLinear(q_out, h, config.add_bias_linear, tp, std)
+
+    def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, L, hidden] -> q [B, L, H, D], k and v [B, L, G, D]."""
+        b, l = x.shape[0], x.shape[1]
+        q = self.q_proj(x).view(b, l, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, l, self.num_groups, self.head_dim)
+        v = self.v_proj(x).view(b, l, self.num_groups, self.head_dim)
+        return q, k, v
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: Tuple[torch.Tensor, torch.Tensor],
+        mask: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """x [B, L, hidden]; rotary = (cos, sin) [B, L, D]; mask bool [B|1, 1, L, L]."""
+        q, k, v = self.project_qkv(x)
+        cos, sin = rotary[0].unsqueeze(1), rotary[1].unsqueeze(1)
+        q = apply_rotary(q.transpose(1, 2), cos, sin)
+        k = apply_rotary(k.transpose(1, 2), cos, sin)
+        dropout = self.dropout if self.training else 0.0
+        return self.output(dot_product_attention(q, k, v.transpose(1, 2), mask, dropout))

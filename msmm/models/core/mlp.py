@@ -1,0 +1,29 @@
+"""Feed-forward blocks and activations."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import TransformerConfig
+from .parallel_linear import ColumnParallelLinear, RowParallelLinear
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(1.702 x), written as silu(1.702 x) / 1.702 to stay within the shim's ops."""
+    return F.silu(1.702 * x) / 1.702
+
+
+class SwiGLUMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)); names follow HF Llama/Qwen2 (gate_proj, up_proj, down_proj)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        h, f = config.hidden_size, config.ffn_hidden_size
+        tp, std, bias = config.tensor_model_parallel_size, config.init_method_std, config.add_bias_linear
+        self.gate_proj = ColumnParallelLinear(h, f, bias, tp, std)
+        self.up_proj = ColumnParallelLinear(h, f, bias, tp, std)
+        self.down_proj = RowParallelLinear(f, h, bias, tp, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

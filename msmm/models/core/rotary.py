@@ -1,0 +1,74 @@
+"""Rotary position embeddings: 1D (text), multimodal M-RoPE (Qwen2-VL text), 2D (Qwen ViT).
+
+Each module turns integer position ids into (cos, sin) tables in fp32; ``apply_rotary``
+rotates queries/keys with them. The inverse frequencies are computed once in numpy at
+construction and held as a constant tensor (not a parameter, not in the state dict).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def inverse_frequencies(dim: int, base: float) -> torch.Tensor:
+    """theta_i = base^(-2i/dim) for i < dim/2, as fp32."""
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    return torch.tensor((1.0 / (np.float64(base) ** exponents.astype(np.float64))).astype(np.float32))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = torch.chunk(x, 2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [..., D] by angles whose cos/sin [..., D] broadcast against it; fp32 math."""
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+def _cos_sin(freqs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return torch.cos(emb), torch.sin(emb)
+
+
+class RotaryEmbedding(nn.Module):
+    """1D RoPE, or M-RoPE when ``mrope_section`` = (t, h, w) channel counts summing to dim / 2.
+
+    forward(position_ids [B, L], or [3, B, L] for M-RoPE) -> cos, sin [B, L, dim].
+    With M-RoPE, frequency channels of section k take their angle from position axis k.
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0, mrope_section: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mrope_section = None if mrope_section is None else tuple(mrope_section)
+        self.inv_freq = inverse_frequencies(dim, base)
+
+    def forward(self, position_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids.float().unsqueeze(-1) * self.inv_freq  # [..., B, L, dim/2]
+        if self.mrope_section is not None:
+            if len(position_ids.shape) == 2:
+                raise ValueError("M-RoPE needs position_ids of shape [3, batch, seq]")
+            sections = torch.split(freqs, list(self.mrope_section), dim=-1)
+            freqs = torch.cat([section[axis] for axis, section in enumerate(sections)], dim=-1)
+        return _cos_sin(freqs)
+
+
+class VisionRotaryEmbedding(nn.Module):
+    """2D RoPE of the Qwen ViT: half the rotary channels follow the row, half the column.
+
+    forward(position_ids [N, 2] of (row, col)) -> cos, sin [N, head_dim].
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.inv_freq = inverse_frequencies(head_dim // 2, base)
+
+    def forward(self, position_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids.float().unsqueeze(-1) * self.inv_freq  # [N, 2, head_dim/4]
+        return _cos_sin(freqs.flatten(1))

@@ -1,0 +1,102 @@
+"""Decoder-only language model (embeddings + transformer block) and the causal-LM head/loss."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core import (
+    ColumnParallelLinear,
+    ModuleSpec,
+    RotaryEmbedding,
+    TransformerBlock,
+    TransformerConfig,
+    causal_attention_mask,
+)
+
+IGNORE_INDEX = -100
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, reduction: str = "mean"
+) -> torch.Tensor:
+    """Next-token cross entropy: position t predicts labels[t + 1]; ``ignore_index`` labels
+    (prompt, padding, image tokens) and the last position do not count.
+
+    logits [B, L, V], labels [B, L]. ``reduction`` "mean" averages over counted tokens,
+    "sum" returns their total (for a trainer that normalizes across micro-batches).
+    """
+    vocab = logits.shape[-1]
+    shifted = F.pad(labels, (0, 1), value=ignore_index).narrow(1, 1, labels.shape[1])
+    return F.cross_entropy(
+        logits.float().reshape(-1, vocab), shifted.reshape(-1), ignore_index=ignore_index, reduction=reduction
+    )
+
+
+class DecoderModel(TransformerBlock):
+    """Token embeddings -> layers -> final norm. Names follow HF's ``model.*`` keys:
+    embed_tokens, layers.N.*, norm."""
+
+    def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec) -> None:
+        super().__init__(config, layer_spec)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=config.init_method_std)
+        self.rotary_emb = RotaryEmbedding(config.kv_channels, config.rotary_base, config.mrope_section)
+        self.uses_mrope = config.mrope_section is not None
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Returns the final hidden states [B, L, hidden].
+
+        input_ids [B, L] or inputs_embeds [B, L, hidden]; position_ids [B, L] (or [3, B, L]
+        for M-RoPE), default 0..L-1; attention_mask [B, L] with 1 for tokens, 0 for padding;
+        segment_ids [B, L] for packed sequences (tokens attend within their segment; pass
+        position_ids that restart at each segment).
+        """
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        b, l = inputs_embeds.shape[0], inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(l).unsqueeze(0).expand(b, l)
+        if self.uses_mrope and len(position_ids.shape) == 2:
+            position_ids = position_ids.unsqueeze(0).expand(3, b, l)
+        mask = causal_attention_mask(l, attention_mask, segment_ids)
+        return super().forward(inputs_embeds, self.rotary_emb(position_ids), mask)
+
+
+class CausalLM(nn.Module):
+    """``model`` (DecoderModel) + ``lm_head``; ties the head to the embeddings if configured."""
+
+    def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DecoderModel(config, layer_spec)
+        self.lm_head = ColumnParallelLinear(
+            config.hidden_size, config.vocab_size, False, config.tensor_model_parallel_size, config.init_method_std
+        )
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """logits [B, L, V]; with ``labels`` [B, L] returns (loss, logits)."""
+        hidden = self.model(input_ids, inputs_embeds, position_ids, attention_mask, segment_ids)
+        logits = self.lm_head(hidden)
+        if labels is None:
+            return logits
+        return causal_lm_loss(logits, labels), logits

@@ -1,0 +1,93 @@
+"""InternLM2 text decoder: packed ``wqkv`` in grouped layout and ``w1/w3/w2`` SwiGLU.
+
+Our module tree uses the shared layer names (self_attn, mlp, input_layernorm, ...) with
+InternLM2's own projection names inside; checkpoint_io's "internlm2" key mapping renames
+the remaining InternLM2 keys (tok_embeddings, attention, feed_forward, attention_norm,
+ffn_norm, output).
+
+``wqkv.weight`` is [G * (R + 2) * D, hidden]: for each of the G key/value groups, the R
+query heads of that group, then its key head, then its value head (R = heads / G).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core import (
+    ColumnParallelLinear,
+    ModuleSpec,
+    RowParallelLinear,
+    SelfAttention,
+    TransformerConfig,
+    gpt_layer_spec,
+)
+from .decoder import CausalLM
+
+
+class InternLM2Attention(SelfAttention):
+    def _build_projections(self, config: TransformerConfig) -> None:
+        h, tp, std = config.hidden_size, config.tensor_model_parallel_size, config.init_method_std
+        self.queries_per_group = self.num_heads // self.num_groups
+        qkv_out = self.num_groups * (self.queries_per_group + 2) * self.head_dim
+        self.wqkv = ColumnParallelLinear(h, qkv_out, config.add_qkv_bias, tp, std)
+        self.wo = RowParallelLinear(self.num_heads * self.head_dim, h, config.add_bias_linear, tp, std)
+
+    def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, l, r = x.shape[0], x.shape[1], self.queries_per_group
+        qkv = self.wqkv(x).view(b, l, self.num_groups, r + 2, self.head_dim)
+        q, k, v = torch.split(qkv, [r, 1, 1], dim=3)
+        return q.reshape(b, l, self.num_heads, self.head_dim), k.squeeze(3), v.squeeze(3)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(x)
+
+
+class InternLM2MLP(nn.Module):
+    """w2(silu(w1(x)) * w3(x)): w1 is the gate, w3 the up projection, w2 the down projection."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        h, f = config.hidden_size, config.ffn_hidden_size
+        tp, std = config.tensor_model_parallel_size, config.init_method_std
+        self.w1 = ColumnParallelLinear(h, f, False, tp, std)
+        self.w3 = ColumnParallelLinear(h, f, False, tp, std)
+        self.w2 = RowParallelLinear(f, h, False, tp, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def internlm2_layer_spec() -> ModuleSpec:
+    return gpt_layer_spec(attention=InternLM2Attention, mlp=InternLM2MLP)
+
+
+def internlm2_config_from_hf(hf: Mapping[str, Any]) -> TransformerConfig:
+    """TransformerConfig from an InternLM2 ``config.json`` dict. Plain RoPE only."""
+    if hf.get("rope_scaling"):
+        raise ValueError(f"InternLM2 config: rope_scaling={hf['rope_scaling']!r} is not supported, only plain RoPE")
+    bias = hf.get("bias", False)
+    return TransformerConfig(
+        num_layers=hf["num_hidden_layers"],
+        hidden_size=hf["hidden_size"],
+        num_attention_heads=hf["num_attention_heads"],
+        num_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        ffn_hidden_size=hf["intermediate_size"],
+        vocab_size=hf["vocab_size"],
+        layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
+        add_qkv_bias=bias,
+        add_bias_linear=bias,
+        rotary_base=hf.get("rope_theta", 10000.0),
+        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+        pad_token_id=hf.get("pad_token_id"),
+        init_method_std=hf.get("initializer_range", 0.02),
+    )
+
+
+class InternLM2Decoder(CausalLM):
+    """InternLM2 causal LM (InternVL2-2B/8B text model)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__(config, internlm2_layer_spec())
