@@ -1,7 +1,7 @@
 """Shared transformer core: config, layer specs, parallel linears, norms, RoPE, attention, MLP."""
 from .attention import SelfAttention, causal_attention_mask, dot_product_attention, repeat_kv, segment_mask
 from .config import TransformerConfig
-from .mlp import SwiGLUMLP, quick_gelu
+from .mlp import MLP, SwiGLUMLP, quick_gelu
 from .norm import RMSNorm, build_norm
 from .parallel_linear import ColumnParallelLinear, RowParallelLinear
 from .rotary import RotaryEmbedding, VisionRotaryEmbedding, apply_rotary, rotate_half
@@ -10,6 +10,7 @@ from .transformer import TransformerBlock, TransformerLayer, TransformerLayerSub
 
 __all__ = [
     "ColumnParallelLinear",
+    "MLP",
     "ModuleSpec",
     "RMSNorm",
     "RotaryEmbedding",

@@ -27,3 +27,26 @@ class SwiGLUMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu, "silu": F.silu}
+
+
+class MLP(nn.Module):
+    """fc2(act(fc1(x))) with biases, the ViT feed-forward (CLIP, InternViT, Qwen2-VL ViT).
+
+    ``activation``: "gelu" (exact erf GELU), "quick_gelu" or "silu".
+    """
+
+    def __init__(self, config: TransformerConfig, activation: str = "gelu") -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        h, f = config.hidden_size, config.ffn_hidden_size
+        tp, std = config.tensor_model_parallel_size, config.init_method_std
+        self.activation = activation
+        self.fc1 = ColumnParallelLinear(h, f, True, tp, std)
+        self.fc2 = RowParallelLinear(f, h, True, tp, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))
