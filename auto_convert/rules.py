@@ -1,0 +1,159 @@
+"""Every rewrite the converter knows, as data, each with the reason it is needed.
+
+Templates are Python expressions (or, for in-place methods, assignment statements)
+with placeholders:
+
+- ``{self}``  the receiver of a method call (``x`` in ``x.size(0)``),
+- ``{0}``, ``{1}``...  positional arguments, ``{args}`` all arguments as written,
+- ``{torch}``  the module-level name bound to ``adapters.torch`` in the converted file,
+- ``{root}``  the expression before ``.cuda``/``.npu`` in ``torch.cuda.X(...)``.
+
+Adding a rule is one line in one of the tables below; `docs/auto_convert.md` lists them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+ADAPTERS = "adapters"  # the package that mirrors torch: `torch.nn` -> `adapters.torch.nn`
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodRule:
+    """`recv.method(args)` -> `template`, for calls with `arity` positional arguments.
+
+    `arity=None` accepts any arguments (keywords included) and needs `{args}`.
+    `statement=True` rules rewrite in-place methods and apply only when the call is a
+    whole statement on a plain name (`x.masked_fill_(m, v)` -> `x = ...`).
+    """
+
+    method: str
+    arity: int | None
+    template: str
+    why: str
+    statement: bool = False
+
+    @property
+    def rule_id(self) -> str:
+        return f"method.{self.method}"
+
+
+_TRANSPOSE_WHY = "MindSpore graph mode reads Tensor.transpose(a, b) as a permutation of all axes"
+_SIZE_WHY = "MindSpore's Tensor.size is the element count, not torch's size()"
+_INPLACE_WHY = ("in-place Tensor methods have no CPU kernel in MindSpore and break graph mode; "
+                "the functional form rebinds the name")
+_DIM_KW_WHY = "MindSpore graph mode rejects the dim= keyword of Tensor.{0}; positional works"
+
+# Functional ops with the same signature as their in-place method: `x.op_(a)` -> `torch.op(x, a)`.
+INPLACE_FUNCTIONAL = ("masked_fill", "add", "sub", "mul", "div", "clamp", "pow", "exp",
+                      "sqrt", "rsqrt", "neg", "abs", "tanh", "sigmoid", "relu", "index_fill",
+                      "scatter")
+
+METHOD_RULES: tuple[MethodRule, ...] = (
+    MethodRule("transpose", 2, "{torch}.transpose({self}, {0}, {1})", _TRANSPOSE_WHY),
+    MethodRule("size", 0, "{self}.shape", _SIZE_WHY),
+    MethodRule("size", 1, "{self}.shape[{0}]", _SIZE_WHY),
+    MethodRule("type_as", 1, "{self}.to({0}.dtype)",
+               "MindSpore tensors have no type_as; to(dtype) means the same on both"),
+    MethodRule("contiguous", 0, "{self}",
+               "MindSpore tensors are contiguous where it matters; the call is a no-op"),
+    MethodRule("new_zeros", None, "{torch}.zeros({args}, dtype={self}.dtype)",
+               "Tensor.new_zeros is not in MindSpore's graph-mode Tensor methods on all devices"),
+    MethodRule("new_ones", None, "{torch}.ones({args}, dtype={self}.dtype)",
+               "Tensor.new_ones is not in MindSpore's graph-mode Tensor methods on all devices"),
+    MethodRule("std", None, "{torch}.std({self}, {args})",
+               "MindSpore's Tensor.std defaults to the biased estimator and rejects unbiased="),
+    MethodRule("var", None, "{torch}.var({self}, {args})",
+               "MindSpore's Tensor.var defaults to the biased estimator and rejects unbiased="),
+    MethodRule("expand", None, "{torch}.expand({self}, {args})",
+               "MindSpore graph mode rejects Tensor.expand(*sizes)"),
+    MethodRule("unflatten", 2, "{torch}.unflatten({self}, {0}, {1})",
+               "MindSpore tensors have no unflatten method"),
+    MethodRule("fill_", 1, "{self} = {torch}.full_like({self}, {0})", _INPLACE_WHY, statement=True),
+    MethodRule("zero_", 0, "{self} = {torch}.zeros_like({self})", _INPLACE_WHY, statement=True),
+    *(MethodRule(f"{op}_", None, f"{{self}} = {{torch}}.{op}({{self}}, {{args}})", _INPLACE_WHY,
+                 statement=True) for op in INPLACE_FUNCTIONAL),
+)
+
+# `x.chunk(n, dim=d)` -> `x.chunk(n, d)`: keyword moved to its position (index, keyword).
+DIM_KEYWORD_METHODS: dict[str, int] = {"chunk": 1, "split": 1}
+
+# Device placement: the receiver is returned as is (MindSpore places tensors by context).
+DEVICE_METHODS = ("cuda", "npu", "cpu")
+DEVICE_WHY = "device placement is set by the MindSpore context, not per tensor"
+DEVICE_STRINGS = ("cuda", "npu", "cpu")  # `.to("cuda:0")` and friends
+
+# `torch.cuda.X(...)` / `torch.npu.X(...)` -> template; `None` as a whole statement becomes `pass`.
+ACCELERATOR_MODULES = ("cuda", "npu")
+ACCELERATOR_CALLS: dict[str, tuple[str, str]] = {
+    "is_available": ("False", "torch's CUDA/NPU runtime is absent; MindSpore picks the device"),
+    "synchronize": ("None", "MindSpore synchronises through its own runtime"),
+    "current_device": ("0", "one device per process under msrun"),
+    "set_device": ("None", "the device is set by the MindSpore context (msrun sets the rank)"),
+    "empty_cache": ("None", "MindSpore's memory pool is not flushed from model code"),
+    "manual_seed": ("{root}.manual_seed({args})", "one seed for all devices in MindSpore"),
+    "manual_seed_all": ("{root}.manual_seed({args})", "one seed for all devices in MindSpore"),
+}
+
+# References under these prefixes are left as they are and reported, with the reason.
+UNSUPPORTED: dict[str, str] = {
+    "torch.optim": "optimizers are MindSpore-native (msmm.train), not part of the shim",
+    "torch.cuda": "no equivalent in MindSpore for this torch.cuda call",
+    "torch.npu": "no equivalent in MindSpore for this torch.npu call",
+    "torch.backends": "backend switches (cudnn, TF32) have no MindSpore meaning",
+    "torch.compile": "graph compilation is mindspore.jit, applied by the trainer",
+    "torch.jit": "TorchScript has no MindSpore equivalent; use mindspore.jit",
+    "torch.fx": "torch.fx graphs have no MindSpore equivalent",
+    "torch._dynamo": "torch._dynamo has no MindSpore equivalent",
+    "torch.amp": "mixed precision is set by the MindSpore trainer (amp level), not autocast",
+    "torch.utils.data": "data loading is framework-free (msmm.data)",
+    "torch.distributed.fsdp": "FSDP has no shim; use MindSpore's parallel modes",
+    "torch.library": "custom torch ops have no MindSpore equivalent",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class VendorClass:
+    """A fused vendor module with an adapters equivalent `target` (under adapters.torch).
+
+    Calls keep up to `positional` positional arguments and the `keywords`; `dropped`
+    keywords are removed; `defaults` are added when absent (vendor default != torch's).
+    """
+
+    target: str
+    why: str
+    positional: int = 1
+    keywords: tuple[str, ...] = ("eps", "elementwise_affine")
+    dropped: tuple[str, ...] = ("device",)
+    defaults: tuple[tuple[str, str], ...] = ()
+
+
+_RMS_EPS = (("eps", "1e-5"),)  # apex and Transformer Engine default; torch's RMSNorm uses finfo.eps
+_FUSED_WHY = "adapters dispatches {0} to the fused kernel of the device"
+
+VENDOR_CLASSES: dict[str, VendorClass] = {
+    **{f"apex.normalization.{m}{name}": VendorClass(
+        "nn.RMSNorm", _FUSED_WHY.format("RMSNorm"), defaults=_RMS_EPS)
+       for name in ("FusedRMSNorm", "MixedFusedRMSNorm") for m in ("", "fused_layer_norm.")},
+    **{f"apex.normalization.{m}{name}": VendorClass(
+        "nn.LayerNorm", _FUSED_WHY.format("LayerNorm"))
+       for name in ("FusedLayerNorm", "MixedFusedLayerNorm") for m in ("", "fused_layer_norm.")},
+    "transformer_engine.pytorch.RMSNorm": VendorClass(
+        "nn.RMSNorm", _FUSED_WHY.format("RMSNorm"), keywords=("eps",), defaults=_RMS_EPS),
+    "transformer_engine.pytorch.LayerNorm": VendorClass(
+        "nn.LayerNorm", _FUSED_WHY.format("LayerNorm"), keywords=("eps",)),
+    "transformer_engine.pytorch.Linear": VendorClass(
+        "nn.Linear", _FUSED_WHY.format("Linear"), positional=2, keywords=("bias",)),
+}
+
+# Fused functions, rewritten by the handlers in `auto_convert.python` named here.
+VENDOR_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "torch_npu.npu_rms_norm": (
+        "rms_norm", "adapters' F.rms_norm dispatches to the fused RMSNorm kernel of the device"),
+    "torch_npu.npu_fusion_attention": (
+        "fusion_attention",
+        "adapters' F.scaled_dot_product_attention dispatches to flash attention on Ascend"),
+}
+
+# Top-level vendor packages: their imports are removed, their uses rewritten or reported.
+VENDOR_PACKAGES = ("torch_npu", "apex", "transformer_engine")
+VENDOR_WHY = "no adapters equivalent for this vendor API"
