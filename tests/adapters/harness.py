@@ -99,16 +99,17 @@ def _cotangents(outs: list, seed: int) -> list:
 
 def check(cases: str, name: str, inputs: Sequence, *, mode: str, grad: bool = True,
           rtol: float = 1e-5, atol: float = 1e-6, api: Optional[str] = None, seed: int = 0,
-          check_dtype: bool = True) -> None:
+          check_dtype: bool = True, nondiff: Sequence[int] = ()) -> None:
     """Run function ``name`` of ``cases`` on both backends and compare.
 
     ``inputs``: numpy arrays (tensors) or Python values (passed as they are).
-    Gradients are taken w.r.t. every floating-point array input when ``grad``.
+    Gradients are taken w.r.t. every floating-point array input when ``grad``, except the
+    positions in ``nondiff`` (inputs torch cannot differentiate, e.g. a loss's class weight).
     """
     ref_mod, ms_mod = load_cases(cases)
     ref_fn, ms_fn = getattr(ref_mod, name), getattr(ms_mod, name)
     arrays = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
-    grad_pos = [i for i in arrays if _is_float(inputs[i])] if grad else []
+    grad_pos = [i for i in arrays if _is_float(inputs[i]) and i not in nondiff] if grad else []
 
     ref_in = [torch_ref.tensor(x, requires_grad=i in grad_pos) if i in arrays else x
               for i, x in enumerate(inputs)]
