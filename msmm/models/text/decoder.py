@@ -29,7 +29,7 @@ def causal_lm_loss(
     "sum" returns their total (for a trainer that normalizes across micro-batches).
     """
     vocab = logits.shape[-1]
-    shifted = F.pad(labels, (0, 1), value=ignore_index).narrow(1, 1, labels.shape[1])
+    shifted = torch.narrow(F.pad(labels, (0, 1), value=ignore_index), 1, 1, labels.shape[1])
     return F.cross_entropy(
         logits.float().reshape(-1, vocab), shifted.reshape(-1), ignore_index=ignore_index, reduction=reduction
     )

@@ -39,9 +39,9 @@ class QwenViTConfig:
     """Qwen2-VL ViT (LayerNorm, quick-GELU MLP) or, with ``window_size`` set, Qwen2.5-VL's
     (RMSNorm, SwiGLU MLP, window attention except in ``fullatt_block_indexes``)."""
 
-    depth: int
-    embed_dim: int
-    num_heads: int
+    num_layers: int  # HF depth
+    hidden_size: int  # HF embed_dim (Qwen2-VL) / hidden_size (Qwen2.5-VL)
+    num_attention_heads: int  # HF num_heads
     ffn_hidden_size: int
     out_hidden_size: int  # the LLM hidden size
     in_channels: int = 3
@@ -58,9 +58,9 @@ class QwenViTConfig:
 
     def transformer_config(self) -> TransformerConfig:
         return TransformerConfig(
-            num_layers=self.depth,
-            hidden_size=self.embed_dim,
-            num_attention_heads=self.num_heads,
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_attention_heads,
             ffn_hidden_size=self.ffn_hidden_size,
             layernorm_epsilon=NORM_EPS,
             add_qkv_bias=True,
@@ -72,9 +72,9 @@ def qwen_vit_config_from_hf(vision: Mapping[str, Any], qwen2_5: bool) -> QwenViT
     """From the ``vision_config`` dict of a Qwen2-VL (``qwen2_5`` False) or Qwen2.5-VL config."""
     if qwen2_5:
         return QwenViTConfig(
-            depth=vision["depth"],
-            embed_dim=vision["hidden_size"],
-            num_heads=vision["num_heads"],
+            num_layers=vision["depth"],
+            hidden_size=vision["hidden_size"],
+            num_attention_heads=vision["num_heads"],
             ffn_hidden_size=vision["intermediate_size"],
             out_hidden_size=vision["out_hidden_size"],
             in_channels=vision.get("in_channels", 3),
@@ -88,9 +88,9 @@ def qwen_vit_config_from_hf(vision: Mapping[str, Any], qwen2_5: bool) -> QwenViT
     if vision.get("hidden_act", "quick_gelu") != "quick_gelu":
         raise ValueError(f"Qwen2-VL vision_config.hidden_act must be 'quick_gelu', got {vision['hidden_act']!r}")
     return QwenViTConfig(
-        depth=vision["depth"],
-        embed_dim=vision["embed_dim"],
-        num_heads=vision["num_heads"],
+        num_layers=vision["depth"],
+        hidden_size=vision["embed_dim"],
+        num_attention_heads=vision["num_heads"],
         ffn_hidden_size=int(vision["embed_dim"] * vision.get("mlp_ratio", 4)),
         out_hidden_size=vision["hidden_size"],
         in_channels=vision.get("in_channels", 3),
@@ -106,8 +106,8 @@ class PatchEmbed3D(nn.Module):
     def __init__(self, config: QwenViTConfig) -> None:
         super().__init__()
         kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
-        self.embed_dim = config.embed_dim
-        self.proj = nn.Conv3d(config.in_channels, config.embed_dim, kernel, stride=kernel, bias=False)
+        self.embed_dim = config.hidden_size
+        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel, stride=kernel, bias=False)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """patches [N, C * T * P * P] -> [N, embed_dim]"""
@@ -141,8 +141,8 @@ class VisionBlock(nn.Module):
         super().__init__()
         tc = config.transformer_config()
         norm = "RMSNorm" if config.is_qwen2_5 else "LayerNorm"
-        self.norm1 = build_norm(norm, config.embed_dim, NORM_EPS)
-        self.norm2 = build_norm(norm, config.embed_dim, NORM_EPS)
+        self.norm1 = build_norm(norm, config.hidden_size, NORM_EPS)
+        self.norm2 = build_norm(norm, config.hidden_size, NORM_EPS)
         self.attn = VisionAttention(tc)
         self.mlp = SwiGLUMLP(tc) if config.is_qwen2_5 else MLP(tc, activation="quick_gelu")
 
@@ -156,8 +156,8 @@ class PatchMerger(nn.Module):
 
     def __init__(self, config: QwenViTConfig) -> None:
         super().__init__()
-        self.merged_dim = config.embed_dim * config.spatial_merge_size**2
-        self.ln_q = build_norm("RMSNorm" if config.is_qwen2_5 else "LayerNorm", config.embed_dim, NORM_EPS)
+        self.merged_dim = config.hidden_size * config.spatial_merge_size**2
+        self.ln_q = build_norm("RMSNorm" if config.is_qwen2_5 else "LayerNorm", config.hidden_size, NORM_EPS)
         self.mlp = nn.Sequential(
             ColumnParallelLinear(self.merged_dim, self.merged_dim, bias=True),
             nn.GELU(),
@@ -177,8 +177,8 @@ class QwenVisionTransformer(nn.Module):
         self.config = config
         self.merge_unit = config.spatial_merge_size**2
         self.patch_embed = PatchEmbed3D(config)
-        self.rotary_pos_emb = VisionRotaryEmbedding(config.embed_dim // config.num_heads)
-        self.blocks = nn.ModuleList([VisionBlock(config) for _ in range(config.depth)])
+        self.rotary_pos_emb = VisionRotaryEmbedding(config.hidden_size // config.num_attention_heads)
+        self.blocks = nn.ModuleList([VisionBlock(config) for _ in range(config.num_layers)])
         self.full_attention_blocks = frozenset(config.fullatt_block_indexes)
         self.merger = PatchMerger(config)
 

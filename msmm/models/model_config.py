@@ -1,0 +1,227 @@
+"""``model.json``: the model architecture in the MindSpeed-MM layout, validated.
+
+    {
+      "model_id": "qwen2_vl",
+      "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+      "image_encoder": {
+        "vision_encoder":   {"model_id": "qwen2_vit", "num_layers": 32, "hidden_size": 1280, ..., "freeze": true},
+        "vision_projector": {"model_id": "patch_merger", "freeze": false}
+      },
+      "text_decoder": {"model_id": "qwen2", "num_layers": 28, "hidden_size": 3584, ..., "freeze": false}
+    }
+
+Each section's keys are ``model_id``, ``freeze`` (default false) and the fields of the
+dataclass registered for that ``model_id`` in ``SECTIONS`` (e.g. ``TransformerConfig`` for
+decoders, ``QwenViTConfig`` for the Qwen ViT). Unknown keys, missing required keys and
+wrong types are errors naming the file and the dotted key. ``MODELS`` maps the top-level
+``model_id`` to its allowed top-level keys and a builder; ``build_model`` builds the
+module and freezes the sections marked ``freeze``.
+"""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch.nn as nn
+
+from .core import TransformerConfig
+from .qwen2_vl import Qwen2VL, Qwen2VLConfig
+from .vision.qwen2_vit import QwenViTConfig
+
+
+class ModelConfigError(ValueError):
+    pass
+
+
+@dataclass
+class PatchMergerConfig:
+    """The Qwen 2x2 patch merger; its output width is the text decoder's hidden_size."""
+
+
+@dataclass
+class Section:
+    model_id: str
+    freeze: bool
+    config: Dict[str, Any]  # validated keyword arguments of the section's dataclass
+
+
+@dataclass
+class ModelConfig:
+    model_id: str
+    sections: Dict[str, Section]  # dotted path ("image_encoder.vision_encoder") -> section
+    options: Dict[str, Any]  # validated top-level scalars (token ids, ...)
+    source: str = "model.json"
+
+
+# section path -> {model_id: (dataclass, keys filled by the builder, not by model.json)}
+SECTIONS: Dict[str, Dict[str, Tuple[type, Tuple[str, ...]]]] = {
+    "text_decoder": {
+        "qwen2": (TransformerConfig, ()),
+        "llama": (TransformerConfig, ()),
+        "internlm2": (TransformerConfig, ()),
+    },
+    "image_encoder.vision_encoder": {
+        "qwen2_vit": (QwenViTConfig, ("out_hidden_size",)),
+        "qwen2_5_vit": (QwenViTConfig, ("out_hidden_size",)),
+    },
+    "image_encoder.vision_projector": {
+        "patch_merger": (PatchMergerConfig, ()),
+    },
+}
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        return _check_type(value, next(a for a in args if a is not type(None)), where)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, list):
+            raise ModelConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        raise TypeError(f"{where}: unsupported field type {hint!r}")
+    if not ok:
+        raise ModelConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _parse_dataclass(cls: type, raw: Mapping[str, Any], where: str, skip: Tuple[str, ...]) -> Dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ModelConfigError(f"{where}.{key}: unknown key{hint}")
+    out = {}
+    for name, field in fields.items():
+        if name in raw:
+            out[name] = _check_type(raw[name], hints[name], f"{where}.{name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ModelConfigError(f"{where}.{name}: required key is missing")
+    return out
+
+
+def _parse_section(path: str, raw: Any, source: str) -> Section:
+    where = f"{source}: {path}"
+    if not isinstance(raw, dict):
+        raise ModelConfigError(f"{where}: expected an object, got {raw!r}")
+    body = dict(raw)
+    model_id = body.pop("model_id", None)
+    choices = SECTIONS[path]
+    if model_id not in choices:
+        raise ModelConfigError(f"{where}.model_id: must be one of {sorted(choices)}, got {model_id!r}")
+    freeze = _check_type(body.pop("freeze", False), bool, f"{where}.freeze")
+    cls, skip = choices[model_id]
+    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip))
+
+
+# top-level model_id -> (required sections, top-level scalar keys with types, builder)
+Builder = Callable[[ModelConfig], nn.Module]
+MODELS: Dict[str, Tuple[Tuple[str, ...], Dict[str, type], Builder]] = {}
+
+
+def parse_model_config(data: Any, source: str = "model.json") -> ModelConfig:
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"{source}: expected a JSON object at the top level")
+    model_id = data.get("model_id")
+    if model_id not in MODELS:
+        raise ModelConfigError(f"{source}: model_id must be one of {sorted(MODELS)}, got {model_id!r}")
+    section_paths, scalars, _ = MODELS[model_id]
+    groups = {path.split(".")[0] for path in section_paths}
+    for key in data:
+        if key != "model_id" and key not in groups and key not in scalars:
+            close = difflib.get_close_matches(key, list(groups) + list(scalars), n=1)
+            raise ModelConfigError(
+                f"{source}: {key}: unknown key for model_id {model_id!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+            )
+    sections = {}
+    for path in section_paths:
+        node: Any = data
+        for i, part in enumerate(path.split(".")):
+            if not isinstance(node, dict) or part not in node:
+                raise ModelConfigError(f"{source}: {'.'.join(path.split('.')[: i + 1])}: required key is missing")
+            node = node[part]
+        sections[path] = _parse_section(path, node, source)
+    for group in groups:
+        children = {p.split(".", 1)[1] for p in section_paths if p.startswith(group + ".")}
+        if children:
+            for key in data[group]:
+                if key not in children:
+                    raise ModelConfigError(f"{source}: {group}.{key}: unknown key (expected {sorted(children)})")
+    options = {}
+    for key, hint in scalars.items():
+        if key not in data:
+            raise ModelConfigError(f"{source}: {key}: required key is missing")
+        options[key] = _check_type(data[key], hint, f"{source}: {key}")
+    return ModelConfig(model_id, sections, options, source)
+
+
+def load_model_config(path: str) -> ModelConfig:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ModelConfigError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from err
+    return parse_model_config(data, source=path)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the model of ``config`` and set requires_grad=False on frozen sections."""
+    model = MODELS[config.model_id][2](config)
+    for path, section in config.sections.items():
+        if section.freeze:
+            for module in FREEZE_TARGETS[config.model_id][path](model):
+                for p in module.parameters():
+                    p.requires_grad = False
+    return model
+
+
+# ---- Qwen2-VL / Qwen2.5-VL ------------------------------------------------------------------
+
+def _build_qwen2_vl(config: ModelConfig) -> Qwen2VL:
+    text = TransformerConfig(**config.sections["text_decoder"].config)
+    encoder = config.sections["image_encoder.vision_encoder"]
+    vision = QwenViTConfig(**encoder.config, out_hidden_size=text.hidden_size)
+    where = f"{config.source}: image_encoder.vision_encoder"
+    if encoder.model_id == "qwen2_5_vit" and vision.window_size is None:
+        raise ModelConfigError(f"{where}.window_size: required for model_id 'qwen2_5_vit'")
+    if encoder.model_id == "qwen2_vit" and vision.window_size is not None:
+        raise ModelConfigError(f"{where}.window_size: only 'qwen2_5_vit' has window attention")
+    if text.mrope_section is None:
+        raise ModelConfigError(f"{config.source}: text_decoder.mrope_section: required for {config.model_id}")
+    return Qwen2VL(Qwen2VLConfig(vision=vision, text=text, **config.options))
+
+
+_QWEN2_VL_SECTIONS = ("image_encoder.vision_encoder", "image_encoder.vision_projector", "text_decoder")
+_QWEN2_VL_SCALARS = {"image_token_id": int, "video_token_id": int, "vision_start_token_id": int}
+MODELS["qwen2_vl"] = (_QWEN2_VL_SECTIONS, _QWEN2_VL_SCALARS, _build_qwen2_vl)
+MODELS["qwen2_5_vl"] = (_QWEN2_VL_SECTIONS, _QWEN2_VL_SCALARS, _build_qwen2_vl)
+
+# model_id -> section path -> the modules that section's ``freeze`` covers
+_QWEN2_VL_FREEZE = {
+    "image_encoder.vision_encoder": lambda m: [m.visual.patch_embed, m.visual.blocks],
+    "image_encoder.vision_projector": lambda m: [m.visual.merger],
+    "text_decoder": lambda m: [m.model, m.lm_head],
+}
+FREEZE_TARGETS: Dict[str, Dict[str, Callable[[nn.Module], list]]] = {
+    "qwen2_vl": _QWEN2_VL_FREEZE,
+    "qwen2_5_vl": _QWEN2_VL_FREEZE,
+}

@@ -1,0 +1,87 @@
+"""Transformer core pieces against independent references (numpy loops, HF functions)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msmm.models.core import (
+    ColumnParallelLinear,
+    RotaryEmbedding,
+    RowParallelLinear,
+    TransformerConfig,
+    causal_attention_mask,
+    quick_gelu,
+    segment_mask,
+)
+
+
+def test_causal_mask_combines_padding_and_segments():
+    padding = np.array([[1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]])
+    segments = np.array([[0, 0, 1, 1, 1, 2, 2], [0, 0, 0, 1, 1, 1, 2]])
+    mask = causal_attention_mask(7, torch.tensor(padding), torch.tensor(segments)).numpy()
+    assert mask.shape == (2, 1, 7, 7)
+    for b in range(2):
+        for q in range(7):
+            for k in range(7):
+                expected = (k <= q and padding[b, k] == 1 and segments[b, q] == segments[b, k]) or k == q
+                assert mask[b, 0, q, k] == expected, (b, q, k)
+
+
+def test_segment_mask_is_block_diagonal():
+    mask = segment_mask(torch.tensor([0, 0, 1, 2, 2, 2])).numpy()[0, 0]
+    blocks = [np.ones((2, 2)), np.ones((1, 1)), np.ones((3, 3))]
+    expected = np.zeros((6, 6), bool)
+    start = 0
+    for block in blocks:
+        n = block.shape[0]
+        expected[start:start + n, start:start + n] = True
+        start += n
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_mrope_matches_hf_multimodal_rotary():
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_multimodal_rotary_pos_emb
+
+    from msmm.models.core import apply_rotary
+
+    torch.manual_seed(0)
+    head_dim, section = 16, [2, 3, 3]
+    positions = torch.randint(0, 50, (3, 2, 5))
+    q, k = torch.randn(2, 4, 5, head_dim), torch.randn(2, 2, 5, head_dim)
+    cos, sin = RotaryEmbedding(head_dim, 10000.0, section)(positions)
+    # HF builds full-width tables per axis and picks sections inside the apply function
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs = positions.float().unsqueeze(-1) * inv
+    emb = torch.cat((freqs, freqs), dim=-1)
+    ref_q, ref_k = apply_multimodal_rotary_pos_emb(q, k, emb.cos(), emb.sin(), section)
+    torch.testing.assert_close(apply_rotary(q, cos.unsqueeze(1), sin.unsqueeze(1)), ref_q, atol=1e-6, rtol=0)
+    torch.testing.assert_close(apply_rotary(k, cos.unsqueeze(1), sin.unsqueeze(1)), ref_k, atol=1e-6, rtol=0)
+
+
+def test_quick_gelu_matches_definition():
+    x = torch.linspace(-8, 8, 101)
+    torch.testing.assert_close(quick_gelu(x), x * torch.sigmoid(1.702 * x), atol=1e-6, rtol=1e-6)
+
+
+def test_parallel_linear_layout_and_tp_guard():
+    col, row = ColumnParallelLinear(8, 12, bias=True), RowParallelLinear(12, 8)
+    assert col.weight.shape == (12, 8) and col.bias.shape == (12,) and row.bias is None
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(col(x), x @ col.weight.T + col.bias)
+    with pytest.raises(NotImplementedError, match="tensor_model_parallel_size=2"):
+        ColumnParallelLinear(8, 12, tp_size=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_attention_heads=5), "not divisible by num_attention_heads"),
+        (dict(num_query_groups=3), "not a multiple of num_query_groups"),
+        (dict(mrope_section=(2, 2, 2)), "must sum to kv_channels / 2"),
+    ],
+)
+def test_transformer_config_rejects_inconsistent_shapes(kwargs, message):
+    base = dict(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=32)
+    with pytest.raises(ValueError, match=message):
+        TransformerConfig(**{**base, **kwargs})
