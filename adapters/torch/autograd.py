@@ -1,1 +1,0 @@
-"""torch.autograd: Function with custom backward, grad modes."""
