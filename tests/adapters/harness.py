@@ -196,6 +196,12 @@ def _record(api: str, mode: str) -> None:
     RECORDS.append({"api": api, "mode": mode})
 
 
+def record(api: str, mode: str) -> None:
+    """Record an API compared against torch by a test of its own (not via check/check_module),
+    e.g. eager-only ``nn.init`` functions."""
+    _record(api, mode)
+
+
 def dump_records(path: str) -> None:
     Path(path).write_text(json.dumps(RECORDS, indent=1))
 
