@@ -1,0 +1,79 @@
+"""``data.json`` -> a ready :class:`DataLoader` (records, preprocessing, template, sampler, collator)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from msmm.config.data_config import DataConfig
+from msmm.data.bad_input import BadInputLog
+from msmm.data.collate import PackingCollator, PaddingCollator
+from msmm.data.dataset import InternVLVision, LlavaVision, MultimodalDataset, Qwen2VLVision
+from msmm.data.image_processing import CLIPImageTransform, InternVLImageTransform, Qwen2VLImageTransform
+from msmm.data.loader import DataLoader
+from msmm.data.records import RecordAttributes, load_records
+from msmm.data.sampler import EpochSampler
+from msmm.data.templates import ConversationEncoder
+from msmm.data.video import InternVLFrameSampler, Qwen2VLFrameSampler
+
+
+def build_vision(config: DataConfig):
+    """The image/video preprocessing of the config's model family."""
+    p = config.dataset_param
+    pre = p.preprocess_parameters
+    if config.model_family == "internvl":
+        tokens = int((p.image_size // p.patch_size) ** 2 * p.downsample_ratio**2)
+        transform = InternVLImageTransform(p.image_size, p.min_dynamic_patch, p.max_dynamic_patch, p.use_thumbnail, p.dynamic_image_size)
+        return InternVLVision(transform, InternVLFrameSampler(p.min_num_frame, p.max_num_frame, p.sampling_method), tokens)
+    if config.model_family == "qwen2vl":
+        return Qwen2VLVision(
+            Qwen2VLImageTransform(pre.image_min_pixels, pre.image_max_pixels),
+            Qwen2VLImageTransform(pre.video_min_pixels, pre.video_max_pixels),
+            Qwen2VLFrameSampler(pre.video_fps, pre.video_minlen, pre.video_maxlen),
+        )
+    return LlavaVision(CLIPImageTransform(p.crop_size, p.crop_size, pre.pad_to_square), p.patch_size)
+
+
+def build_dataloader(
+    config: DataConfig,
+    tokenizer=None,
+    rank: int = 0,
+    world_size: int = 1,
+    log: Optional[BadInputLog] = None,
+) -> DataLoader:
+    """Everything the trainer needs to read the data of ``config``.
+
+    ``tokenizer`` defaults to ``AutoTokenizer.from_pretrained(tokenizer_config.from_pretrained)``.
+    """
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tc = config.dataset_param.tokenizer_config
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path, use_fast=True, trust_remote_code=tc.trust_remote_code)
+    basic = config.dataset_param.basic_parameters
+    loader_param = config.dataloader_param
+    log = log if log is not None else BadInputLog(strict=basic.strict)
+    attr = RecordAttributes(**vars(config.dataset_param.attr))
+    records = load_records(basic.annotation_path, basic.media_root, log, attr)
+    records = records[: basic.max_samples] if basic.max_samples else records
+    records = records * basic.repeat_time
+    seq_length = basic.cutoff_len or config.dataset_param.tokenizer_config.model_max_length
+    encoder = ConversationEncoder(tokenizer, config.template, config.model_family)
+    dataset = MultimodalDataset(records, encoder, build_vision(config), seq_length, loader_param.seed)
+    pad_id = loader_param.collate_param.pad_id
+    pad_id = pad_id if pad_id is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    if loader_param.packing:
+        if seq_length is None:
+            raise ValueError("packing needs dataset_param.basic_parameters.cutoff_len (the packed row length)")
+        collate = PackingCollator(pad_id, seq_length)
+    else:
+        collate = PaddingCollator(pad_id)
+    sampler = EpochSampler(
+        len(dataset),
+        seed=loader_param.seed,
+        shuffle=loader_param.shuffle,
+        lengths=dataset.modality_lengths() if loader_param.group_by_length else None,
+        group_batch_size=loader_param.micro_batch_size,
+        rank=rank,
+        world_size=world_size,
+        drop_last=loader_param.drop_last,
+    )
+    return DataLoader(dataset, sampler, collate, loader_param.micro_batch_size, loader_param.num_workers, loader_param.drop_last, log)

@@ -1,0 +1,74 @@
+"""Sample order per epoch: deterministic in ``(seed, epoch)``, optionally grouped by length
+(XTuner's ``LengthGroupedSampler``), split across data-parallel ranks."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+
+def length_grouped_indices(lengths: np.ndarray, group_batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """XTuner's grouping: shuffle, cut into mega-batches of ``group_batch_size``, sort each by length
+    (longest first). With both signs present (``> 0`` multimodal, ``< 0`` text-only) the two
+    modalities are grouped apart, the full mega-batches shuffled together, and the two
+    remainders merged into a last mega-batch, so a mega-batch never mixes modalities but the last."""
+    lengths = np.asarray(lengths)
+    if (lengths == 0).any():
+        raise ValueError("lengths must be non-zero (sign marks the modality)")
+
+    def megabatches(indices: np.ndarray) -> list[np.ndarray]:
+        shuffled = indices[rng.permutation(len(indices))]
+        groups = [shuffled[i : i + group_batch_size] for i in range(0, len(shuffled), group_batch_size)]
+        return [g[np.argsort(-np.abs(lengths[g]), kind="stable")] for g in groups]
+
+    multimodal, text = np.flatnonzero(lengths > 0), np.flatnonzero(lengths < 0)
+    if len(multimodal) == 0 or len(text) == 0:
+        groups = megabatches(np.arange(len(lengths)))
+        return np.concatenate(groups) if groups else np.zeros(0, np.int64)
+    mm, lang = megabatches(multimodal), megabatches(text)
+    last = np.concatenate([mm[-1], lang[-1]])
+    full = mm[:-1] + lang[:-1]
+    full = [full[i] for i in rng.permutation(len(full))]
+    last = last[np.argsort(-np.abs(lengths[last]), kind="stable")]
+    return np.concatenate(full + [last])
+
+
+class EpochSampler:
+    """The indices one rank reads in an epoch.
+
+    The global order (a permutation, length-grouped if ``lengths`` is given, or ``0..n-1``
+    without shuffle) is padded by wrapping around to a multiple of ``world_size`` (or cut,
+    with ``drop_last``); rank ``r`` takes every ``world_size``-th index from ``r``.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        lengths: Optional[np.ndarray] = None,
+        group_batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        self.lengths, self.group_batch_size = lengths, group_batch_size
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+
+    def indices(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.lengths is not None:
+            order = length_grouped_indices(self.lengths, self.group_batch_size * self.world_size, rng)
+        elif self.shuffle:
+            order = rng.permutation(self.num_samples)
+        else:
+            order = np.arange(self.num_samples)
+        if self.drop_last:
+            order = order[: len(order) - len(order) % self.world_size]
+        elif len(order) % self.world_size:
+            extra = self.world_size - len(order) % self.world_size
+            order = np.concatenate([order, np.resize(order, extra)])
+        return order[self.rank :: self.world_size]
