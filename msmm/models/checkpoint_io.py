@@ -132,11 +132,12 @@ def load_hf_checkpoint(
     model: torch.nn.Module, path: str, family: str, dtype: Optional[torch.dtype] = None
 ) -> None:
     """Load an HF safetensors checkpoint into ``model`` (strict: every parameter must be
-    found, every tensor used, shapes equal). A tied ``lm_head.weight`` may be absent."""
+    found, every tensor used, shapes equal). Names in the model's ``tied_weights``
+    ({tied name: source name}) may be absent from the checkpoint."""
     tensors = read_hf_checkpoint(path, family)
     expected: Mapping[str, torch.Tensor] = model.state_dict()
-    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
-    missing = [k for k in expected if k not in tensors and not (tied and k == "lm_head.weight")]
+    tied = getattr(model, "tied_weights", {})
+    missing = [k for k in expected if k not in tensors and tied.get(k) not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     if missing or unexpected:
         raise KeyError(

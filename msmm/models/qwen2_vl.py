@@ -14,11 +14,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from .core import ColumnParallelLinear, TransformerConfig
+from .core import TransformerConfig
 from .qwen2_vl_meta import get_rope_index, vision_metadata
-from .text import DecoderModel, causal_lm_loss, qwen2_config_from_hf
+from .text import CausalLM, causal_lm_loss, qwen2_config_from_hf
 from .text.qwen2 import qwen2_layer_spec
 from .vision.qwen2_vit import QwenVisionTransformer, QwenViTConfig, qwen_vit_config_from_hf
 
@@ -65,20 +64,13 @@ def _numpy(x: Any) -> Optional[np.ndarray]:
     return None if x is None else np.asarray(x)
 
 
-class Qwen2VL(nn.Module):
-    """Qwen2-VL or Qwen2.5-VL for conditional generation (causal LM over text + vision)."""
+class Qwen2VL(CausalLM):
+    """Qwen2-VL or Qwen2.5-VL for conditional generation: a Qwen2 causal LM plus ``visual``."""
 
     def __init__(self, config: Qwen2VLConfig) -> None:
-        super().__init__()
+        super().__init__(config.text, qwen2_layer_spec())
         self.config = config
         self.visual = QwenVisionTransformer(config.vision)
-        self.model = DecoderModel(config.text, qwen2_layer_spec())
-        self.lm_head = ColumnParallelLinear(
-            config.text.hidden_size, config.text.vocab_size, False, config.text.tensor_model_parallel_size,
-            config.text.init_method_std,
-        )
-        if config.text.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
 
     def prepare_metadata(
         self,

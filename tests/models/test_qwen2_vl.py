@@ -89,7 +89,7 @@ def make_inputs(rng: np.random.Generator, rows) -> dict:
 
 # ---- reference side: HF transformers ----------------------------------------------------
 
-def hf_model(family: str, seed: int = 0):
+def hf_model(family: str, seed: int = 0, tie_word_embeddings: bool = False):
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -102,13 +102,13 @@ def hf_model(family: str, seed: int = 0):
         "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
     }[family]
     config = config_cls(
-        text_config=TEXT_CONFIG,
+        text_config=dict(TEXT_CONFIG, tie_word_embeddings=tie_word_embeddings),
         vision_config=VISION_CONFIGS[family],
         image_token_id=IMAGE,
         video_token_id=VIDEO,
         vision_start_token_id=VISION_START,
         vocab_size=VOCAB,  # HF's loss reads the top-level vocab_size
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         attn_implementation="eager",
     )
     torch.manual_seed(seed)
@@ -197,3 +197,14 @@ def test_forward_computes_metadata_when_not_given(checkpoint, rng):
         given = model(**{k: torch.tensor(v) for k, v in {**batch, **meta}.items()})[1]
         derived = model(**{k: torch.tensor(v) for k, v in batch.items()})[1]
     assert torch.equal(given, derived)
+
+
+def test_tied_embeddings(tmp_path, rng):
+    """Qwen2-VL-2B ties lm_head to the embeddings; HF saves the shared tensor once."""
+    ref_model = hf_model("qwen2_vl", tie_word_embeddings=True)
+    ref_model.save_pretrained(tmp_path, safe_serialization=True)
+    model = msmm_model(str(tmp_path))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    batch = make_inputs(rng, CASES["one_image"])
+    errs = assert_parity(msmm_run(model, batch), hf_run(ref_model, batch), valid=batch["attention_mask"])
+    print("qwen2_vl tied", errs)

@@ -73,7 +73,11 @@ class DecoderModel(TransformerBlock):
 
 
 class CausalLM(nn.Module):
-    """``model`` (DecoderModel) + ``lm_head``; ties the head to the embeddings if configured."""
+    """``model`` (DecoderModel) + ``lm_head``; ties the head to the embeddings if configured.
+
+    ``tied_weights`` maps each tied parameter name to the name it shares storage with, so
+    a checkpoint may omit it (HF saves tied weights once).
+    """
 
     def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec) -> None:
         super().__init__()
@@ -82,8 +86,10 @@ class CausalLM(nn.Module):
         self.lm_head = ColumnParallelLinear(
             config.hidden_size, config.vocab_size, False, config.tensor_model_parallel_size, config.init_method_std
         )
+        self.tied_weights = {}
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+            self.tied_weights = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def forward(
         self,
