@@ -1,0 +1,159 @@
+"""LLaVA-1.5: CLIP ViT (penultimate layer, class token dropped) -> 2-layer GELU MLP ->
+Llama/Vicuna, image features spliced at the ``<image>`` tokens.
+
+Our parameter names are those of HF ``LlavaForConditionalGeneration`` checkpoints with the
+CLIP wrapper level removed: ``vision_tower.vision_model.*`` -> ``vision_tower.*``;
+``multi_modal_projector.*`` and ``language_model.model.*`` / ``language_model.lm_head.*``
+are unchanged. The in-memory names of transformers >= 4.52 also load
+(``model.vision_tower.vision_model.*``, ``model.multi_modal_projector.*``,
+``model.language_model.*`` -> ``language_model.model.*``, ``lm_head.*`` ->
+``language_model.lm_head.*``). CLIP's ``post_layernorm`` and the layers after the feature
+layer are not built; their checkpoint tensors are skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Pattern, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .core import TransformerConfig
+from .projectors import MLPProjector
+from .vision.clip_vit import CLIPVisionEncoder, clip_vit_config_from_hf
+from .vision.vit import ViTConfig
+from .vlm import (
+    TEXT_DECODERS,
+    build_text_decoder,
+    load_mapped_checkpoint,
+    prefix_renamer,
+    splice_features,
+    text_family,
+    text_key_rules,
+)
+
+IMAGE_TOKEN = "<image>"
+SELECT_STRATEGIES = ("default", "full")
+
+
+@dataclass
+class LlavaConfig:
+    vision: ViTConfig
+    text: TransformerConfig
+    image_token_id: int  # id of <image>
+    text_family: str = "llama"
+    select_strategy: str = "default"  # "default" drops the class token, "full" keeps it
+    projector_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.text_family not in TEXT_DECODERS:
+            raise ValueError(f"text_family must be one of {sorted(TEXT_DECODERS)}, got {self.text_family!r}")
+        if self.select_strategy not in SELECT_STRATEGIES:
+            raise ValueError(f"select_strategy must be one of {SELECT_STRATEGIES}, got {self.select_strategy!r}")
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.vision.grid_size**2 + (self.select_strategy == "full")
+
+
+def llava_config_from_hf(hf: Mapping[str, Any], where: str = "config.json") -> LlavaConfig:
+    """LlavaConfig from an HF LLaVA ``config.json`` dict."""
+    for key in ("vision_config", "text_config"):
+        if key not in hf:
+            raise ValueError(f"{where}: missing {key!r}")
+    vision = hf["vision_config"]
+    if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
+        raise ValueError(f"{where}: vision_config.model_type={vision['model_type']!r}; only CLIP is supported")
+    feature_layer = hf.get("vision_feature_layer", -2)
+    if not isinstance(feature_layer, int):
+        raise ValueError(f"{where}: vision_feature_layer={feature_layer!r}: only a single layer is supported")
+    if hf.get("projector_hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{where}: projector_hidden_act={hf['projector_hidden_act']!r}; only 'gelu'")
+    token = hf.get("image_token_index", hf.get("image_token_id"))
+    if token is None:
+        raise ValueError(f"{where}: no image_token_index")
+    family = text_family(hf["text_config"], where)
+    return LlavaConfig(
+        vision=clip_vit_config_from_hf(vision, feature_layer),
+        text=TEXT_DECODERS[family][0](hf["text_config"]),
+        image_token_id=int(token),
+        text_family=family,
+        select_strategy=hf.get("vision_feature_select_strategy", "default"),
+        projector_bias=hf.get("multimodal_projector_bias", True),
+    )
+
+
+class Llava(nn.Module):
+    """LLaVA-1.5: images [N, 3, H, W] and token ids -> logits (and loss)."""
+
+    def __init__(self, config: LlavaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_tower = CLIPVisionEncoder(config.vision)
+        self.multi_modal_projector = MLPProjector(
+            config.vision.hidden_size, config.text.hidden_size, config.projector_bias, config.text.init_method_std
+        )
+        self.language_model = build_text_decoder(config.text_family, config.text)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, H, W] -> LLM inputs [N, tokens_per_image, text_hidden]."""
+        hidden = self.vision_tower(pixel_values)  # [N, 1 + P, C]
+        if self.config.select_strategy == "default":
+            hidden = torch.split(hidden, [1, hidden.shape[1] - 1], dim=1)[1]
+        return self.multi_modal_projector(hidden)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """input_ids [B, L] with ``tokens_per_image`` <image> ids per image; pixel_values
+        [N, 3, H, W], the images of the whole batch in order; attention_mask [B, L] (1 token,
+        0 padding); labels [B, L] with -100 where no loss is taken.
+        Returns logits [B, L, V], or (loss, logits) with labels."""
+        embeds = self.language_model.model.embed_tokens(input_ids)
+        if pixel_values is not None:
+            features = self.image_features(pixel_values)
+            embeds = splice_features(embeds, input_ids == self.config.image_token_id, features)
+        return self.language_model(
+            inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, labels=labels
+        )
+
+
+def _unused_keys(config: LlavaConfig) -> Pattern[str]:
+    """Checkpoint keys of CLIP parts that are not built."""
+    vision = config.vision
+    skipped = [rf"encoder\.layers\.{i}\." for i in range(vision.layers_used, vision.num_layers)]
+    return re.compile(rf"^vision_tower\.({'|'.join(skipped + [r'post_layernorm\.'])})")
+
+
+def load_llava_checkpoint(model: Llava, path: str) -> None:
+    """Load HF LLaVA safetensors (a file, or a directory with one file or an index of shards)."""
+    text_rules = text_key_rules(model.config.text_family)
+    rename = prefix_renamer(
+        [
+            ("vision_tower.vision_model.", "vision_tower.", []),
+            ("model.vision_tower.vision_model.", "vision_tower.", []),
+            ("model.multi_modal_projector.", "multi_modal_projector.", []),
+            ("model.language_model.", "language_model.model.", []),
+            ("lm_head.", "language_model.lm_head.", []),
+            ("language_model.", "language_model.", text_rules),
+        ]
+    )
+    optional = ["language_model.lm_head.weight"] if model.config.text.tie_word_embeddings else []
+    load_mapped_checkpoint(model, path, rename, (), _unused_keys(model.config), optional)
+
+
+def load_llava(path: str) -> Llava:
+    """Build a Llava from an HF checkpoint directory (``config.json`` + safetensors) and load it."""
+    config_file = os.path.join(path, "config.json")
+    with open(config_file) as f:
+        model = Llava(llava_config_from_hf(json.load(f), config_file))
+    load_llava_checkpoint(model, path)
+    return model
