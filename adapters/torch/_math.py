@@ -10,6 +10,7 @@ namedtuple does not survive ``mindspore.jit`` with gradients.
 from __future__ import annotations
 
 import builtins
+import math
 from typing import Optional, Sequence, Union
 
 import mindspore
@@ -69,14 +70,24 @@ multiply = mul
 
 def div(input, other, *, rounding_mode: Optional[str] = None, out=None):
     """True division, or ``rounding_mode`` ``"trunc"`` / ``"floor"`` (integer-valued)."""
+    if rounding_mode is None:
+        return true_divide(input, other)
     return mint.div(input, other, rounding_mode=rounding_mode)
 
 
 divide = div
 
 
+def _float(x):
+    """Integer tensors as float32, torch's true-division operand (mint.div's gradient of an
+    int64 input is int64, which breaks gradient accumulation in graph mode)."""
+    if isinstance(x, mindspore.Tensor) and x.dtype in _INTEGRAL:
+        return x.astype(mindspore.float32)
+    return x
+
+
 def true_divide(dividend, divisor, *, out=None):
-    return mint.div(dividend, divisor)
+    return mint.div(_float(dividend), _float(divisor))
 
 
 def floor_divide(input, other, *, out=None):
@@ -88,9 +99,22 @@ def remainder(input, other, *, out=None):
     return mint.remainder(input, other)
 
 
+@register("fmod", "CPU", note="a - b * trunc(a / b): mint.fmod has no CPU kernel inside jit")
+def _fmod_cpu(input, other):
+    return input - other * mint.trunc(mint.div(input, other))
+
+
+@register("fmod", "Ascend", tested=False)
+def _fmod_ascend(input, other):
+    return mint.fmod(input, other)
+
+
+_fmod = kernel("fmod")
+
+
 def fmod(input, other, *, out=None):
     """C's modulo: the result has the sign of ``input``."""
-    return mint.fmod(input, other)
+    return _fmod(input, other)
 
 
 def pow(input, exponent, *, out=None):  # noqa: A001
@@ -116,8 +140,21 @@ def log(input, *, out=None):
     return mint.log(input)
 
 
-def log2(input, *, out=None):
+@register("log2", "CPU", note="log(x) / log(2): mint.log2 has no CPU kernel")
+def _log2_cpu(input):
+    return mint.log(input) * (1.0 / math.log(2.0))
+
+
+@register("log2", "Ascend", tested=False)
+def _log2_ascend(input):
     return mint.log2(input)
+
+
+_log2 = kernel("log2")
+
+
+def log2(input, *, out=None):
+    return _log2(input)
 
 
 def log1p(input, *, out=None):
@@ -309,17 +346,23 @@ def sum(input, dim=None, keepdim: bool = False, *, dtype=None, out=None):  # noq
     """Sum; integer and bool inputs sum to int64 as in torch."""
     if dtype is None and input.dtype in _INTEGRAL:
         dtype = mindspore.int64
-    return mint.sum(input, _dims(dim), keepdim, dtype=dtype)
+    if dtype is not None:  # cast first: the gradient then casts back to the input's dtype
+        input = input.astype(dtype)
+    return mint.sum(input, _dims(dim), keepdim)
 
 
 def mean(input, dim=None, keepdim: bool = False, *, dtype=None, out=None):
-    return mint.mean(input, _dims(dim) or None, keepdim, dtype=dtype)
+    if dtype is not None:
+        input = input.astype(dtype)
+    return mint.mean(input, _dims(dim) or None, keepdim)
 
 
 def prod(input, dim: Optional[int] = None, keepdim: bool = False, *, dtype=None):
     if dtype is None and input.dtype in _INTEGRAL:
         dtype = mindspore.int64
-    return mint.prod(input, dim, keepdim, dtype=dtype)
+    if dtype is not None:
+        input = input.astype(dtype)
+    return mint.prod(input, dim, keepdim)
 
 
 @register("argmax", "CPU", note="legacy ops.argmax: mint.argmax runs only inside jit on CPU")
@@ -386,7 +429,7 @@ def amin(input, dim=(), keepdim: bool = False, *, out=None):
 @register("logsumexp", "CPU", note="max-shifted composition: mint.logsumexp has no CPU kernel")
 def _logsumexp_cpu(input, dims, keepdim):
     shift = ops.stop_gradient(mint.amax(input, dims, True))
-    shift = mint.where(mint.isinf(shift), mint.zeros_like(shift), shift)
+    shift = mint.where(mint.isinf(shift), 0.0, shift)
     out = mint.log(mint.sum(mint.exp(input - shift), dims, True)) + shift
     return out if keepdim else mint.squeeze(out, dims)
 
