@@ -147,3 +147,26 @@ def test_dropout_p1_and_bad_p():
     assert not torch_ms.nn.functional.dropout(x, p=1.0).asnumpy().any()
     with pytest.raises(ValueError, match="between 0 and 1"):
         torch_ms.nn.functional.dropout(x, p=1.5)
+
+
+# ---- bad input: clear errors, torch's where torch has one --------------------------------
+F_MS = torch_ms.nn.functional
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: F_MS.scaled_dot_product_attention(*map(ms.Tensor, (Q, K, V)), attn_mask=ms.Tensor(_bool_mask()),
+                                               is_causal=True), "either attn_mask or is_causal"),
+    (lambda: F_MS.scaled_dot_product_attention(ms.Tensor(randn(1, 4, 2, 8)), ms.Tensor(randn(1, 2, 2, 8)),
+                                               ms.Tensor(randn(1, 2, 2, 8))), "enable_gqa=True"),
+    (lambda: F_MS.interpolate(ms.Tensor(randn(1, 1, 4, 4)), size=(2, 2), mode="bicubic", antialias=True),
+     "antialias"),
+    (lambda: F_MS.interpolate(ms.Tensor(randn(1, 1, 4)), size=2, mode="bicubic"), "expects 2 spatial dims"),
+    (lambda: F_MS.interpolate(ms.Tensor(randn(1, 1, 4, 4)), size=2, align_corners=True), "align_corners"),
+    (lambda: F_MS.conv2d(ms.Tensor(randn(1, 3, 4, 4)), ms.Tensor(randn(2, 2, 3, 3))), "3 channels"),
+    (lambda: F_MS.cross_entropy(ms.Tensor(randn(2, 3)), ms.Tensor(_ids(2, 3)), reduction="avg"),
+     "not a valid value for reduction"),
+    (lambda: F_MS.gelu(ms.Tensor(randn(2)), approximate="erf"), "approximate"),
+])
+def test_bad_input_errors(call, message):
+    with pytest.raises((ValueError, NotImplementedError), match=message):
+        call()

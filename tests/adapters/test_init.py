@@ -72,7 +72,7 @@ RANDOM = [
 @pytest.mark.parametrize("name,kwargs,shape", RANDOM, ids=[f"{r[0]}-{i}" for i, r in enumerate(RANDOM)])
 def test_random_fill_distribution(name, kwargs, shape):
     torch_ref.manual_seed(0)
-    ms.set_seed(0)
+    torch_ms.manual_seed(0)
     want = getattr(torch_ref.nn.init, name)(torch_ref.empty(shape), **kwargs).numpy().ravel()
     param = _ms_param(shape)
     out = getattr(torch_ms.nn.init, name)(param, **kwargs)
@@ -98,14 +98,16 @@ def test_deterministic_fills_equal_torch(name, args):
     harness.record(INIT + name, "pynative")
 
 
-def test_fill_keeps_dtype_and_is_seeded():
+def test_fill_keeps_dtype_and_follows_manual_seed():
     param = _ms_param((64, 64), ms.float16)
     torch_ms.nn.init.normal_(param, std=0.5)
     assert param.dtype == ms.float16
-    ms.set_seed(3)
-    first = torch_ms.nn.init.kaiming_uniform_(_ms_param((32, 16))).asnumpy()
-    ms.set_seed(3)
-    np.testing.assert_array_equal(torch_ms.nn.init.kaiming_uniform_(_ms_param((32, 16))).asnumpy(), first)
+    torch_ms.manual_seed(3)
+    first = torch_ms.nn.Linear(16, 32).weight.asnumpy()
+    second = torch_ms.nn.Linear(16, 32).weight.asnumpy()
+    torch_ms.manual_seed(3)
+    np.testing.assert_array_equal(torch_ms.nn.Linear(16, 32).weight.asnumpy(), first)
+    assert not np.array_equal(first, second)
 
 
 def _project(layer, x):

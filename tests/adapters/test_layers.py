@@ -73,7 +73,7 @@ def _stats(values: np.ndarray):
 def test_default_init_follows_torch():
     """Linear/Conv: kaiming_uniform(a=sqrt(5)) weight and U(+-1/sqrt(fan_in)) bias, i.e. both
     U(+-1/sqrt(fan_in)); Embedding N(0, 1) with a zero padding row; norms ones/zeros."""
-    torch_ms.manual_seed(0) if hasattr(torch_ms, "manual_seed") else None
+    torch_ms.manual_seed(0)
     for layer, fan_in in ((torch_ms.nn.Linear(256, 512), 256), (torch_ms.nn.Conv2d(16, 64, 3), 16 * 9),
                           (torch_ms.nn.Conv3d(4, 32, (2, 3, 3)), 4 * 18)):
         bound = 1 / np.sqrt(fan_in)
