@@ -177,7 +177,7 @@ def _unused_keys(config: InternVLConfig) -> Optional[Pattern[str]]:
     skipped = [rf"encoder\.layer\.{i}\." for i in range(vision.layers_used, vision.num_layers)]
     if vision.final_layernorm and vision.layers_used < vision.num_layers:
         skipped.append(r"layernorm\.")
-    return re.compile(rf"^vision_tower\.({'|'.join(skipped)})") if skipped else None
+    return re.compile(r"^vision_tower\.(" + "|".join(skipped) + ")") if skipped else None
 
 
 def load_internvl_checkpoint(model: InternVL, path: str, layout: str = "hf") -> None:

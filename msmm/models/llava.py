@@ -130,7 +130,8 @@ def _unused_keys(config: LlavaConfig) -> Pattern[str]:
     """Checkpoint keys of CLIP parts that are not built."""
     vision = config.vision
     skipped = [rf"encoder\.layers\.{i}\." for i in range(vision.layers_used, vision.num_layers)]
-    return re.compile(rf"^vision_tower\.({'|'.join(skipped + [r'post_layernorm\.'])})")
+    skipped.append(r"post_layernorm\.")
+    return re.compile(r"^vision_tower\.(" + "|".join(skipped) + ")")
 
 
 def load_llava_checkpoint(model: Llava, path: str) -> None:
