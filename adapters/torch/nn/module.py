@@ -49,8 +49,10 @@ class Module(nn.Cell):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        object.__setattr__(self, "_buffer_order", [])  # every buffer name, in registration order
         object.__setattr__(self, "_persistent_buffers", set())
         object.__setattr__(self, "_volatile_buffers", {})
+        self.set_train(True)  # torch modules start in training mode
 
     def construct(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -66,6 +68,8 @@ class Module(nn.Cell):
         self._volatile_buffers.pop(name, None)
         if name in self._params:
             del self._params[name]
+        if name not in self._buffer_order:
+            self._buffer_order.append(name)
         if persistent and tensor is not None:
             self._params[name] = mindspore.Parameter(tensor, name=name, requires_grad=False)
             self._persistent_buffers.add(name)
@@ -124,14 +128,15 @@ class Module(nn.Cell):
             yield module
 
     def _own_tensors(self, buffers: bool) -> Iterator[Tuple[str, Tensor]]:
-        persistent = self._persistent_buffers
-        for name, param in self._params.items():
-            if param is not None and (name in persistent) == buffers:
-                yield name, param
-        if buffers:
-            for name, tensor in self._volatile_buffers.items():
-                if tensor is not None:
-                    yield name, tensor
+        if not buffers:
+            for name, param in self._params.items():
+                if param is not None and name not in self._persistent_buffers:
+                    yield name, param
+            return
+        for name in self._buffer_order:
+            tensor = self._params[name] if name in self._persistent_buffers else self._volatile_buffers.get(name)
+            if tensor is not None:
+                yield name, tensor
 
     def _named_members(self, buffers: bool, prefix: str, recurse: bool, persistent_only: bool = False):
         seen = set()
@@ -180,11 +185,20 @@ class Module(nn.Cell):
 
     # ---- state -------------------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Parameters then persistent buffers of each module, depth first, as torch orders
+        them; a tied parameter appears under each of its names."""
         out = OrderedDict() if destination is None else destination
-        for name, param in self._named_members(False, prefix.rstrip("."), True):
-            out[name] = param
-        for name, buf in self._named_members(True, prefix.rstrip("."), True, persistent_only=True):
-            out[name] = buf
+        for name, param in self._own_tensors(buffers=False):
+            out[prefix + name] = param
+        for name, buf in self._own_tensors(buffers=True):
+            if name in self._persistent_buffers:
+                out[prefix + name] = buf
+        for name, cell in self.named_children():
+            if isinstance(cell, Module):
+                cell.state_dict(destination=out, prefix=f"{prefix}{name}.")
+            else:
+                for pname, param in cell.parameters_and_names():
+                    out[f"{prefix}{name}.{pname}"] = param
         return out
 
     def load_state_dict(self, state_dict: Mapping[str, object], strict: bool = True, assign: bool = False):
