@@ -132,6 +132,7 @@ class InternVL(nn.Module):
     def __init__(self, config: InternVLConfig) -> None:
         super().__init__()
         self.config = config
+        self.image_token_id = config.image_token_id
         self.vision_tower = InternVisionEncoder(config.vision)
         self.multi_modal_projector = PixelShuffleProjector(
             config.vision.hidden_size,
@@ -165,7 +166,7 @@ class InternVL(nn.Module):
         embeds = self.language_model.model.embed_tokens(input_ids)
         if pixel_values is not None:
             features = self.image_features(pixel_values)
-            embeds = splice_features(embeds, input_ids == self.config.image_token_id, features, image_flags)
+            embeds = splice_features(embeds, input_ids == self.image_token_id, features, image_flags)
         return self.language_model(
             inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, labels=labels
         )

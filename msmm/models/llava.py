@@ -92,6 +92,8 @@ class Llava(nn.Module):
     def __init__(self, config: LlavaConfig) -> None:
         super().__init__()
         self.config = config
+        self.image_token_id = config.image_token_id
+        self.drop_class_token = config.select_strategy == "default"
         self.vision_tower = CLIPVisionEncoder(config.vision)
         self.multi_modal_projector = MLPProjector(
             config.vision.hidden_size, config.text.hidden_size, config.projector_bias, config.text.init_method_std
@@ -101,7 +103,7 @@ class Llava(nn.Module):
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, H, W] -> LLM inputs [N, tokens_per_image, text_hidden]."""
         hidden = self.vision_tower(pixel_values)  # [N, 1 + P, C]
-        if self.config.select_strategy == "default":
+        if self.drop_class_token:
             hidden = torch.split(hidden, [1, hidden.shape[1] - 1], dim=1)[1]
         return self.multi_modal_projector(hidden)
 
@@ -120,7 +122,7 @@ class Llava(nn.Module):
         embeds = self.language_model.model.embed_tokens(input_ids)
         if pixel_values is not None:
             features = self.image_features(pixel_values)
-            embeds = splice_features(embeds, input_ids == self.config.image_token_id, features)
+            embeds = splice_features(embeds, input_ids == self.image_token_id, features)
         return self.language_model(
             inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, labels=labels
         )
