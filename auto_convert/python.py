@@ -11,12 +11,11 @@ import re
 from typing import Callable, Sequence
 
 import libcst as cst
+import libcst.matchers as matchers
 from libcst.metadata import (
     GlobalScope,
     MetadataWrapper,
-    ParentNodeProvider,
     PositionProvider,
-    QualifiedNameProvider,
     QualifiedNameSource,
     ScopeProvider,
 )
@@ -68,11 +67,19 @@ def _unsupported_reason(name: str) -> str | None:
     return None
 
 
-def render(template: str, values: dict[str, str]) -> str:
-    """Fill `{name}` placeholders; `, {args}` disappears when there are no arguments."""
+def render(template: str, values: dict[str, str | cst.BaseExpression]) -> str:
+    """Fill `{name}` placeholders with code; a node followed by `.`, `[` or `(` is
+    parenthesized if it needs to be. `, {args}` disappears when there are no arguments."""
     if values.get("args") == "":
         template = template.replace(", {args}", "").replace("{args}, ", "")
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+    def fill(m: re.Match) -> str:
+        value = values[m.group(1)]
+        if isinstance(value, str):
+            return value
+        return _atom(value) if template[m.end():m.end() + 1] in (".", "[", "(") else _code(value)
+
+    return _PLACEHOLDER.sub(fill, template)
 
 
 class _Skip(Exception):
@@ -80,16 +87,33 @@ class _Skip(Exception):
 
 
 class TorchToAdapters(cst.CSTTransformer):
-    METADATA_DEPENDENCIES = (QualifiedNameProvider, ScopeProvider, PositionProvider,
-                             ParentNodeProvider)
+    METADATA_DEPENDENCIES = (ScopeProvider, PositionProvider)
 
     def __init__(self, report: FileReport) -> None:
         super().__init__()
         self.report = report
         self.torch_alias: str | None = None
+        self.torch_code = False  # the module imports torch: tensor-method rules apply
         self._global: GlobalScope | None = None
         self._handled: set[int] = set()  # ids of original reference chains a rule consumes
+        self._imported: set[str] = set()  # every name an import binds, in any scope
         self._none_calls: set[int] = set()  # ids of `None` nodes that replaced a whole call
+        self._path: list[cst.CSTNode] = []  # original nodes from the module to the current one
+
+    # the path gives parents (cheaper than ParentNodeProvider, which is a pass of its own)
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        self._path.append(node)
+        return super().on_visit(node)
+
+    def on_leave(self, original: cst.CSTNode, updated: cst.CSTNode):
+        result = super().on_leave(original, updated)
+        self._path.pop()
+        return result
+
+    def _parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
+        """Parent of `node`, the node being visited or left."""
+        assert self._path[-1] is node
+        return self._path[-2] if len(self._path) > 1 else None
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -106,7 +130,13 @@ class TorchToAdapters(cst.CSTTransformer):
 
     def _qualname(self, node: cst.CSTNode) -> str | None:
         """Imported dotted name of `node` (`adapters.torch.X` read as `torch.X`), else None."""
-        for q in self.get_metadata(QualifiedNameProvider, node, set()):
+        root = node
+        while isinstance(root, cst.Attribute):
+            root = root.value
+        if not isinstance(root, cst.Name) or root.value not in self._imported:
+            return None  # cheap filter: resolving names through scopes is the slow part
+        scope = self.get_metadata(ScopeProvider, node, None)
+        for q in scope.get_qualified_names_for(node) if scope is not None else ():
             if q.source is QualifiedNameSource.IMPORT:
                 name = q.name
                 return name[len(rules.ADAPTERS) + 1:] if _under(name, "adapters.torch") else name
@@ -138,13 +168,18 @@ class TorchToAdapters(cst.CSTTransformer):
 
     def visit_Module(self, node: cst.Module) -> None:
         self._global = self.get_metadata(ScopeProvider, node)
+        self._imported = {_bound_name(alias) for alias in matchers.findall(node, matchers.ImportAlias())}
         bound = set()
         for assignment in self._global.assignments:
             imp = assignment.node
+            if isinstance(imp, cst.ImportFrom) and imp.module is not None and not imp.relative:
+                module = _dotted(imp.module)
+                self.torch_code |= _under(module, "torch") or _under(module, "adapters.torch")
             if not isinstance(imp, cst.Import):
                 continue
             for alias in imp.names:
                 name = _dotted(alias.name)
+                self.torch_code |= _under(name, "torch") or _under(name, "adapters.torch")
                 if alias.asname is not None:
                     if name in ("torch", "adapters.torch") and \
                             alias.asname.name.value == assignment.name:
@@ -283,7 +318,7 @@ class TorchToAdapters(cst.CSTTransformer):
     # -- references that no rule covers --------------------------------------------------
 
     def _outermost(self, node: cst.CSTNode) -> bool:
-        parent = self.get_metadata(ParentNodeProvider, node, None)
+        parent = self._parent(node)
         return not (isinstance(parent, cst.Attribute) and parent.value is node)
 
     def _check_reference(self, node: cst.BaseExpression) -> None:
@@ -334,7 +369,8 @@ class TorchToAdapters(cst.CSTTransformer):
         name = self._qualname(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
         if name is not None:
             return self._rewrite_imported_call(original, updated, name)
-        if isinstance(func, cst.Attribute) and not self._is_module_ref(func.value):
+        if isinstance(func, cst.Attribute) and self.torch_code \
+                and not self._is_module_ref(func.value):
             return self._rewrite_method(original, updated, func.attr.value)
         return None, "", ""
 
@@ -358,7 +394,7 @@ class TorchToAdapters(cst.CSTTransformer):
         if name in rules.VENDOR_CLASSES:
             return self._vendor_class(original, updated, rules.VENDOR_CLASSES[name], name)
         if name in rules.VENDOR_FUNCTIONS:
-            parent = self.get_metadata(ParentNodeProvider, original)
+            parent = self._parent(original)
             if not _is_first_item(parent, original):
                 raise _Skip(f"`{name}` is only rewritten as `{name.split('.')[-1]}(...)[0]`")
             return None, "", ""  # rewritten in leave_Subscript
@@ -371,9 +407,9 @@ class TorchToAdapters(cst.CSTTransformer):
 
     def _rewrite_method(self, original: cst.Call, updated: cst.Call, method: str):
         receiver = updated.func.value
-        values = {"self": _atom(receiver)}
+        values: dict = {"self": receiver}
         if method in rules.DEVICE_METHODS:
-            return self._expression(original, values["self"]), f"device.{method}", \
+            return self._expression(original, _code(receiver)), f"device.{method}", \
                 rules.DEVICE_WHY
         if method == "to":
             return self._rewrite_to(original, updated)
@@ -381,20 +417,22 @@ class TorchToAdapters(cst.CSTTransformer):
             return self._dim_keyword(original, updated, method)
         candidates = [r for r in rules.METHOD_RULES if r.method == method]
         if not candidates:
-            if _looks_inplace(method):
+            if _looks_inplace(method) and method not in rules.KEPT_INPLACE:
                 raise _Skip(f"in-place method `{method}` has no functional rule")
             return None, "", ""
         positional = [a for a in updated.args if a.keyword is None and not a.star]
         rule = next((r for r in candidates if r.arity is None or (
             r.arity == len(updated.args) == len(positional))), None)
         if rule is None:
+            if method in rules.TORCH_ARITY_ONLY:
+                return None, "", ""
             raise _Skip(f"`.{method}(...)` with these arguments matches no rule")
         if rule.statement:
-            parent = self.get_metadata(ParentNodeProvider, original)
+            parent = self._parent(original)
             if not isinstance(parent, cst.Expr) or not isinstance(receiver, cst.Name):
                 raise _Skip(f"in-place `{method}` is rewritten only as a statement on a name")
             return None, "", ""  # rewritten in leave_Expr
-        values.update({str(i): _atom(a.value) for i, a in enumerate(positional)})
+        values.update({str(i): a.value for i, a in enumerate(positional)})
         values["args"] = _args_code(updated.args)
         if "{torch}" in rule.template:
             values["torch"] = self._torch(original)
@@ -405,7 +443,7 @@ class TorchToAdapters(cst.CSTTransformer):
         if len(kept) == len(updated.args):
             return None, "", ""
         if not kept:
-            code = _atom(updated.func.value)
+            code = _code(updated.func.value)
         else:
             code = _code(updated.with_changes(args=_fix_last_comma(kept, updated.args)))
         return self._expression(original, code), "device.to", rules.DEVICE_WHY
@@ -468,7 +506,8 @@ class TorchToAdapters(cst.CSTTransformer):
         if id(updated.value) in self._none_calls:
             return cst.Pass(semicolon=updated.semicolon)
         call = original.value
-        if not (isinstance(call, cst.Call) and isinstance(call.func, cst.Attribute)
+        if not (self.torch_code and isinstance(call, cst.Call)
+                and isinstance(call.func, cst.Attribute)
                 and isinstance(call.func.value, cst.Name)
                 and not self._is_module_ref(call.func.value)):
             return updated
@@ -486,7 +525,7 @@ class TorchToAdapters(cst.CSTTransformer):
                             "make it local")
             positional = [a for a in new_call.args if a.keyword is None]
             values = {"self": receiver, "args": _args_code(new_call.args),
-                      **{str(i): _atom(a.value) for i, a in enumerate(positional)}}
+                      **{str(i): a.value for i, a in enumerate(positional)}}
             if "{torch}" in rule.template:
                 values["torch"] = self._torch(original)
             target, _, value = render(rule.template, values).partition(" = ")
@@ -521,12 +560,18 @@ class TorchToAdapters(cst.CSTTransformer):
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute):
         if original.attr.value != "is_cuda" or self._is_module_ref(original.value):
             return updated
-        parent = self.get_metadata(ParentNodeProvider, original)
+        parent = self._parent(original)
         if isinstance(parent, cst.Call) and parent.func is original:
             return updated
         new = self._expression(original, "False")
         self._changed(original, new, "device.is_cuda", rules.DEVICE_WHY)
         return new
+
+
+def _bound_name(alias: cst.ImportAlias) -> str:
+    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+        return alias.asname.name.value
+    return _dotted(alias.name).split(".")[0]
 
 
 def _fresh_commas(aliases: Sequence[cst.ImportAlias]) -> list[cst.ImportAlias]:
@@ -621,7 +666,7 @@ def convert_python(source: str, path: str = "<string>") -> tuple[str, FileReport
     except cst.ParserSyntaxError as err:
         report.error = f"{path}:{err.raw_line}:{err.raw_column}: {err.message}"
         return source, report
-    converted = MetadataWrapper(module).visit(TorchToAdapters(report)).code
+    converted = MetadataWrapper(module, unsafe_skip_copy=True).visit(TorchToAdapters(report)).code
     if converted.count("\n") != source.count("\n"):  # a rule broke the line-count contract
         raise AssertionError(f"auto_convert changed the line count of {path}")
     report.changes.sort(key=lambda c: c.line)

@@ -41,12 +41,12 @@ _TRANSPOSE_WHY = "MindSpore graph mode reads Tensor.transpose(a, b) as a permuta
 _SIZE_WHY = "MindSpore's Tensor.size is the element count, not torch's size()"
 _INPLACE_WHY = ("in-place Tensor methods have no CPU kernel in MindSpore and break graph mode; "
                 "the functional form rebinds the name")
+_EXPAND_WHY = "MindSpore graph mode rejects Tensor.expand(*sizes)"
 _DIM_KW_WHY = "MindSpore graph mode rejects the dim= keyword of Tensor.{0}; positional works"
 
 # Functional ops with the same signature as their in-place method: `x.op_(a)` -> `torch.op(x, a)`.
 INPLACE_FUNCTIONAL = ("masked_fill", "add", "sub", "mul", "div", "clamp", "pow", "exp",
-                      "sqrt", "rsqrt", "neg", "abs", "tanh", "sigmoid", "relu", "index_fill",
-                      "scatter")
+                      "sqrt", "rsqrt", "neg", "abs", "tanh", "sigmoid", "scatter")
 
 METHOD_RULES: tuple[MethodRule, ...] = (
     MethodRule("transpose", 2, "{torch}.transpose({self}, {0}, {1})", _TRANSPOSE_WHY),
@@ -64,8 +64,8 @@ METHOD_RULES: tuple[MethodRule, ...] = (
                "MindSpore's Tensor.std defaults to the biased estimator and rejects unbiased="),
     MethodRule("var", None, "{torch}.var({self}, {args})",
                "MindSpore's Tensor.var defaults to the biased estimator and rejects unbiased="),
-    MethodRule("expand", None, "{torch}.expand({self}, {args})",
-               "MindSpore graph mode rejects Tensor.expand(*sizes)"),
+    MethodRule("expand", 1, "{torch}.broadcast_to({self}, {0})", _EXPAND_WHY),
+    MethodRule("expand", None, "{torch}.broadcast_to({self}, ({args}))", _EXPAND_WHY),
     MethodRule("unflatten", 2, "{torch}.unflatten({self}, {0}, {1})",
                "MindSpore tensors have no unflatten method"),
     MethodRule("fill_", 1, "{self} = {torch}.full_like({self}, {0})", _INPLACE_WHY, statement=True),
@@ -73,6 +73,12 @@ METHOD_RULES: tuple[MethodRule, ...] = (
     *(MethodRule(f"{op}_", None, f"{{self}} = {{torch}}.{op}({{self}}, {{args}})", _INPLACE_WHY,
                  statement=True) for op in INPLACE_FUNCTIONAL),
 )
+
+# Methods with one torch form: any other arity is numpy's or MindSpore's own method.
+TORCH_ARITY_ONLY = frozenset({"transpose"})
+
+# In-place methods that adapters implements as they are (on Modules).
+KEPT_INPLACE = frozenset({"requires_grad_", "zero_grad", "apply"})
 
 # `x.chunk(n, dim=d)` -> `x.chunk(n, d)`: keyword moved to its position (index, keyword).
 DIM_KEYWORD_METHODS: dict[str, int] = {"chunk": 1, "split": 1}
