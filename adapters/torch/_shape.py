@@ -98,10 +98,17 @@ def repeat_interleave(input, repeats: Union[int, "mindspore.Tensor"], dim: Optio
                       output_size: Optional[int] = None):
     """Repeat each element ``repeats`` times (an int, or a tensor of per-element counts).
 
-    Tensor ``repeats`` give a data-dependent length: PyNative, or jit on CPU (dynamic shape).
+    Tensor ``repeats`` give a data-dependent length: inside ``mindspore.jit`` pass
+    ``output_size`` (the total), which turns the op into a gather of static shape.
     """
     if dim is None:
         input, dim = input.reshape(-1), 0
+    if output_size is not None and isinstance(repeats, mindspore.Tensor):
+        # output position p takes source element #{k : cumsum(repeats)[k] <= p}
+        ends = ops.cumsum(repeats.reshape(-1).astype(mindspore.int64), 0)
+        positions = ops.arange(0, output_size, 1, dtype=mindspore.int64)
+        source = mint.sum((mint.unsqueeze(positions, 1) >= mint.unsqueeze(ends, 0)).astype(mindspore.int64), 1)
+        return _index_select(input, dim, source)
     return _repeat_interleave(input, repeats, dim)
 
 
@@ -204,7 +211,7 @@ def scatter(input, dim: int, index, src=None, *, value=None, reduce: Optional[st
     if reduce != "add":
         raise NotImplementedError(f"adapters: scatter(reduce={reduce!r}) is not supported; use 'add'")
     if not isinstance(source, mindspore.Tensor):
-        source = mint.full(index.shape, source, dtype=input.dtype)
+        source = ops.fill(input.dtype, index.shape, source)
     return _scatter_add(input, dim, index, source)
 
 
