@@ -46,18 +46,18 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-def _header(path: str) -> dict:
+def _header(path: str) -> Tuple[dict, int]:
+    """The JSON header of a safetensors file and the byte offset where tensor data starts."""
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(length))
+        return json.loads(f.read(length)), 8 + length
 
 
-def _read_with_bf16(path: str, header: dict) -> Dict[str, np.ndarray]:
+def _read_with_bf16(path: str, header: dict, data_start: int) -> Dict[str, np.ndarray]:
     """numpy has no bfloat16: BF16 tensors are widened to float32 (exact), the rest kept."""
     dtypes = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
               "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-    (length,) = struct.unpack("<Q", open(path, "rb").read(8))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + length)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start)
     out = {}
     for key, info in header.items():
         if key == "__metadata__":
@@ -76,9 +76,9 @@ def _read_with_bf16(path: str, header: dict) -> Dict[str, np.ndarray]:
 
 def read_safetensors_file(path: str) -> Dict[str, np.ndarray]:
     """All tensors of one .safetensors file as numpy arrays (BF16 widened to float32)."""
-    header = _header(path)
+    header, data_start = _header(path)
     if any(info["dtype"] == "BF16" for key, info in header.items() if key != "__metadata__"):
-        return _read_with_bf16(path, header)
+        return _read_with_bf16(path, header, data_start)
     return load_file(path)
 
 
