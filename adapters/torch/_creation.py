@@ -56,8 +56,8 @@ def _size(size: tuple) -> tuple:
 
 def tensor(data, dtype=None, device=None, requires_grad: bool = False, pin_memory: bool = False):
     """A new tensor holding a copy of ``data`` (Python scalars/lists, numpy array, tensor)."""
-    if isinstance(data, mindspore.Tensor):
-        out = ops.deepcopy(data)
+    if isinstance(data, mindspore.Tensor):  # a copy cut from the graph, as torch's
+        out = ops.stop_gradient(ops.deepcopy(data))
         return out if dtype is None else out.astype(dtype)
     if isinstance(data, (np.ndarray, np.generic)):
         array = np.array(data)
