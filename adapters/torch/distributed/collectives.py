@@ -37,6 +37,12 @@ class _CompletedWork:
         return True
 
 
+def _rows(tensor: Tensor, start: int, stop: int) -> Tensor:
+    """``tensor[start:stop]`` as a new tensor: a slice is a view, and ``copy_`` from a view
+    into a smaller tensor fails on CPU."""
+    return ops.gather(tensor, Tensor(np.arange(start, stop, dtype=np.int64)), 0)
+
+
 def _finish(tensor: Tensor, result, async_op: bool):
     """torch's in-place contract: ``result`` is written into ``tensor`` (``copy_``, which
     MindSpore also honours in graph mode); ``tensor`` is returned too. ``result`` None: the
@@ -51,10 +57,30 @@ def _check_member(group: ProcessGroup, what: str) -> None:
         raise RuntimeError(f"torch.distributed.{what}: this rank is not a member of {group}")
 
 
+@register("distributed.all_reduce", "Ascend", tested=False)
+def _all_reduce_native(tensor: Tensor, op: str, group: ProcessGroup) -> Tensor:
+    return ops.AllReduce(_MS_REDUCE[op], group.name)(tensor)
+
+
+_GATHERED_REDUCE = {ReduceOp.PRODUCT: ops.prod, ReduceOp.MAX: ops.amax, ReduceOp.MIN: ops.amin}
+
+
+@register("distributed.all_reduce", "CPU",
+          note="sum/avg: AllReduce; max/min/product: AllGather + reduction (CPU AllReduce only sums)")
+def _all_reduce_cpu(tensor: Tensor, op: str, group: ProcessGroup) -> Tensor:
+    if op in (ReduceOp.SUM, ReduceOp.AVG):
+        return ops.AllReduce(ops.ReduceOp.SUM, group.name)(tensor)
+    gathered = ops.AllGather(group.name)(tensor.reshape((1,) + tuple(tensor.shape)))  # (size, *shape)
+    return _GATHERED_REDUCE[op](gathered, 0)
+
+
+_all_reduce_kernel = kernel("distributed.all_reduce")
+
+
 def _reduce(tensor: Tensor, op: str, group: ProcessGroup) -> Tensor:
     if op not in _MS_REDUCE:
         raise ValueError(f"torch.distributed: unsupported ReduceOp {op!r}")
-    result = ops.AllReduce(_MS_REDUCE[op], group.name)(tensor)
+    result = _all_reduce_kernel(tensor, op, group)
     if op == ReduceOp.AVG:
         result = (result / group.size).astype(tensor.dtype)
     return result
@@ -101,7 +127,7 @@ def all_gather(tensor_list: List[Tensor], tensor: Tensor, group: Optional[Proces
                          f"the group has {group.size} ranks")
     gathered = _gather(tensor.reshape((1,) + tuple(tensor.shape)), group)  # (size, *shape)
     for i in range(group.size):
-        tensor_list[i].copy_(gathered[i])
+        tensor_list[i].copy_(_rows(gathered, i, i + 1).reshape(tensor.shape))
     return _CompletedWork() if async_op else tensor_list
 
 
@@ -137,7 +163,7 @@ def _reduce_scatter_native(tensor: Tensor, op: str, group: ProcessGroup) -> Tens
           note="all_reduce + this rank's slice: MindSpore's ReduceScatter has no CPU (mccl) kernel")
 def _reduce_scatter_by_all_reduce(tensor: Tensor, op: str, group: ProcessGroup) -> Tensor:
     chunk = tensor.shape[0] // group.size
-    return _reduce(tensor, op, group)[group.rank * chunk:(group.rank + 1) * chunk]
+    return _rows(_reduce(tensor, op, group), group.rank * chunk, (group.rank + 1) * chunk)
 
 
 _reduce_scatter_kernel = kernel("distributed.reduce_scatter")
