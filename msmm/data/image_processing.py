@@ -40,7 +40,7 @@ def load_image(path: str) -> Image.Image:
     """Open an image as RGB, decoding it fully so a corrupt file fails here."""
     with Image.open(path) as image:
         image.load()
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
 
 
 # ----------------------------------------------------------------------------- InternVL
@@ -101,12 +101,13 @@ class InternVLImageTransform:
             return self.normalize(np.asarray(image.resize((s, s), Image.BICUBIC))[None])
         max_tiles = self.max_tiles if max_tiles is None else max_tiles
         cols, rows = closest_tile_grid(image.width, image.height, s, self.min_tiles, max_tiles)
-        canvas = np.asarray(image.resize((cols * s, rows * s), Image.BICUBIC))  # (rows*s, cols*s, 3)
-        tiles = canvas.reshape(rows, s, cols, s, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, s, s, 3)
-        if self.use_thumbnail and rows * cols > 1:
-            thumbnail = np.asarray(image.resize((s, s), Image.BICUBIC))
-            tiles = np.concatenate([tiles, thumbnail[None]])
-        return self.normalize(tiles)
+        canvas = self.normalize(np.asarray(image.resize((cols * s, rows * s), Image.BICUBIC)))  # (3, rows*s, cols*s)
+        thumbnail = self.use_thumbnail and rows * cols > 1
+        tiles = np.empty((rows * cols + thumbnail, 3, s, s), np.float32)
+        tiles[: rows * cols].reshape(rows, cols, 3, s, s)[...] = canvas.reshape(3, rows, s, cols, s).transpose(1, 3, 0, 2, 4)
+        if thumbnail:
+            tiles[-1] = self.normalize(np.asarray(image.resize((s, s), Image.BICUBIC)))
+        return tiles
 
 
 # ----------------------------------------------------------------------------- Qwen2-VL
@@ -157,20 +158,20 @@ class Qwen2VLImageTransform:
         height, width = smart_resize(
             frames[0].height, frames[0].width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels
         )
-        pixels = np.stack([np.asarray(f.resize((width, height), Image.BICUBIC)) for f in frames])  # (F, H, W, C)
+        pixels = self.normalize(np.stack([np.asarray(f.resize((width, height), Image.BICUBIC)) for f in frames]))  # (F, C, H, W)
         t = self.temporal_patch_size
-        if len(frames) % t:
+        if len(frames) == 1:  # an image: its T copies are a broadcast, copied once by the final reshape
+            pixels = np.broadcast_to(pixels, (t, *pixels.shape[1:]))
+        elif len(frames) % t:
             pad = np.repeat(pixels[-1:], t - len(frames) % t, axis=0)  # repeat the last frame
             pixels = np.concatenate([pixels, pad])
         p, m = self.patch_size, self.merge_size
         grid_t, grid_h, grid_w = pixels.shape[0] // t, height // p, width // p
-        c = pixels.shape[-1]
-        # (F, H, W, C) -> (t, T, h/m, m, P, w/m, m, P, C) -> (t, h/m, w/m, m, m, C, T, P, P)
-        pixels = pixels.reshape(grid_t, t, grid_h // m, m, p, grid_w // m, m, p, c)
-        pixels = pixels.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
-        patches = pixels.reshape(grid_t * grid_h * grid_w, c, t * p * p)
-        flat = self.normalize(patches.transpose(0, 2, 1)[:, None])  # (N, C, 1, T*P*P)
-        return flat.reshape(grid_t * grid_h * grid_w, c * t * p * p), (grid_t, grid_h, grid_w)
+        c = pixels.shape[1]
+        # (F, C, H, W) -> (t, T, C, h/m, m, P, w/m, m, P) -> (t, h/m, w/m, m, m, C, T, P, P)
+        pixels = pixels.reshape(grid_t, t, c, grid_h // m, m, p, grid_w // m, m, p)
+        pixels = pixels.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+        return pixels.reshape(grid_t * grid_h * grid_w, c * t * p * p), (grid_t, grid_h, grid_w)
 
 
 # ----------------------------------------------------------------------------- LLaVA (CLIP)
