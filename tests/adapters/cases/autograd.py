@@ -57,7 +57,9 @@ class OnlyFirstGrad(torch.autograd.Function):
 
 
 def _all_reduce(tensor, group):
-    torch.distributed.all_reduce(tensor, group=group)
+    # as Megatron's _reduce: nothing to do in a single process (the 2-worker run is in test_distributed)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
+        torch.distributed.all_reduce(tensor, group=group)
     return tensor
 
 
@@ -109,3 +111,25 @@ def only_first_grad(x, y):
 def megatron_parallel_region(x, w):
     h = CopyToModelParallelRegion.apply(x, None)
     return ReduceFromModelParallelRegion.apply(torch.matmul(h, w), None)
+
+
+def no_grad_region(x):
+    with torch.no_grad():
+        y = x * 3
+    return y * x
+
+
+@torch.no_grad()
+def _tripled(x):
+    return x * 3
+
+
+def no_grad_decorator(x):
+    return _tripled(x) * x
+
+
+def enable_grad_inside_no_grad(x):
+    with torch.no_grad():
+        with torch.enable_grad():
+            y = x * 3
+    return y * x
