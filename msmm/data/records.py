@@ -138,8 +138,11 @@ def parse_record(
         n = sum(m.content.count(placeholder) for m in messages)
         if n != len(paths):
             return BadInput(where, "placeholder_mismatch", f"{n} {placeholder} placeholder(s) but {len(paths)} {kind}(s)")
-    resolve = lambda p: p if os.path.isabs(p) else os.path.join(media_root, p)  # noqa: E731
-    return Record(messages, [resolve(p) for p in images], [resolve(p) for p in videos], where)
+    return Record(messages, [_resolve(p, media_root) for p in images], [_resolve(p, media_root) for p in videos], where)
+
+
+def _resolve(path: str, media_root: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(media_root, path)
 
 
 def _conversations(turns: object) -> list[Message]:

@@ -111,7 +111,7 @@ class ConversationEncoder:
         self.vision = VISION_TOKENS[vision] if isinstance(vision, str) else vision
         self.system = system
         ids = tokenizer.convert_tokens_to_ids([self.vision.context, self.vision.video_context])
-        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
+        if None in ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids):
             raise ValueError(f"tokenizer lacks {self.vision.context!r} or {self.vision.video_context!r}")
         self.context_ids = np.array(sorted(set(ids)))
 

@@ -161,3 +161,9 @@ def test_token_expansion_equals_hf_processor(template):
                                          tokenize=False, image_marker=HF_MARKER[family], default_system=TEMPLATES[template].default_system)
     expected = _hf_processor(family, tokenizer)(text=[text], images=images, add_special_tokens=False)["input_ids"][0]
     np.testing.assert_array_equal(got.input_ids, np.asarray(expected))
+
+
+def test_tokenizer_without_the_vision_tokens_is_refused():
+    # the real Qwen2 vocabulary has no LLaVA <image> token
+    with pytest.raises(ValueError, match="tokenizer lacks '<image>'"):
+        ConversationEncoder(qwen2_tokenizer(), "llava-v1", "llava")
