@@ -227,7 +227,11 @@ def test_idempotent_and_line_preserving(path):
 def test_msmm_models_convert_idempotently(tmp_path):
     run = preconvert("msmm.models", tmp_path)
     assert run.files and not any(f.error for f in run.files)
+    unchanged = {Path(f.path).read_text() for f in run.files if not f.changes}
+    assert len(unchanged) < len(run.files)
     for converted in tmp_path.glob("*.py"):
         code = converted.read_text()
+        if code in unchanged:  # no rule applied: converting it again is the first run
+            continue
         again, report = convert_python(code, converted.name)
         assert again == code and not report.changes, converted.name
