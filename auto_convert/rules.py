@@ -41,6 +41,8 @@ _TRANSPOSE_WHY = "MindSpore graph mode reads Tensor.transpose(a, b) as a permuta
 _SIZE_WHY = "MindSpore's Tensor.size is the element count, not torch's size()"
 _INPLACE_WHY = ("in-place Tensor methods have no CPU kernel in MindSpore and break graph mode; "
                 "the functional form rebinds the name")
+_NEW_WHY = ("MindSpore's Tensor.new_zeros/new_ones read a second positional argument as "
+            "the dtype: torch's new_zeros(2, 3) fails")
 _EXPAND_WHY = "MindSpore graph mode rejects Tensor.expand(*sizes)"
 _DIM_KW_WHY = "MindSpore graph mode rejects the dim= keyword of Tensor.{0}; positional works"
 
@@ -53,13 +55,11 @@ METHOD_RULES: tuple[MethodRule, ...] = (
     MethodRule("size", 0, "{self}.shape", _SIZE_WHY),
     MethodRule("size", 1, "{self}.shape[{0}]", _SIZE_WHY),
     MethodRule("type_as", 1, "{self}.to({0}.dtype)",
-               "MindSpore tensors have no type_as; to(dtype) means the same on both"),
+               "one dtype-cast spelling, to(dtype), which means the same on both"),
     MethodRule("contiguous", 0, "{self}",
-               "MindSpore tensors are contiguous where it matters; the call is a no-op"),
-    MethodRule("new_zeros", None, "{torch}.zeros({args}, dtype={self}.dtype)",
-               "Tensor.new_zeros is not in MindSpore's graph-mode Tensor methods on all devices"),
-    MethodRule("new_ones", None, "{torch}.ones({args}, dtype={self}.dtype)",
-               "Tensor.new_ones is not in MindSpore's graph-mode Tensor methods on all devices"),
+               "contiguity changes memory layout only, never values; dropping it saves a copy"),
+    MethodRule("new_zeros", None, "{torch}.zeros({args}, dtype={self}.dtype)", _NEW_WHY),
+    MethodRule("new_ones", None, "{torch}.ones({args}, dtype={self}.dtype)", _NEW_WHY),
     MethodRule("std", None, "{torch}.std({self}, {args})",
                "MindSpore's Tensor.std defaults to the biased estimator and rejects unbiased="),
     MethodRule("var", None, "{torch}.var({self}, {args})",

@@ -235,3 +235,12 @@ def test_msmm_models_convert_idempotently(tmp_path):
             continue
         again, report = convert_python(code, converted.name)
         assert again == code and not report.changes, converted.name
+
+
+def test_docs_list_every_rule():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "auto_convert.md").read_text()
+    names = [f"`.{r.method}`" if not r.statement or r.method[:-1] not in rules.INPLACE_FUNCTIONAL
+             else f"`{r.method}`" for r in rules.METHOD_RULES]
+    names += list(rules.ACCELERATOR_CALLS) + list(rules.UNSUPPORTED)
+    names += [name.rsplit(".", 1)[-1] for name in [*rules.VENDOR_CLASSES, *rules.VENDOR_FUNCTIONS]]
+    assert [n for n in names if n not in doc] == []
