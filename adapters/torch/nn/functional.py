@@ -390,26 +390,26 @@ def _sdpa_cpu(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
 
 
 @register("scaled_dot_product_attention", "Ascend", tested=False,
-          note="ops.flash_attention_score (BNSD) for fp16/bf16 4D inputs, else composite")
+          note="ops.flash_attention_score (BNSD) for fp16/bf16 4D inputs without dropout, else composite")
 def _sdpa_ascend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-    if query.ndim != 4 or query.dtype not in (mindspore.float16, mindspore.bfloat16):
+    # flash needs fp16/bf16 BNSD inputs and a caller-made dropout mask: other cases go the math way
+    if query.ndim != 4 or query.dtype not in (mindspore.float16, mindspore.bfloat16) or dropout_p > 0.0:
         return _attention_math(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     batch, heads, length, head_dim = query.shape
     source = key.shape[-2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    drop_mask, shift, sparse_mode = None, None, 0
+    discard, shift, sparse_mode = None, None, 0
     if is_causal:  # flash's mask marks what to DROP; mode 2 is the top-left aligned causal band
-        drop_mask = ops.triu(ops.ones((2048, 2048), mindspore.uint8), 1)
+        discard = ops.triu(ops.ones((2048, 2048), mindspore.uint8), 1)
         sparse_mode = 2
     elif attn_mask is not None and attn_mask.dtype == mindspore.bool_:
-        drop_mask = ops.broadcast_to(ops.logical_not(attn_mask), (batch, 1, length, source)
-                                     if attn_mask.ndim < 4 or attn_mask.shape[1] == 1
-                                     else (batch, heads, length, source)).astype(mindspore.uint8)
+        per_head = attn_mask.ndim == 4 and attn_mask.shape[1] != 1
+        shape = (batch, heads if per_head else 1, length, source)
+        discard = ops.broadcast_to(ops.logical_not(attn_mask), shape).astype(mindspore.uint8)
     elif attn_mask is not None:  # additive mask: flash adds the "position shift" to the scaled scores
         shift = ops.broadcast_to(attn_mask, (batch, heads, length, source)).astype(query.dtype)
-    return ops.flash_attention_score(query, key, value, heads, real_shift=shift, attn_mask=drop_mask,
-                                     keep_prob=1.0 - dropout_p, scalar_value=scale,
-                                     input_layout="BNSD", sparse_mode=sparse_mode)
+    return ops.flash_attention_score(query, key, value, heads, real_shift=shift, attn_mask=discard,
+                                     scalar_value=scale, input_layout="BNSD", sparse_mode=sparse_mode)
 
 
 _sdpa = kernel("scaled_dot_product_attention")
