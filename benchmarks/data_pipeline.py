@@ -7,7 +7,8 @@ the vision tokens expanded, and pad a batch:
 * msmm: ``MultimodalDataset.get`` + ``PaddingCollator`` through ``DataLoader``;
 * HF: ``processor(text=apply_chat_template(...), images=..., padding=True)`` with the slow
   (PIL) image processors -- the fast ones need torchvision -- in the same number of worker
-  processes (``multiprocessing.Pool.imap`` over batches).
+  processes (``multiprocessing.Pool.imap`` over batches), batches returned to the main
+  process through shared memory like msmm's.
 
     python benchmarks/data_pipeline.py --images 200 --workers 2 --output benchmarks/data_pipeline.json
 """
@@ -46,7 +47,7 @@ from msmm.data.image_processing import (  # noqa: E402
     InternVLImageTransform,
     Qwen2VLImageTransform,
 )
-from msmm.data.loader import DataLoader  # noqa: E402
+from msmm.data.loader import DataLoader, share_batch, unshare_batch  # noqa: E402
 from msmm.data.records import Message, Record  # noqa: E402
 from msmm.data.sampler import EpochSampler  # noqa: E402
 from msmm.data.templates import TEMPLATES, ConversationEncoder  # noqa: E402
@@ -122,12 +123,13 @@ def hf_processor(family: str, tokenizer):
 _HF: dict = {}
 
 
-def _hf_init(family: str) -> None:
+def _hf_init(family: str, in_worker: bool = False) -> None:
     tok = tokenizer_for(family)
+    _HF["in_worker"] = in_worker
     _HF["family"], _HF["processor"], _HF["tokenizer"] = family, hf_processor(family, tok), tok
 
 
-def _hf_batch(paths: list[str]) -> int:
+def _hf_batch(paths: list[str]) -> dict:
     family, processor, tok = _HF["family"], _HF["processor"], _HF["tokenizer"]
     marker = {"internvl": "<IMG_CONTEXT>", "qwen2vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>"}[family]
     template = VICUNA if family == "llava" else CHATML
@@ -142,7 +144,8 @@ def _hf_batch(paths: list[str]) -> int:
     if family == "llava":  # LLaVA-1.5 pad-to-square, as msmm's side does
         processor.image_processor.do_pad = True
     out = processor(text=[text] * len(paths), images=images, padding=True, return_tensors="np", add_special_tokens=False)
-    return len(out["input_ids"])
+    batch = {k: np.asarray(v) for k, v in out.items()}
+    return share_batch(batch) if _HF.get("in_worker") else batch
 
 
 def run_hf(family: str, paths: list[str], workers: int) -> float:
@@ -150,10 +153,10 @@ def run_hf(family: str, paths: list[str], workers: int) -> float:
     start = time.perf_counter()
     if workers == 0:
         _hf_init(family)
-        n = sum(map(_hf_batch, batches))
-    else:
-        with multiprocessing.get_context("fork").Pool(workers, _hf_init, (family,)) as pool:
-            n = sum(pool.imap(_hf_batch, batches))
+        n = sum(len(b["input_ids"]) for b in map(_hf_batch, batches))
+    else:  # batches come back through shared memory, as msmm's DataLoader returns them
+        with multiprocessing.get_context("fork").Pool(workers, _hf_init, (family, True)) as pool:
+            n = sum(len(unshare_batch(b)["input_ids"]) for b in pool.imap(_hf_batch, batches))
     return n / (time.perf_counter() - start)
 
 

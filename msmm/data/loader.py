@@ -9,7 +9,9 @@ skipped ones.
 from __future__ import annotations
 
 import multiprocessing
-from typing import Callable, Iterator, Optional
+import os
+from multiprocessing import shared_memory
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -20,6 +22,34 @@ from msmm.data.sampler import EpochSampler
 Batch = dict[str, np.ndarray]
 
 _WORKER_STATE: dict = {}  # the dataset and collator of a worker process
+_SHARE_ABOVE = 1 << 20  # arrays of more bytes go through shared memory instead of the result pipe
+
+
+class _SharedArray:
+    """An array a worker left in shared memory; the main process copies it out and frees it."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        block = shared_memory.SharedMemory(create=True, size=array.nbytes)
+        np.ndarray(array.shape, array.dtype, buffer=block.buf)[...] = array
+        self.name, self.shape, self.dtype = block.name, array.shape, array.dtype
+        block.close()
+
+    def take(self) -> np.ndarray:
+        block = shared_memory.SharedMemory(name=self.name)
+        try:
+            return np.ndarray(self.shape, self.dtype, buffer=block.buf).copy()
+        finally:
+            block.close()
+            block.unlink()
+
+
+def share_batch(batch: Batch) -> dict[str, Union[np.ndarray, _SharedArray]]:
+    """Move a worker's large arrays to shared memory (undone by :func:`unshare_batch` in the main process)."""
+    return {k: _SharedArray(v) if v.nbytes > _SHARE_ABOVE else v for k, v in batch.items()}
+
+
+def unshare_batch(batch: dict[str, Union[np.ndarray, _SharedArray]]) -> Batch:
+    return {k: v.take() if isinstance(v, _SharedArray) else v for k, v in batch.items()}
 
 
 def _init_worker(dataset: MultimodalDataset, collate: Callable) -> None:
@@ -27,13 +57,16 @@ def _init_worker(dataset: MultimodalDataset, collate: Callable) -> None:
 
 
 def _build_batch(job: tuple[np.ndarray, int]) -> tuple[Optional[Batch], list[BadInput]]:
-    indices, epoch = job
+    indices, epoch = job[:2]
     dataset, collate = _WORKER_STATE["dataset"], _WORKER_STATE["collate"]
     samples, bad = [], []
     for i in indices:
         item = dataset.get(int(i), epoch)
         (bad if isinstance(item, BadInput) else samples).append(item)
-    return (collate(samples) if samples else None), bad
+    batch = collate(samples) if samples else None
+    if batch is not None and job[2]:  # in a worker process
+        batch = share_batch(batch)
+    return batch, bad
 
 
 class DataLoader:
@@ -79,12 +112,14 @@ class DataLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
-        jobs = [(indices, epoch) for indices in self.batches(epoch)[self.batch_index :]]
-        if self.num_workers == 0:
+        in_worker = self.num_workers > 0
+        jobs = [(indices, epoch, in_worker) for indices in self.batches(epoch)[self.batch_index :]]
+        if not in_worker:
             _init_worker(self.dataset, self.collate)
             results = map(_build_batch, jobs)
             yield from self._hand_out(results)
         else:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no Rust thread pool across fork
             context = multiprocessing.get_context(self.mp_context)
             with context.Pool(self.num_workers, _init_worker, (self.dataset, self.collate)) as pool:
                 yield from self._hand_out(pool.imap(_build_batch, jobs))
@@ -97,4 +132,4 @@ class DataLoader:
                 self.log.report(problem)
             self.batch_index += 1
             if batch is not None:
-                yield batch
+                yield unshare_batch(batch)
