@@ -266,9 +266,10 @@ def softmax(input, dim: int, dtype=None):
 
 
 def log_softmax(input, dim: int, dtype=None):
+    """``x - logsumexp(x)`` (ops.log_softmax loses ~4e-5 relative precision on CPU)."""
     if dtype is not None:
         input = input.astype(dtype)
-    return ops.log_softmax(input, dim)
+    return input - _logsumexp(input, (dim,), True)
 
 
 # ------------------------------------------------------------- predicates and comparisons
@@ -401,13 +402,24 @@ def argmin(input, dim: Optional[int] = None, keepdim: bool = False):
     return _argmin(input, dim, keepdim)
 
 
+def _squeezed(values_indices: tuple, dim: int, keepdim: bool) -> tuple:
+    """Reduced with keepdim=True, then squeezed; indices cut from the gradient graph.
+    (The PyNative CPU backward of mint.min fails with 'pointer[input_tensor] is null' when
+    the indices reach the loss, and of mint.max/min with keepdim=False.)"""
+    values, indices = values_indices
+    indices = ops.stop_gradient(indices)
+    if keepdim:
+        return values, indices
+    return mint.squeeze(values, dim), mint.squeeze(indices, dim)
+
+
 def max(input, dim=None, keepdim: bool = False, *, out=None):  # noqa: A001
     """``max(x)`` the maximum; ``max(x, dim)`` ``(values, indices)``; ``max(x, y)`` elementwise."""
     if dim is None:
         return mint.max(input)
     if isinstance(dim, mindspore.Tensor):
         return mint.maximum(input, dim)
-    return mint.max(input, dim, keepdim)
+    return _squeezed(mint.max(input, dim, True), dim, keepdim)
 
 
 def min(input, dim=None, keepdim: bool = False, *, out=None):  # noqa: A001
@@ -415,7 +427,7 @@ def min(input, dim=None, keepdim: bool = False, *, out=None):  # noqa: A001
         return mint.min(input)
     if isinstance(dim, mindspore.Tensor):
         return mint.minimum(input, dim)
-    return mint.min(input, dim, keepdim)
+    return _squeezed(mint.min(input, dim, True), dim, keepdim)
 
 
 def amax(input, dim=(), keepdim: bool = False, *, out=None):
