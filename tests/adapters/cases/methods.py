@@ -543,3 +543,53 @@ def random_inplace_rewritten(x):
     methods.normal_(z, 2.0, 0.0)
     methods.uniform_(w, 3.0, 3.0)
     return z, w
+
+
+# ---- groups: one graph compile for many cases (test_methods.py runs these)
+
+
+def agreeing_shapes(x, v):
+    return (*view(x), *reshape(x), *permute(x), *shape(x), dim(x), ndim(x), numel(x), *flatten(x),
+            *unsqueeze(x), *squeeze(x), *expand_as(x, v), *narrow(x), *t(x), *swapaxes(x), *T(x), *mT(x),
+            *chunk(x), *split(x), *unbind(x), contiguous(x))
+
+
+def agreeing_math(x, y, p):
+    return (*pow_(x, p), sqrt(p), rsqrt(p), exp(x), log(p), *abs_(x), neg(x), sigmoid(x), tanh(x),
+            *clamp(x), *arithmetic(x, y), *div_rounding(x, y), *matmul(x, y), *where(x, y), *tril(x),
+            *sum_(x), *mean(x), *masked_fill(x), *item(x), *is_floating_point(x, x > 0))
+
+
+def agreeing_indexing(x, y, v, i):
+    return (*index_select(x, i), *gather(x, i), *getitem(x, i), *getitem_mask(x), setitem(x, v),
+            setitem_mask(x), copy_(x, y))
+
+
+def agreeing_dtypes(x, i):
+    return (*float_(i), *half(x), double(x), *type_conversions_chain(x), *bool_(i), *eq(x, x * 2),
+            *logical(x), *all_any(x))
+
+
+def rewritten_shapes(x, v):
+    return (*transpose_rewritten(x), *size_rewritten(x), *expand_rewritten(x, v), *flip_rewritten(x),
+            *unflatten_rewritten(x), *repeat_rewritten(x, v), *roll_rewritten(x), clone_rewritten(x),
+            detach_rewritten(x))
+
+
+def rewritten_reductions(x):
+    return (*max_rewritten(x), *min_rewritten(x), *argmax_rewritten(x), *softmax_rewritten(x),
+            *log_softmax_rewritten(x), *norm_rewritten(x), *var_rewritten(x), *std_rewritten(x),
+            *topk_rewritten(x), *sort_rewritten(x), *argsort_rewritten(x), *cumsum_rewritten(x))
+
+
+def rewritten_dtypes(x, i):
+    return (*to_rewritten(x, i), *long_rewritten(x), *type_rewritten(x, i))
+
+
+def rewritten_constructors(x, i):
+    return (*new_zeros_rewritten(x, i), *new_ones_rewritten(x, i), *new_full_rewritten(x, i),
+            new_empty_rewritten(x), *new_tensor_rewritten(x))
+
+
+def rewritten_inplace(x, y):
+    return (*inplace_rewritten(x, y), *random_inplace_rewritten(x))
