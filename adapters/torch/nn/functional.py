@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Tuple, Union
 import mindspore
 import numpy as np
 from mindspore import Tensor, mint, ops
+from mindspore.ops import constexpr
 
 from .._dispatch import kernel, register
 from .._dtype import finfo
@@ -492,6 +493,13 @@ def _resize_matrix(in_size: int, out_size: int, mode: str, align_corners: Option
     return m
 
 
+@constexpr
+def _resize_tensor(in_size: int, out_size: int, mode: str, align_corners: Optional[bool],
+                   scale: Optional[float], dtype) -> Tensor:
+    """:func:`_resize_matrix` as a constant tensor, built once at graph compile time."""
+    return Tensor(_resize_matrix(in_size, out_size, mode, align_corners, scale), dtype)
+
+
 _INTERPOLATE_DIMS = {"linear": 1, "bilinear": 2, "bicubic": 2, "trilinear": 3}
 
 
@@ -529,8 +537,7 @@ def interpolate(input: Tensor, size: Optional[_IntOrTuple] = None,
     for axis in range(n_spatial):
         if out_sizes[axis] == in_sizes[axis] and mode != "bicubic" and scales[axis] in (None, 1.0):
             continue  # identity resampling along this dim
-        matrix = Tensor(_resize_matrix(in_sizes[axis], out_sizes[axis], mode, align_corners,
-                                       scales[axis]), out.dtype)
+        matrix = _resize_tensor(in_sizes[axis], out_sizes[axis], mode, align_corners, scales[axis], out.dtype)
         shape = tuple(out.shape)
         before = int(np.prod(shape[:2 + axis]))
         after = int(np.prod(shape[3 + axis:]))
