@@ -1,0 +1,171 @@
+"""Checkpoints in the MindSpeed-MM layout, safetensors payload, written atomically.
+
+    SAVE/
+      latest_checkpointed_iteration.txt         "100" (written last)
+      iter_0000100/
+        mp_rank_00/
+          model_optim_rng.safetensors           model.<name>, optimizer.*, rng.*
+          metadata.json                         iteration, data position, RNG (python),
+                                                what is included, the training arguments
+
+A save writes ``SAVE/.iter_0000100.tmp-<pid>/`` completely (files fsynced), renames it to
+``iter_0000100`` and only then replaces ``latest_checkpointed_iteration.txt`` (temporary
+file + rename). A process killed at any point leaves the previous checkpoint and the
+tracker file intact. Nothing is unpickled: tensors are safetensors, the rest is JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+TRACKER = "latest_checkpointed_iteration.txt"
+PAYLOAD = "model_optim_rng.safetensors"
+METADATA = "metadata.json"
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+@dataclass
+class CheckpointState:
+    """What a checkpoint holds. ``optimizer`` / ``rng`` are empty when not saved."""
+
+    iteration: int
+    model: Dict[str, np.ndarray]
+    optimizer: Dict[str, np.ndarray] = field(default_factory=dict)
+    rng: Dict[str, np.ndarray] = field(default_factory=dict)
+    python_rng: Optional[list] = None
+    data: Optional[Dict[str, int]] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(root: str, state: CheckpointState) -> str:
+    """Write ``state`` under ``root`` atomically; returns the iteration directory."""
+    os.makedirs(root, exist_ok=True)
+    final = iteration_dir(root, state.iteration)
+    tmp = os.path.join(root, f".{os.path.basename(final)}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shard = os.path.join(tmp, "mp_rank_00")
+    os.makedirs(shard)
+    tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in state.model.items()}
+    tensors.update({k: np.ascontiguousarray(v) for k, v in state.optimizer.items()})
+    tensors.update({f"rng.{k}": np.ascontiguousarray(v) for k, v in state.rng.items()})
+    payload = os.path.join(shard, PAYLOAD)
+    save_file(tensors, payload, metadata={"format": "msmm"})
+    with open(payload, "rb+") as f:
+        os.fsync(f.fileno())
+    _write_json(os.path.join(shard, METADATA), {
+        "iteration": state.iteration,
+        "data": state.data,
+        "python_rng": state.python_rng,
+        "has_optimizer": bool(state.optimizer),
+        "has_rng": bool(state.rng),
+        **state.extra,
+    })
+    _fsync_dir(shard)
+    _fsync_dir(tmp)
+    if os.path.exists(final):  # re-saving an iteration: move the old one out of the way first
+        stale = final + f".old-{os.getpid()}"
+        os.rename(final, stale)
+        os.rename(tmp, final)
+        shutil.rmtree(stale)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(root)
+    tracker_tmp = os.path.join(root, f".{TRACKER}.tmp-{os.getpid()}")
+    with open(tracker_tmp, "w") as f:
+        f.write(str(state.iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tracker_tmp, os.path.join(root, TRACKER))
+    _fsync_dir(root)
+    return final
+
+
+def resolve_load_dir(path: str) -> str:
+    """The iteration directory meant by ``--load``: a directory with the tracker file (its
+    iteration, or ``release``), or an ``iter_XXXXXXX`` directory itself."""
+    tracker = os.path.join(path, TRACKER)
+    if os.path.isfile(tracker):
+        with open(tracker) as f:
+            text = f.read().strip()
+        if text == "release":
+            return os.path.join(path, "release")
+        if not text.isdigit():
+            raise ValueError(f"{tracker}: expected an iteration number or 'release', got {text!r}")
+        directory = iteration_dir(path, int(text))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"{tracker} names iteration {text}, but {directory} does not exist")
+        return directory
+    if os.path.isfile(os.path.join(path, "mp_rank_00", PAYLOAD)):
+        return path
+    raise FileNotFoundError(f"--load {path}: no {TRACKER} and no mp_rank_00/{PAYLOAD} there")
+
+
+def is_msmm_checkpoint(path: str) -> bool:
+    try:
+        resolve_load_dir(path)
+        return True
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def load_checkpoint(path: str) -> CheckpointState:
+    """Read the checkpoint ``--load path`` points at (see :func:`resolve_load_dir`)."""
+    directory = resolve_load_dir(path)
+    shard = os.path.join(directory, "mp_rank_00")
+    payload = os.path.join(shard, PAYLOAD)
+    with open(os.path.join(shard, METADATA)) as f:
+        meta = json.load(f)
+    tensors = load_file(payload)
+    groups: Dict[str, Dict[str, np.ndarray]] = {"model": {}, "optimizer": {}, "rng": {}}
+    for key, value in tensors.items():
+        head, _, rest = key.partition(".")
+        if head not in groups:
+            raise ValueError(f"{payload}: unexpected tensor {key!r}")
+        groups[head][rest if head != "optimizer" else key] = value
+    extra = {k: v for k, v in meta.items() if k not in ("iteration", "data", "python_rng", "has_optimizer", "has_rng")}
+    return CheckpointState(meta["iteration"], groups["model"], groups["optimizer"], groups["rng"],
+                           meta.get("python_rng"), meta.get("data"), extra)
+
+
+def capture_python_rng() -> list:
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]
+
+
+def restore_python_rng(saved: list) -> None:
+    random.setstate((saved[0], tuple(saved[1]), saved[2]))
+
+
+def capture_numpy_rng() -> Dict[str, np.ndarray]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"numpy.keys": keys, "numpy.pos_gauss": np.array([pos, has_gauss, gauss], np.float64)}
+
+
+def restore_numpy_rng(arrays: Dict[str, np.ndarray]) -> None:
+    pos, has_gauss, gauss = arrays["numpy.pos_gauss"]
+    np.random.set_state(("MT19937", arrays["numpy.keys"], int(pos), int(has_gauss), float(gauss)))

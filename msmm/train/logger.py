@@ -1,0 +1,94 @@
+"""Training logs: one line per ``--log-interval`` on stdout, the same record in
+``<log_dir>/train_log.jsonl``, TensorBoard scalars (tensorboardX) in ``<log_dir>/tensorboard``,
+and ``<log_dir>/loss_curve.png`` at the end. Only rank 0 writes."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from typing import Dict, List, Optional
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss, KiB on Linux) in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class TrainLogger:
+    def __init__(self, log_dir: Optional[str], enabled: bool = True, log_tps: bool = False) -> None:
+        self.enabled, self.log_tps, self.log_dir = enabled, log_tps, log_dir
+        self.records: List[Dict[str, float]] = []
+        self._jsonl = self._tb = None
+        if enabled and log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            self._jsonl = open(os.path.join(log_dir, "train_log.jsonl"), "a")
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(log_dir, "tensorboard"))
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+    def log(self, iteration: int, train_iters: int, record: Dict[str, float], peak_mb: float) -> None:
+        if not self.enabled:
+            return
+        t = record["step_time"]
+        entry = {
+            "iteration": iteration, "loss": record["loss"], "lr": record["lr"], "grad_norm": record["grad_norm"],
+            "step_time_s": t, "samples_per_s": record["samples"] / t, "peak_memory_mb": peak_mb,
+            "skipped": record["skipped"],
+        }
+        if self.log_tps:
+            entry["tokens_per_s_per_device"] = record["tokens"] / t
+        self.records.append(entry)
+        line = (f" iteration {iteration:8d}/{train_iters:8d} | elapsed time per iteration (ms): {t * 1000:.1f} | "
+                f"learning rate: {record['lr']:.6E} | lm loss: {record['loss']:.6E} | grad norm: {record['grad_norm']:.4f} | "
+                f"samples per second: {entry['samples_per_s']:.2f} | ")
+        if self.log_tps:
+            line += f"tokens per second per device: {entry['tokens_per_s_per_device']:.1f} | "
+        line += f"peak memory (MB): {peak_mb:.0f}" + (" | skipped" if record["skipped"] else "")
+        print(line, flush=True)
+        if self._jsonl:
+            self._jsonl.write(json.dumps(entry) + "\n")
+            self._jsonl.flush()
+        if self._tb:
+            for key in ("loss", "lr", "grad_norm", "samples_per_s", "peak_memory_mb", "tokens_per_s_per_device"):
+                if key in entry:
+                    self._tb.add_scalar(f"train/{key}", entry[key], iteration)
+            self._tb.flush()
+
+    def finish(self) -> None:
+        if not self.enabled:
+            return
+        if self.log_tps and self.records:
+            mean = sum(r["tokens_per_s_per_device"] for r in self.records) / len(self.records)
+            print(f"average tokens per second per device: {mean:.1f}", flush=True)
+        if self._jsonl:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb:
+            self._tb.close()
+            self._tb = None
+        if self.log_dir and self.records:
+            self.plot(os.path.join(self.log_dir, "loss_curve.png"))
+
+    def plot(self, path: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["iteration"] for r in self.records], [r["loss"] for r in self.records], marker=".")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)

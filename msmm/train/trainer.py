@@ -1,0 +1,265 @@
+"""The training loop: micro-batches -> compiled step -> logging, checkpoints, resume."""
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
+
+import mindspore
+import numpy as np
+from mindspore import Tensor, nn
+
+from . import checkpoint as ckpt
+from .distributed import World
+from .logger import TrainLogger, peak_memory_mb
+from .loss import IGNORE_INDEX
+from .optimizer import AdamW
+from .schedules import LRSchedule
+from .step import NonFiniteError, TrainStep
+
+Batch = Dict[str, np.ndarray]
+
+
+@dataclass
+class TrainConfig:
+    """The training hyper-parameters (the CLI's arguments; defaults are Megatron's)."""
+
+    train_iters: int
+    global_batch_size: int
+    micro_batch_size: int = 1
+    lr: float = 1e-5
+    min_lr: float = 0.0
+    lr_warmup_fraction: float = 0.0
+    lr_decay_style: str = "linear"
+    lr_decay_iters: Optional[int] = None
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    loss_reduction: str = "micro_batch"
+    skip_nonfinite_steps: bool = False
+    seq_length: Optional[int] = None  # pad every micro-batch to this length (one compiled shape)
+    log_interval: int = 1
+    log_tps: bool = False
+    log_dir: Optional[str] = None
+    save: Optional[str] = None
+    save_interval: Optional[int] = None
+    save_optim: bool = True
+    save_rng: bool = True
+    load_optim: bool = True
+    load_rng: bool = True
+    exit_interval: Optional[int] = None  # stop after the step that is a multiple of it (Megatron)
+    finetune: bool = False  # --load weights only, start at iteration 0 (Megatron's --finetune)
+
+    def micro_batches_per_step(self, world_size: int) -> int:
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ValueError(f"--global-batch-size {self.global_batch_size} is not a multiple of "
+                             f"--micro-batch-size {self.micro_batch_size} x data-parallel size {world_size}")
+        return self.global_batch_size // per_step
+
+
+class BatchSource(Protocol):
+    """What the trainer reads micro-batches from (``msmm.data.loader.DataLoader`` is one):
+    iterating gives one epoch; the position can be saved and restored."""
+
+    def __iter__(self) -> Iterator[Batch]: ...
+    def state_dict(self) -> Dict[str, int]: ...
+    def load_state_dict(self, state: Dict[str, int]) -> None: ...
+
+
+class MicroBatchStream:
+    """Endless micro-batches from a :class:`BatchSource`, epoch after epoch."""
+
+    def __init__(self, source: BatchSource) -> None:
+        self.source, self._it = source, None
+
+    def next(self) -> Batch:
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter(self.source)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+        raise RuntimeError("the data source gave an empty epoch (fewer samples than one micro-batch?)")
+
+    def state_dict(self) -> Dict[str, int]:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.source.load_state_dict(state)
+        self._it = None
+
+
+def pad_batch(batch: Batch, length: int) -> Batch:
+    """Right-pad input_ids (0), labels (-100), attention_mask (0) and position/segment ids to
+    ``length`` tokens; padded positions take no loss and no real token attends to them."""
+    current = batch["input_ids"].shape[1]
+    if current > length:
+        raise ValueError(f"a micro-batch has {current} tokens, more than --seq-length {length}")
+    if current == length:
+        return batch
+    fill = {"labels": IGNORE_INDEX, "segment_ids": -1}
+    out = dict(batch)
+    for key in ("input_ids", "labels", "attention_mask", "position_ids", "segment_ids"):
+        if key in batch:
+            value = batch[key]
+            pad = np.full(value.shape[:1] + (length - current,), fill.get(key, 0), value.dtype)
+            out[key] = np.concatenate([value, pad], axis=1)
+    return out
+
+
+class InputBuilder:
+    """numpy batch -> the model's keyword tensors: Qwen2-VL metadata added, keys the
+    model's ``forward`` does not take dropped, floating inputs cast to ``dtype``."""
+
+    def __init__(self, model: nn.Cell, dtype=mindspore.float32, seq_length: Optional[int] = None) -> None:
+        self.model, self.dtype, self.seq_length = model, dtype, seq_length
+        self.accepted = set(inspect.signature(model.forward).parameters) | {"labels"}
+
+    def __call__(self, batch: Batch) -> Dict[str, Tensor]:
+        if self.seq_length is not None:
+            batch = pad_batch(batch, self.seq_length)
+        batch = dict(batch)
+        if hasattr(self.model, "prepare_metadata"):
+            batch.update(self.model.prepare_metadata(
+                batch["input_ids"], batch.get("attention_mask"), batch.get("image_grid_thw"),
+                batch.get("video_grid_thw"), batch.get("second_per_grid_ts"),
+            ))
+        out = {}
+        for key, value in batch.items():
+            if key not in self.accepted:
+                continue
+            tensor = Tensor(value)
+            out[key] = tensor.astype(self.dtype) if np.issubdtype(value.dtype, np.floating) else tensor
+        return out
+
+
+def trainable_parameters(model: nn.Cell) -> List:
+    """(name, Parameter) of the parameters that get gradients: frozen ones are left out."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+class Trainer:
+    def __init__(self, model: nn.Cell, config: TrainConfig, source: BatchSource, world: World = World(),
+                 inputs: Optional[Callable[[Batch], Dict[str, Tensor]]] = None,
+                 arguments: Optional[Dict[str, Any]] = None) -> None:
+        self.model, self.config, self.world = model, config, world
+        self.stream = MicroBatchStream(source)
+        self.inputs = inputs or InputBuilder(model, seq_length=config.seq_length)
+        self.micro_batches = config.micro_batches_per_step(world.size)
+        self.schedule = LRSchedule.from_fraction(
+            config.lr, config.min_lr, config.lr_decay_iters or config.train_iters,
+            config.lr_warmup_fraction, config.lr_decay_style)
+        self.named = trainable_parameters(model)
+        self.optimizer = AdamW(self.named, config.weight_decay, (config.adam_beta1, config.adam_beta2), config.adam_eps)
+        self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad)
+        self.iteration = 0
+        self.arguments = arguments or {}
+        self.logger = TrainLogger(config.log_dir, enabled=world.rank == 0, log_tps=config.log_tps)
+
+    # ---- one optimizer step ----------------------------------------------------------------
+
+    def train_step(self) -> Dict[str, float]:
+        """Accumulate the micro-batches of one global batch, reduce, clip, update."""
+        step = self.iteration + 1
+        numerator = denominator = 0.0
+        tokens = samples = 0
+        for _ in range(self.micro_batches):
+            batch = self.stream.next()
+            samples += int(batch["input_ids"].shape[0])
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].size)
+            result = self.step_fn.forward_backward(self.inputs(batch))
+            if not math.isfinite(result.numerator) and not self.config.skip_nonfinite_steps:
+                raise NonFiniteError(f"iteration {step}: the loss is {result.numerator} (not finite); stopping "
+                                     "(--skip-nonfinite-steps skips such steps instead)")
+            numerator += result.numerator
+            denominator += result.denominator
+        totals = self.world.all_reduce_sum(Tensor(np.array([numerator, denominator], np.float32))).asnumpy()
+        numerator, denominator = float(totals[0]), float(totals[1])
+        grads = self.world.all_reduce_sum(self.step_fn.grad_acc)
+        scale = 1.0 / max(denominator, 1e-12)
+        norm = float(self.step_fn.grad_norm(grads, Tensor(scale, mindspore.float32)).asnumpy())
+        lr = self.schedule(self.iteration)
+        loss = numerator / max(denominator, 1e-12)
+        finite = math.isfinite(norm) and math.isfinite(loss)
+        if finite:
+            clip = min(1.0, self.config.clip_grad / (norm + 1e-6)) if self.config.clip_grad > 0 else 1.0
+            self.step_fn.apply(grads, Tensor(lr, mindspore.float32), Tensor(scale * clip, mindspore.float32))
+        else:
+            what = f"the loss is {loss}" if not math.isfinite(loss) else \
+                f"the gradient norm is {norm} (first non-finite gradient: {self.step_fn.first_nonfinite_grad(grads)})"
+            if not self.config.skip_nonfinite_steps:
+                raise NonFiniteError(f"iteration {step}: {what}; stopping (--skip-nonfinite-steps skips such steps instead)")
+            self.logger.warn(f"iteration {step}: {what}; step skipped, parameters unchanged")
+            self.step_fn.zero_grad()
+        self.iteration = step
+        return {"loss": loss, "lr": lr, "grad_norm": norm, "skipped": not finite,
+                "samples": samples * self.world.size, "tokens": tokens}
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def train(self) -> List[Dict[str, float]]:
+        history = []
+        while self.iteration < self.config.train_iters:
+            start = time.perf_counter()
+            record = self.train_step()
+            record["step_time"] = time.perf_counter() - start
+            history.append(record)
+            if self.iteration % self.config.log_interval == 0:
+                self.logger.log(self.iteration, self.config.train_iters, record, peak_memory_mb())
+            if self.config.save and self.config.save_interval and self.iteration % self.config.save_interval == 0:
+                self.save()
+            if self.config.exit_interval and self.iteration % self.config.exit_interval == 0:
+                break
+        if self.config.save and (not self.config.save_interval or self.iteration % self.config.save_interval):
+            self.save()
+        self.logger.finish()
+        return history
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def save(self) -> Optional[str]:
+        if self.world.rank != 0:
+            return None
+        c = self.config
+        state = ckpt.CheckpointState(
+            iteration=self.iteration,
+            model={n: p.asnumpy() for n, p in self.model.state_dict().items()},
+            optimizer=self.optimizer.state_arrays(with_master=any(p.dtype != mindspore.float32 for _, p in self.named))
+            if c.save_optim else {},
+            rng={**ckpt.capture_numpy_rng(), "mindspore": mindspore.get_rng_state().asnumpy()} if c.save_rng else {},
+            python_rng=ckpt.capture_python_rng() if c.save_rng else None,
+            data=self.stream.state_dict(),
+            extra={"arguments": self.arguments, "train_config": asdict(c), "world_size": self.world.size},
+        )
+        path = ckpt.save_checkpoint(c.save, state)
+        self.logger.info(f"saved checkpoint at iteration {self.iteration} to {path}")
+        return path
+
+    def load(self, path: str) -> None:
+        """Resume from ``path`` (``--load``): weights, and optimizer/RNG/data position unless
+        switched off. Weights are copied in place, so compiled graphs see them."""
+        state = ckpt.load_checkpoint(path)
+        where = ckpt.resolve_load_dir(path)
+        self.model.load_state_dict({k: Tensor(v) for k, v in state.model.items()})
+        self.step_fn.sync_master()
+        if self.config.load_optim:
+            if not state.optimizer:
+                raise KeyError(f"{where}: holds no optimizer state (saved with --no-save-optim); use --no-load-optim")
+            self.optimizer.load_state_arrays(state.optimizer, where)
+        if self.config.load_rng and state.rng:
+            ckpt.restore_numpy_rng(state.rng)
+            mindspore.set_rng_state(Tensor(state.rng["mindspore"]))
+            if state.python_rng is not None:
+                ckpt.restore_python_rng(state.python_rng)
+        if not self.config.finetune and not where.endswith("release"):
+            self.iteration = state.iteration  # continue the count, the LR schedule and the data
+            if state.data is not None:
+                self.stream.load_state_dict(state.data)
+        self.logger.info(f"loaded checkpoint {where} (iteration {state.iteration})")
