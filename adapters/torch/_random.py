@@ -13,7 +13,7 @@ from mindspore import mint, ops
 from ._creation import _size
 from ._dispatch import kernel, register
 
-__all__ = ["manual_seed", "seed", "initial_seed", "rand", "randn", "randint", "rand_like",
+__all__ = ["manual_seed", "initial_seed", "rand", "randn", "randint", "rand_like",
            "randn_like", "randint_like", "normal", "randperm", "bernoulli"]
 
 _DEFAULT_FLOAT = mindspore.float32
@@ -26,15 +26,8 @@ def manual_seed(seed: int) -> None:
     mindspore.set_seed(int(seed))
 
 
-def seed() -> int:
-    """Reseed from the clock, as torch.seed()."""
-    import time
-
-    manual_seed(time.time_ns() % (2**31))
-    return _seed[0]
-
-
 def initial_seed() -> int:
+    """The last seed given to :func:`manual_seed` (0 before any)."""
     return _seed[0]
 
 

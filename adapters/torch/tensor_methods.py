@@ -186,14 +186,7 @@ def to(input, *args, dtype=None, device=None, non_blocking: bool = False, copy: 
     return input if dtype is None else _cast(input, dtype)
 
 
-def type(input, dtype=None, non_blocking: bool = False):  # noqa: A001
-    """With a dtype, the cast; without, torch's type string (``"torch.FloatTensor"``)."""
-    if dtype is None:
-        name = {mindspore.float32: "Float", mindspore.float64: "Double", mindspore.float16: "Half",
-                mindspore.bfloat16: "BFloat16", mindspore.int64: "Long", mindspore.int32: "Int",
-                mindspore.int16: "Short", mindspore.int8: "Char", mindspore.uint8: "Byte",
-                mindspore.bool_: "Bool"}[input.dtype]
-        return f"torch.{name}Tensor"
+def type(input, dtype, non_blocking: bool = False):  # noqa: A001
     return _cast(input, dtype)
 
 

@@ -24,6 +24,7 @@ CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")  # torch.tensor(t): under test
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case, inputs, apis, options", CASES, ids=[c[0] for c in CASES])
 def test_creation(case, inputs, apis, options, mode):
@@ -38,11 +39,13 @@ def test_from_numpy_keeps_dtype_and_memory():
         got, want = torch_ms.tensor(array), torch_ref.tensor(array)
         assert harness._dtype_name(got) == harness._dtype_name(want)
         assert harness._dtype_name(torch_ms.from_numpy(array)) == harness._dtype_name(torch_ref.from_numpy(array))
+        assert harness._dtype_name(torch_ms.as_tensor(array)) == harness._dtype_name(torch_ref.as_tensor(array))
     array = np.zeros(3, np.float32)
     shared = torch_ms.from_numpy(array)
     array[1] = 5.0
     np.testing.assert_array_equal(shared.asnumpy(), array)
     harness._record("torch.from_numpy", "pynative")
+    harness._record("torch.as_tensor", "pynative")
 
 
 def _run(name: str, mode: str, *args):
@@ -68,6 +71,8 @@ def test_manual_seed_replays(mode):
         np.testing.assert_array_equal(first, second)
     assert not np.array_equal(draws[0][0], draws[0][2]), "a second draw must give new numbers"
     torch_ms.manual_seed(4321)
+    assert torch_ms.initial_seed() == 4321
+    harness._record("torch.initial_seed", mode)
     assert not np.array_equal(_run("normal_draws", "pynative", 2)[0], draws[0][0])
     harness._record("torch.manual_seed", mode)
 
@@ -96,11 +101,13 @@ def test_random_shapes_and_dtypes(mode):
     torch_ms.manual_seed(0)
     got = _run("random_shapes", mode, ms.Tensor(x))
     names = ["rand", "rand", "randn", "rand_like", "randn_like", "randint", "randint", "randint",
-             "normal", "normal", "normal", "randint_like", "randperm"]
+             "normal", "normal", "normal", "randint_like", "randperm", "bernoulli", "bernoulli"]
     for name, g, w in zip(names, got, ref):
         assert g.shape == tuple(w.shape), f"{name}: shape {g.shape} != torch {tuple(w.shape)}"
         assert str(g.dtype) == str(w.numpy().dtype), f"{name}: dtype {g.dtype} != torch {w.dtype}"
     assert got[5].min() >= 0 and got[5].max() < 5 and got[6].max() < 7 and got[7].min() >= -3
     np.testing.assert_array_equal(np.sort(got[12]), np.arange(6))
+    assert set(np.unique(got[13])) == {0.0, 1.0} and abs(got[13].mean() - 0.3) < 0.05
+    assert not got[14].any(), "bernoulli with p=0 draws only zeros"
     for name in sorted(set(names)):
         harness._record(f"torch.{name}", mode)

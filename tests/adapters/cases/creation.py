@@ -50,4 +50,5 @@ def random_shapes(x):
     return (torch.rand(2, 3), torch.rand((4,)), torch.randn(3, 2, dtype=torch.float64), torch.rand_like(x),
             torch.randn_like(x), torch.randint(0, 5, (2, 3)), torch.randint(7, (4,)),
             torch.randint(-3, 3, (2,), dtype=torch.int32), torch.normal(x, 1.0), torch.normal(x, x.abs() + 1),
-            torch.normal(0.0, x.abs() + 1), torch.randint_like(x, 10), torch.randperm(6))
+            torch.normal(0.0, x.abs() + 1), torch.randint_like(x, 10), torch.randperm(6),
+            torch.bernoulli(torch.full((2, 500), 0.3)), torch.bernoulli(x.abs(), 0.0))
