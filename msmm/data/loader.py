@@ -56,15 +56,16 @@ def _init_worker(dataset: MultimodalDataset, collate: Callable) -> None:
     _WORKER_STATE["dataset"], _WORKER_STATE["collate"] = dataset, collate
 
 
-def _build_batch(job: tuple[np.ndarray, int]) -> tuple[Optional[Batch], list[BadInput]]:
-    indices, epoch = job[:2]
+def _build_batch(job: tuple[np.ndarray, int, bool]) -> tuple[Optional[Batch], list[BadInput]]:
+    """Build the batch of ``indices`` (``in_worker``: hand its large arrays back via shared memory)."""
+    indices, epoch, in_worker = job
     dataset, collate = _WORKER_STATE["dataset"], _WORKER_STATE["collate"]
     samples, bad = [], []
     for i in indices:
         item = dataset.get(int(i), epoch)
         (bad if isinstance(item, BadInput) else samples).append(item)
     batch = collate(samples) if samples else None
-    if batch is not None and job[2]:  # in a worker process
+    if batch is not None and in_worker:
         batch = share_batch(batch)
     return batch, bad
 
