@@ -1,0 +1,139 @@
+"""How each tensor is split across tensor-parallel ranks, and which pipeline stage holds it.
+
+Tensor parallelism (Megatron's scheme, on our parameter layout: weights are [out, in]):
+
+* ``COLUMN``: output features (dim 0) split in contiguous chunks: q/k/v, gate/up, fc1,
+  their biases; also InternLM2's ``wqkv``, whose rows are grouped per KV group (each
+  group: its query heads, then key, then value), so contiguous chunks are whole groups
+  as long as the groups divide evenly (checked on the config).
+* ``FUSED_QKV``: the Qwen ViT's ``qkv`` [3 * C, ...] = [q; k; v]: each of the three parts
+  is split by heads and a rank holds [q_r; k_r; v_r].
+* ``ROW``: input features (dim 1) split: o_proj, down_proj, fc2, ...; their biases are
+  replicated (added once after the all-reduce).
+* ``VOCAB``: the embedding and output head, rows split after padding the vocabulary to a
+  multiple of ``tp_size * make_vocab_size_divisible_by`` with zero rows.
+* ``REPLICATED``: everything else (norms, position and patch embeddings, layer scales).
+
+Pipeline parallelism: ``llm_pp_layers`` / ``vit_pp_layers`` give the layer count per stage,
+one inner list per virtual (interleaved) chunk: ``[[6, 8, 8, 6]]`` is 4 stages, no
+virtual chunks; ``[[2, 2], [2, 2]]`` is 2 stages with 2 chunks each. Layers are numbered
+locally in each stage, as Megatron does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+REPLICATED, COLUMN, ROW, FUSED_QKV, VOCAB = "replicated", "column", "row", "fused_qkv", "vocab"
+
+
+def padded_vocab(vocab: int, tp_size: int, multiple: int) -> int:
+    step = tp_size * multiple
+    return -(-vocab // step) * step
+
+
+def split_shape(kind: str, shape: Tuple[int, ...], tp: int, name: str, padded: Optional[int] = None) -> Tuple[int, ...]:
+    """Shape of one rank's piece; errors name the tensor when it does not divide."""
+    if kind == REPLICATED or tp == 1 and kind != VOCAB:
+        return shape
+    if kind == VOCAB:
+        rows = padded if padded is not None else shape[0]
+        return (rows // tp,) + shape[1:]
+    dim = 1 if kind == ROW else 0
+    parts = 3 if kind == FUSED_QKV else 1
+    if len(shape) <= dim or shape[dim] % (tp * parts):
+        raise ValueError(f"{name}: {kind}-parallel dim {dim} of shape {shape} does not divide by tp_size {tp}"
+                         + (" into q/k/v parts" if parts == 3 else ""))
+    out = list(shape)
+    out[dim] //= tp
+    return tuple(out)
+
+
+def split(kind: str, array: np.ndarray, tp: int, padded: Optional[int] = None) -> List[np.ndarray]:
+    """The ``tp`` pieces of ``array`` (views where possible)."""
+    if kind == REPLICATED:
+        return [array] * tp
+    if kind == VOCAB:
+        if padded is not None and padded != array.shape[0]:
+            pad = np.zeros((padded - array.shape[0],) + array.shape[1:], array.dtype)
+            array = np.concatenate([array, pad], axis=0)
+        return np.split(array, tp, axis=0)
+    if kind == ROW:
+        return np.split(array, tp, axis=1) if array.ndim > 1 else [array] * tp
+    if kind == FUSED_QKV:
+        q, k, v = (np.split(part, tp, axis=0) for part in np.split(array, 3, axis=0))
+        return [np.concatenate([q[r], k[r], v[r]], axis=0) for r in range(tp)]
+    return np.split(array, tp, axis=0)
+
+
+def merge(kind: str, pieces: Sequence[np.ndarray], vocab: Optional[int] = None) -> np.ndarray:
+    """Inverse of ``split``; ``vocab`` drops the padding rows of a VOCAB tensor."""
+    if kind == REPLICATED or len(pieces) == 1 and kind != VOCAB:
+        return pieces[0]
+    if kind == VOCAB:
+        full = np.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0]
+        return full[:vocab] if vocab is not None else full
+    if kind == ROW:
+        return np.concatenate(pieces, axis=1) if pieces[0].ndim > 1 else pieces[0]
+    if kind == FUSED_QKV:
+        thirds = [np.split(p, 3, axis=0) for p in pieces]
+        return np.concatenate([t[i] for i in range(3) for t in thirds], axis=0)
+    return np.concatenate(pieces, axis=0)
+
+
+@dataclass
+class ParallelConfig:
+    """Tensor- and pipeline-parallel layout of an MM checkpoint."""
+
+    tp_size: int = 1
+    llm_pp_layers: Optional[List[List[int]]] = None  # per virtual chunk, per stage; default all on one stage
+    vit_pp_layers: Optional[List[List[int]]] = None
+    make_vocab_size_divisible_by: int = 1
+
+    def resolved(self, llm_layers: int, vit_layers: int) -> "ParallelConfig":
+        """A copy with the defaults filled in and everything checked against the model."""
+        if not isinstance(self.tp_size, int) or self.tp_size < 1:
+            raise ValueError(f"parallel_config.tp_size must be a positive integer, got {self.tp_size!r}")
+        if not isinstance(self.make_vocab_size_divisible_by, int) or self.make_vocab_size_divisible_by < 1:
+            raise ValueError("parallel_config.make_vocab_size_divisible_by must be a positive integer")
+        llm = self.llm_pp_layers or [[llm_layers]]
+        vit = self.vit_pp_layers or [[vit_layers] + [0] * (len(llm[0]) - 1)]
+        for key, value, total in (("llm_pp_layers", llm, llm_layers), ("vit_pp_layers", vit, vit_layers)):
+            if not (isinstance(value, list) and value and all(isinstance(c, list) and c for c in value)
+                    and all(isinstance(n, int) and n >= 0 for c in value for n in c)):
+                raise ValueError(f"parallel_config.{key} must be a list of lists of layer counts, e.g. [[6,8,8,6]], "
+                                 f"got {value!r}")
+            if len({len(c) for c in value}) != 1:
+                raise ValueError(f"parallel_config.{key}={value}: every virtual chunk needs the same number of stages")
+            if sum(map(sum, value)) != total:
+                raise ValueError(f"parallel_config.{key}={value} adds up to {sum(map(sum, value))} layers, "
+                                 f"the model has {total}")
+        if (len(llm), len(llm[0])) != (len(vit), len(vit[0])):
+            raise ValueError(f"parallel_config: llm_pp_layers {llm} and vit_pp_layers {vit} need the same shape "
+                             "(virtual chunks x pipeline stages)")
+        return ParallelConfig(self.tp_size, llm, vit, self.make_vocab_size_divisible_by)
+
+    @property
+    def pp_size(self) -> int:
+        return len(self.llm_pp_layers[0])
+
+    @property
+    def vpp_size(self) -> int:
+        return len(self.llm_pp_layers)
+
+
+def layer_stages(pp_layers: List[List[int]]) -> List[Tuple[int, int, int]]:
+    """(virtual chunk, stage, local index) of every global layer, in model order: chunk 0
+    over all stages, then chunk 1, ..."""
+    out = []
+    for chunk, counts in enumerate(pp_layers):
+        for stage, count in enumerate(counts):
+            out.extend((chunk, stage, i) for i in range(count))
+    return out
+
+
+def stage_order(pp_layers: List[List[int]]) -> List[Tuple[int, int]]:
+    """(chunk, stage) slots holding at least one layer, in model order."""
+    return [(c, s) for c, counts in enumerate(pp_layers) for s, n in enumerate(counts) if n]

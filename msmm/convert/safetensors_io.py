@@ -1,0 +1,133 @@
+"""Streaming safetensors: read tensors lazily from memory-mapped files, write files whose
+header is planned up front and whose tensors are written one at a time.
+
+Tensors keep their stored dtype bit for bit; BF16 (which numpy lacks) is carried as its
+raw 16-bit words (``uint16``) together with the dtype code, so a conversion never rounds.
+Peak memory is one tensor (plus its tensor-parallel pieces), never the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# safetensors dtype code -> numpy storage dtype (BF16 as raw uint16 words)
+STORAGE = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+@dataclass
+class Tensor:
+    """A tensor to be read on demand: safetensors dtype code, shape and a loader."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+    load: Callable[[], np.ndarray]
+    source: str  # "file:key", for error messages
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(STORAGE[self.dtype]).itemsize
+
+
+def read_header(path: str) -> Tuple[Dict[str, dict], Dict[str, str], int]:
+    """(tensor entries, __metadata__, byte offset where the data starts) of a safetensors file."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+        (length,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a safetensors file (bad header: {err})") from err
+    metadata = header.pop("__metadata__", None) or {}
+    return header, metadata, 8 + length
+
+
+def open_file(path: str) -> Dict[str, Tensor]:
+    """The tensors of one file, each loaded (as a read-only memory-mapped view) when asked."""
+    header, _, start = read_header(path)
+    out: Dict[str, Tensor] = {}
+    for key, info in header.items():
+        if info["dtype"] not in STORAGE:
+            raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+        out[key] = Tensor(info["dtype"], tuple(info["shape"]), _loader(path, start, info), f"{path}:{key}")
+    return out
+
+
+def _loader(path: str, start: int, info: dict) -> Callable[[], np.ndarray]:
+    begin, end = info["data_offsets"]
+    dtype, shape = np.dtype(STORAGE[info["dtype"]]), tuple(info["shape"])
+
+    def load() -> np.ndarray:
+        if end == begin:
+            return np.zeros(shape, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=start + begin, shape=shape)
+
+    return load
+
+
+@dataclass
+class Entry:
+    name: str
+    dtype: str
+    shape: Tuple[int, ...]
+
+
+class ShardedWriter:
+    """Writes several safetensors files at once. ``plan`` fixes every file's header (names,
+    dtypes, shapes) before any data is written; ``write`` then takes each tensor, in the
+    planned order per file, and appends its bytes. Files appear under a temporary name and
+    are renamed when ``close`` finds every planned tensor written."""
+
+    def __init__(self, plan: Dict[str, Sequence[Entry]], metadata: Optional[Dict[str, str]] = None) -> None:
+        self._pending: Dict[str, Iterator[Entry]] = {}
+        self._files = {}
+        for path, entries in plan.items():
+            header, offset = {}, 0
+            for e in entries:
+                if e.name in header:
+                    raise ValueError(f"{path}: tensor {e.name!r} planned twice")
+                size = int(np.prod(e.shape, dtype=np.int64)) * np.dtype(STORAGE[e.dtype]).itemsize
+                header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + size]}
+                offset += size
+            if metadata:
+                header["__metadata__"] = dict(metadata)
+            blob = json.dumps(header, separators=(",", ":")).encode()
+            blob += b" " * (-len(blob) % 8)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            f = open(path + ".tmp", "wb")
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            self._files[path] = f
+            self._pending[path] = iter(list(entries))
+
+    def write(self, path: str, name: str, array: np.ndarray) -> None:
+        expected = next(self._pending[path], None)
+        if expected is None or expected.name != name:
+            raise RuntimeError(f"{path}: wrote {name!r}, the plan expects {expected.name if expected else 'nothing'}")
+        storage = np.dtype(STORAGE[expected.dtype])
+        if array.dtype != storage or tuple(array.shape) != tuple(expected.shape):
+            raise RuntimeError(f"{path}: {name!r} is {array.dtype}{array.shape}, planned {storage}{expected.shape}")
+        self._files[path].write(np.ascontiguousarray(array).data)  # no copy for contiguous arrays
+
+    def close(self) -> List[str]:
+        for path, f in self._files.items():
+            f.close()
+            left = next(self._pending[path], None)
+            if left is not None:
+                raise RuntimeError(f"{path}: tensor {left.name!r} was planned but never written")
+            os.replace(path + ".tmp", path)
+        return list(self._files)
+
+    def abort(self) -> None:
+        for path, f in self._files.items():
+            f.close()
+            if os.path.exists(path + ".tmp"):
+                os.remove(path + ".tmp")
