@@ -215,6 +215,8 @@ def check_complete(tensors: Iterable[str], info: ModelInfo, where: str) -> None:
     """Every layer 0..N-1 present with the same parameters, and the embedding, final norm
     and (untied) output head present; errors name the missing key."""
     names = list(tensors)
+    for name in names:
+        tp_kind(name, where)  # an unknown parameter is an unexpected key
     for pattern, count, what in ((LLM_LAYER, info.llm_layers, "language model"),
                                  (VIT_LAYER, info.vit_layers, "vision encoder")):
         layers: Dict[int, set] = {}

@@ -112,6 +112,11 @@ def _require(cfg: Mapping[str, Any], key: str, where: str) -> Any:
     return cfg[key]
 
 
+def _check_model_type(cfg: Mapping[str, Any], allowed: Tuple[str, ...], where: str) -> None:
+    if cfg.get("model_type") not in allowed:
+        raise ValueError(f"{where}: model_type {cfg.get('model_type')!r}, this converter reads {allowed}")
+
+
 def _text_info(text: Mapping[str, Any], top: Mapping[str, Any], where: str) -> Dict[str, Any]:
     heads = _require(text, "num_attention_heads", where)
     return dict(
@@ -166,8 +171,7 @@ class Qwen2VLFamily(FamilySpec):
     )
 
     def info(self, cfg: Mapping[str, Any], where: str) -> ModelInfo:
-        if cfg.get("model_type") not in self.model_types:
-            raise ValueError(f"{where}: model_type {cfg.get('model_type')!r}, this converter reads {self.model_types}")
+        _check_model_type(cfg, self.model_types, where)
         vision = _require(cfg, "vision_config", where)
         text = cfg.get("text_config") or cfg
         return ModelInfo(vit_layers=_require(vision, "depth", where), vit_heads=_require(vision, "num_heads", where),
@@ -196,6 +200,7 @@ class InternVLFamily(FamilySpec):
     )
 
     def info(self, cfg: Mapping[str, Any], where: str) -> ModelInfo:
+        _check_model_type(cfg, ("internvl", "internvl_chat"), where)
         vision = _require(cfg, "vision_config", where)
         if "text_config" in cfg:
             layout, text = "hf", cfg["text_config"]
@@ -228,6 +233,7 @@ class LlavaFamily(FamilySpec):
     )
 
     def info(self, cfg: Mapping[str, Any], where: str) -> ModelInfo:
+        _check_model_type(cfg, ("llava",), where)
         vision = _require(cfg, "vision_config", where)
         return ModelInfo(vit_layers=_require(vision, "num_hidden_layers", where),
                          vit_heads=_require(vision, "num_attention_heads", where), layout="hf",
