@@ -137,10 +137,13 @@ def stack(tensors: Sequence, dim: int = 0, *, out=None):
 
 
 def split(tensor, split_size_or_sections, dim: int = 0):
-    """Chunks of ``split_size`` (the last may be smaller), or of the listed ``sections``."""
+    """Chunks of ``split_size`` (the last may be smaller), or of the listed ``sections``.
+
+    ops.split, not mint.split: in PyNative (CPU, MindSpore 2.10) the gradient through a
+    mint.split piece that is then transposed or permuted comes back wrong."""
     if isinstance(split_size_or_sections, (list, tuple)):
         split_size_or_sections = tuple(split_size_or_sections)
-    return mint.split(tensor, split_size_or_sections, dim)
+    return ops.split(tensor, split_size_or_sections, dim)
 
 
 def chunk(input, chunks: int, dim: int = 0):
@@ -150,7 +153,7 @@ def chunk(input, chunks: int, dim: int = 0):
 
 def unbind(input, dim: int = 0):
     """The slices along ``dim`` (split + squeeze: mint.unbind has no CPU backward)."""
-    pieces = mint.split(input, 1, dim)
+    pieces = split(input, 1, dim)
     return tuple(mint.squeeze(p, dim) for p in pieces)
 
 

@@ -28,6 +28,7 @@ CASES = [
      ("torch.cat", "torch.concat", "torch.concatenate", "torch.stack"), {}),
     ("splitting", [randn(3, 5)],
      ("torch.split", "torch.chunk", "torch.unbind", "torch.narrow", "torch.select"), {}),
+    ("split_pieces_transposed", [randn(2, 5, 5, 3)], ("torch.split", "torch.unbind"), {}),
     ("indexing", [randn(4, 5), _index((4, 3), 4), _index((3,), 4, seed=1)],
      ("torch.gather", "torch.index_select", "torch.take_along_dim"), {}),
     ("scattering", [randn(4, 5), _permutation_rows(3, 4), randn(3, 2, seed=1)],

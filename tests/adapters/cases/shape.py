@@ -47,6 +47,16 @@ def splitting(x):
             torch.narrow(x, 1, 1, 3), torch.narrow(x, -1, 0, 2), torch.select(x, 1, 2))
 
 
+def split_pieces_transposed(x):
+    """Pieces of a split along a middle dim, then transposed or permuted (as attention
+    splits a packed qkv projection into heads): the gradient must flow back to x."""
+    q, k, v = torch.split(x, [3, 1, 1], dim=2)
+    a, b = torch.split(x, 4, dim=1)
+    rows = torch.unbind(x, 1)
+    return (torch.transpose(q, 1, 2), torch.permute(k.squeeze(2), (1, 0, 2)), torch.transpose(v, 0, 1) * 2.0,
+            torch.transpose(a, 0, 1), torch.permute(b, (3, 2, 1, 0)), torch.transpose(rows[1], 0, 1))
+
+
 def indexing(x, index, rows):
     return (torch.gather(x, 1, index), torch.gather(x, -1, index[:, :2]), torch.index_select(x, 0, rows),
             torch.index_select(x, 1, rows), torch.take_along_dim(x, index, 1),
