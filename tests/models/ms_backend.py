@@ -155,7 +155,7 @@ class Case:
     model: object
     inputs: Dict[str, np.ndarray]
     hf: RunResult
-    torch: RunResult
+    torch: Optional[RunResult] = None
     valid: Optional[np.ndarray] = None
     _runs: Dict[str, RunResult] = field(default_factory=dict, repr=False)
 
