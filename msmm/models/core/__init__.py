@@ -1,5 +1,13 @@
 """Shared transformer core: config, layer specs, parallel linears, norms, RoPE, attention, MLP."""
-from .attention import SelfAttention, causal_attention_mask, dot_product_attention, repeat_kv, segment_mask
+from .attention import (
+    SelfAttention,
+    cached_attention_mask,
+    causal_attention_mask,
+    dot_product_attention,
+    repeat_kv,
+    segment_mask,
+    write_cache,
+)
 from .config import TransformerConfig
 from .mlp import MLP, SwiGLUMLP, quick_gelu
 from .norm import RMSNorm, build_norm
@@ -25,6 +33,7 @@ __all__ = [
     "apply_rotary",
     "build_module",
     "build_norm",
+    "cached_attention_mask",
     "causal_attention_mask",
     "dot_product_attention",
     "gpt_layer_spec",
@@ -32,4 +41,5 @@ __all__ = [
     "repeat_kv",
     "rotate_half",
     "segment_mask",
+    "write_cache",
 ]

@@ -46,6 +46,29 @@ def causal_attention_mask(
     return mask | (pos.unsqueeze(1) == pos.unsqueeze(0))
 
 
+def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Static-shape KV-cache update: cache [B, G, Lmax, D] with rows ``slots`` [L, Lmax]
+    (one-hot, float: row i marks the position of new token i) replaced by new [B, G, L, D].
+    A matmul with a one-hot matrix, exact in floating point, so one compiled graph serves
+    every decode step (no data-dependent shapes or in-place writes)."""
+    kept = cache * (1.0 - slots.sum(0)).reshape(1, 1, slots.shape[1], 1)
+    return kept + torch.matmul(slots.transpose(0, 1).to(new.dtype), new)
+
+
+def cached_attention_mask(
+    slots: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Mask [B|1, 1, L, Lmax] for L new tokens at positions ``slots`` [L, Lmax] (one-hot)
+    over the whole cache: causal (keys up to the query's position) and, with
+    ``padding_mask`` [B, Lmax] (1 = token), only real tokens (and always the query itself)."""
+    positions = torch.arange(slots.shape[1]).to(slots.dtype)
+    query_pos = (slots * positions.unsqueeze(0)).sum(-1)  # [L]
+    mask = (positions.unsqueeze(0) <= query_pos.unsqueeze(1)).unsqueeze(0).unsqueeze(0)
+    if padding_mask is not None:
+        mask = mask & (padding_mask != 0).unsqueeze(1).unsqueeze(1)
+    return mask | (slots != 0).unsqueeze(0).unsqueeze(0)
+
+
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """[B, G, L, D] -> [B, G * n_rep, L, D], each key/value group repeated for its queries."""
     if n_rep == 1:
@@ -110,11 +133,20 @@ class SelfAttention(nn.Module):
         x: torch.Tensor,
         rotary: Tuple[torch.Tensor, torch.Tensor],
         mask: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        """x [B, L, hidden]; rotary = (cos, sin) [B, L, D]; mask bool [B|1, 1, L, L]."""
+        cache: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+    ):
+        """x [B, L, hidden]; rotary = (cos, sin) [B, L, D]; mask bool [B|1, 1, L, L].
+
+        With ``cache`` = (keys, values [B, G, Lmax, D], slots [L, Lmax]) the new keys and
+        values are written at ``slots``, attention runs over the whole cache (mask
+        [B|1, 1, L, Lmax]) and the result is (output, (keys, values))."""
         q, k, v = self.project_qkv(x)
         cos, sin = rotary[0].unsqueeze(1), rotary[1].unsqueeze(1)
         q = apply_rotary(q.transpose(1, 2), cos, sin)
         k = apply_rotary(k.transpose(1, 2), cos, sin)
+        v = v.transpose(1, 2)
+        if cache is not None:
+            k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v, cache[2])
         dropout = self.dropout if self.training else 0.0
-        return self.output(dot_product_attention(q, k, v.transpose(1, 2), mask, dropout))
+        out = self.output(dot_product_attention(q, k, v, mask, dropout))
+        return out if cache is None else (out, (k, v))

@@ -58,11 +58,16 @@ class TransformerLayer(nn.Module):
         x: torch.Tensor,
         rotary: Tuple[torch.Tensor, torch.Tensor],
         mask: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(x), rotary, mask)
+        cache: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+    ):
+        """With ``cache`` (see ``SelfAttention``) returns (x, updated (keys, values))."""
+        attn = self.self_attn(self.input_layernorm(x), rotary, mask, cache)
+        if cache is not None:
+            attn, new_cache = attn
         x = x + F.dropout(attn, self.hidden_dropout, self.training)
         mlp = self.mlp(self.post_attention_layernorm(x))
-        return x + F.dropout(mlp, self.hidden_dropout, self.training)
+        x = x + F.dropout(mlp, self.hidden_dropout, self.training)
+        return x if cache is None else (x, new_cache)
 
 
 class TransformerBlock(nn.Module):
@@ -78,7 +83,17 @@ class TransformerBlock(nn.Module):
         x: torch.Tensor,
         rotary: Tuple[torch.Tensor, torch.Tensor],
         mask: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, rotary, mask)
-        return self.norm(x)
+        caches: Optional[Tuple] = None,
+        slots: Optional[torch.Tensor] = None,
+    ):
+        """With ``caches`` (one (keys, values) pair per layer) and ``slots`` [L, Lmax]
+        returns (hidden, updated caches)."""
+        if caches is None:
+            for layer in self.layers:
+                x = layer(x, rotary, mask)
+            return self.norm(x)
+        updated = []
+        for layer, (keys, values) in zip(self.layers, caches):
+            x, kv = layer(x, rotary, mask, (keys, values, slots))
+            updated.append(kv)
+        return self.norm(x), tuple(updated)

@@ -13,6 +13,7 @@ from ..core import (
     RotaryEmbedding,
     TransformerBlock,
     TransformerConfig,
+    cached_attention_mask,
     causal_attention_mask,
 )
 
@@ -53,13 +54,19 @@ class DecoderModel(TransformerBlock):
         position_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         segment_ids: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+        caches: Optional[Tuple] = None,
+        slots: Optional[torch.Tensor] = None,
+    ):
         """Returns the final hidden states [B, L, hidden].
 
         input_ids [B, L] or inputs_embeds [B, L, hidden]; position_ids [B, L] (or [3, B, L]
         for M-RoPE), default 0..L-1; attention_mask [B, L] with 1 for tokens, 0 for padding;
         segment_ids [B, L] for packed sequences (tokens attend within their segment; pass
         position_ids that restart at each segment).
+
+        Incremental decoding: ``caches`` holds one (keys, values) pair [B, G, Lmax, D] per
+        layer and ``slots`` [L, Lmax] (one-hot) the cache positions of the L new tokens;
+        ``attention_mask`` then covers the whole cache [B, Lmax]. Returns (hidden, caches).
         """
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
@@ -68,6 +75,9 @@ class DecoderModel(TransformerBlock):
             position_ids = torch.arange(l).unsqueeze(0).expand(b, l)
         if self.uses_mrope and len(position_ids.shape) == 2:
             position_ids = position_ids.unsqueeze(0).expand(3, b, l)
+        if caches is not None:
+            mask = cached_attention_mask(slots, attention_mask)
+            return super().forward(inputs_embeds, self.rotary_emb(position_ids), mask, caches, slots)
         mask = causal_attention_mask(l, attention_mask, segment_ids)
         return super().forward(inputs_embeds, self.rotary_emb(position_ids), mask)
 

@@ -1,0 +1,178 @@
+"""Autoregressive generation with a static KV cache for the msmm models.
+
+The prompt (with its images / videos spliced in) runs once through the decoder, writing
+every layer's keys and values into caches of fixed length ``prompt + max_new_tokens``;
+each new token then runs alone, written at its slot (``write_cache``), attending over the
+whole cache under a mask. All shapes are fixed after the prompt, so on MindSpore one
+compiled decode step serves every token.
+
+The loop uses the ``torch`` the model was imported with (real PyTorch, or
+``adapters.torch`` through the auto_convert hook). Sampling (temperature, top-k, top-p,
+repetition penalty) runs in numpy on the last logits, with HF ``generate`` semantics.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 32
+    do_sample: bool = False  # False: greedy
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off
+    stop_token_ids: Sequence[int] = field(default_factory=tuple)
+    pad_token_id: int = 0
+    seed: Optional[int] = None
+
+
+def process_logits(logits: np.ndarray, seen: np.ndarray, config: GenerationConfig) -> np.ndarray:
+    """Scores [B, V] after repetition penalty, temperature, top-k and top-p (HF order);
+    ``seen`` [B, T] are the ids so far. Filtered entries become -inf."""
+    scores = logits.astype(np.float64)
+    if config.repetition_penalty != 1.0:
+        for b in range(scores.shape[0]):
+            ids = np.unique(seen[b])
+            s = scores[b, ids]
+            scores[b, ids] = np.where(s < 0, s * config.repetition_penalty, s / config.repetition_penalty)
+    if not config.do_sample:
+        return scores
+    if config.temperature != 1.0:
+        scores = scores / config.temperature
+    if config.top_k > 0:
+        k = min(config.top_k, scores.shape[-1])
+        kth = np.sort(scores, axis=-1)[:, -k][:, None]
+        scores = np.where(scores < kth, -np.inf, scores)
+    if config.top_p < 1.0:
+        order = np.argsort(scores, axis=-1)  # ascending
+        sorted_scores = np.take_along_axis(scores, order, -1)
+        probs = np.exp(sorted_scores - sorted_scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        drop = np.cumsum(probs, -1) <= 1 - config.top_p
+        drop[:, -1] = False  # keep at least the best token
+        mask = np.zeros_like(drop)
+        np.put_along_axis(mask, order, drop, -1)
+        scores = np.where(mask, -np.inf, scores)
+    return scores
+
+
+def choose(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
+    if not config.do_sample:
+        return scores.argmax(-1)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return np.array([rng.choice(len(p), p=p) for p in probs])
+
+
+def _torch_of(model: Any):
+    """The ``torch`` module the model's file imported (real torch or adapters.torch)."""
+    return sys.modules[type(model).__module__].torch
+
+
+def _numpy(t: Any) -> np.ndarray:
+    return t.detach().numpy() if hasattr(t, "detach") and hasattr(t, "numpy") else t.asnumpy()
+
+
+@dataclass
+class Prompt:
+    """What the decoder needs for the prompt: embeddings with vision spliced in, positions."""
+
+    decoder: Any  # CausalLM-like: .model (DecoderModel), .lm_head
+    embeds: Any  # [B, L, H]
+    position_ids: np.ndarray  # [B, L] or [3, B, L]
+    mrope: bool
+
+
+def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray, **vision: Any) -> Prompt:
+    """Prompt embeddings and positions for InternVL, LLaVA, Qwen2-VL / 2.5-VL, or a text CausalLM."""
+    torch = _torch_of(model)
+    ids = torch.tensor(input_ids)
+    if hasattr(model, "visual"):  # Qwen2-VL / Qwen2.5-VL
+        splice = sys.modules[type(model).__module__].splice
+        meta = model.prepare_metadata(input_ids, attention_mask, vision.get("image_grid_thw"),
+                                      vision.get("video_grid_thw"), vision.get("second_per_grid_ts"))
+        embeds = model.model.embed_tokens(ids)
+        pixels = [vision[k] for k in ("pixel_values", "pixel_values_videos") if vision.get(k) is not None]
+        if pixels:
+            features = model.visual(
+                torch.tensor(np.concatenate(pixels, 0)),
+                *[torch.tensor(meta[k]) if k in meta else None for k in (
+                    "vision_position_ids", "vision_segment_ids", "vision_window_segment_ids",
+                    "vision_window_index", "vision_reverse_index")])
+            n_image = 0
+            if vision.get("pixel_values") is not None:
+                embeds = splice(embeds, ids == model.config.image_token_id, features, 0)
+                n_image = vision["pixel_values"].shape[0] // model.visual.merge_unit
+            if vision.get("pixel_values_videos") is not None:
+                embeds = splice(embeds, ids == model.config.video_token_id, features, n_image)
+        return Prompt(model, embeds, meta["position_ids"], True)
+    if hasattr(model, "language_model"):  # InternVL, LLaVA
+        splice_features = sys.modules[type(model).__module__].splice_features
+        decoder = model.language_model
+        embeds = decoder.model.embed_tokens(ids)
+        if vision.get("pixel_values") is not None:
+            features = model.image_features(torch.tensor(vision["pixel_values"]))
+            flags = vision.get("image_flags")
+            embeds = splice_features(embeds, ids == model.image_token_id, features,
+                                     None if flags is None else torch.tensor(flags))
+    else:  # a text CausalLM
+        decoder, embeds = model, model.model.embed_tokens(ids)
+    positions = np.maximum(np.cumsum(attention_mask, -1) - 1, 0)  # HF: left padding starts at 0
+    return Prompt(decoder, embeds, positions.astype(np.int64), False)
+
+
+def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
+                    config: GenerationConfig = GenerationConfig(), **vision: Any) -> Iterator[np.ndarray]:
+    """Yields the next token ids [B] one step at a time (rows that stopped yield pad)."""
+    torch = _torch_of(model)
+    input_ids = np.asarray(input_ids, np.int64)
+    b, l = input_ids.shape
+    attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int64)
+    rng = np.random.default_rng(config.seed)
+    total = l + config.max_new_tokens
+    with torch.no_grad():
+        prompt = prepare_prompt(model, input_ids, attention_mask, **vision)
+        decoder = prompt.decoder
+        cfg = decoder.model.layers[0].self_attn
+        groups, head_dim = cfg.num_groups, cfg.head_dim
+        dtype = prompt.embeds.dtype
+        caches = tuple((torch.zeros(b, groups, total, head_dim, dtype=dtype),
+                        torch.zeros(b, groups, total, head_dim, dtype=dtype)) for _ in decoder.model.layers)
+        full_mask = np.concatenate([attention_mask, np.ones((b, config.max_new_tokens), np.int64)], 1)
+        eye = np.eye(total, dtype=np.float32)
+        # the next position of each row: after the largest prompt position (over all three
+        # M-RoPE components: new tokens share one position in all three)
+        last = prompt.position_ids.max(axis=(0, 2) if prompt.mrope else -1)  # [B]
+        next_pos = np.broadcast_to(last + 1, (3, b)) if prompt.mrope else last + 1
+        hidden, caches = decoder.model(inputs_embeds=prompt.embeds, position_ids=torch.tensor(prompt.position_ids),
+                                       attention_mask=torch.tensor(full_mask), caches=caches,
+                                       slots=torch.tensor(eye[:l]))
+        seen = input_ids
+        done = np.zeros(b, bool)
+        for step in range(config.max_new_tokens):
+            logits = _numpy(decoder.lm_head(hidden[:, -1:]).float())[:, -1]
+            token = choose(process_logits(logits, seen, config), config, rng)
+            token = np.where(done, config.pad_token_id, token)
+            done |= np.isin(token, list(config.stop_token_ids))
+            yield token
+            if done.all() or step + 1 == config.max_new_tokens:
+                return
+            seen = np.concatenate([seen, token[:, None]], 1)
+            position = (next_pos + step)[..., None]  # [B, 1] or [3, B, 1]
+            embeds = decoder.model.embed_tokens(torch.tensor(token[:, None]))
+            hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=torch.tensor(position),
+                                           attention_mask=torch.tensor(full_mask), caches=caches,
+                                           slots=torch.tensor(eye[l + step: l + step + 1]))
+
+
+def generate(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
+             config: GenerationConfig = GenerationConfig(), **vision: Any) -> np.ndarray:
+    """New token ids [B, T] (T <= max_new_tokens; rows that stopped early are padded)."""
+    steps = list(generate_stream(model, input_ids, attention_mask, config, **vision))
+    return np.stack(steps, 1) if steps else np.zeros((len(input_ids), 0), np.int64)
