@@ -24,5 +24,7 @@ setup(
     entry_points={"console_scripts": [
         "msmm-convert-llava-instruct = msmm.data.convert_llava_instruct:main",
         "mm-convert = msmm.convert.cli:main",
+        "msmm-infer = msmm.infer.cli:infer_main",
+        "msmm-chat = msmm.infer.cli:chat_main",
     ]},
 )

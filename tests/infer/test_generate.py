@@ -118,3 +118,34 @@ def test_logit_processors(rng):
         kept = np.isfinite(top_p[b])
         # the kept set is the smallest prefix of the sorted probabilities reaching 0.5
         assert probs[kept].sum() >= 0.5 and probs[kept].sum() - probs[kept].min() < 0.5
+
+
+def test_msmm_infer_cli_streams_the_greedy_answer(tmp_path, capsys):
+    """inference.json with an HF checkpoint plus an MM checkpoint (TP=2, from mm-convert)
+    on top; the streamed text is HF generate's answer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from msmm.convert.cli import main as mm_convert
+    from msmm.infer.cli import infer_main
+
+    vocab = {f"w{i}": i for i in range(tiny_hf.VOCAB)}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="w0")
+    ref = tiny_hf.internvl()
+    hf = tiny_hf.save(ref, str(tmp_path / "hf"))
+    tokenizer.save_pretrained(hf)
+    assert mm_convert(["InternVLConverter", "hf_to_mm", "--cfg.mm_dir", str(tmp_path / "mm"),
+                       "--cfg.hf_config.hf_dir", hf, "--cfg.parallel_config.tp_size", "2"]) == 0
+    config = {"model": {"family": "internvl", "from_pretrained": hf, "ckpt_path": str(tmp_path / "mm")},
+              "tokenizer": {"from_pretrained": hf}, "prompts": ["w5 w6 w7"],
+              "generation_config": {"max_new_tokens": 6, "stop_token_ids": []}}
+    with open(tmp_path / "inference.json", "w") as f:
+        json.dump(config, f)
+    capsys.readouterr()
+    assert infer_main([str(tmp_path / "inference.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    expected = hf_generate(ref, dict(input_ids=np.array([[5, 6, 7]]), attention_mask=np.ones((1, 3), np.int64)))
+    assert out[0] == ">>> w5 w6 w7"
+    assert out[1] == tokenizer.decode(expected[0, :6].tolist())
