@@ -62,6 +62,7 @@ class TransformerLayer(nn.Module):
     ):
         """With ``cache`` (see ``SelfAttention``) returns (x, updated (keys, values))."""
         attn = self.self_attn(self.input_layernorm(x), rotary, mask, cache)
+        new_cache = None  # bound on both branches: MindSpore graph mode requires it
         if cache is not None:
             attn, new_cache = attn
         x = x + F.dropout(attn, self.hidden_dropout, self.training)
