@@ -92,7 +92,8 @@ class TrainStep(nn.Cell):
     def forward_backward(self, batch: Dict[str, Tensor]) -> MicroResult:
         inputs = dict(batch)
         labels = inputs.pop("labels")
-        numerator, denominator, tokens = self.micro_step(labels, inputs)
+        # mutable: a dict argument of a compiled function is otherwise a compile-time constant
+        numerator, denominator, tokens = self.micro_step(labels, mindspore.mutable(inputs))
         return MicroResult(float(numerator.asnumpy()), float(denominator.asnumpy()), int(tokens.asnumpy()))
 
     def first_nonfinite_grad(self, flat: Tensor) -> Optional[str]:

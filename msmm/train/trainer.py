@@ -131,6 +131,9 @@ class InputBuilder:
                 batch["input_ids"], batch.get("attention_mask"), batch.get("image_grid_thw"),
                 batch.get("video_grid_thw"), batch.get("second_per_grid_ts"),
             ))
+        elif "position_ids" in self.accepted and "position_ids" not in batch:
+            b, length = batch["input_ids"].shape
+            batch["position_ids"] = np.broadcast_to(np.arange(length, dtype=np.int64), (b, length)).copy()
         out = {}
         for key, value in batch.items():
             if key not in self.accepted:

@@ -1,0 +1,86 @@
+"""MindSpore side of the training tests, run in a fresh process (msmm.models is imported
+through the auto_convert hook, which a pytest process that imported them under real torch
+cannot do): ``python ms_worker.py SPEC.json``.
+
+SPEC: family, checkpoint (HF dir), batches (npz of micro-batches b0_key...), config
+(TrainConfig fields), freeze (name prefixes), load (optional --load dir), out (dir).
+Writes OUT/result.json (per-step records, trainable names, data position) and
+OUT/final.safetensors (the weights after training).
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("GLOG_v", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import mindspore  # noqa: E402
+import numpy as np  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+mindspore.set_device("CPU")
+
+from auto_convert import hook  # noqa: E402
+
+hook.install(["msmm.models"])
+
+
+class ListSource:
+    """A fixed list of micro-batches as one epoch, with a saveable position."""
+
+    def __init__(self, batches):
+        self.batches, self.epoch, self.batch_index = batches, 0, 0
+
+    def __iter__(self):
+        for i in range(self.batch_index, len(self.batches)):
+            self.batch_index = i + 1
+            yield self.batches[i]
+        self.epoch, self.batch_index = self.epoch + 1, 0
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "batch_index": self.batch_index}
+
+    def load_state_dict(self, state):
+        self.epoch, self.batch_index = state["epoch"], state["batch_index"]
+
+
+def build_model(family, checkpoint):
+    if family == "qwen2_vl":
+        from msmm.models.checkpoint_io import load_hf_checkpoint
+        from msmm.models.qwen2_vl import Qwen2VL, Qwen2VLConfig
+
+        with open(os.path.join(checkpoint, "config.json")) as f:
+            model = Qwen2VL(Qwen2VLConfig.from_hf(json.load(f)))
+        load_hf_checkpoint(model, checkpoint, "qwen2_vl")
+        return model
+    from msmm.models.internvl import load_internvl
+
+    return load_internvl(checkpoint)
+
+
+def main(spec_path):
+    from msmm.train.trainer import TrainConfig, Trainer
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    model = build_model(spec["family"], spec["checkpoint"])
+    for name, p in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in spec.get("freeze", [])):
+            p.requires_grad = False
+    arrays = np.load(spec["batches"])
+    count = len({k.split("_", 1)[0] for k in arrays.files})
+    batches = [{k.split("_", 1)[1]: arrays[k] for k in arrays.files if k.split("_", 1)[0] == f"b{i}"} for i in range(count)]
+    source = ListSource(batches)
+    trainer = Trainer(model, TrainConfig(**spec["config"]), source)
+    if spec.get("load"):
+        trainer.load(spec["load"])
+    history = trainer.train()
+    os.makedirs(spec["out"], exist_ok=True)
+    save_file({n: p.asnumpy() for n, p in model.state_dict().items()}, os.path.join(spec["out"], "final.safetensors"))
+    with open(os.path.join(spec["out"], "result.json"), "w") as f:
+        json.dump({"history": history, "trainable": trainer.optimizer.names, "start_iteration": trainer.iteration - len(history),
+                   "data": source.state_dict()}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
