@@ -27,6 +27,10 @@ import adapters.torch as torch_ms
 CASES_DIR = Path(__file__).parent / "cases"
 MODES = ("pynative", "graph")
 RECORDS: List[dict] = []
+# MindSpore caches parsed graphs by id() of the Python object: a function compiled once and
+# freed lets a later object at the same address pick up its stale graph (wrong arities,
+# other functions' bodies after a few hundred compiles). Compiled callables live for the session.
+_COMPILED: List[Callable] = []
 _loaded: Dict[str, tuple] = {}
 
 
@@ -116,6 +120,7 @@ def check(cases: str, name: str, inputs: Sequence, *, mode: str, grad: bool = Tr
     ref_out = _flat(ref_fn(*ref_in))
     ms_in = [ms.Tensor(x) if i in arrays else x for i, x in enumerate(inputs)]
     run = ms.jit(ms_fn) if mode == "graph" else ms_fn
+    _COMPILED.append(run)
     ms_out = _flat(run(*ms_in))
 
     assert len(ms_out) == len(ref_out), f"{name}: {len(ms_out)} outputs, torch gives {len(ref_out)}"
@@ -133,6 +138,7 @@ def check(cases: str, name: str, inputs: Sequence, *, mode: str, grad: bool = Tr
         grad_fn = ms.grad(loss, grad_position=tuple(grad_pos))
         if mode == "graph":
             grad_fn = ms.jit(grad_fn)
+        _COMPILED.extend((loss, grad_fn))
         ms_grads = _flat(grad_fn(*ms_in, *[ms.Tensor(c) for c in cots]))
         for i, got, want in zip(grad_pos, ms_grads, ref_grads):
             want = torch_ref.zeros_like(ref_in[i]) if want is None else want
@@ -163,6 +169,7 @@ def check_module(cases: str, builder: str, inputs: Sequence, *, mode: str, train
     ref_out = _flat(ref_net(*ref_in))
     ms_in = [ms.Tensor(x) if i in arrays else x for i, x in enumerate(inputs)]
     run = ms.jit(ms_net) if mode == "graph" else ms_net
+    _COMPILED.append(run)
     ms_out = _flat(run(*ms_in))
     for k, (got, want) in enumerate(zip(ms_out, ref_out)):
         assert _dtype_name(got) == _dtype_name(want), f"{builder} output {k}: dtype {got.dtype} != {want.dtype}"
@@ -180,6 +187,7 @@ def check_module(cases: str, builder: str, inputs: Sequence, *, mode: str, train
                           weights=ms_params if ms_params else None)
         if mode == "graph":
             grad_fn = ms.jit(grad_fn)
+        _COMPILED.extend((loss, grad_fn))
         got = grad_fn(*ms_in, *[ms.Tensor(c) for c in cots])
         if grad_pos and ms_params:
             ms_grads = _flat(got[0]) + _flat(got[1])

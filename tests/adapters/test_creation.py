@@ -30,7 +30,7 @@ CASES = [
 def test_creation(case, inputs, apis, options, mode):
     check("creation", case, inputs, mode=mode, api=apis[0], **options)
     for api in apis[1:]:
-        harness._record(api, mode)
+        harness.record(api, mode)
 
 
 def test_from_numpy_keeps_dtype_and_memory():
@@ -44,13 +44,15 @@ def test_from_numpy_keeps_dtype_and_memory():
     shared = torch_ms.from_numpy(array)
     array[1] = 5.0
     np.testing.assert_array_equal(shared.asnumpy(), array)
-    harness._record("torch.from_numpy", "pynative")
-    harness._record("torch.as_tensor", "pynative")
+    harness.record("torch.from_numpy", "pynative")
+    harness.record("torch.as_tensor", "pynative")
 
 
 def _run(name: str, mode: str, *args):
     fn = getattr(load_cases("creation")[1], name)
-    out = (ms.jit(fn) if mode == "graph" else fn)(*args)
+    run = ms.jit(fn) if mode == "graph" else fn
+    harness._COMPILED.append(run)  # see harness._COMPILED
+    out = run(*args)
     return [o.asnumpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 
@@ -64,6 +66,7 @@ def test_manual_seed_replays(mode):
         if mode == "graph":  # a fresh compile after the seed
             fn = getattr(load_cases("creation")[1], "normal_draws")
             jitted = ms.jit(fn)
+            harness._COMPILED.append(jitted)
             draws.append([o.asnumpy() for o in jitted(2)] + [o.asnumpy() for o in jitted(2)])
         else:
             draws.append(_run("normal_draws", mode, 2) + _run("normal_draws", mode, 2))
@@ -72,9 +75,9 @@ def test_manual_seed_replays(mode):
     assert not np.array_equal(draws[0][0], draws[0][2]), "a second draw must give new numbers"
     torch_ms.manual_seed(4321)
     assert torch_ms.initial_seed() == 4321
-    harness._record("torch.initial_seed", mode)
+    harness.record("torch.initial_seed", mode)
     assert not np.array_equal(_run("normal_draws", "pynative", 2)[0], draws[0][0])
-    harness._record("torch.manual_seed", mode)
+    harness.record("torch.manual_seed", mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -91,7 +94,7 @@ def test_random_distributions(mode):
     assert abs(standard.mean()) < 0.1 and abs(standard.std() - 1.0) < 0.05
     assert abs(shifted.mean() - 2.0) < 0.3 and abs(shifted.std() - 3.0) < 0.15
     for api in ("torch.rand", "torch.randn", "torch.normal"):
-        harness._record(api, mode)
+        harness.record(api, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -110,4 +113,4 @@ def test_random_shapes_and_dtypes(mode):
     assert set(np.unique(got[13])) == {0.0, 1.0} and abs(got[13].mean() - 0.3) < 0.05
     assert not got[14].any(), "bernoulli with p=0 draws only zeros"
     for name in sorted(set(names)):
-        harness._record(f"torch.{name}", mode)
+        harness.record(f"torch.{name}", mode)

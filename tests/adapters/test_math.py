@@ -66,7 +66,7 @@ CASES = [
 def test_math(case, inputs, apis, options, mode):
     check("math", case, inputs, mode=mode, api=apis[0], **options)
     for api in apis[1:]:
-        harness._record(api, mode)
+        harness.record(api, mode)
 
 
 def test_where_indices():
@@ -78,4 +78,4 @@ def test_allclose_equal():
     """Python bools out of tensors: PyNative only (a graph cannot branch on tensor data)."""
     check("math", "closeness", [randn(3, 4), randn(3, 4, seed=1)], mode="pynative",
           grad=False, api="torch.allclose")
-    harness._record("torch.equal", "pynative")
+    harness.record("torch.equal", "pynative")

@@ -78,7 +78,7 @@ def _check(case: str, mode: str, api) -> None:
     tolerance = dict(rtol=1e-3, atol=1e-3) if case in LOOSE else {}
     check("methods", case, inputs, mode=mode, grad=case not in NO_GRAD, api=api[0], **tolerance)
     for name in api[1:]:
-        harness._record(name, mode)
+        harness.record(name, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -45,7 +45,7 @@ CASES = [
 def test_shape(case, inputs, apis, options, mode):
     check("shape", case, inputs, mode=mode, api=apis[0], **options)
     for api in apis[1:]:
-        harness._record(api, mode)
+        harness.record(api, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -53,7 +53,7 @@ def test_data_dependent_shapes(mode):
     """masked_select and nonzero: dynamic shapes, which MindSpore's CPU backend also runs
     inside jit (forward and backward)."""
     check("shape", "data_dependent", [randn(3, 4)], mode=mode, api="torch.masked_select")
-    harness._record("torch.nonzero", mode)
+    harness.record("torch.nonzero", mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
