@@ -30,6 +30,8 @@ CASES = [
     ("y = x.std(-1)", "y = torch.std(x, -1)", "method.std"),
     ("y = x.expand(b, -1, -1)", "y = torch.broadcast_to(x, (b, -1, -1))", "method.expand"),
     ("y = x.expand(shape)", "y = torch.broadcast_to(x, shape)", "method.expand"),
+    ("p = torch.arange(l).unsqueeze(0).expand(b, l)",  # receiver starting with a torch. call
+     "p = torch.broadcast_to(torch.arange(l).unsqueeze(0), (b, l))", "method.expand"),
     ("a, b = x.chunk(2, dim=-1)", "a, b = x.chunk(2, -1)", "method.chunk"),
     ("x = g(); x.masked_fill_(m, 0.0)", "x = g(); x = torch.masked_fill(x, m, 0.0)",
      "method.masked_fill_"),
