@@ -270,4 +270,23 @@ def uniform_(input, a: float = 0.0, b: float = 1.0, *, generator=None):
     return input.copy_(_random.rand_like(input) * (b - a) + a)
 
 
+def _on_tensors_only(name: str, form):
+    """``form`` for tensors; any other receiver keeps its own method, so a rewrite of
+    ``lst.sort()`` or ``module.to(dtype)`` (auto_convert cannot see types) stays correct.
+    Under ``mindspore.jit`` the test folds away at compile time."""
+
+    def method(input, *args, **kwargs):
+        if isinstance(input, mindspore.Tensor):
+            return form(input, *args, **kwargs)
+        return getattr(input, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = form.__doc__
+    return method
+
+
+for _name in DIFFERING:
+    globals()[_name] = _on_tensors_only(_name, globals()[_name])
+del _name
+
 __all__ = ["DIFFERING", "NOT_REWRITTEN"] + sorted(DIFFERING)

@@ -108,6 +108,20 @@ def test_tables_are_consistent():
         assert set(cases) <= called, f"{group} does not call {set(cases) - called}"
 
 
+def test_rewrites_leave_other_receivers_alone():
+    """auto_convert rewrites by method name: non-tensors keep their own methods."""
+    values = [3, 1, 2]
+    tensor_methods.sort(values)
+    assert values == [1, 2, 3]
+    assert tensor_methods.max(np.array([1, 5, 2])) == 5
+    assert tensor_methods.clone(_Shaped()) == "cloned"
+
+
+class _Shaped:
+    def clone(self):
+        return "cloned"
+
+
 def test_tolist_pynative():
     """tolist hands data to Python: PyNative only (NOT_REWRITTEN)."""
     check("methods", "tolist", [INPUTS["x"]], mode="pynative", grad=False, api="Tensor.tolist")
