@@ -86,7 +86,7 @@ class AdamW(nn.Cell):
 
     def state_arrays(self, with_master: bool) -> Dict[str, np.ndarray]:
         """Step count and, per parameter name, the moments (and the fp32 master if asked)."""
-        out: Dict[str, np.ndarray] = {"optimizer.step": np.asarray(self.step.asnumpy())}
+        out: Dict[str, np.ndarray] = {"optimizer.step": np.asarray(self.step.asnumpy()).reshape(1)}
         buffers = [("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)] + ([("master", self.master)] if with_master else [])
         for kind, flat in buffers:
             values = flat.asnumpy()
@@ -117,4 +117,4 @@ class AdamW(nn.Cell):
         self.exp_avg_sq.copy_(Tensor(gather("exp_avg_sq")))
         if f"optimizer.master.{self.names[0]}" in arrays:
             self.master.copy_(Tensor(gather("master")))
-        self.step.copy_(Tensor(np.asarray(arrays["optimizer.step"], np.int32)))
+        self.step.copy_(Tensor(np.asarray(arrays["optimizer.step"], np.int32).reshape(())))

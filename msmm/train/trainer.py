@@ -86,7 +86,8 @@ class MicroBatchStream:
                 return next(self._it)
             except StopIteration:
                 self._it = None
-        raise RuntimeError("the data source gave an empty epoch (fewer samples than one micro-batch?)")
+        raise RuntimeError("the data source gave an empty epoch: fewer usable samples than one micro-batch "
+                           "(see the skipped-sample summary above)")
 
     def state_dict(self) -> Dict[str, int]:
         return self.source.state_dict()

@@ -109,7 +109,7 @@ def test_loss_curve_and_final_weights_match_torch(runs):
     weight_err = max(float(np.abs(weights[k] - ref_weights[k]).max()) for k in ref_weights)
     print(f"\n{runs['family']}: loss {ref[0]:.4f} -> {ref[-1]:.4f}, max loss rel err {rel.max():.2e}, "
           f"max grad-norm rel err {norm_rel.max():.2e}, final weights max abs err {weight_err:.2e}")
-    assert ref[-1] < ref[0] * 0.9, "the reference did not learn; the comparison would be weak"
+    assert ref[-1] < ref[0] - 0.05, "the reference did not learn; the comparison would be weak"
     assert np.array(runs["ref_norms"]).max() > CONFIG["clip_grad"], "clipping never triggered"
     assert rel.max() <= LOSS_RTOL, rel
     assert [r["lr"] for r in history] == pytest.approx([megatron_lr(s) for s in range(ITERS)], rel=1e-12)

@@ -1,0 +1,150 @@
+"""``msmm-train`` arguments: MindSpeed-MM / Megatron spellings, validated with clear errors.
+
+Unknown arguments are errors (with the closest known spelling). Megatron/MindSpeed
+arguments that select an implementation msmm makes by itself (fused kernels, flash
+attention, mcore models) are accepted and reported as having no effect; parallel sizes
+other than 1 (TP/PP/CP) are refused, since only data parallelism is implemented.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from typing import List, Optional, Sequence
+
+# accepted for launch-script compatibility; msmm chooses these itself
+NO_EFFECT_FLAGS = (
+    "--use-mcore-models", "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu",
+    "--use-fused-rotary-pos-emb", "--use-distributed-optimizer", "--overlap-grad-reduce",
+    "--overlap-param-gather", "--sequence-parallel", "--unaligned-linear", "--swiglu",
+    "--no-masked-softmax-fusion", "--no-gradient-accumulation-fusion", "--no-bias-swiglu-fusion",
+    "--use-flash-attn", "--disable-bias-linear", "--add-qkv-bias", "--no-rope-fusion",
+    "--use-rotary-position-embeddings", "--untie-embeddings-and-output-weights",
+    "--allow-tf32", "--use-cpu-initialization",
+)
+NO_EFFECT_VALUES = (
+    "--normalization", "--position-embedding-type", "--distributed-backend", "--tokenizer-type",
+    "--tokenizer-model", "--attention-softmax-in-fp32", "--initial-loss-scale", "--eval-iters",
+    "--eval-interval", "--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
+    "--max-position-embeddings", "--group-query-attention", "--num-query-groups", "--make-vocab-size-divisible-by",
+    "--padded-vocab-size", "--context-parallel-algo", "--init-method-std", "--attention-dropout", "--hidden-dropout",
+    "--rotary-base", "--norm-epsilon",
+)
+PARALLEL_SIZES = ("--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--context-parallel-size",
+                  "--virtual-pipeline-model-parallel-size", "--expert-model-parallel-size")
+
+
+class TrainArgsError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # noqa: D401 - argparse hook
+        raise TrainArgsError(f"msmm-train: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="msmm-train", description="Fine-tune / pretrain a vision-language model (MindSpeed-MM arguments).",
+                allow_abbrev=False)
+    g = p.add_argument_group("model and data")
+    g.add_argument("--mm-model", required=True, help="model.json")
+    g.add_argument("--mm-data", required=True, help="data.json")
+    g.add_argument("--mm-tool", help="accepted, no effect (MindSpeed-MM tool config)")
+    g.add_argument("--seq-length", type=int, help="pad every micro-batch to this many tokens (one compiled shape)")
+    g.add_argument("--variable-seq-lengths", action="store_true", help="do not pad to --seq-length")
+    g.add_argument("--num-workers", type=int, help="data-loading processes (overrides data.json)")
+    g = p.add_argument_group("batch and schedule")
+    g.add_argument("--micro-batch-size", type=int, required=True)
+    g.add_argument("--global-batch-size", type=int, required=True)
+    g.add_argument("--train-iters", type=int, required=True)
+    g.add_argument("--lr", type=float, required=True)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-warmup-fraction", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", choices=("constant", "linear", "cosine"), default="linear")
+    g.add_argument("--lr-decay-iters", type=int)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--calculate-per-token-loss", action="store_true")
+    g.add_argument("--calculate-per-sample-loss", action="store_true")
+    g.add_argument("--skip-nonfinite-steps", action="store_true", help="skip a step with a NaN/Inf loss or gradient")
+    g.add_argument("--recompute-granularity", choices=("full", "selective"))
+    g.add_argument("--recompute-method", choices=("uniform", "block"))
+    g.add_argument("--recompute-num-layers", type=int)
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--load")
+    g.add_argument("--save")
+    g.add_argument("--save-interval", type=int)
+    g.add_argument("--exit-interval", type=int)
+    g.add_argument("--finetune", action="store_true", help="load weights only and start at iteration 0")
+    for flag in ("--no-load-optim", "--no-load-rng", "--no-save-optim", "--no-save-rng"):
+        g.add_argument(flag, action="store_true")
+    g.add_argument("--log-interval", type=int, default=100)
+    g.add_argument("--log-tps", action="store_true")
+    g.add_argument("--log-dir", help="JSONL log, TensorBoard events, loss curve (default: --save, else ./logs)")
+    g.add_argument("--tensorboard-dir", help="alias of --log-dir")
+    g = p.add_argument_group("accepted for compatibility")
+    for flag in NO_EFFECT_FLAGS:
+        if flag not in p._option_string_actions:
+            g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    for flag in NO_EFFECT_VALUES:
+        g.add_argument(flag, help=argparse.SUPPRESS)
+    for flag in PARALLEL_SIZES:
+        g.add_argument(flag, type=int, default=1, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse and validate; raises :class:`TrainArgsError` naming the argument."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = sorted(parser._option_string_actions)
+    for token in argv:
+        if token.startswith("--") and token.split("=", 1)[0] not in parser._option_string_actions:
+            name = token.split("=", 1)[0]
+            close = difflib.get_close_matches(name, known, n=1)
+            raise TrainArgsError(f"msmm-train: unknown argument {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    args = parser.parse_args(argv)
+    _validate(args, argv)
+    return args
+
+
+def _validate(args: argparse.Namespace, argv: List[str]) -> None:
+    def fail(message: str) -> None:
+        raise TrainArgsError(f"msmm-train: {message}")
+
+    if args.bf16 and args.fp16:
+        fail("--bf16 and --fp16 contradict each other; give at most one (neither = fp32)")
+    if args.calculate_per_token_loss and args.calculate_per_sample_loss:
+        fail("--calculate-per-token-loss and --calculate-per-sample-loss are mutually exclusive")
+    for name in ("micro_batch_size", "global_batch_size", "train_iters", "log_interval"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.global_batch_size % args.micro_batch_size:
+        fail(f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size {args.micro_batch_size}")
+    if args.min_lr > args.lr:
+        fail(f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
+    if not 0.0 <= args.lr_warmup_fraction <= 1.0:
+        fail(f"--lr-warmup-fraction must lie in [0, 1], got {args.lr_warmup_fraction}")
+    if args.save_interval is not None and not args.save:
+        fail("--save-interval needs --save")
+    if args.finetune and not args.load:
+        fail("--finetune needs --load")
+    if args.seq_length is not None and args.seq_length <= 0:
+        fail(f"--seq-length must be positive, got {args.seq_length}")
+    if args.log_dir and args.tensorboard_dir and args.log_dir != args.tensorboard_dir:
+        fail("--log-dir and --tensorboard-dir name different directories; give one")
+    for flag in PARALLEL_SIZES:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value != 1:
+            fail(f"{flag} {value}: only data parallelism is implemented (tensor/pipeline/context parallel sizes must be 1)")
+    if (args.recompute_method or args.recompute_num_layers) and args.recompute_granularity != "full":
+        fail("--recompute-method / --recompute-num-layers need --recompute-granularity full")
+    args.ignored = sorted({t.split("=", 1)[0] for t in argv if t.split("=", 1)[0] in NO_EFFECT_FLAGS + NO_EFFECT_VALUES})
+    args.loss_reduction = "token" if args.calculate_per_token_loss else "sample" if args.calculate_per_sample_loss else "micro_batch"
+    args.log_dir = args.log_dir or args.tensorboard_dir

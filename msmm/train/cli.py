@@ -1,0 +1,104 @@
+"""``msmm-train``: the MindSpeed-MM launch scripts' entry point on MindSpore.
+
+    msrun --worker_num=8 --local_worker_num=8 ... msmm-train \\
+        --mm-model model.json --mm-data data.json --micro-batch-size 1 --global-batch-size 8 \\
+        --train-iters 5000 --lr 1e-5 --load ckpt/... --save save_dir --save-interval 1000 ...
+
+``--load`` of an msmm checkpoint directory resumes (weights, optimizer, RNG, iteration and
+data position, as switched by --no-load-*); of an HF checkpoint directory (config.json +
+safetensors) it loads the pretrained weights, before any graph is compiled.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Optional, Sequence
+
+import mindspore
+import numpy as np
+
+
+def apply_recompute(model, granularity: Optional[str]) -> int:
+    """Mark each transformer layer (``full``) or its attention (``selective``) for
+    recomputation in the backward pass (``Cell.recompute``); returns how many cells."""
+    if granularity is None:
+        return 0
+    count = 0
+    for name, cell in model.named_modules():
+        parts = name.split(".")
+        is_layer = len(parts) >= 2 and parts[-1].isdigit() and parts[-2] in ("layers", "layer", "blocks")
+        is_attention = parts[-1] in ("self_attn", "attn", "attention")
+        if (granularity == "full" and is_layer) or (granularity == "selective" and is_attention):
+            cell.recompute()
+            count += 1
+    return count
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from msmm.config.train_args import TrainArgsError, parse_train_args
+
+    try:
+        args = parse_train_args(argv)
+    except TrainArgsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    os.environ.setdefault("MSMM_DEVICE", mindspore.get_context("device_target"))
+    from auto_convert import hook
+
+    hook.install(["msmm.models"])
+    from msmm.config.data_config import load_data_config
+    from msmm.data.build import build_dataloader
+    from msmm.models.checkpoint_io import load_hf_checkpoint
+    from msmm.models.model_config import build_model, load_model_config
+
+    from msmm.train.checkpoint import is_msmm_checkpoint
+    from msmm.train.distributed import init_world
+    from msmm.train.trainer import TrainConfig, Trainer
+
+    world = init_world()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    mindspore.set_seed(args.seed)
+    model_config = load_model_config(args.mm_model)
+    model = build_model(model_config)
+    resume = args.load is not None and is_msmm_checkpoint(args.load)
+    if args.load and not resume:
+        if not os.path.isfile(os.path.join(args.load, "config.json")):
+            raise FileNotFoundError(f"--load {args.load}: neither an msmm checkpoint (latest_checkpointed_iteration.txt) "
+                                    "nor an HF checkpoint (config.json + safetensors)")
+        load_hf_checkpoint(model, args.load, model_config.model_id)
+    if args.bf16 or args.fp16:
+        model.to(mindspore.bfloat16 if args.bf16 else mindspore.float16)  # before compiling
+    apply_recompute(model, args.recompute_granularity)
+
+    data_config = load_data_config(args.mm_data)
+    data_config.dataloader_param.micro_batch_size = args.micro_batch_size
+    if args.num_workers is not None:
+        data_config.dataloader_param.num_workers = args.num_workers
+    loader = build_dataloader(data_config, rank=world.rank, world_size=world.size)
+
+    config = TrainConfig(
+        train_iters=args.train_iters, global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
+        lr=args.lr, min_lr=args.min_lr, lr_warmup_fraction=args.lr_warmup_fraction, lr_decay_style=args.lr_decay_style,
+        lr_decay_iters=args.lr_decay_iters, weight_decay=args.weight_decay, adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2, adam_eps=args.adam_eps, clip_grad=args.clip_grad, loss_reduction=args.loss_reduction,
+        skip_nonfinite_steps=args.skip_nonfinite_steps,
+        seq_length=None if args.variable_seq_lengths else args.seq_length,
+        log_interval=args.log_interval, log_tps=args.log_tps, log_dir=args.log_dir or args.save or "logs",
+        save=args.save, save_interval=args.save_interval, save_optim=not args.no_save_optim,
+        save_rng=not args.no_save_rng, load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
+        exit_interval=args.exit_interval, finetune=args.finetune,
+    )
+    arguments = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
+    trainer = Trainer(model, config, loader, world, arguments=arguments)
+    if args.ignored:
+        trainer.logger.info(f"msmm-train: no effect here (msmm picks kernels itself): {', '.join(args.ignored)}")
+    if resume:
+        trainer.load(args.load)
+    trainer.train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
