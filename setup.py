@@ -16,6 +16,8 @@ setup(
         "decord",
         "libcst",
         "tqdm",
+        "tensorboardX",
+        "matplotlib",
     ],
     extras_require={
         # torch==2.13.0 is the CPU build; any other spec pulls a multi-GB CUDA build.
@@ -26,5 +28,6 @@ setup(
         "mm-convert = msmm.convert.cli:main",
         "msmm-infer = msmm.infer.cli:infer_main",
         "msmm-chat = msmm.infer.cli:chat_main",
+        "msmm-train = msmm.train.cli:main",
     ]},
 )
