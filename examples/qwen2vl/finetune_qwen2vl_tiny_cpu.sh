@@ -15,6 +15,8 @@ WORLD_SIZE=$(($NPUS_PER_NODE * $NNODES))
 TINY_DIR=${TINY_DIR:-tiny_assets/qwen2vl}
 SAVE_PATH=${SAVE_PATH:-save_dir/qwen2vl_tiny}
 TRAIN_ITERS=${TRAIN_ITERS:-6}
+GLOBAL_BATCH=${GLOBAL_BATCH:-4}
+EXTRA_ARGS=${EXTRA_ARGS:-}  # e.g. --calculate-per-token-loss
 python examples/tiny/make_tiny_assets.py --family qwen2vl --out "$TINY_DIR"
 MM_DATA="$TINY_DIR/data.json"
 MM_MODEL="$TINY_DIR/model.json"
@@ -30,7 +32,7 @@ DISTRIBUTED_ARGS="
 "
 GPT_ARGS="
     --micro-batch-size 2 \
-    --global-batch-size $((2 * WORLD_SIZE * 2)) \
+    --global-batch-size $GLOBAL_BATCH \
     --seq-length 128 \
     --train-iters $TRAIN_ITERS \
     --lr 1.0e-3 \
@@ -59,5 +61,6 @@ msrun $DISTRIBUTED_ARGS msmm/train/cli.py \
     $GPT_ARGS \
     $MM_ARGS \
     $OUTPUT_ARGS \
-    --save $SAVE_PATH
+    --save $SAVE_PATH \
+    $EXTRA_ARGS
 cat $SAVE_PATH/msrun_log/worker_0.log | grep -E "iteration|saved|average" || true

@@ -66,8 +66,10 @@ def save_checkpoint(root: str, state: CheckpointState) -> str:
     """Write ``state`` under ``root`` atomically; returns the iteration directory."""
     os.makedirs(root, exist_ok=True)
     final = iteration_dir(root, state.iteration)
+    for name in os.listdir(root):  # what an interrupted save left behind
+        if name.startswith(".iter_") and ".tmp-" in name:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     tmp = os.path.join(root, f".{os.path.basename(final)}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     shard = os.path.join(tmp, "mp_rank_00")
     os.makedirs(shard)
     tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in state.model.items()}
