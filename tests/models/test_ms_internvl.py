@@ -1,7 +1,7 @@
 """InternVL on MindSpore (auto_convert hook + adapters), PyNative and graph mode: against HF
 ``InternVLForConditionalGeneration`` (Qwen2 text) and against the same model file on real
-torch, loaded from the same safetensors, with one image and several images; the original
-remote-code layout against the HF-native one; remote-code InternVL with InternLM2 text
+torch, loaded from the same safetensors, with one image and several images (and the
+QK-norm InternViT-6B style); the original remote-code layout against the HF-native one; remote-code InternVL with InternLM2 text
 against HF InternVL with the equivalent Llama text."""
 from __future__ import annotations
 
@@ -30,23 +30,35 @@ from test_internvl import (
 from test_text_decoders import pack_llama_as_internlm2, unpack_internlm2_grads
 from vlm_parity_utils import assert_vlm_parity
 
-CASES = {"one_image": ONE_IMAGE, "several_images": SEVERAL_IMAGES}
+CASES = {  # name: (vision variant, samples)
+    "one_image": ("300m_style", ONE_IMAGE),
+    "several_images": ("300m_style", SEVERAL_IMAGES),
+    "qk_norm_several_images": ("6b_style", SEVERAL_IMAGES),
+}
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """HF InternVL (InternViT-300M style, Qwen2 text) and its HF-native checkpoint."""
-    ref_model = hf_internvl("300m_style")
-    path = str(tmp_path_factory.mktemp("ms_internvl"))
-    ref_model.save_pretrained(path, safe_serialization=True)
-    return ref_model, path
+def checkpoints(tmp_path_factory):
+    """vision variant -> (HF InternVL with Qwen2 text, its HF-native checkpoint), built once."""
+    built = {}
+
+    def get(variant: str):
+        if variant not in built:
+            ref_model = hf_internvl(variant)
+            path = str(tmp_path_factory.mktemp(f"ms_internvl_{variant}"))
+            ref_model.save_pretrained(path, safe_serialization=True)
+            built[variant] = ref_model, path
+        return built[variant]
+
+    return get
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def case(request, checkpoint):
+def case(request, checkpoints):
     """One HF run and one real-torch run of our model per case, shared by the modes."""
-    ref_model, path = checkpoint
-    batch = make_batch(np.random.default_rng(0), CASES[request.param])
+    variant, samples = CASES[request.param]
+    ref_model, path = checkpoints(variant)
+    batch = make_batch(np.random.default_rng(0), samples)
     return ms_backend.Case(
         name=f"internvl/{request.param}",
         model=ms_backend.converted_models().internvl.load_internvl(path),
@@ -67,9 +79,10 @@ def test_matches_same_file_on_torch(case, mode):
     print(case.name, mode, "vs torch", assert_vlm_parity(case.ms(mode), case.torch, valid=case.valid))
 
 
-def test_remote_code_layout_loads_like_hf_native(checkpoint, tmp_path):
+@pytest.mark.parametrize("variant", ["300m_style", "6b_style"])
+def test_remote_code_layout_loads_like_hf_native(variant, checkpoints, tmp_path):
     """On MindSpore: the remote-code checkpoint loads to the HF-native parameters and logits."""
-    ref_model, native_dir = checkpoint
+    ref_model, native_dir = checkpoints(variant)
     llm_config = dict(TEXT, model_type="qwen2", architectures=["Qwen2ForCausalLM"])
     remote_dir = write_remote_checkpoint(
         str(tmp_path / "remote"), to_remote_layout(saved_tensors(native_dir)),
