@@ -59,7 +59,7 @@ def torch_train(model, family, batches):
         for batch in batches[step * micro:(step + 1) * micro]:
             out = model(**{k: torch.tensor(v) for k, v in batch.items()})
             (out.loss / micro).backward()
-            total += float(out.loss) / micro
+            total += float(out.loss.detach()) / micro
         norms.append(float(torch.nn.utils.clip_grad_norm_([p for _, p in named], CONFIG["clip_grad"])))
         opt.step()
         sched.step()
