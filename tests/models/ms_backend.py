@@ -40,6 +40,9 @@ MODULES = (
 
 _converted: SimpleNamespace | None = None
 _converted_sys_modules: Dict[str, object] = {}
+# MindSpore caches parsed graphs by id() of the Python callable: a freed step function lets
+# a later one at the same address pick up its stale graph, so compiled steps live on.
+_COMPILED: list = []
 
 
 def _package_modules() -> Dict[str, object]:
@@ -129,7 +132,10 @@ def step_fn(model, keys: Sequence[str], mode: str) -> Callable:
 
     _, params = trainable(model)
     step = mindspore.value_and_grad(forward, None, list(params), has_aux=True)
-    return mindspore.jit(step) if mode == "graph" else step
+    if mode == "graph":
+        step = mindspore.jit(step)
+    _COMPILED.extend((forward, step))
+    return step
 
 
 def run(model, inputs: Mapping[str, np.ndarray], mode: str) -> RunResult:
