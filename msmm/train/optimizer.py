@@ -46,6 +46,7 @@ class AdamW(nn.Cell):
         self.params = mindspore.ParameterTuple([p for _, p in named_params])
         self.sizes = tuple(int(np.prod(p.shape)) for p in self.params)
         self.shapes = tuple(tuple(p.shape) for p in self.params)
+        self.offsets = tuple(int(x) for x in np.cumsum((0,) + self.sizes))
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
         total = sum(self.sizes)
         decay = np.concatenate([
@@ -77,9 +78,9 @@ class AdamW(nn.Cell):
         p = self.master * (1.0 - lr * self.decay)
         p = p - (lr / bias_correction1) * m / (ops.sqrt(v) / bias_correction2_sqrt + self.eps)
         ops.assign(self.master, p)
-        pieces = ops.split(p, self.sizes)
-        for i in range(len(self.sizes)):
-            ops.assign(self.params[i], pieces[i].reshape(self.shapes[i]).astype(self.params[i].dtype))
+        for i in range(len(self.sizes)):  # slices, not ops.split: its size list costs one graph call level per entry
+            piece = p[self.offsets[i]:self.offsets[i + 1]]
+            ops.assign(self.params[i], piece.reshape(self.shapes[i]).astype(self.params[i].dtype))
         return step
 
     # ---- state ----------------------------------------------------------------------------
