@@ -377,9 +377,12 @@ def _attention_math(query, key, value, attn_mask, dropout_p, is_causal, scale, e
             scores = ops.masked_fill(scores, ops.logical_not(attn_mask), neg_inf)
         else:
             scores = scores + attn_mask
-    dead = (scores == neg_inf).all(-1, keep_dims=True)  # fully masked rows
-    probs = ops.softmax(ops.masked_fill(scores, dead, 0.0), -1)
-    probs = ops.masked_fill(probs, dead, 0.0)
+    if attn_mask is None:  # the causal band always keeps key 0: no row is fully masked
+        probs = ops.softmax(scores, -1)
+    else:
+        dead = (scores == neg_inf).all(-1, keep_dims=True)  # fully masked rows
+        probs = ops.softmax(ops.masked_fill(scores, dead, 0.0), -1)
+        probs = ops.masked_fill(probs, dead, 0.0)
     if dropout_p > 0.0:
         probs = dropout(probs, dropout_p, True)
     return ops.matmul(probs, value)
