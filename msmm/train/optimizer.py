@@ -46,7 +46,11 @@ class AdamW(nn.Cell):
         self.params = mindspore.ParameterTuple([p for _, p in named_params])
         self.sizes = tuple(int(np.prod(p.shape)) for p in self.params)
         self.shapes = tuple(tuple(p.shape) for p in self.params)
-        self.offsets = tuple(int(x) for x in np.cumsum((0,) + self.sizes))
+        # the write-back splits in two levels: ops.split's size list costs one graph call level
+        # per entry, and a flat list of a few hundred parameters exceeds the call-depth limit
+        self.groups = tuple(self.sizes[i:i + 32] for i in range(0, len(self.sizes), 32))
+        self.group_sizes = tuple(sum(g) for g in self.groups)
+        self.group_starts = tuple(range(0, len(self.sizes), 32))
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
         total = sum(self.sizes)
         decay = np.concatenate([
@@ -78,9 +82,12 @@ class AdamW(nn.Cell):
         p = self.master * (1.0 - lr * self.decay)
         p = p - (lr / bias_correction1) * m / (ops.sqrt(v) / bias_correction2_sqrt + self.eps)
         ops.assign(self.master, p)
-        for i in range(len(self.sizes)):  # slices, not ops.split: its size list costs one graph call level per entry
-            piece = p[self.offsets[i]:self.offsets[i + 1]]
-            ops.assign(self.params[i], piece.reshape(self.shapes[i]).astype(self.params[i].dtype))
+        chunks = ops.split(p, self.group_sizes)
+        for g in range(len(self.groups)):
+            pieces = ops.split(chunks[g], self.groups[g])
+            for j in range(len(self.groups[g])):
+                k = self.group_starts[g] + j
+                ops.assign(self.params[k], pieces[j].reshape(self.shapes[k]).astype(self.params[k].dtype))
         return step
 
     # ---- state ----------------------------------------------------------------------------
