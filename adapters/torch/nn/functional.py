@@ -72,23 +72,12 @@ def _check_conv(input: Tensor, weight: Tensor, groups: int, n: int) -> None:
                          f"groups={groups} expects {weight.shape[1] * groups}")
 
 
-_PRIMITIVES: dict = {}
-
-
-def _primitive(cls, *args):
-    """One instance of a legacy primitive per (class, arguments): building it costs more
-    than running a small kernel in PyNative; in graph mode this folds at compile time."""
-    key = (cls,) + args
-    if key not in _PRIMITIVES:
-        _PRIMITIVES[key] = cls(*args)
-    return _PRIMITIVES[key]
-
-
 @register("conv2d", "CPU", note="ops.Conv2D (legacy kernel), explicit padding")
 def _conv2d_cpu(input, weight, bias, stride, padding, dilation, groups):
     kernel_size = tuple(weight.shape[2:])
     pads = _conv_padding(padding, kernel_size, dilation, stride)
-    conv = _primitive(ops.Conv2D, weight.shape[0], kernel_size, 1, "pad", pads, stride, dilation, groups)
+    conv = ops.Conv2D(weight.shape[0], kernel_size, pad_mode="pad", pad=pads, stride=stride,
+                      dilation=dilation, group=groups)
     out = conv(input, weight)
     return out if bias is None else out + bias.reshape(1, -1, 1, 1)
 
@@ -102,7 +91,8 @@ def _conv2d_ascend(input, weight, bias, stride, padding, dilation, groups):
 def _conv3d_cpu(input, weight, bias, stride, padding, dilation, groups):
     kernel_size = tuple(weight.shape[2:])
     pads = _conv_padding(padding, kernel_size, dilation, stride)
-    conv = _primitive(ops.Conv3D, weight.shape[0], kernel_size, 1, "pad", pads, stride, dilation, groups)
+    conv = ops.Conv3D(weight.shape[0], kernel_size, pad_mode="pad", pad=pads, stride=stride,
+                      dilation=dilation, group=groups)
     out = conv(input, weight)
     return out if bias is None else out + bias.reshape(1, -1, 1, 1, 1)
 
@@ -143,7 +133,7 @@ def _layer_norm_cpu(input, normalized_shape, weight, bias, eps):
     axis = input.ndim - len(normalized_shape)
     weight = ops.ones(normalized_shape, input.dtype) if weight is None else weight
     bias = ops.zeros(normalized_shape, input.dtype) if bias is None else bias
-    return _primitive(ops.LayerNorm, axis, axis, eps)(input, weight, bias)[0]
+    return ops.LayerNorm(axis, axis, eps)(input, weight, bias)[0]
 
 
 @register("layer_norm", "Ascend", tested=False, note="mint.nn.functional.layer_norm")
