@@ -16,6 +16,11 @@ decoders, ``QwenViTConfig`` for the Qwen ViT). Unknown keys, missing required ke
 wrong types are errors naming the file and the dotted key. ``MODELS`` maps the top-level
 ``model_id`` to its allowed top-level keys and a builder; ``build_model`` builds the
 module and freezes the sections marked ``freeze``.
+
+Registered: ``qwen2_vl`` / ``qwen2_5_vl`` (``qwen2_vit`` / ``qwen2_5_vit`` + ``patch_merger``,
+``qwen2`` text), ``internvl`` (``intern_vit`` + ``pixel_shuffle_mlp``; ``qwen2``, ``internlm2``
+or ``llama`` text) and ``llava`` (``clip_vit`` + ``mlp``; ``llama`` or ``qwen2`` text); InternVL
+and LLaVA take one top-level scalar, ``image_token_id`` (``<IMG_CONTEXT>`` / ``<image>``).
 """
 from __future__ import annotations
 
@@ -30,8 +35,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch.nn as nn
 
 from .core import TransformerConfig
+from .internvl import InternVL, InternVLConfig
+from .llava import Llava, LlavaConfig
 from .qwen2_vl import Qwen2VL, Qwen2VLConfig
 from .vision.qwen2_vit import QwenViTConfig
+from .vision.vit import ViTConfig
 
 
 class ModelConfigError(ValueError):
@@ -41,6 +49,33 @@ class ModelConfigError(ValueError):
 @dataclass
 class PatchMergerConfig:
     """The Qwen 2x2 patch merger; its output width is the text decoder's hidden_size."""
+
+
+@dataclass
+class CLIPViTConfig(ViTConfig):
+    """The LLaVA-1.5 CLIP tower: ``ViTConfig`` with CLIP's defaults (LayerNorm eps 1e-5,
+    quick-GELU, penultimate layer) and which tokens reach the projector: ``"default"``
+    drops the class token, ``"full"`` keeps it."""
+
+    layernorm_epsilon: float = 1e-5
+    activation: str = "quick_gelu"
+    feature_layer: int = -2
+    select_strategy: str = "default"
+
+
+@dataclass
+class PixelShuffleMLPConfig:
+    """InternVL's projector: pixel shuffle by ``downsample_ratio``, then LayerNorm-Linear-GELU-Linear."""
+
+    downsample_ratio: float = 0.5
+    ps_version: str = "v2"  # "v1" (InternVL 1.x remote code) or "v2"
+
+
+@dataclass
+class MLPProjectorConfig:
+    """LLaVA-1.5's projector: Linear-GELU-Linear."""
+
+    bias: bool = True
 
 
 @dataclass
@@ -68,9 +103,13 @@ SECTIONS: Dict[str, Dict[str, Tuple[type, Tuple[str, ...]]]] = {
     "image_encoder.vision_encoder": {
         "qwen2_vit": (QwenViTConfig, ("out_hidden_size",)),
         "qwen2_5_vit": (QwenViTConfig, ("out_hidden_size",)),
+        "intern_vit": (ViTConfig, ()),
+        "clip_vit": (CLIPViTConfig, ()),
     },
     "image_encoder.vision_projector": {
         "patch_merger": (PatchMergerConfig, ()),
+        "pixel_shuffle_mlp": (PixelShuffleMLPConfig, ()),
+        "mlp": (MLPProjectorConfig, ()),
     },
 }
 
@@ -194,9 +233,35 @@ def build_model(config: ModelConfig) -> nn.Module:
     return model
 
 
+def _require_model_ids(config: ModelConfig, allowed: Mapping[str, Tuple[str, ...]]) -> None:
+    """Each section's ``model_id`` must be one that fits the top-level model."""
+    for path, ids in allowed.items():
+        got = config.sections[path].model_id
+        if got not in ids:
+            raise ModelConfigError(f"{config.source}: {path}.model_id: {got!r} does not fit model_id "
+                                   f"{config.model_id!r}; expected one of {list(ids)}")
+
+
+def _construct(cls: type, section: Section, where: str) -> Any:
+    """The section's dataclass; its own checks (``__post_init__``) reported under the section."""
+    try:
+        return cls(**section.config)
+    except ValueError as err:
+        raise ModelConfigError(f"{where}: {err}") from err
+
+
+def _text_config(config: ModelConfig) -> TransformerConfig:
+    text = _construct(TransformerConfig, config.sections["text_decoder"], f"{config.source}: text_decoder")
+    if text.mrope_section is not None and config.model_id not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ModelConfigError(f"{config.source}: text_decoder.mrope_section: only Qwen2-VL / Qwen2.5-VL use M-RoPE")
+    return text
+
+
 # ---- Qwen2-VL / Qwen2.5-VL ------------------------------------------------------------------
 
 def _build_qwen2_vl(config: ModelConfig) -> Qwen2VL:
+    _require_model_ids(config, {"image_encoder.vision_encoder": ("qwen2_vit", "qwen2_5_vit"),
+                                "image_encoder.vision_projector": ("patch_merger",), "text_decoder": ("qwen2",)})
     text = TransformerConfig(**config.sections["text_decoder"].config)
     encoder = config.sections["image_encoder.vision_encoder"]
     vision = QwenViTConfig(**encoder.config, out_hidden_size=text.hidden_size)
@@ -225,3 +290,56 @@ FREEZE_TARGETS: Dict[str, Dict[str, Callable[[nn.Module], list]]] = {
     "qwen2_vl": _QWEN2_VL_FREEZE,
     "qwen2_5_vl": _QWEN2_VL_FREEZE,
 }
+
+
+# ---- InternVL (HF-native layout; Qwen2, InternLM2 or Llama text) -----------------------------
+
+def _build_internvl(config: ModelConfig) -> InternVL:
+    _require_model_ids(config, {"image_encoder.vision_encoder": ("intern_vit",),
+                                "image_encoder.vision_projector": ("pixel_shuffle_mlp",),
+                                "text_decoder": ("qwen2", "internlm2", "llama")})
+    where = f"{config.source}: image_encoder"
+    vision = _construct(ViTConfig, config.sections["image_encoder.vision_encoder"], f"{where}.vision_encoder")
+    projector = config.sections["image_encoder.vision_projector"]
+    shuffle = _construct(PixelShuffleMLPConfig, projector, f"{where}.vision_projector")
+    if shuffle.ps_version not in ("v1", "v2"):
+        raise ModelConfigError(f"{where}.vision_projector.ps_version: must be 'v1' or 'v2', got {shuffle.ps_version!r}")
+    if (vision.grid_size * shuffle.downsample_ratio) % 1:
+        raise ModelConfigError(f"{where}.vision_projector.downsample_ratio: {shuffle.downsample_ratio} does not divide "
+                               f"the {vision.grid_size}x{vision.grid_size} patch grid evenly")
+    return InternVL(InternVLConfig(vision=vision, text=_text_config(config),
+                                   text_family=config.sections["text_decoder"].model_id,
+                                   downsample_ratio=shuffle.downsample_ratio, ps_version=shuffle.ps_version,
+                                   **config.options))
+
+
+# ---- LLaVA-1.5 -------------------------------------------------------------------------------
+
+def _build_llava(config: ModelConfig) -> Llava:
+    _require_model_ids(config, {"image_encoder.vision_encoder": ("clip_vit",),
+                                "image_encoder.vision_projector": ("mlp",),
+                                "text_decoder": ("llama", "qwen2")})
+    where = f"{config.source}: image_encoder"
+    encoder = _construct(CLIPViTConfig, config.sections["image_encoder.vision_encoder"], f"{where}.vision_encoder")
+    fields = {f.name for f in dataclasses.fields(ViTConfig)}
+    vision = ViTConfig(**{k: v for k, v in dataclasses.asdict(encoder).items() if k in fields})
+    projector = _construct(MLPProjectorConfig, config.sections["image_encoder.vision_projector"], f"{where}.vision_projector")
+    try:
+        llava = LlavaConfig(vision=vision, text=_text_config(config), text_family=config.sections["text_decoder"].model_id,
+                            select_strategy=encoder.select_strategy, projector_bias=projector.bias, **config.options)
+    except ValueError as err:
+        raise ModelConfigError(f"{where}.vision_encoder.select_strategy: {err}") from err
+    return Llava(llava)
+
+
+_VLM_SECTIONS = ("image_encoder.vision_encoder", "image_encoder.vision_projector", "text_decoder")
+MODELS["internvl"] = (_VLM_SECTIONS, {"image_token_id": int}, _build_internvl)  # id of <IMG_CONTEXT>
+MODELS["llava"] = (_VLM_SECTIONS, {"image_token_id": int}, _build_llava)  # id of <image>
+
+_VLM_FREEZE = {
+    "image_encoder.vision_encoder": lambda m: [m.vision_tower],
+    "image_encoder.vision_projector": lambda m: [m.multi_modal_projector],
+    "text_decoder": lambda m: [m.language_model],
+}
+FREEZE_TARGETS["internvl"] = _VLM_FREEZE
+FREEZE_TARGETS["llava"] = _VLM_FREEZE
