@@ -1,8 +1,12 @@
-"""Write a tiny, self-contained fine-tuning setup for CPU runs: a BPE tokenizer trained in a
+"""Write a tiny, self-contained training setup for CPU runs: a BPE tokenizer trained in a
 second (with the model family's special tokens), a handful of generated images, an
-annotation file, and the matching model.json / data.json.
+annotation file in the family's seed format, and the matching model.json / data.json.
 
     python examples/tiny/make_tiny_assets.py --family qwen2vl --out tiny_assets
+
+Families: ``qwen2vl`` (mllm-format json, Qwen2-VL fine-tuning), ``internvl`` (InternVL
+jsonl, InternVL2.5-style fine-tuning with Qwen2 text, one 56 px tile per image) and
+``llava`` (LLaVA-Pretrain json, ``plain`` template, projector-only pre-training).
 """
 from __future__ import annotations
 
@@ -15,41 +19,78 @@ from PIL import Image
 
 QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+INTERNVL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
+LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>"]
+# family -> (special tokens, the first is the pad token; eos; bos)
+TOKENS = {
+    "qwen2vl": (QWEN2_SPECIALS, "<|im_end|>", None),
+    "internvl": (INTERNVL_SPECIALS, "<|im_end|>", None),
+    "llava": (LLAVA_SPECIALS, "</s>", "<s>"),
+}
 CORPUS = ["You are a helpful assistant.", "What colour is the square in the picture?",
           "The square is red.", "The square is green.", "The square is blue.", "Describe the image.",
           "A small coloured square on a grey background."]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
 
-def write_tokenizer(directory: str) -> dict:
+def write_tokenizer(directory: str, family: str = "qwen2vl") -> dict:
+    """A byte-level BPE tokenizer with the family's special tokens; returns their ids and the vocab size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
+    specials, eos, bos = TOKENS[family]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=QWEN2_SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer)
-    fast = Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                              additional_special_tokens=QWEN2_SPECIALS[1:])
+    fast = Qwen2TokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos, pad_token=specials[0],
+                              additional_special_tokens=specials[1:])
     fast.save_pretrained(directory)
-    return {t: fast.convert_tokens_to_ids(t) for t in QWEN2_SPECIALS} | {"vocab_size": len(fast)}
+    return {t: fast.convert_tokens_to_ids(t) for t in specials} | {"vocab_size": len(fast)}
 
 
-def write_data(directory: str, samples: int, rng: np.random.Generator) -> str:
+def write_images(directory: str, samples: int, rng: np.random.Generator) -> list:
+    """``images/{i}.png``: a coloured 28 px square at a random place on grey; returns the colour names."""
     os.makedirs(os.path.join(directory, "images"), exist_ok=True)
-    records = []
+    names = []
     for i in range(samples):
         name = list(COLOURS)[i % len(COLOURS)]
         image = np.full((56, 56, 3), 128, np.uint8)
         x, y = rng.integers(0, 28, size=2)
         image[y:y + 28, x:x + 28] = COLOURS[name]
         Image.fromarray(image).save(os.path.join(directory, "images", f"{i}.png"))
-        records.append({"messages": [{"role": "user", "content": "<image>What colour is the square in the picture?"},
-                                     {"role": "assistant", "content": f"The square is {name}."}],
-                        "images": [f"images/{i}.png"]})
-    path = os.path.join(directory, "train.json")
+        names.append(name)
+    return names
+
+
+def write_data(directory: str, samples: int, rng: np.random.Generator, family: str = "qwen2vl") -> str:
+    """The annotation file in the family's seed format: mllm json (Qwen2-VL), InternVL
+    jsonl (``conversations``), LLaVA-Pretrain json (image + caption)."""
+    names = write_images(directory, samples, rng)
+    question = "What colour is the square in the picture?"
+    if family == "qwen2vl":
+        records = [{"messages": [{"role": "user", "content": f"<image>{question}"},
+                                 {"role": "assistant", "content": f"The square is {name}."}],
+                    "images": [f"images/{i}.png"]} for i, name in enumerate(names)]
+        path = os.path.join(directory, "train.json")
+        with open(path, "w") as f:
+            json.dump(records, f, indent=1)
+        return path
+    if family == "internvl":
+        path = os.path.join(directory, "train.jsonl")
+        with open(path, "w") as f:
+            for i, name in enumerate(names):
+                f.write(json.dumps({"id": i, "image": f"images/{i}.png", "conversations": [
+                    {"from": "system", "value": "You are a helpful assistant."},
+                    {"from": "human", "value": f"<image>\n{question}"},
+                    {"from": "gpt", "value": f"The square is {name}."}]}) + "\n")
+        return path
+    records = [{"id": str(i), "image": f"images/{i}.png", "conversations": [
+        {"from": "human", "value": "<image>\n"},
+        {"from": "gpt", "value": f"A small {name} square on a grey background."}]} for i, name in enumerate(names)]
+    path = os.path.join(directory, "blip_laion_cc_sub_tiny.json")
     with open(path, "w") as f:
         json.dump(records, f, indent=1)
     return path
@@ -86,20 +127,92 @@ def qwen2vl_data_json(directory: str, annotation: str) -> dict:
     }
 
 
+def internvl_model_json(ids: dict) -> dict:
+    return {
+        "model_id": "internvl",
+        "image_token_id": ids["<IMG_CONTEXT>"],
+        "image_encoder": {
+            "vision_encoder": {"model_id": "intern_vit", "num_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
+                               "ffn_hidden_size": 64, "image_size": 56, "patch_size": 14, "freeze": True},
+            "vision_projector": {"model_id": "pixel_shuffle_mlp", "downsample_ratio": 0.5, "ps_version": "v2",
+                                 "freeze": False},
+        },
+        "text_decoder": {"model_id": "qwen2", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                         "num_query_groups": 2, "ffn_hidden_size": 128, "vocab_size": ids["vocab_size"],
+                         "add_qkv_bias": True, "rotary_base": 10000.0, "freeze": False},
+    }
+
+
+def internvl_data_json(directory: str, annotation: str) -> dict:
+    """MindSpeed-MM's InternVL layout: one 56 px tile per image (no dynamic tiling), 4 tokens a tile."""
+    return {
+        "dataset_param": {
+            "dataset_type": "multimodal",
+            "basic_parameters": {"template_name": "internvl2_5", "data_path": annotation, "data_folder": directory,
+                                 "cutoff_len": 128},
+            "tokenizer_config": {"from_pretrained": os.path.join(directory, "tokenizer")},
+            "image_size": 56, "patch_size": 14, "downsample_ratio": 0.5,
+            "dynamic_image_size": False, "use_thumbnail": False, "min_dynamic_patch": 1, "max_dynamic_patch": 1,
+        },
+        "dataloader_param": {"shuffle": True, "drop_last": True, "num_workers": 0, "seed": 1234,
+                             "collate_param": {"model_name": "internvl"}},
+    }
+
+
+def llava_model_json(ids: dict) -> dict:
+    """LLaVA-1.5 pre-training: CLIP and the LLM frozen, only the projector learns."""
+    return {
+        "model_id": "llava",
+        "image_token_id": ids["<image>"],
+        "image_encoder": {
+            "vision_encoder": {"model_id": "clip_vit", "num_layers": 3, "hidden_size": 32, "num_attention_heads": 4,
+                               "ffn_hidden_size": 64, "image_size": 56, "patch_size": 14, "feature_layer": -2,
+                               "freeze": True},
+            "vision_projector": {"model_id": "mlp", "freeze": False},
+        },
+        "text_decoder": {"model_id": "llama", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                         "num_query_groups": 2, "ffn_hidden_size": 128, "vocab_size": ids["vocab_size"],
+                         "rotary_base": 10000.0, "freeze": True},
+    }
+
+
+def llava_data_json(directory: str, annotation: str) -> dict:
+    """MindSpeed-MM's LLaVA layout: ``plain`` template (image, then the learned caption), 56 px crops."""
+    return {
+        "dataset_param": {
+            "dataset_type": "multimodal",
+            "basic_parameters": {"template_name": "plain", "data_path": annotation, "data_folder": directory,
+                                 "cutoff_len": 64},
+            "tokenizer_config": {"from_pretrained": os.path.join(directory, "tokenizer")},
+            "crop_size": 56, "patch_size": 14,
+        },
+        "dataloader_param": {"shuffle": True, "drop_last": True, "num_workers": 0, "seed": 1234,
+                             "collate_param": {"model_name": "llava"}},
+    }
+
+
+FAMILIES = {
+    "qwen2vl": (qwen2vl_model_json, qwen2vl_data_json),
+    "internvl": (internvl_model_json, internvl_data_json),
+    "llava": (llava_model_json, llava_data_json),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=("qwen2vl",), default="qwen2vl")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2vl")
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=int, default=32)
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    ids = write_tokenizer(os.path.join(out, "tokenizer"))
-    annotation = write_data(out, args.samples, np.random.default_rng(0))
+    ids = write_tokenizer(os.path.join(out, "tokenizer"), args.family)
+    annotation = write_data(out, args.samples, np.random.default_rng(0), args.family)
+    model_json, data_json = FAMILIES[args.family]
     with open(os.path.join(out, "model.json"), "w") as f:
-        json.dump(qwen2vl_model_json(ids), f, indent=2)
+        json.dump(model_json(ids), f, indent=2)
     with open(os.path.join(out, "data.json"), "w") as f:
-        json.dump(qwen2vl_data_json(out, annotation), f, indent=2)
+        json.dump(data_json(out, annotation), f, indent=2)
     print(f"tiny {args.family} assets in {out}")
 
 
