@@ -28,15 +28,17 @@ import collections.abc
 import dataclasses
 import difflib
 import json
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
+from .checkpoint_io import load_hf_checkpoint
 from .core import TransformerConfig
-from .internvl import InternVL, InternVLConfig
-from .llava import Llava, LlavaConfig
+from .internvl import InternVL, InternVLConfig, load_internvl_checkpoint
+from .llava import Llava, LlavaConfig, load_llava_checkpoint
 from .qwen2_vl import Qwen2VL, Qwen2VLConfig
 from .vision.qwen2_vit import QwenViTConfig
 from .vision.vit import ViTConfig
@@ -343,3 +345,28 @@ _VLM_FREEZE = {
 }
 FREEZE_TARGETS["internvl"] = _VLM_FREEZE
 FREEZE_TARGETS["llava"] = _VLM_FREEZE
+
+
+# ---- pretrained weights (``--load`` of an HF checkpoint directory) -------------------------
+
+def _load_internvl(model: InternVL, path: str) -> None:
+    with open(os.path.join(path, "config.json")) as f:
+        layout = "remote" if "llm_config" in json.load(f) else "hf"  # remote code vs HF-native
+    load_internvl_checkpoint(model, path, layout)
+
+
+PRETRAINED_LOADERS: Dict[str, Callable[[nn.Module, str], None]] = {
+    "qwen2_vl": lambda model, path: load_hf_checkpoint(model, path, "qwen2_vl"),
+    "qwen2_5_vl": lambda model, path: load_hf_checkpoint(model, path, "qwen2_vl"),
+    "internvl": _load_internvl,
+    "llava": load_llava_checkpoint,
+}
+
+
+def load_pretrained(model: nn.Module, config: ModelConfig, path: str) -> None:
+    """Load the HF checkpoint directory ``path`` (``config.json`` + safetensors; InternVL in
+    its HF-native or remote-code layout) into ``model``, built from ``config``. Strict: every
+    parameter must be found with its shape."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: not an HF checkpoint directory (no config.json)")
+    PRETRAINED_LOADERS[config.model_id](model, path)

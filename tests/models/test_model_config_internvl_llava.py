@@ -12,9 +12,7 @@ import torch
 
 import test_internvl
 import test_llava
-from msmm.models.internvl import load_internvl_checkpoint
-from msmm.models.llava import load_llava_checkpoint
-from msmm.models.model_config import ModelConfigError, build_model, load_model_config, parse_model_config
+from msmm.models.model_config import ModelConfigError, build_model, load_model_config, load_pretrained, parse_model_config
 
 TEXT = {"num_layers": 2, "hidden_size": 48, "num_attention_heads": 4, "num_query_groups": 2, "ffn_hidden_size": 96,
         "vocab_size": 128, "rotary_base": 10000.0}
@@ -57,11 +55,19 @@ def assert_same_logits(model, ref, batch) -> None:
     np.testing.assert_allclose(ours[real], expected[real], atol=1e-4)
 
 
-def test_internvl_model_json_builds_the_hf_architecture(tmp_path, rng):
+@pytest.mark.parametrize("layout", ["hf", "remote"])
+def test_internvl_model_json_builds_the_hf_architecture(layout, tmp_path, rng):
     ref = test_internvl.hf_internvl("300m_style")
-    ref.save_pretrained(tmp_path, safe_serialization=True)
-    model = build_model(load_model_config(write(tmp_path, INTERNVL_JSON)))
-    load_internvl_checkpoint(model, str(tmp_path), layout="hf")  # strict: every name and shape must match
+    ref.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    checkpoint = str(tmp_path / "hf")
+    if layout == "remote":  # the original remote-code layout (packed qkv, mlp1, llm_config)
+        llm_config = dict(test_internvl.TEXT, model_type="qwen2", architectures=["Qwen2ForCausalLM"])
+        checkpoint = test_internvl.write_remote_checkpoint(
+            str(tmp_path / "remote"), test_internvl.to_remote_layout(test_internvl.saved_tensors(checkpoint)),
+            test_internvl.remote_config(ref.config, llm_config))
+    config = load_model_config(write(tmp_path, INTERNVL_JSON))
+    model = build_model(config)
+    load_pretrained(model, config, checkpoint)  # strict: every name and shape must match
 
     batch = test_internvl.make_batch(rng, test_internvl.SEVERAL_IMAGES)
     assert_same_logits(model, ref, batch)
@@ -70,8 +76,9 @@ def test_internvl_model_json_builds_the_hf_architecture(tmp_path, rng):
 def test_llava_model_json_builds_the_hf_architecture(tmp_path, rng):
     ref = test_llava.hf_llava()
     ref.save_pretrained(tmp_path, safe_serialization=True)
-    model = build_model(load_model_config(write(tmp_path, LLAVA_JSON)))
-    load_llava_checkpoint(model, str(tmp_path))
+    config = load_model_config(write(tmp_path, LLAVA_JSON))
+    model = build_model(config)
+    load_pretrained(model, config, str(tmp_path))
 
     batch = test_llava.make_batch(rng, test_llava.SEVERAL_IMAGES, "default")
     assert_same_logits(model, ref, batch)
