@@ -49,8 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     hook.install(["msmm.models"])
     from msmm.config.data_config import load_data_config
     from msmm.data.build import build_dataloader
-    from msmm.models.checkpoint_io import load_hf_checkpoint
-    from msmm.models.model_config import build_model, load_model_config
+    from msmm.models.model_config import build_model, load_model_config, load_pretrained
 
     from msmm.train.checkpoint import is_msmm_checkpoint
     from msmm.train.distributed import init_world
@@ -67,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not os.path.isfile(os.path.join(args.load, "config.json")):
             raise FileNotFoundError(f"--load {args.load}: neither an msmm checkpoint (latest_checkpointed_iteration.txt) "
                                     "nor an HF checkpoint (config.json + safetensors)")
-        load_hf_checkpoint(model, args.load, model_config.model_id)
+        load_pretrained(model, model_config, args.load)
     if args.bf16 or args.fp16:
         model.to(mindspore.bfloat16 if args.bf16 else mindspore.float16)  # before compiling
     apply_recompute(model, args.recompute_granularity)
