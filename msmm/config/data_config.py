@@ -89,8 +89,10 @@ class TokenizerConfig:
     add_eos_token: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Attributes:
+    """Key names of the ``messages`` schema (the ``attr`` section of a Qwen2-VL ``data.json``)."""
+
     messages: str = "messages"
     images: str = "images"
     videos: str = "videos"

@@ -9,7 +9,7 @@ from msmm.data.collate import PackingCollator, PaddingCollator
 from msmm.data.dataset import InternVLVision, LlavaVision, MultimodalDataset, Qwen2VLVision
 from msmm.data.image_processing import CLIPImageTransform, InternVLImageTransform, Qwen2VLImageTransform
 from msmm.data.loader import DataLoader
-from msmm.data.records import RecordAttributes, load_records
+from msmm.data.records import load_records
 from msmm.data.sampler import EpochSampler
 from msmm.data.templates import ConversationEncoder
 from msmm.data.video import InternVLFrameSampler, Qwen2VLFrameSampler
@@ -51,7 +51,7 @@ def build_dataloader(
     basic = config.dataset_param.basic_parameters
     loader_param = config.dataloader_param
     log = log if log is not None else BadInputLog(strict=basic.strict)
-    attr = RecordAttributes(**vars(config.dataset_param.attr))
+    attr = config.dataset_param.attr
     records = load_records(basic.annotation_path, basic.media_root, log, attr)
     records = records[: basic.max_samples] if basic.max_samples else records
     records = records * basic.repeat_time

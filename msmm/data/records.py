@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
+from msmm.config.data_config import Attributes as RecordAttributes
 from msmm.data.bad_input import BadInput, BadInputError, BadInputLog
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -52,18 +53,6 @@ class Record:
         return sum(len(m.content.split()) for m in self.messages)
 
 
-@dataclass(frozen=True)
-class RecordAttributes:
-    """Key names of the ``messages`` schema (the ``attr`` section of a Qwen2-VL ``data.json``)."""
-
-    messages: str = "messages"
-    images: str = "images"
-    videos: str = "videos"
-    role_tag: str = "role"
-    content_tag: str = "content"
-    user_tag: str = "user"
-    assistant_tag: str = "assistant"
-    system_tag: str = "system"
 
 
 def iter_json_objects(path: str) -> Iterator[tuple[int, Union[object, BadInput]]]:
