@@ -182,11 +182,28 @@ class ConversationEncoder:
             last = _char_to_token(encoding, end - 1, start - 1, step=-1)
             if first is not None and last is not None:
                 learned[first : last + 1] = True
-        counts = self._context_counts(ids, messages, image_tokens, video_tokens)
-        repeats = np.ones(len(ids), np.int64)
-        repeats[np.isin(ids, self.context_ids)] = counts
+        repeats = self._repeats(ids, messages, image_tokens, video_tokens)
         ids, learned = np.repeat(ids, repeats), np.repeat(learned, repeats)
         return EncodedConversation(ids, np.where(learned, ids, IGNORE_INDEX))
+
+    def encode_prompt(
+        self,
+        messages: Sequence[Message],
+        image_tokens: Sequence[int] = (),
+        video_tokens: Sequence[Sequence[int]] = (),
+    ) -> np.ndarray:
+        """``input_ids`` (L,) of ``messages`` (ending with a user turn) followed by the assistant
+        prefix: the text generation continues from, rendered as in training."""
+        text, _ = self.render(messages, [len(v) for v in video_tokens])
+        text += self.template.assistant_prefix.format(bos=self.tokenizer.bos_token or "", eos=self.tokenizer.eos_token or "")
+        ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+        return np.repeat(ids, self._repeats(ids, messages, image_tokens, video_tokens))
+
+    def _repeats(self, ids, messages, image_tokens, video_tokens) -> np.ndarray:
+        """How often each token of ``ids`` is repeated: its embeddings for context tokens, else 1."""
+        repeats = np.ones(len(ids), np.int64)
+        repeats[np.isin(ids, self.context_ids)] = self._context_counts(ids, messages, image_tokens, video_tokens)
+        return repeats
 
     def _context_counts(self, ids, messages, image_tokens, video_tokens) -> np.ndarray:
         """Embeddings per context token, in text order (images and videos interleaved)."""

@@ -4,7 +4,10 @@
       "model": {"family": "internvl", "from_pretrained": "ckpt/InternVL2-2B",
                 "ckpt_path": "save_dir"},           # optional: an MM/trainer checkpoint to load on top
       "tokenizer": {"from_pretrained": "ckpt/InternVL2-2B"},
-      "prompts": ["Hello, who are you?"],
+      "data": "data.json",                           # optional: the training data.json (InternVL)
+      "system": "You are a helpful assistant.",      # optional, with "data": the system turn
+      "prompts": ["Hello, who are you?",
+                  {"prompt": "What colour is the circle?", "images": ["shapes.png"]}],
       "generation_config": {"max_new_tokens": 64, "do_sample": false, "temperature": 1.0,
                             "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "stop_token_ids": [2]}
     }
@@ -12,17 +15,23 @@
 ``from_pretrained`` is an HF checkpoint directory (what ``mm-convert mm_to_hf`` writes);
 ``ckpt_path`` an MM checkpoint (``mm-convert hf_to_mm`` or ``msmm-train`` output, any
 TP/PP split) whose tensors replace the HF ones. Tokens stream to stdout as they come.
+
+Without ``data`` a prompt is raw text, tokenised as is. With ``data`` (the ``data.json`` the
+model was trained with) each prompt goes through that config's chat template and image
+preprocessing, as in training (``msmm/infer/prompt.py``); image paths are relative to the
+current directory.
 """
 from __future__ import annotations
 
 import json
 import sys
 from dataclasses import fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from .generate import GenerationConfig, generate_stream
+from .prompt import PreparedPrompt, PromptBuilder, parse_prompt
 
 FAMILIES = ("internvl", "llava", "qwen2_vl", "qwen2_5_vl")
 
@@ -43,6 +52,13 @@ def load_inference_config(path: str) -> Dict[str, Any]:
     family = cfg["model"].get("family")
     if family not in FAMILIES:
         raise InferenceConfigError(f"{path}: model.family must be one of {FAMILIES}, got {family!r}")
+    for i, spec in enumerate(cfg.get("prompts", [])):
+        try:
+            _, images = parse_prompt(spec, f"{path}: prompts[{i}]")
+        except ValueError as err:
+            raise InferenceConfigError(str(err)) from err
+        if images and "data" not in cfg:
+            raise InferenceConfigError(f"{path}: prompts[{i}] has images: set \"data\" to the training data.json")
     known = {f.name for f in fields(GenerationConfig)}
     for key in cfg.get("generation_config", {}):
         if key not in known:
@@ -81,20 +97,22 @@ def load_model(model_cfg: Dict[str, Any]):
     return model.eval()
 
 
-def _stream(model, tokenizer, prompt: str, gen: GenerationConfig) -> str:
-    ids = np.array([tokenizer(prompt)["input_ids"]], np.int64)
+def _stream(model, tokenizer, prompt: PreparedPrompt, gen: GenerationConfig) -> str:
+    """Prints the answer as it comes; text ending in an incomplete UTF-8 sequence waits for
+    the next token, so what is printed is the decoded answer."""
     out: List[int] = []
-    printed = ""
-    for token in generate_stream(model, ids, None, gen):
+    printed = text = ""
+    for token in generate_stream(model, prompt.input_ids, None, gen, **prompt.vision):
         if int(token[0]) in gen.stop_token_ids:
             break
         out.append(int(token[0]))
         text = tokenizer.decode(out, skip_special_tokens=True)
-        sys.stdout.write(text[len(printed):])
-        sys.stdout.flush()
-        printed = text
-    sys.stdout.write("\n")
-    return printed
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    sys.stdout.write(text[len(printed):] + "\n")
+    return text
 
 
 def _setup(path: str):
@@ -108,14 +126,27 @@ def _setup(path: str):
     return cfg, load_model(cfg["model"]), tokenizer, GenerationConfig(**gen)
 
 
+def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[[Any], PreparedPrompt]:
+    """The chat template and image preprocessing of ``cfg["data"]``, or raw text without it."""
+    if "data" in cfg:
+        return PromptBuilder(cfg["data"], tokenizer, cfg.get("system"))
+
+    def raw(spec: Any) -> PreparedPrompt:
+        return PreparedPrompt(spec, [], np.array([tokenizer(spec)["input_ids"]], np.int64))
+
+    return raw
+
+
 def infer_main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     cfg, model, tokenizer, gen = _setup(argv[0])
-    for prompt in cfg.get("prompts", []):
-        print(f">>> {prompt}")
+    build = _prompt_builder(cfg, tokenizer)
+    for spec in cfg.get("prompts", []):
+        prompt = build(spec)
+        print(f">>> {''.join(f'[{p}] ' for p in prompt.images)}{prompt.text}")
         _stream(model, tokenizer, prompt, gen)
     return 0
 
@@ -126,7 +157,8 @@ def chat_main(argv: Optional[List[str]] = None) -> int:
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    _, model, tokenizer, gen = _setup(argv[0])
+    cfg, model, tokenizer, gen = _setup(argv[0])
+    build = _prompt_builder(cfg, tokenizer)
     while True:
         try:
             line = input("user> ").strip()
@@ -135,4 +167,4 @@ def chat_main(argv: Optional[List[str]] = None) -> int:
         if not line:
             return 0
         sys.stdout.write("assistant> ")
-        _stream(model, tokenizer, line, gen)
+        _stream(model, tokenizer, build(line), gen)
