@@ -74,3 +74,25 @@ def test_train_eval_requires_grad_and_dtype_follow_torch():
 def test_unsupported_op_names_op_and_device():
     with pytest.raises(UnsupportedOpError, match=r"op 'no_such_op' has no kernel on device 'Ascend'"):
         kernel("no_such_op", "Ascend")()
+
+
+def test_slicing_containers_keeps_names_like_torch():
+    ref, net = _pair()
+    before = [p.name for p in net.parameters()]
+    first, rest = net.blocks[:1], net.blocks[1:]
+    head = net.seq[:1]
+    assert [n for n, _ in rest.named_parameters()] == [n for n, _ in ref.blocks[1:].named_parameters()]
+    assert isinstance(head, type(net.seq)) and len(head) == 1 and len(first) == 1
+    x = ms.Tensor(randn(2, 3))
+    np.testing.assert_allclose(head(x).asnumpy(), net.seq[0](x).asnumpy())
+    assert [p.name for p in net.parameters()] == before  # the model's own names are untouched
+
+
+def test_parameters_inside_plain_cells_are_listed_and_cast():
+    _, net = _pair()
+    net.plain = ms.nn.SequentialCell([ms.nn.Dense(2, 2)])
+    names = [n for n, _ in net.named_parameters()]
+    assert "plain.0.weight" in names and "plain.0.bias" in names
+    assert [k for k in net.state_dict() if k.startswith("plain.")] == ["plain.0.weight", "plain.0.bias"]
+    net.to(torch_ms.float16)
+    assert net.plain[0].weight.dtype == ms.float16

@@ -146,8 +146,8 @@ class Module(nn.Cell):
                 members = module._own_tensors(buffers)
                 if persistent_only:
                     members = ((n, t) for n, t in members if n in module._persistent_buffers)
-            else:  # a plain MindSpore Cell inside a torch-style model
-                members = [] if buffers else ((n, p) for n, p in module._params.items() if p is not None)
+            else:  # a plain MindSpore Cell inside a torch-style model: all its parameters
+                members = [] if buffers else module.parameters_and_names()
             for name, tensor in members:
                 if id(tensor) in seen:
                     continue
@@ -266,7 +266,8 @@ class Module(nn.Cell):
 
     def _cast(self, dtype) -> None:
         for module in self.modules():
-            for param in module._params.values():
+            params = module._params.values() if isinstance(module, Module) else module.get_parameters()
+            for param in params:
                 if param is not None and param.dtype in _FLOATING and param.dtype != dtype:
                     param.set_dtype(dtype)
             if isinstance(module, Module):
@@ -301,6 +302,14 @@ class Module(nn.Cell):
         return head + ")" if not lines else head + "\n  " + "\n  ".join(lines) + "\n)"
 
 
+def _view(container: Module, cells: list) -> Module:
+    """``container`` holding ``cells`` without adopting them: assigning would rename
+    their parameters after the new parent (torch's slicing has no such side effect)."""
+    for index, cell in enumerate(cells):
+        container._cells[str(index)] = cell
+    return container
+
+
 class ModuleList(Module, nn.CellList):
     """``nn.ModuleList``; iterable in graph mode (it is a CellList)."""
 
@@ -327,7 +336,7 @@ class ModuleList(Module, nn.CellList):
     def __getitem__(self, index: Union[int, slice]):
         cells = list(self._cells.values())
         if isinstance(index, slice):
-            return ModuleList(cells[index])
+            return _view(ModuleList(), cells[index])
         return cells[index]
 
     def forward(self, *args, **kwargs):
@@ -384,8 +393,11 @@ class Sequential(Module):
     def __len__(self) -> int:
         return len(self._cells)
 
-    def __getitem__(self, index: int) -> nn.Cell:
-        return list(self._cells.values())[index]
+    def __getitem__(self, index: Union[int, slice]):
+        cells = list(self._cells.values())
+        if isinstance(index, slice):
+            return _view(Sequential(), cells[index])
+        return cells[index]
 
     def __iter__(self):
         return iter(self._cells.values())
