@@ -24,7 +24,7 @@ class LRSchedule:
     max_lr: float
     min_lr: float
     decay_steps: int
-    warmup_steps: int = 0
+    warmup_steps: float = 0  # fraction * decay steps, not rounded (as Megatron)
     decay_style: str = "linear"
     init_lr: float = 0.0
 
@@ -41,7 +41,7 @@ class LRSchedule:
                       decay_style: str) -> "LRSchedule":
         if not 0.0 <= warmup_fraction <= 1.0:
             raise ValueError(f"lr warmup fraction must lie in [0, 1], got {warmup_fraction}")
-        return cls(max_lr, min_lr, decay_steps, int(warmup_fraction * decay_steps), decay_style)
+        return cls(max_lr, min_lr, decay_steps, warmup_fraction * decay_steps, decay_style)
 
     def __call__(self, step: int) -> float:
         if self.warmup_steps > 0 and step <= self.warmup_steps:

@@ -178,10 +178,9 @@ class Trainer:
             batch = self.stream.next()
             samples += int(batch["input_ids"].shape[0])
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].size)
+            # a non-finite loss is caught after the all-reduce below, on every rank alike
+            # (raising here on one rank would leave the others waiting in the collective)
             result = self.step_fn.forward_backward(self.inputs(batch))
-            if not math.isfinite(result.numerator) and not self.config.skip_nonfinite_steps:
-                raise NonFiniteError(f"iteration {step}: the loss is {result.numerator} (not finite); stopping "
-                                     "(--skip-nonfinite-steps skips such steps instead)")
             numerator += result.numerator
             denominator += result.denominator
         totals = self.world.all_reduce_sum(Tensor(np.array([numerator, denominator], np.float32))).asnumpy()
@@ -253,16 +252,18 @@ class Trainer:
         where = ckpt.resolve_load_dir(path)
         self.model.load_state_dict({k: Tensor(v) for k, v in state.model.items()})
         self.step_fn.sync_master()
-        if self.config.load_optim:
+        # --finetune and a release checkpoint start a new run: weights only (as Megatron)
+        fresh_run = self.config.finetune or where.endswith("release")
+        if self.config.load_optim and not fresh_run:
             if not state.optimizer:
                 raise KeyError(f"{where}: holds no optimizer state (saved with --no-save-optim); use --no-load-optim")
             self.optimizer.load_state_arrays(state.optimizer, where)
-        if self.config.load_rng and state.rng:
+        if self.config.load_rng and state.rng and not fresh_run:
             ckpt.restore_numpy_rng(state.rng)
             mindspore.set_rng_state(Tensor(state.rng["mindspore"]))
             if state.python_rng is not None:
                 ckpt.restore_python_rng(state.python_rng)
-        if not self.config.finetune and not where.endswith("release"):
+        if not fresh_run:
             self.iteration = state.iteration  # continue the count, the LR schedule and the data
             if state.data is not None:
                 self.stream.load_state_dict(state.data)
