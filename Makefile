@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test
+.PHONY: install test quickstart
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,3 +15,7 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# A tiny InternVL fine-tuned on CPU on generated coloured shapes, end to end (docs/quickstart.md).
+quickstart: $(VENV)/.installed
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart/run.sh

@@ -16,7 +16,8 @@ WORLD_SIZE=$(($NPUS_PER_NODE * $NNODES))
 WORK_DIR=${WORK_DIR:-out/quickstart}
 MM_DIR=${MM_DIR:-$WORK_DIR/mm}          # the converted starting checkpoint
 SAVE_PATH=${SAVE_PATH:-$WORK_DIR/save}
-TRAIN_ITERS=${TRAIN_ITERS:-150}
+TRAIN_ITERS=${TRAIN_ITERS:-450}
+LR=${LR:-3.0e-3}
 GLOBAL_BATCH=${GLOBAL_BATCH:-16}
 MM_DATA="$WORK_DIR/data.json"
 MM_MODEL="$WORK_DIR/model.json"
@@ -35,7 +36,7 @@ GPT_ARGS="
     --global-batch-size $GLOBAL_BATCH \
     --seq-length 64 \
     --train-iters $TRAIN_ITERS \
-    --lr 2.0e-3 \
+    --lr $LR \
     --lr-decay-style cosine \
     --min-lr 1.0e-4 \
     --lr-warmup-fraction 0.05 \
@@ -63,4 +64,3 @@ msrun $DISTRIBUTED_ARGS msmm/train/cli.py \
     $MM_ARGS \
     $OUTPUT_ARGS \
     --save $SAVE_PATH
-grep -E "iteration" $SAVE_PATH/msrun_log/worker_0.log || true

@@ -1,9 +1,9 @@
 """Everything the quickstart trains on, generated (nothing downloaded):
 
-- a synthetic visual question-answering set of coloured shapes: two shapes of different kinds
-  side by side on a plain background; questions "What colour is the circle?" -> "red" and
-  "Which shape is on the left?" -> "triangle", in InternVL jsonl (``train.jsonl``,
-  ``heldout.jsonl``: different images), with ``images/{split}_{i}.png``;
+- a synthetic visual question-answering set of coloured shapes on a plain background, in
+  InternVL jsonl (``train.jsonl``, ``heldout.jsonl``: different images, ``images/{split}_{i}.png``),
+  alternating one shape asked "What colour is the circle?" -> "red" and two shapes side by
+  side asked "Which shape is on the left?" -> "triangle";
 - a byte-level BPE tokenizer trained on that text, in which every answer is one token;
 - a tiny InternVL in HF format (``transformers.InternVLForConditionalGeneration``, HF-native
   layout: InternViT, pixel-shuffle MLP, Qwen2 text), randomly initialised, in ``hf/``;
@@ -46,39 +46,40 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple, colour: tuple)
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=colour)
 
 
-def make_scene(rng: np.random.Generator) -> tuple[Image.Image, list[tuple[str, str]]]:
-    """Two different shapes, left and right half, each in a random colour; returns the image
-    and its (shape, colour) pairs from left to right."""
+def make_scene(rng: np.random.Generator, count: int) -> tuple[Image.Image, list[tuple[str, str]]]:
+    """``count`` (1 or 2) different shapes in different colours, one in each of ``count``
+    vertical bands, roughly centred there (a single shape large, two shapes smaller); returns the image and its (shape, colour) pairs
+    from left to right."""
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    shapes = rng.choice(SHAPES, size=2, replace=False)
-    colours = rng.choice(list(COLOURS), size=2)
-    half = IMAGE_SIZE // 2
+    shapes = rng.choice(SHAPES, size=count, replace=False)
+    colours = rng.choice(list(COLOURS), size=count, replace=False)
+    band = IMAGE_SIZE // count
     for k, (shape, colour) in enumerate(zip(shapes, colours)):
-        size = int(rng.integers(16, 23))
-        x = k * half + int(rng.integers(1, half - size))
-        y = int(rng.integers(4, IMAGE_SIZE - size - 4))
-        draw_shape(draw, str(shape), (x, y, x + size, y + size), COLOURS[str(colour)])
+        size = int(rng.integers(20, 25)) if count == 2 else int(rng.integers(32, 45))
+        x = k * band + (band - size) // 2 + int(rng.integers(-(band - size) // 2, (band - size) // 2 + 1))
+        y = (IMAGE_SIZE - size) // 2 + int(rng.integers(-3, 4))
+        draw_shape(draw, str(shape), (x, y, x + size - 1, y + size - 1), COLOURS[str(colour)])
     return image, [(str(s), str(c)) for s, c in zip(shapes, colours)]
 
 
 def write_split(out: str, split: str, images: int, rng: np.random.Generator) -> str:
-    """``images`` scenes, three questions each (the colour of both shapes, the left shape)."""
+    """``images`` scenes, one question each, alternating: one shape, asked its colour; two
+    shapes, asked which is on the left."""
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     path = os.path.join(out, f"{split}.jsonl")
     with open(path, "w") as f:
-        n = 0
         for i in range(images):
-            image, objects = make_scene(rng)
+            count = 1 + i % 2
+            image, objects = make_scene(rng, count)
             name = f"images/{split}_{i}.png"
             image.save(os.path.join(out, name))
-            qa = [(colour_question(shape), colour) for shape, colour in objects] + [(LEFT_QUESTION, objects[0][0])]
-            for question, answer in qa:
-                f.write(json.dumps({"id": n, "image": name, "conversations": [
-                    {"from": "system", "value": SYSTEM},
-                    {"from": "human", "value": f"<image>\n{question}"},
-                    {"from": "gpt", "value": answer}]}) + "\n")
-                n += 1
+            question, answer = (colour_question(objects[0][0]), objects[0][1]) if count == 1 \
+                else (LEFT_QUESTION, objects[0][0])
+            f.write(json.dumps({"id": i, "image": name, "conversations": [
+                {"from": "system", "value": SYSTEM},
+                {"from": "human", "value": f"<image>\n{question}"},
+                {"from": "gpt", "value": answer}]}) + "\n")
     return path
 
 
@@ -165,8 +166,8 @@ def data_json(out: str, annotation: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/quickstart")
-    parser.add_argument("--train-images", type=int, default=400)
-    parser.add_argument("--heldout-images", type=int, default=20)
+    parser.add_argument("--train-images", type=int, default=1200)
+    parser.add_argument("--heldout-images", type=int, default=60)
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -179,7 +180,7 @@ def main() -> None:
         json.dump(model_json(hf), f, indent=2)
     with open(os.path.join(out, "data.json"), "w") as f:
         json.dump(data_json(out, train), f, indent=2)
-    print(f"quickstart assets in {out}: {3 * args.train_images} training and {3 * args.heldout_images} held-out "
+    print(f"quickstart assets in {out}: {args.train_images} training and {args.heldout_images} held-out "
           f"questions, tiny InternVL (HF format) in {out}/hf")
 
 

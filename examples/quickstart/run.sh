@@ -8,7 +8,7 @@
 # WORK_DIR (default out/quickstart) holds everything; TRAIN_ITERS sets the training length.
 set -e
 WORK_DIR=${WORK_DIR:-out/quickstart}
-export WORK_DIR TRAIN_ITERS
+export WORK_DIR TRAIN_ITERS LR GLOBAL_BATCH
 export TOKENIZERS_PARALLELISM=false GLOG_v=${GLOG_v:-3}
 step() { echo; echo "== $* [$(( SECONDS / 60 ))m$(( SECONDS % 60 ))s]"; }
 

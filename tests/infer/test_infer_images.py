@@ -40,7 +40,7 @@ def test_msmm_infer_image_prompt_matches_generate(tmp_path, capsys):
     hf_dir = str(tmp_path / "hf")
     tokenizer = assets.write_tokenizer(hf_dir)
     assets.write_hf_model(hf_dir, tokenizer, seed=3)
-    image, _ = assets.make_scene(np.random.default_rng(1))
+    image, _ = assets.make_scene(np.random.default_rng(1), 2)
     image = image.resize((70, 60))  # not the tile size: the preprocessing resizes
     image_path = str(tmp_path / "scene.png")
     image.save(image_path)
