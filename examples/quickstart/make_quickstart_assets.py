@@ -166,7 +166,7 @@ def data_json(out: str, annotation: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out/quickstart")
-    parser.add_argument("--train-images", type=int, default=1200)
+    parser.add_argument("--train-images", type=int, default=2400)
     parser.add_argument("--heldout-images", type=int, default=60)
     args = parser.parse_args()
     out = os.path.abspath(args.out)
