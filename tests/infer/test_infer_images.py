@@ -70,3 +70,18 @@ def test_msmm_infer_image_prompt_matches_generate(tmp_path, capsys):
     np.testing.assert_array_equal(ours, hf)
     assert out[0] == f">>> [{image_path}] {question}"
     assert "\n".join(out[1:]) == tokenizer.decode(ours[0].tolist(), skip_special_tokens=True) + "\n"
+
+
+def test_image_prompts_need_the_training_data_json(tmp_path):
+    import pytest
+
+    from msmm.infer.cli import InferenceConfigError, load_inference_config
+
+    base = {"model": {"family": "internvl", "from_pretrained": "hf"}, "tokenizer": {"from_pretrained": "hf"}}
+    for prompts, message in (([{"prompt": "q", "images": ["a.png"]}], r"prompts\[0\] has images: set \"data\""),
+                             ([{"prompt": "q", "image": "a.png"}], r"prompts\[0\]\.image: unknown key"),
+                             ([{"prompt": "q", "images": "a.png"}], r"prompts\[0\]\.images: expected a list")):
+        path = tmp_path / "inference.json"
+        path.write_text(json.dumps(dict(base, prompts=prompts)))
+        with pytest.raises(InferenceConfigError, match=message):
+            load_inference_config(str(path))
