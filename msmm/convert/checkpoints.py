@@ -108,7 +108,7 @@ def parse_size(size: str) -> int:
     return int(float(match.group(1)) * scale)
 
 
-def write_hf(save_dir: str, tensors: Dict[str, Tensor], max_shard_size: int) -> List[str]:
+def write_hf(save_dir: str, tensors: Dict[str, Tensor], max_shard_size: int, desc: str = "mm_to_hf") -> List[str]:
     """HF safetensors: one file, or shards of at most ``max_shard_size`` bytes plus the index."""
     groups: List[List[str]] = [[]]
     size = 0
@@ -124,7 +124,7 @@ def write_hf(save_dir: str, tensors: Dict[str, Tensor], max_shard_size: int) -> 
             for f, g in zip(files, groups)}
     writer = ShardedWriter(plan, metadata={"format": "pt"})
     try:
-        with tqdm(total=len(tensors), desc="mm_to_hf", unit="tensor") as bar:
+        with tqdm(total=len(tensors), desc=desc, unit="tensor") as bar:
             for path, entries in plan.items():
                 for e in entries:
                     writer.write(path, e.name, tensors[e.name].load())

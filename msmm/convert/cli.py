@@ -1,4 +1,4 @@
-"""``mm-convert <Converter> <hf_to_mm|mm_to_hf|resplit> --cfg.<key> <value> ...``
+"""``mm-convert <Converter> <hf_to_mm|mm_to_hf|resplit|merge_lora> --cfg.<key> <value> ...``
 
 Values are Python/JSON literals (``[[6,8,8,6]]``, ``True``, ``8``) or plain strings;
 nested keys use dots (``--cfg.parallel_config.tp_size 8``). ``--help`` after a
@@ -12,9 +12,10 @@ import sys
 import typing
 from typing import Any, Dict, List, Optional
 
-from .converters import CONVERTERS, HfToMmConfig, MmToHfConfig, ResplitConfig
+from .converters import CONVERTERS, HfToMmConfig, MergeLoraConfig, MmToHfConfig, ResplitConfig
 
-COMMANDS = {"hf_to_mm": HfToMmConfig, "mm_to_hf": MmToHfConfig, "resplit": ResplitConfig}
+COMMANDS = {"hf_to_mm": HfToMmConfig, "mm_to_hf": MmToHfConfig, "resplit": ResplitConfig,
+            "merge_lora": MergeLoraConfig}
 _DOCS = {  # key -> help text
     "mm_dir": "MM checkpoint directory (written by hf_to_mm, read by mm_to_hf)",
     "save_hf_dir": "directory the HF checkpoint is written to",
@@ -30,6 +31,9 @@ _DOCS = {  # key -> help text
     "make_vocab_size_divisible_by": "pad the vocabulary to a multiple of this times tp_size",
     "max_shard_size": "largest HF safetensors shard, e.g. 5GB",
     "trust_remote_code": "confirm a checkpoint that ships code (auto_map) is trusted; its code is never run",
+    "lora_dir": "LoRA adapter in HF PEFT's layout (adapter_config.json, adapter_model.safetensors), "
+                "or an msmm-train checkpoint whose iteration directory holds adapter/",
+    "overwrite": "replace an existing non-empty save_hf_dir",
 }
 
 
@@ -109,7 +113,7 @@ def usage(converter: Optional[str] = None, command: Optional[str] = None) -> str
     if command is None:
         lines = ["usage: mm-convert <Converter> <command> --cfg.<key> <value> ...", "", "converters:"]
         lines += [f"  {name:22s} {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in CONVERTERS.items()]
-        lines += ["", "commands: hf_to_mm, mm_to_hf, resplit  (mm-convert <Converter> <command> --help for its keys)"]
+        lines += ["", f"commands: {', '.join(COMMANDS)}  (mm-convert <Converter> <command> --help for its keys)"]
         return "\n".join(lines)
     lines = [f"usage: mm-convert {converter or '<Converter>'} {command} --cfg.<key> <value> ...", "", "keys:"]
 
@@ -153,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as err:
         print(f"mm-convert {name} {command}: {err}\n\n{usage(name, command)}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mm-convert {name} {command}: error: {message}", file=sys.stderr)
         return 1

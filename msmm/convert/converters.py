@@ -1,4 +1,4 @@
-"""The converters ``mm-convert`` names: ``hf_to_mm``, ``mm_to_hf`` and ``resplit`` for each family."""
+"""The converters ``mm-convert`` names: ``hf_to_mm``, ``mm_to_hf``, ``resplit`` and ``merge_lora`` for each family."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,9 @@ import numpy as np
 
 from .checkpoints import (HF_CONFIG_DIR, check_complete, check_divisible, copy_side_files, load_config, parse_size,
                           read_hf_tensors, read_mm, to_hf, to_mm, write_hf, write_mm)
-from .families import FamilySpec, InternVLFamily, LlavaFamily, ModelInfo, Qwen2_5_VLFamily, Qwen2VLFamily
+from .families import (FamilySpec, InternVLFamily, LlavaFamily, ModelInfo, Qwen2_5_VLFamily, Qwen2VLFamily,
+                       rename)
+from .lora import merge_tensors, read_adapter
 from .parallel import ParallelConfig
 from .safetensors_io import STORAGE, Tensor, open_file
 
@@ -50,6 +52,16 @@ class ResplitConfig:
     target_dir: str
     target_parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     source_parallel_config: Optional[ParallelConfig] = None  # if given, must match the source's split
+
+
+@dataclass
+class MergeLoraConfig:
+    lora_dir: str  # the adapter: adapter_config.json + adapter_model.safetensors, or an msmm-train checkpoint
+    save_hf_dir: str  # where the merged HF checkpoint is written
+    hf_config: HfConfig = field(default_factory=HfConfig)  # hf_dir: the base HF checkpoint the adapter was trained on
+    max_shard_size: str = "5GB"
+    trust_remote_code: bool = False  # required for (and copies the *.py files of) remote-code checkpoints; never run
+    overwrite: bool = False  # replace an existing non-empty save_hf_dir
 
 
 def _check_trust(config: dict, where: str, trust: bool) -> None:
@@ -115,6 +127,54 @@ class Converter(FamilySpec):
         os.makedirs(cfg.save_hf_dir, exist_ok=True)
         write_hf(cfg.save_hf_dir, hf, parse_size(cfg.max_shard_size))
         copy_side_files(source, cfg.save_hf_dir, with_code=cfg.trust_remote_code)
+        return cfg.save_hf_dir
+
+    def merge_lora(self, cfg: MergeLoraConfig) -> str:
+        """The base HF checkpoint with the adapter merged in, written in the base's HF layout
+        (config, safetensors shards + index, tokenizer/processor files, ``*.py`` with
+        trust_remote_code) to a temporary directory renamed to ``save_hf_dir`` when complete."""
+        base_dir = cfg.hf_config.hf_dir
+        if base_dir is None or any(p is not None for p in (cfg.hf_config.vision_dir, cfg.hf_config.llm_dir,
+                                                            cfg.hf_config.projector_path)):
+            raise ValueError("merge_lora needs --cfg.hf_config.hf_dir (the base HF checkpoint the adapter was "
+                             "trained on) and no hf_config.vision_dir/llm_dir/projector_path")
+        config = load_config(base_dir)
+        where = os.path.join(base_dir, "config.json")
+        _check_trust(config, where, cfg.trust_remote_code)
+        info = self.info(config, where)
+        out_dir = os.path.abspath(cfg.save_hf_dir)
+        for name, path in (("hf_config.hf_dir", base_dir), ("lora_dir", cfg.lora_dir)):
+            if os.path.abspath(path) == out_dir:
+                raise ValueError(f"save_hf_dir {cfg.save_hf_dir} is the {name}; write the merged checkpoint elsewhere")
+        if os.path.isdir(out_dir) and os.listdir(out_dir) and not cfg.overwrite:
+            raise FileExistsError(f"save_hf_dir {cfg.save_hf_dir} exists and is not empty; remove it or pass "
+                                  "--cfg.overwrite True")
+        adapter = read_adapter(cfg.lora_dir)
+        groups = self.groups(config, info.layout)
+        aliases = self.family.read_aliases.get(info.layout, [])
+
+        def resolve(name: str) -> Optional[str]:  # in-memory name (transformers >= 4.52) -> saved name
+            mm = rename(name, aliases, to_mm=True)
+            return None if mm is None else rename(mm, groups, to_mm=False)
+
+        merged = merge_tensors(read_hf_tensors(base_dir), adapter, resolve)
+        size = parse_size(cfg.max_shard_size)
+        tmp = f"{out_dir}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        try:
+            write_hf(tmp, merged, size, desc="merge_lora")
+            copy_side_files(base_dir, tmp, with_code=cfg.trust_remote_code)
+            if os.path.isdir(out_dir):
+                old = f"{out_dir}.old-{os.getpid()}"
+                os.replace(out_dir, old)
+                os.replace(tmp, out_dir)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return cfg.save_hf_dir
 
     def resplit(self, cfg: ResplitConfig) -> str:

@@ -75,6 +75,27 @@ def _loader(path: str, start: int, info: dict) -> Callable[[], np.ndarray]:
     return load
 
 
+FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+
+
+def to_float(array: np.ndarray, code: str) -> np.ndarray:
+    """A float tensor in its storage form -> float64 (F64) or float32 (the rest); BF16 exactly."""
+    if code == "BF16":
+        return (np.asarray(array, np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if code not in FLOAT_CODES:
+        raise ValueError(f"dtype {code} is not a float type")
+    return np.asarray(array, np.float64 if code == "F64" else np.float32)
+
+
+def from_float(array: np.ndarray, code: str) -> np.ndarray:
+    """float32/64 -> the storage form of ``code``, rounding to nearest even (as torch's ``.to``)."""
+    if code != "BF16":
+        return np.asarray(array).astype(STORAGE[code])
+    bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where(np.isnan(array), np.uint16(0x7FC0), rounded)
+
+
 @dataclass
 class Entry:
     name: str

@@ -1,0 +1,345 @@
+"""mm-convert merge_lora against HF PEFT: adapters written by PEFT itself on tiny HF models
+built in code, merged by us, loaded by transformers; compared with the PeftModel's logits
+and with PEFT's own ``merge_and_unload()`` weights."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+from safetensors.torch import load_file as load_torch, save_file as save_torch
+
+import tiny_hf
+from test_mm_convert import assert_same_tensors, convert, convert_error
+from msmm.convert.checkpoints import read_hf_tensors, write_hf
+from msmm.convert.lora import merge_tensors, read_adapter
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))  # test_internvl's remote layout
+
+peft = pytest.importorskip("peft")
+
+FAMILIES = {  # builder, converter, image tokens in the prompt
+    "internvl": (lambda: tiny_hf.internvl(qk_norm=True), "InternVLConverter", 4),
+    "qwen2_vl": (lambda: tiny_hf.qwen2_vl("qwen2_vl"), "Qwen2VLConverter", 4),
+    "qwen2_5_vl": (lambda: tiny_hf.qwen2_vl("qwen2_5_vl"), "Qwen2_5_VLConverter", 4),
+    "llava": (tiny_hf.llava, "LlavaConverter", 16),
+}
+
+
+def inputs(family: str) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    ids = [1, 2, tiny_hf.VISION_START] + [tiny_hf.IMAGE] * FAMILIES[family][2] + [3, 4]
+    if family.startswith("qwen"):  # 1x4x4 patches of 3x2x4x4 values, merged 2x2 into 4 tokens
+        return dict(input_ids=torch.tensor([ids]), pixel_values=torch.randn(16, 96, generator=gen),
+                    image_grid_thw=torch.tensor([[1, 4, 4]]))
+    return dict(input_ids=torch.tensor([ids]), pixel_values=torch.randn(1, 3, 28, 28, generator=gen))
+
+
+def with_adapter(model, directory: str, seed: int = 1, **lora):
+    """``model`` wrapped by PEFT with random non-zero LoRA B (and modules_to_save copies moved
+    off the base), saved to ``directory`` in PEFT's layout."""
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(**lora))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen).to(p.dtype))
+    peft_model.save_pretrained(directory)
+    return peft_model.eval()
+
+
+def logits(model, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+def peft_merged(peft_model, directory: str) -> dict:
+    """PEFT's own merge: ``merge_and_unload()`` saved with save_pretrained, read back."""
+    peft_model.merge_and_unload().save_pretrained(directory)
+    return tiny_hf.read_all(directory)
+
+
+def assert_close_tensors(ours: dict, reference: dict, atol: float) -> None:
+    assert sorted(ours) == sorted(reference)
+    for k in ours:
+        assert ours[k].dtype == reference[k].dtype, k
+        torch.testing.assert_close(ours[k].float(), reference[k].float(), atol=atol, rtol=0, msg=k)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_merged_checkpoint_matches_peft(family, tmp_path):
+    build, converter, _ = FAMILIES[family]
+    model = build()
+    model_cls = type(model)
+    base = tiny_hf.save(model, str(tmp_path / "hf"))
+    peft_model = with_adapter(model, str(tmp_path / "adapter"), r=4, lora_alpha=8, target_modules="all-linear",
+                              modules_to_save=["lm_head"])
+    batch = inputs(family)
+    want = logits(peft_model, batch)
+    convert(converter, "merge_lora", hf_config__hf_dir=base, lora_dir=str(tmp_path / "adapter"),
+            save_hf_dir=str(tmp_path / "out"), max_shard_size="200KB")
+    out = str(tmp_path / "out")
+    assert os.path.isfile(os.path.join(out, "model.safetensors.index.json"))
+    assert os.path.isfile(os.path.join(out, "tokenizer_config.json"))
+    assert [n for n in os.listdir(tmp_path) if ".tmp" in n or ".old" in n] == []
+    loaded = model_cls.from_pretrained(out, attn_implementation="eager").eval()
+    got = logits(loaded, batch)
+    assert (got - want).abs().max() <= 1e-4
+    assert (got - logits(model_cls.from_pretrained(base, attn_implementation="eager").eval(), batch)).abs().max() > 1e-2
+    ours, base_tensors = tiny_hf.read_all(out), tiny_hf.read_all(base)
+    reference = peft_merged(peft_model, str(tmp_path / "peft_merged"))
+    assert_close_tensors(ours, reference, atol=1e-6)
+    changed = [k for k in ours if not torch.equal(ours[k], base_tensors[k])]
+    head = "lm_head.weight" if family.startswith("qwen") else "language_model.lm_head.weight"
+    assert head in changed and any("mlp" in k for k in changed) and any(k.startswith(("visual.", "vision_tower.")) for k in changed)
+    # the merged directory is an ordinary HF checkpoint: hf_to_mm -> mm_to_hf gives it back bit for bit
+    convert(converter, "hf_to_mm", mm_dir=str(tmp_path / "mm"), hf_config__hf_dir=out, parallel_config__tp_size=2)
+    convert(converter, "mm_to_hf", mm_dir=str(tmp_path / "mm"), save_hf_dir=str(tmp_path / "back"))
+    assert_same_tensors(out, str(tmp_path / "back"))
+
+
+def test_bf16_base_stays_bf16(tmp_path):
+    model = tiny_hf.qwen2_vl().to(torch.bfloat16)
+    base = tiny_hf.save(model, str(tmp_path / "hf"))
+    peft_model = with_adapter(model, str(tmp_path / "adapter"), r=4, lora_alpha=16,
+                              target_modules=["q_proj", "v_proj", "qkv", "down_proj"], modules_to_save=["lm_head"])
+    adapter = load_torch(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert {v.dtype for k, v in adapter.items() if "lora_" in k} == {torch.float32}  # PEFT's autocast
+    convert("Qwen2VLConverter", "merge_lora", hf_config__hf_dir=base, lora_dir=str(tmp_path / "adapter"),
+            save_hf_dir=str(tmp_path / "out"))
+    ours = tiny_hf.read_all(str(tmp_path / "out"))
+    assert {v.dtype for v in ours.values()} == {torch.bfloat16}
+    reference = peft_merged(peft_model, str(tmp_path / "peft_merged"))
+    # PEFT adds the float32 delta into the bf16 weight in place (computed in float32, rounded once);
+    # we do the same, so up to float32 matmul rounding the weights are bit-identical
+    mismatched = [k for k in ours if not torch.equal(ours[k], reference[k])]
+    assert len(mismatched) <= 2, mismatched
+    assert_close_tensors(ours, reference, atol=0.01)
+    base_tensors = tiny_hf.read_all(base)
+    assert not torch.equal(ours["model.layers.0.self_attn.q_proj.weight"], base_tensors["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_rslora_rank_and_alpha_patterns(tmp_path):
+    model = tiny_hf.qwen2_vl()
+    base = tiny_hf.save(model, str(tmp_path / "hf"))
+    peft_model = with_adapter(model, str(tmp_path / "adapter"), r=8, lora_alpha=4, use_rslora=True,
+                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "qkv", "gate_proj"],
+                              rank_pattern={"k_proj": 2}, alpha_pattern={r"layers\.1\.self_attn\.o_proj": 32})
+    config = json.load(open(tmp_path / "adapter" / "adapter_config.json"))
+    assert config["use_rslora"] and config["rank_pattern"] and config["alpha_pattern"]
+    batch = inputs("qwen2_vl")
+    want = logits(peft_model, batch)
+    convert("Qwen2VLConverter", "merge_lora", hf_config__hf_dir=base, lora_dir=str(tmp_path / "adapter"),
+            save_hf_dir=str(tmp_path / "out"))
+    loaded = type(model).from_pretrained(str(tmp_path / "out"), attn_implementation="eager").eval()
+    assert (logits(loaded, batch) - want).abs().max() <= 1e-4
+    assert_close_tensors(tiny_hf.read_all(str(tmp_path / "out")), peft_merged(peft_model, str(tmp_path / "ref")), 1e-6)
+
+
+def test_fan_in_fan_out_and_biases(tmp_path):
+    """GPT-2's Conv1D stores weights [in, out] (fan_in_fan_out); bias='all' saves and replaces
+    every bias. merge_tensors is family-independent, so it is checked here directly."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tiny_hf.VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
+    base = tiny_hf.save(model, str(tmp_path / "hf"))
+    peft_model = with_adapter(model, str(tmp_path / "adapter"), r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
+                              fan_in_fan_out=True, bias="all")
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # trained biases: move them off the base, then save again
+        for name, p in peft_model.named_parameters():
+            if name.endswith(".bias"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    adapter = read_adapter(str(tmp_path / "adapter"))
+    assert adapter.config["fan_in_fan_out"] and any(k.endswith("c_attn.base_layer.bias") for k in adapter.tensors)
+    batch = {"input_ids": torch.tensor([[5, 7, 11, 13, 17]])}
+    want = logits(peft_model, batch)
+    merged = merge_tensors(read_hf_tensors(base), adapter, lambda name: None)
+    os.makedirs(tmp_path / "out")
+    write_hf(str(tmp_path / "out"), merged, 10**9)
+    shutil.copyfile(os.path.join(base, "config.json"), tmp_path / "out" / "config.json")
+    loaded = GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
+    assert (logits(loaded, batch) - want).abs().max() <= 1e-4
+    assert_close_tensors(tiny_hf.read_all(str(tmp_path / "out")), peft_merged(peft_model, str(tmp_path / "ref")), 1e-6)
+
+
+# ---- InternVL remote-code layout -----------------------------------------------------------------
+
+def remote_module(name: str) -> str:
+    """In-memory HF-native InternVL module name -> OpenGVLab remote-code module name
+    (q_proj/k_proj/v_proj of the ViT -> its packed attn.qkv)."""
+    from test_internvl import REMOTE_LAYER_NAMES, REMOTE_PROJECTOR_NAMES
+
+    if name == "lm_head":
+        return "language_model.lm_head"
+    if name.startswith("model.language_model."):
+        return "language_model.model." + name[len("model.language_model."):]
+    if name.startswith("model.multi_modal_projector."):
+        return REMOTE_PROJECTOR_NAMES[name.rsplit(".", 1)[1]]
+    layer, rest = re.match(r"model\.vision_tower\.encoder\.layer\.(\d+)\.(.+)$", name).groups()
+    rest = "attn.qkv" if re.match(r"attention\.[qkv]_proj$", rest) else REMOTE_LAYER_NAMES[rest]
+    return f"vision_model.encoder.layers.{layer}.{rest}"
+
+
+def remote_adapter(native_dir: str, remote_dir: str) -> None:
+    """The same adapter for the remote-code model: the ViT's separate q/k/v LoRA become one
+    LoRA on the packed qkv, A = [A_q; A_k; A_v] and B = blockdiag(B_q, B_k, B_v), of rank 3r
+    (rank_pattern) with alpha 3 alpha (alpha_pattern), so the scaling and W + dW are unchanged."""
+    config = json.load(open(os.path.join(native_dir, "adapter_config.json")))
+    tensors = {k[len("base_model.model."):]: v for k, v in
+               load_torch(os.path.join(native_dir, "adapter_model.safetensors")).items()}
+    out, packed = {}, {}
+    for key, value in tensors.items():
+        module, tail = re.match(r"(.+?)((?:\.lora_[AB])?\.weight)$", key).groups()
+        name = remote_module(module)
+        if name.endswith("attn.qkv"):
+            packed.setdefault(name, {})[(module.rsplit(".", 1)[1][0], tail)] = value
+        else:
+            out[f"{name}{tail}"] = value
+    for name, parts in packed.items():
+        out[name + ".lora_A.weight"] = torch.cat([parts[(p, ".lora_A.weight")] for p in "qkv"])
+        out[name + ".lora_B.weight"] = torch.block_diag(*[parts[(p, ".lora_B.weight")] for p in "qkv"])
+    config.update(rank_pattern={"attn.qkv": 3 * config["r"]}, alpha_pattern={"attn.qkv": 3 * config["lora_alpha"]},
+                  modules_to_save=["language_model.lm_head"])
+    os.makedirs(remote_dir)
+    with open(os.path.join(remote_dir, "adapter_config.json"), "w") as f:
+        json.dump(config, f)
+    save_torch({"base_model.model." + k: v.contiguous() for k, v in out.items()},
+               os.path.join(remote_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def test_internvl_remote_code_layout(tmp_path, capsys):
+    """Remote-code base (vision_model.*, mlp1.*, packed attn.qkv; its *.py copied, never run):
+    merging the translated adapter gives the remote layout of the HF-native merge, which
+    matches the PeftModel."""
+    from test_internvl import remote_config, to_remote_layout
+
+    model = tiny_hf.internvl()
+    native = tiny_hf.save(model, str(tmp_path / "hf"))
+    remote = str(tmp_path / "remote")
+    os.makedirs(remote)
+    save_file({k: np.ascontiguousarray(v) for k, v in to_remote_layout(
+        {k: v.numpy() for k, v in tiny_hf.read_all(native).items()}).items()}, os.path.join(remote, "model.safetensors"))
+    config = remote_config(model.config, dict(tiny_hf.TEXT, model_type="qwen2", architectures=["Qwen2ForCausalLM"]))
+    config.update(model_type="internvl_chat", auto_map={"AutoModel": "modeling_internvl_chat.InternVLChatModel"})
+    with open(os.path.join(remote, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(remote, "modeling_internvl_chat.py"), "w") as f:
+        f.write("raise RuntimeError('remote code must never run')\n")
+    shutil.copyfile(os.path.join(native, "tokenizer_config.json"), os.path.join(remote, "tokenizer_config.json"))
+
+    peft_model = with_adapter(model, str(tmp_path / "adapter"), r=4, lora_alpha=8, target_modules="all-linear",
+                              modules_to_save=["lm_head"])
+    batch = inputs("internvl")
+    want = logits(peft_model, batch)
+    remote_adapter(str(tmp_path / "adapter"), str(tmp_path / "adapter_remote"))
+    err = convert_error(capsys, "InternVLConverter", "merge_lora", hf_config__hf_dir=remote,
+                        lora_dir=str(tmp_path / "adapter_remote"), save_hf_dir=str(tmp_path / "out_remote"))
+    assert "trust_remote_code True" in err and not os.path.exists(tmp_path / "out_remote")
+    convert("InternVLConverter", "merge_lora", hf_config__hf_dir=remote, lora_dir=str(tmp_path / "adapter_remote"),
+            save_hf_dir=str(tmp_path / "out_remote"), trust_remote_code="True")
+    convert("InternVLConverter", "merge_lora", hf_config__hf_dir=native, lora_dir=str(tmp_path / "adapter"),
+            save_hf_dir=str(tmp_path / "out_native"))
+    loaded = type(model).from_pretrained(str(tmp_path / "out_native"), attn_implementation="eager").eval()
+    assert (logits(loaded, batch) - want).abs().max() <= 1e-4
+    merged_native = {k: v.numpy() for k, v in tiny_hf.read_all(str(tmp_path / "out_native")).items()}
+    merged_remote = tiny_hf.read_all(str(tmp_path / "out_remote"))
+    assert_close_tensors(merged_remote, {k: torch.from_numpy(v) for k, v in to_remote_layout(merged_native).items()}, 1e-6)
+    for name in ("modeling_internvl_chat.py", "config.json", "tokenizer_config.json"):
+        assert open(tmp_path / "out_remote" / name).read() == open(os.path.join(remote, name)).read()
+    assert sorted(os.listdir(tmp_path / "out_remote")) == ["config.json", "model.safetensors", "modeling_internvl_chat.py",
+                                                           "tokenizer_config.json"]
+    convert("InternVLConverter", "hf_to_mm", mm_dir=str(tmp_path / "mm"), hf_config__hf_dir=str(tmp_path / "out_remote"),
+            trust_remote_code="True")
+    convert("InternVLConverter", "mm_to_hf", mm_dir=str(tmp_path / "mm"), save_hf_dir=str(tmp_path / "back"),
+            hf_config__hf_dir=str(tmp_path / "out_remote"), trust_remote_code="True")
+    assert_same_tensors(str(tmp_path / "out_remote"), str(tmp_path / "back"))
+
+
+# ---- where the adapter comes from, and errors ----------------------------------------------------
+
+def test_adapter_inside_a_training_checkpoint(tmp_path):
+    model = tiny_hf.qwen2_vl()
+    base = tiny_hf.save(model, str(tmp_path / "hf"))
+    save = tmp_path / "save"
+    with_adapter(model, str(save / "iter_0000100" / "adapter"), r=2, lora_alpha=4, target_modules=["q_proj"])
+    (save / "latest_checkpointed_iteration.txt").write_text("100")
+    (save / "iter_0000100" / "mp_rank_00").mkdir()
+    (save / "iter_0000100" / "mp_rank_00" / "model_optim_rng.safetensors").write_bytes(b"")
+    for lora_dir in (save, save / "iter_0000100", save / "iter_0000100" / "adapter"):
+        out = tmp_path / f"out{len(os.listdir(tmp_path))}"
+        convert("Qwen2VLConverter", "merge_lora", hf_config__hf_dir=base, lora_dir=str(lora_dir), save_hf_dir=str(out))
+        assert not torch.equal(tiny_hf.read_all(str(out))["model.layers.0.self_attn.q_proj.weight"],
+                               tiny_hf.read_all(base)["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_errors_name_the_problem(tmp_path, capsys):
+    model = tiny_hf.qwen2_vl()
+    base = tiny_hf.save(model, str(tmp_path / "hf"))
+    good = str(tmp_path / "adapter")
+    with_adapter(model, good, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    state = load_torch(os.path.join(good, "adapter_model.safetensors"))
+    config = json.load(open(os.path.join(good, "adapter_config.json")))
+    q_a = "base_model.model.model.language_model.layers.1.self_attn.q_proj.lora_A.weight"
+
+    def variant(tensors=None, **config_changes) -> str:
+        directory = str(tmp_path / f"bad{len(os.listdir(tmp_path))}")
+        os.makedirs(directory)
+        with open(os.path.join(directory, "adapter_config.json"), "w") as f:
+            json.dump(dict(config, **config_changes), f)
+        save_torch(state if tensors is None else tensors, os.path.join(directory, "adapter_model.safetensors"))
+        return directory
+
+    def error(lora_dir: str, converter: str = "Qwen2VLConverter", **cfg) -> str:
+        return convert_error(capsys, converter, "merge_lora", hf_config__hf_dir=cfg.pop("hf_dir", base),
+                             lora_dir=lora_dir, save_hf_dir=str(tmp_path / "out"), **cfg)
+
+    renamed = {k.replace("layers.1.", "layers.9."): v for k, v in state.items()}
+    assert f"adapter key {q_a.replace('layers.1', 'layers.9')!r} has no base tensor" in error(variant(renamed))
+    wrong = dict(state, **{q_a: torch.zeros(4, 33)})
+    assert "shape mismatch at 'model.language_model.layers.1.self_attn.q_proj': lora_A [4, 33]" in error(variant(wrong))
+    assert "lora_A [2, 32]" in error(variant(rank_pattern={"q_proj": 2}))  # r from the config must match
+    assert "peft_type 'LOHA': merge_lora merges LoRA adapters only" in error(variant(peft_type="LOHA"))
+    unpaired = {k: v for k, v in state.items() if k != q_a}
+    assert f"{q_a.replace('lora_A', 'lora_B')!r} has no partner" in error(variant(unpaired))
+    assert "init_lora_weights='pissa'" in error(variant(init_lora_weights="pissa"))
+    stray = dict(state, **{"base_model.model.model.language_model.norm.weight": torch.ones(32)})
+    assert "unexpected adapter key 'base_model.model.model.language_model.norm.weight'" in error(variant(stray))
+    # adapters PEFT writes for what merge_lora does not merge: DoRA, a convolution, an embedding
+    for name, lora, expected in (
+            ("dora", dict(target_modules=["q_proj"], use_dora=True), "use_dora=True: DoRA is not supported"),
+            ("conv", dict(target_modules=["patch_embed.proj"]),
+             "target module 'model.visual.patch_embed.proj' is not a Linear weight"),
+            ("embed", dict(target_modules=["embed_tokens"]), "the target module is an Embedding, not a Linear weight")):
+        with_adapter(tiny_hf.qwen2_vl(), str(tmp_path / name), r=2, lora_alpha=4, **lora)
+        assert expected in error(str(tmp_path / name)), name
+    dora = json.load(open(tmp_path / "dora" / "adapter_config.json"))
+    with open(tmp_path / "dora" / "adapter_config.json", "w") as f:
+        json.dump(dict(dora, use_dora=False), f)
+    assert "is a DoRA magnitude; DoRA is not supported" in error(str(tmp_path / "dora"))
+    # missing files
+    os.makedirs(tmp_path / "empty")
+    assert f"lora_dir {tmp_path / 'empty'}: no adapter_config.json" in error(str(tmp_path / "empty"))
+    no_weights = variant()
+    os.remove(os.path.join(no_weights, "adapter_model.safetensors"))
+    assert f"{no_weights}: no adapter_model.safetensors" in error(no_weights)
+    assert f"{tmp_path / 'empty'}: no config.json" in error(good, hf_dir=str(tmp_path / "empty"))
+    assert "model_type 'qwen2_vl', this converter reads ('llava',)" in error(good, "LlavaConverter")
+    assert not os.path.exists(tmp_path / "out")  # nothing written by any failure
+    # an existing output is replaced only with overwrite
+    os.makedirs(tmp_path / "out")
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    assert "exists and is not empty" in error(good)
+    convert("Qwen2VLConverter", "merge_lora", hf_config__hf_dir=base, lora_dir=good, save_hf_dir=str(tmp_path / "out"),
+            overwrite="True")
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "generation_config.json", "model.safetensors",
+                                                    "tokenizer_config.json"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("out.")]
