@@ -303,6 +303,6 @@ def test_help_on_every_command(capsys):
     assert main(["--help"]) == 0
     assert "InternVLConverter" in capsys.readouterr().out
     for command, key in (("hf_to_mm", "--cfg.parallel_config.llm_pp_layers"), ("mm_to_hf", "--cfg.save_hf_dir"),
-                         ("resplit", "--cfg.target_parallel_config.tp_size")):
+                         ("resplit", "--cfg.target_parallel_config.tp_size"), ("merge_lora", "--cfg.lora_dir")):
         assert main(["InternVLConverter", command, "--help"]) == 0
         assert key in capsys.readouterr().out
