@@ -56,8 +56,9 @@ class LoraAdapter:
 
 
 def find_adapter_dir(path: str) -> str:
-    """``path`` if it holds ``adapter_config.json``; for an msmm-train checkpoint (``SAVE`` or
-    ``SAVE/iter_N``) the ``adapter/`` directory of the iteration it names."""
+    """``path`` if it holds ``adapter_config.json``; for an msmm-train checkpoint (``SAVE``, or
+    ``SAVE/iter_N``) the iteration directory the tracker names if the adapter files are there,
+    else its ``adapter/`` subdirectory."""
     if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
         return path
     if not os.path.isdir(path):
@@ -65,11 +66,12 @@ def find_adapter_dir(path: str) -> str:
     try:
         iteration = resolve_load_dir(path)
     except (FileNotFoundError, ValueError):
-        iteration = None
-    if iteration is not None and os.path.isfile(os.path.join(iteration, ADAPTER_SUBDIR, ADAPTER_CONFIG)):
-        return os.path.join(iteration, ADAPTER_SUBDIR)
-    where = f" (nor does {os.path.join(iteration, ADAPTER_SUBDIR)})" if iteration else ""
-    raise FileNotFoundError(f"lora_dir {path}: no {ADAPTER_CONFIG}{where}")
+        raise FileNotFoundError(f"lora_dir {path}: no {ADAPTER_CONFIG} (and not an msmm-train checkpoint)") from None
+    for candidate in (iteration, os.path.join(iteration, ADAPTER_SUBDIR)):
+        if os.path.isfile(os.path.join(candidate, ADAPTER_CONFIG)):
+            return candidate
+    raise FileNotFoundError(f"lora_dir {path}: the msmm-train checkpoint {iteration} holds no {ADAPTER_CONFIG} "
+                            f"(nor does its {ADAPTER_SUBDIR}/): was it trained with LoRA?")
 
 
 def read_adapter(path: str) -> LoraAdapter:

@@ -332,19 +332,25 @@ def test_memory_is_bounded_by_the_largest_tensor(tmp_path):
 
 # ---- where the adapter comes from, and errors ----------------------------------------------------
 
-def test_adapter_inside_a_training_checkpoint(tmp_path):
+@pytest.mark.parametrize("inside", ["", "adapter"])
+def test_adapter_inside_a_training_checkpoint(inside, tmp_path, capsys):
+    """An msmm-train checkpoint SAVE/iter_0000100/ holding the adapter files (or adapter/): lora_dir
+    may name SAVE (the tracker's iteration), the iteration or the adapter directory."""
     model = tiny_hf.qwen2_vl()
     base = tiny_hf.save(model, str(tmp_path / "hf"))
-    save = tmp_path / "save"
-    with_adapter(model, str(save / "iter_0000100" / "adapter"), r=2, lora_alpha=4, target_modules=["q_proj"])
+    save, iteration = tmp_path / "save", tmp_path / "save" / "iter_0000100"
+    (iteration / "mp_rank_00").mkdir(parents=True)
+    (iteration / "mp_rank_00" / "model_optim_rng.safetensors").write_bytes(b"")
     (save / "latest_checkpointed_iteration.txt").write_text("100")
-    (save / "iter_0000100" / "mp_rank_00").mkdir()
-    (save / "iter_0000100" / "mp_rank_00" / "model_optim_rng.safetensors").write_bytes(b"")
-    for lora_dir in (save, save / "iter_0000100", save / "iter_0000100" / "adapter"):
+    err = convert_error(capsys, "Qwen2VLConverter", "merge_lora", hf_config__hf_dir=base, lora_dir=str(save),
+                        save_hf_dir=str(tmp_path / "out"))
+    assert f"the msmm-train checkpoint {iteration} holds no adapter_config.json" in err
+    with_adapter(model, str(iteration / inside), r=2, lora_alpha=4, target_modules=["q_proj"])
+    key = "model.layers.0.self_attn.q_proj.weight"
+    for lora_dir in (save, iteration, iteration / inside):
         out = tmp_path / f"out{len(os.listdir(tmp_path))}"
         convert("Qwen2VLConverter", "merge_lora", hf_config__hf_dir=base, lora_dir=str(lora_dir), save_hf_dir=str(out))
-        assert not torch.equal(tiny_hf.read_all(str(out))["model.layers.0.self_attn.q_proj.weight"],
-                               tiny_hf.read_all(base)["model.layers.0.self_attn.q_proj.weight"])
+        assert not torch.equal(tiny_hf.read_all(str(out))[key], tiny_hf.read_all(base)[key])
 
 
 @pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers`")  # PEFT, for the embedding adapter
@@ -394,7 +400,8 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert "is a DoRA magnitude; DoRA is not supported" in error(str(tmp_path / "dora"))
     # missing files
     os.makedirs(tmp_path / "empty")
-    assert f"lora_dir {tmp_path / 'empty'}: no adapter_config.json" in error(str(tmp_path / "empty"))
+    assert f"lora_dir {tmp_path / 'empty'}: no adapter_config.json (and not an msmm-train checkpoint)" in \
+        error(str(tmp_path / "empty"))
     no_weights = variant()
     os.remove(os.path.join(no_weights, "adapter_model.safetensors"))
     assert f"{no_weights}: no adapter_model.safetensors" in error(no_weights)
