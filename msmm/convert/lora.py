@@ -50,8 +50,12 @@ class LoraAdapter:
         """``rank_pattern`` / ``alpha_pattern`` value of ``module`` (first pattern matching a
         dotted suffix of the module name), else ``default``."""
         for pattern, value in (self.config.get(field) or {}).items():
-            if re.match(rf"(.*\.)?({pattern})$", module):
-                return value
+            try:
+                if re.match(rf"(.*\.)?({pattern})$", module):
+                    return value
+            except re.error as err:
+                raise ValueError(f"{os.path.join(self.directory, ADAPTER_CONFIG)}: {field} key {pattern!r} is not a "
+                                 f"regular expression ({err})") from err
         return default
 
 
@@ -132,8 +136,9 @@ def merge_tensors(base: Mapping[str, Tensor], adapter: LoraAdapter,
     def target(name: str, adapter_key: str) -> Tuple[str, Tensor]:
         key = resolve(name) if name not in base else name
         if key is None or key not in base:
-            raise KeyError(f"{weights}: adapter key {PREFIX + adapter_key!r} has no base tensor {name!r} in the base "
-                           "checkpoint")
+            saved = f" (saved name {key!r})" if key not in (None, name) else ""
+            raise KeyError(f"{weights}: adapter key {PREFIX + adapter_key!r} has no base tensor {name!r}{saved} in "
+                           "the base checkpoint")
         if key in changed:
             raise ValueError(f"{weights}: adapter keys {PREFIX + changed[key]!r} and {PREFIX + adapter_key!r} both "
                              f"change {key!r}")

@@ -376,7 +376,10 @@ def test_errors_name_the_problem(tmp_path, capsys):
                              lora_dir=lora_dir, save_hf_dir=str(tmp_path / "out"), **cfg)
 
     renamed = {k.replace("layers.1.", "layers.9."): v for k, v in state.items()}
-    assert f"adapter key {q_a.replace('layers.1', 'layers.9')!r} has no base tensor" in error(variant(renamed))
+    assert (f"adapter key {q_a.replace('layers.1', 'layers.9')!r} has no base tensor "
+            "'model.language_model.layers.9.self_attn.q_proj.weight' (saved name 'model.layers.9.self_attn.q_proj.weight')"
+            ) in error(variant(renamed))
+    assert "rank_pattern key '(q_proj' is not a regular expression" in error(variant(rank_pattern={"(q_proj": 2}))
     wrong = dict(state, **{q_a: torch.zeros(4, 33)})
     assert "shape mismatch at 'model.language_model.layers.1.self_attn.q_proj': lora_A [4, 33]" in error(variant(wrong))
     assert "lora_A [2, 32]" in error(variant(rank_pattern={"q_proj": 2}))  # r from the config must match
