@@ -20,6 +20,7 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch
 import tiny_hf
 from test_mm_convert import assert_same_tensors, convert, convert_error
 from msmm.convert.checkpoints import read_hf_tensors, write_hf
+from msmm.convert.cli import main
 from msmm.convert.lora import merge_tensors, read_adapter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))  # test_internvl's remote layout
@@ -354,7 +355,7 @@ def test_adapter_inside_a_training_checkpoint(inside, tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers`")  # PEFT, for the embedding adapter
-def test_errors_name_the_problem(tmp_path, capsys):
+def test_errors_name_the_problem(tmp_path, capsys, monkeypatch):
     model = tiny_hf.qwen2_vl()
     base = tiny_hf.save(model, str(tmp_path / "hf"))
     good = str(tmp_path / "adapter")
@@ -420,3 +421,16 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "generation_config.json", "model.safetensors",
                                                     "tokenizer_config.json"]
     assert not [n for n in os.listdir(tmp_path) if n.startswith("out.")]
+    # a failure after the weights are written leaves the previous output as it was, and no temporary
+    import msmm.convert.converters as converters
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(converters, "copy_side_files", fail)
+    before = tiny_hf.read_all(str(tmp_path / "out"))
+    with pytest.raises(OSError, match="disk full"):
+        main(["Qwen2VLConverter", "merge_lora", "--cfg.hf_config.hf_dir", base, "--cfg.lora_dir", variant(lora_alpha=64),
+              "--cfg.save_hf_dir", str(tmp_path / "out"), "--cfg.overwrite", "True"])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("out.")]
+    assert all(torch.equal(before[k], v) for k, v in tiny_hf.read_all(str(tmp_path / "out")).items())
