@@ -24,7 +24,6 @@ Names are msmm's module names relative to ``root``'s owner model (the HF-native 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -32,60 +31,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import ColumnParallelLinear, RowParallelLinear
+from msmm.config.lora_config import ALL_LINEAR, LoRAConfig
 from .quant import dequantize_int8, dequantize_nf4, nf4_code_book, quantize_int8, quantize_nf4
 
-ALL_LINEAR = "all-linear"
 OUTPUT_HEADS = ("lm_head", "output")
-QUANTIZATIONS = ("int8", "nf4")
 LINEAR_TYPES = (nn.Linear, ColumnParallelLinear, RowParallelLinear)
-
-
-@dataclass
-class LoRAConfig:
-    """One adapter setting (XTuner's ``llm_lora`` / ``visual_encoder_lora``, PEFT's ``LoraConfig``)."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: Optional[Union[str, Tuple[str, ...]]] = None  # None = "all-linear"
-    modules_to_save: Tuple[str, ...] = ()  # modules of this section trained in full (suffix names)
-    quantize: Optional[str] = None  # frozen base stored as "int8" or "nf4" (QLoRA-style)
-    nf4_block_size: int = 64
-
-    def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"r: must be a positive integer, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"alpha: must be a positive number, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout: must lie in [0, 1), got {self.dropout!r}")
-        targets = self.target_modules
-        if isinstance(targets, list):
-            targets = self.target_modules = tuple(targets)
-        if isinstance(targets, tuple):
-            if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ValueError(f"target_modules: expected a non-empty list of module names, got {list(targets)!r}")
-        elif isinstance(targets, str) and targets != ALL_LINEAR:
-            try:
-                re.compile(targets)
-            except re.error as err:
-                raise ValueError(f"target_modules: {targets!r} is not a valid regular expression ({err})") from err
-        elif targets is not None and targets != ALL_LINEAR:
-            raise ValueError(f"target_modules: expected null, \"all-linear\", a list of names or a regex, got {targets!r}")
-        if isinstance(self.modules_to_save, str):
-            raise ValueError(f"modules_to_save: expected a list of module names, got {self.modules_to_save!r}")
-        self.modules_to_save = tuple(self.modules_to_save)
-        if not all(isinstance(m, str) and m for m in self.modules_to_save):
-            raise ValueError(f"modules_to_save: expected a list of module names, got {list(self.modules_to_save)!r}")
-        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
-            raise ValueError(f"quantize: must be one of {list(QUANTIZATIONS)} or null, got {self.quantize!r}")
-        if isinstance(self.nf4_block_size, bool) or not isinstance(self.nf4_block_size, int) \
-                or self.nf4_block_size <= 0 or self.nf4_block_size % 2:
-            raise ValueError(f"nf4_block_size: must be a positive even integer, got {self.nf4_block_size!r}")
-
-    @property
-    def scaling(self) -> float:
-        return float(self.alpha) / self.r
 
 
 class LoRALinear(nn.Module):
@@ -96,7 +46,8 @@ class LoRALinear(nn.Module):
         if getattr(base, "tp_size", 1) != 1:
             raise NotImplementedError(f"LoRA on a tensor-parallel linear layer (tp_size={base.tp_size}) is not supported")
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.r, self.scaling = r, float(alpha) / r
+        self.r, self.alpha, self.dropout_p = r, float(alpha), float(dropout)
+        self.scaling = self.alpha / r
         self.bias = base.bias
         if self.bias is not None:
             self.bias.requires_grad = False

@@ -39,7 +39,8 @@ from .checkpoint_io import load_hf_checkpoint
 from .core import TransformerConfig
 from .internvl import InternVL, InternVLConfig, load_internvl_checkpoint
 from .llava import Llava, LlavaConfig, load_llava_checkpoint
-from .lora import LoRAConfig, apply_lora
+from .lora import apply_lora
+from msmm.config.lora_config import LoRAConfig
 from .qwen2_vl import Qwen2VL, Qwen2VLConfig
 from .vision.qwen2_vit import QwenViTConfig
 from .vision.vit import ViTConfig
