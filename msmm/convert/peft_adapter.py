@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -91,13 +92,17 @@ class AdapterNaming:
 
 
 def shortest_unique_suffixes(names: Sequence[str], others: Sequence[str]) -> List[str]:
-    """For each of ``names``, its shortest dotted suffix that no name of ``others`` ends with."""
+    """The shortest dotted suffixes that together match all of ``names`` and none of
+    ``others`` (PEFT's rule: suffix ``s`` matches ``n`` when ``n == s`` or ``n`` ends with ``"." + s``)."""
+    def matches(suffix: str, name: str) -> bool:
+        return name == suffix or name.endswith("." + suffix)
+
     out = set()
     for name in names:
         parts = name.split(".")
         for k in range(1, len(parts) + 1):
             suffix = ".".join(parts[-k:])
-            if not any(o == suffix or o.endswith("." + suffix) for o in others if o != name):
+            if not any(matches(suffix, o) for o in others):
                 break
         out.add(suffix)
     return sorted(out)
@@ -154,21 +159,27 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
     full_hf = _full_tensors(full, naming)
     for name, value in full_hf.items():
         tensors[PREFIX + name] = np.ascontiguousarray(value)
-    top_r, top_alpha, top_dropout = pairs[0][1].r, pairs[0][1].alpha, pairs[0][1].dropout
-    differing = [hf for hf, m in pairs if (m.r, m.alpha) != (top_r, top_alpha)]
-    unique = {d: shortest_unique_suffixes([d], owners)[0] for d in differing}
-    by_name = dict(pairs)
+    settings = Counter((m.r, m.alpha) for _, m in pairs)
+    (top_r, top_alpha), _ = settings.most_common(1)[0]
+    rank_pattern, alpha_pattern = {}, {}
+    for r, alpha in settings:  # modules whose r / alpha differ from the top-level ones
+        if (r, alpha) != (top_r, top_alpha):
+            group = {hf for hf, m in pairs if (m.r, m.alpha) == (r, alpha)}
+            for suffix in shortest_unique_suffixes(sorted(group), [o for o in owners if o not in group]):
+                rank_pattern[re.escape(suffix)], alpha_pattern[re.escape(suffix)] = r, alpha
+    targeted = {hf for hf, _ in pairs}
+    saved = {n.rpartition(".")[0] for n in full_hf}
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
         "r": top_r,
         "lora_alpha": top_alpha,
-        "lora_dropout": top_dropout,
-        "target_modules": shortest_unique_suffixes([hf for hf, _ in pairs], owners),
-        "rank_pattern": {re.escape(unique[d]): by_name[d].r for d in differing},
-        "alpha_pattern": {re.escape(unique[d]): by_name[d].alpha for d in differing},
-        "modules_to_save": shortest_unique_suffixes(sorted({n.rpartition(".")[0] for n in full_hf}), owners) or None,
+        "lora_dropout": max(m.dropout for _, m in pairs),
+        "target_modules": shortest_unique_suffixes(sorted(targeted), [o for o in owners if o not in targeted]),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "modules_to_save": shortest_unique_suffixes(sorted(saved), [o for o in owners if o not in saved]) or None,
         "bias": "none",
         "fan_in_fan_out": False,
         "init_lora_weights": True,
