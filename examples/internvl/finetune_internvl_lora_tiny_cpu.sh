@@ -4,7 +4,7 @@
 # on the InternViT from the "lora" block of model.json, the projector trained in full. Every
 # checkpoint holds the PEFT adapter files (adapter_config.json, adapter_model.safetensors);
 # --save-total-limit keeps the newest two. LORA_QUANTIZE=int8|nf4 stores the frozen text weights
-# quantized (QLoRA-style).
+# quantized (QLoRA-style); LORA_DROPOUT (default 0.05) sets --lora-dropout.
 set -e
 export GLOG_v=${GLOG_v:-3}
 export TOKENIZERS_PARALLELISM=false
@@ -53,7 +53,7 @@ GPT_ARGS="
 LORA_ARGS="
     --lora-r 8 \
     --lora-alpha 16 \
-    --lora-dropout 0.05 \
+    --lora-dropout ${LORA_DROPOUT:-0.05} \
     ${LORA_QUANTIZE:+--lora-quantize $LORA_QUANTIZE}
 "
 MM_ARGS="
