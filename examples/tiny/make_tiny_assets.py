@@ -193,7 +193,7 @@ def llava_data_json(directory: str, annotation: str) -> dict:
 
 # LoRA on the InternViT (XTuner's visual_encoder_lora targets: attn.qkv, attn.proj, mlp.fc1, mlp.fc2,
 # here in msmm's names); LoRA on the text decoder comes from msmm-train's --lora-* arguments
-VISION_LORA = {"r": 4, "alpha": 8, "dropout": 0.05,
+VISION_LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.05,
                "target_modules": ["q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"]}
 
 

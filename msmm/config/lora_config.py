@@ -14,11 +14,12 @@ QUANTIZATIONS = ("int8", "nf4")
 
 @dataclass
 class LoRAConfig:
-    """One adapter setting (XTuner's ``llm_lora`` / ``visual_encoder_lora``, PEFT's ``LoraConfig``)."""
+    """One adapter setting, spelled as PEFT's ``LoraConfig`` (which XTuner's ``llm_lora`` /
+    ``visual_encoder_lora`` are), plus ``quantize`` for a QLoRA-style base."""
 
     r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
     target_modules: Optional[Union[str, Tuple[str, ...]]] = None  # None = "all-linear"
     modules_to_save: Tuple[str, ...] = ()  # modules of this section trained in full (suffix names)
     quantize: Optional[str] = None  # frozen base stored as "int8" or "nf4" (QLoRA-style)
@@ -27,10 +28,11 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"r: must be a positive integer, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
-            raise ValueError(f"alpha: must be a positive number, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout: must lie in [0, 1), got {self.dropout!r}")
+        alpha, dropout = self.lora_alpha, self.lora_dropout
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise ValueError(f"lora_alpha: must be a positive number, got {alpha!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"lora_dropout: must lie in [0, 1), got {dropout!r}")
         targets = self.target_modules
         if isinstance(targets, list):
             targets = self.target_modules = tuple(targets)
@@ -57,4 +59,4 @@ class LoRAConfig:
 
     @property
     def scaling(self) -> float:
-        return float(self.alpha) / self.r
+        return float(self.lora_alpha) / self.r

@@ -176,13 +176,13 @@ def _lora_from_args(args: argparse.Namespace, fail):
     targets = args.lora_target_modules
     if targets is not None and len(targets) == 1 and (targets[0] == "all-linear" or not targets[0].isidentifier()):
         targets = targets[0]  # all-linear, or one regular expression
-    options = dict(r=args.lora_r, alpha=2.0 * args.lora_r if args.lora_alpha is None else args.lora_alpha,
-                   dropout=args.lora_dropout or 0.0, target_modules=targets,
+    options = dict(r=args.lora_r, lora_alpha=2.0 * args.lora_r if args.lora_alpha is None else args.lora_alpha,
+                   lora_dropout=args.lora_dropout or 0.0, target_modules=targets,
                    modules_to_save=tuple(args.lora_modules_to_save or ()), quantize=args.lora_quantize)
     try:
         return LoRAConfig(**options)
     except ValueError as err:
         field, _, message = str(err).partition(": ")
-        flag = {"r": "--lora-r", "alpha": "--lora-alpha", "dropout": "--lora-dropout",
+        flag = {"r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
                 "target_modules": "--lora-target-modules", "modules_to_save": "--lora-modules-to-save"}.get(field, field)
         fail(f"{flag}: {message}")

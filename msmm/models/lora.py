@@ -102,9 +102,9 @@ class NF4LoRALinear(LoRALinear):
 
 def make_lora_layer(base: nn.Module, config: LoRAConfig) -> LoRALinear:
     if config.quantize == "nf4":
-        return NF4LoRALinear(base, config.r, config.alpha, config.dropout, block_size=config.nf4_block_size)
+        return NF4LoRALinear(base, config.r, config.lora_alpha, config.lora_dropout, block_size=config.nf4_block_size)
     cls = Int8LoRALinear if config.quantize == "int8" else LoRALinear
-    return cls(base, config.r, config.alpha, config.dropout)
+    return cls(base, config.r, config.lora_alpha, config.lora_dropout)
 
 
 def name_matches(name: str, patterns: Sequence[str]) -> bool:

@@ -30,9 +30,9 @@ from test_internvl import SEVERAL_IMAGES, hf_internvl, hf_name_to_ours, make_bat
 
 peft = pytest.importorskip("peft")
 
-TEXT_LORA = LoRAConfig(r=4, alpha=8)  # all-linear
+TEXT_LORA = LoRAConfig(r=4, lora_alpha=8)  # all-linear
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2")
-VISION_LORA = LoRAConfig(r=2, alpha=6, target_modules=VISION_TARGETS)
+VISION_LORA = LoRAConfig(r=2, lora_alpha=6, target_modules=VISION_TARGETS)
 PEFT_TARGETS = r".*language_model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj|.*vision_tower\..*\.(q_proj|k_proj|v_proj|projection_layer|fc1|fc2)"
 LOSS_RTOL, GRAD_RTOL, LOGITS_ATOL = 1e-5, 1e-5, 1e-4
 
@@ -235,3 +235,80 @@ def test_remote_layout_fuses_qkv_adapters_exactly(tmp_path):
     np.testing.assert_allclose(alpha / r * b @ a, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="must target all of"):
         write_adapter(str(tmp_path), AdapterNaming("internvl", "remote"), [parts["q_proj"]], {}, base)
+
+
+# ---- configuration: model.json lora blocks, msmm-train --lora-*, --save-total-limit ----------
+
+def test_model_json_lora_blocks_and_errors_name_the_key(tmp_path):
+    from msmm.models.model_config import ModelConfigError, apply_lora_config, build_model, parse_model_config
+
+    def model_json(text_lora=None, vision_lora=None, projector_extra=None):
+        vision = {"model_id": "intern_vit", "num_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
+                  "ffn_hidden_size": 64, "image_size": 28, "patch_size": 7, "freeze": True}
+        text = {"model_id": "qwen2", "num_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
+                "num_query_groups": 2, "ffn_hidden_size": 64, "vocab_size": 64}
+        if vision_lora is not None:
+            vision["lora"] = vision_lora
+        if text_lora is not None:
+            text["lora"] = text_lora
+        projector = {"model_id": "pixel_shuffle_mlp", **(projector_extra or {})}
+        return {"model_id": "internvl", "image_token_id": 63, "text_decoder": text,
+                "image_encoder": {"vision_encoder": vision, "vision_projector": projector}}
+
+    config = parse_model_config(model_json({"r": 4, "lora_alpha": 8, "modules_to_save": ["embed_tokens"]},
+                                           {"r": 2, "target_modules": ["attention.q_proj", "fc2"]}))
+    model = build_model(config)
+    adapted = apply_lora_config(model, config)
+    assert adapted["text_decoder"] == [f"language_model.model.layers.0.{m}" for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]  # all-linear: lm_head left out
+    assert adapted["image_encoder.vision_encoder"] == ["vision_tower.encoder.layer.0.attention.q_proj",
+                                                       "vision_tower.encoder.layer.0.mlp.fc2"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == ({n for n in trainable if ".lora_" in n} | {"language_model.model.embed_tokens.weight"}
+                         | {n for n, _ in model.multi_modal_projector.named_parameters(prefix="multi_modal_projector")})
+    assert len([n for n in trainable if ".lora_" in n]) == 2 * (7 + 2)
+    bad = {
+        "text_decoder.lora.r: must be a positive integer": model_json({"r": 0}),
+        "text_decoder.lora.alpha: unknown key (did you mean 'lora_alpha'?)": model_json({"alpha": 4}),
+        "text_decoder.lora.quantize: must be one of": model_json({"quantize": "int4"}),
+        "text_decoder.lora.target_modules: '(' is not a valid regular expression": model_json({"target_modules": "("}),
+        "image_encoder.vision_projector.lora: LoRA is configured on": model_json(projector_extra={"lora": {"r": 2}}),
+        "image_encoder.vision_encoder.lora.lora_dropout: must lie in [0, 1)": model_json(vision_lora={"lora_dropout": 1.5}),
+    }
+    for message, data in bad.items():
+        with pytest.raises(ModelConfigError, match=re.escape(message)):
+            parse_model_config(data)
+    config = parse_model_config(model_json(vision_lora={"target_modules": ["attn.qkv"]}))
+    with pytest.raises(ModelConfigError, match=r"image_encoder.vision_encoder.lora.target_modules: 'attn.qkv' matches no"):
+        apply_lora_config(build_model(config), config)
+
+
+def test_train_args_lora_and_save_total_limit():
+    from msmm.config.train_args import TrainArgsError, parse_train_args
+
+    base = ["--mm-model", "m.json", "--mm-data", "d.json", "--micro-batch-size", "1", "--global-batch-size", "1",
+            "--train-iters", "1", "--lr", "1e-4"]
+    args = parse_train_args(base + ["--lora-r", "128", "--lora-dropout", "0.05", "--lora-target-modules", "wqkv", "wo",
+                                    "--save", "s", "--save-total-limit", "2"])
+    assert (args.lora.r, args.lora.lora_alpha, args.lora.lora_dropout, args.lora.target_modules) == (128, 256.0, 0.05, ("wqkv", "wo"))
+    assert args.save_total_limit == 2
+    assert parse_train_args(base + ["--lora-r", "8", "--lora-target-modules", "all-linear"]).lora.target_modules == "all-linear"
+    assert parse_train_args(base).lora is None
+    for extra, message in ((["--lora-alpha", "16"], "--lora-alpha need --lora-r"),
+                           (["--lora-r", "-1"], "--lora-r: must be a positive integer"),
+                           (["--lora-r", "8", "--lora-dropout", "1"], "--lora-dropout: must lie in [0, 1)"),
+                           (["--save-total-limit", "2"], "--save-total-limit must be positive and needs --save")):
+        with pytest.raises(TrainArgsError, match=re.escape(message)):
+            parse_train_args(base + extra)
+
+
+def test_prune_checkpoints_keeps_the_newest_and_the_tracked(tmp_path):
+    from msmm.train.checkpoint import TRACKER, prune_checkpoints
+
+    for i in (3, 6, 9, 12):
+        os.makedirs(tmp_path / f"iter_{i:07d}")
+    (tmp_path / TRACKER).write_text("3")  # e.g. a later save failed: the tracked one survives
+    removed = prune_checkpoints(str(tmp_path), 2)
+    assert sorted(os.path.basename(r) for r in removed) == ["iter_0000006"]
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000003", "iter_0000009", "iter_0000012", TRACKER]

@@ -78,7 +78,7 @@ def msmm_torch_model(run, iteration_dir: str):
     from msmm.models.model_config import apply_lora_config, build_model, load_model_config, load_pretrained
 
     config = load_model_config(os.path.join(run["assets"], "model.json"))
-    config.sections["text_decoder"].lora = LoRAConfig(r=8, alpha=16)  # the script's --lora-*
+    config.sections["text_decoder"].lora = LoRAConfig(r=8, lora_alpha=16)  # the script's --lora-*
     model = build_model(config)
     load_pretrained(model, config, run["hf_dir"])
     apply_lora_config(model, config)
