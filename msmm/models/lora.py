@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .core import ColumnParallelLinear, RowParallelLinear
 from msmm.config.lora_config import ALL_LINEAR, LoRAConfig
-from .quant import dequantize_int8, dequantize_nf4, nf4_code_book, quantize_int8, quantize_nf4
+from .quant import dequantize_int8, dequantize_nf4, nf4_byte_table, quantize_int8, quantize_nf4
 
 OUTPUT_HEADS = ("lm_head", "output")
 LINEAR_TYPES = (nn.Linear, ColumnParallelLinear, RowParallelLinear)
@@ -61,12 +61,15 @@ class LoRALinear(nn.Module):
         self.weight = weight
         self.weight.requires_grad = False
 
-    def base_weight(self) -> torch.Tensor:
+    def base_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The frozen weight [out, in] in ``dtype`` (the input's)."""
         return self.weight
 
+    def frozen_linear(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.base_weight(x.dtype), self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.base_weight(), self.bias)
-        return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        return self.frozen_linear(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, scaling={self.scaling}"
@@ -77,12 +80,11 @@ class Int8LoRALinear(LoRALinear):
 
     def _store_weight(self, weight: torch.Tensor) -> None:
         q, scale = quantize_int8(weight)
-        self.compute_dtype = weight.dtype
         self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", scale)
 
-    def base_weight(self) -> torch.Tensor:
-        return dequantize_int8(self.weight_int8, self.weight_scale, self.compute_dtype)
+    def base_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize_int8(self.weight_int8, self.weight_scale, dtype)
 
 
 class NF4LoRALinear(LoRALinear):
@@ -90,14 +92,13 @@ class NF4LoRALinear(LoRALinear):
 
     def _store_weight(self, weight: torch.Tensor, block_size: int = 64) -> None:
         packed, absmax = quantize_nf4(weight, block_size)
-        self.compute_dtype = weight.dtype
         self.register_buffer("weight_nf4", packed)
         self.register_buffer("weight_absmax", absmax)
-        self.register_buffer("code_book", torch.tensor(nf4_code_book()), persistent=False)
+        self.register_buffer("byte_table", torch.tensor(nf4_byte_table()), persistent=False)
 
-    def base_weight(self) -> torch.Tensor:
-        return dequantize_nf4(self.weight_nf4, self.weight_absmax, self.code_book,
-                              (self.out_features, self.in_features), self.compute_dtype)
+    def base_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize_nf4(self.weight_nf4, self.weight_absmax, self.byte_table,
+                              (self.out_features, self.in_features), dtype)
 
 
 def make_lora_layer(base: nn.Module, config: LoRAConfig) -> LoRALinear:

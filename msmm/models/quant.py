@@ -85,12 +85,17 @@ def quantize_nf4(weight: torch.Tensor, block_size: int) -> Tuple[torch.Tensor, t
     return packed, absmax
 
 
-def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, code_book: torch.Tensor,
+def nf4_byte_table() -> List[List[float]]:
+    """[256][2]: the two code values a packed byte stands for (high nibble first)."""
+    codes = nf4_code_book()
+    return [[codes[b // 16], codes[b % 16]] for b in range(256)]
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, byte_table: torch.Tensor,
                    shape: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of :func:`quantize_nf4`: the [out, in] weight in ``dtype``."""
-    q = packed.to(torch.float32)  # exact for 0..255; integer floor division has no CPU kernel on MindSpore
-    high = torch.floor(q / 16)
-    index = torch.stack([high, q - high * 16], dim=1).reshape(-1).to(torch.int32)
-    values = torch.index_select(code_book, 0, index).reshape(absmax.shape[0], -1) * absmax[:, None]
+    """Inverse of :func:`quantize_nf4`: the [out, in] weight in ``dtype``. One gather of
+    the two values of each byte (``nf4_byte_table``), then the block scales."""
+    pairs = torch.index_select(byte_table.to(torch.float32), 0, packed.to(torch.int32))
+    values = pairs.reshape(absmax.shape[0], -1) * absmax.to(torch.float32)[:, None]
     numel = shape[0] * shape[1]
     return values.reshape(-1)[:numel].reshape(shape[0], shape[1]).to(dtype)

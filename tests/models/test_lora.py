@@ -167,7 +167,7 @@ def test_qlora_equals_lora_on_dequantized_base_torch_and_mindspore(reference, fm
     dense = torch_lora_model(path, weights)
     with torch.no_grad():  # the dense model's frozen weights := the quantized model's dequantized ones
         for (name, q), (_, d) in zip(torch_lora.lora_layers(quantized), torch_lora.lora_layers(dense)):
-            d.weight.copy_(q.base_weight())
+            d.weight.copy_(q.base_weight(torch.float32))
     ref = msmm_run(dense, batch)
     assert set(msmm_run(quantized, batch).grads) == set(ref.grads)
     valid = batch["attention_mask"]
@@ -185,7 +185,7 @@ def test_int8_and_nf4_error_within_bound_and_storage_measured():
     err = (quant.dequantize_int8(q, scale, torch.float32) - w).abs()
     assert q.dtype == torch.int8 and bool((err <= scale / 2 + 1e-7).all())
     packed, absmax = quant.quantize_nf4(w, 64)
-    back = quant.dequantize_nf4(packed, absmax, torch.tensor(quant.nf4_code_book()), (96, 80), torch.float32)
+    back = quant.dequantize_nf4(packed, absmax, torch.tensor(quant.nf4_byte_table()), (96, 80), torch.float32)
     per_block = (back - w).reshape(-1)
     per_block = torch.cat([per_block, torch.zeros(-per_block.shape[0] % 64)]).reshape(-1, 64).abs().amax(dim=1)
     assert packed.dtype == torch.uint8 and bool((per_block <= absmax * quant.nf4_error_bound() + 1e-7).all())
