@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-r", type=int, help="LoRA rank; switches LoRA on for text_decoder")
     g.add_argument("--lora-alpha", type=float, help="LoRA alpha (scaling alpha / r; default 2 r)")
     g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0)")
-    g.add_argument("--lora-target-modules", nargs="+", help="module names (suffix match), one regex, or all-linear (default)")
+    g.add_argument("--lora-target-modules", nargs="+", help="module names (suffix match: q_proj self_attn.v_proj), one regular expression, or all-linear (default)")
     g.add_argument("--lora-modules-to-save", nargs="+", help="text_decoder modules trained in full (e.g. embed_tokens lm_head)")
     g.add_argument("--lora-quantize", choices=("int8", "nf4"), help="store the frozen base weights quantized (QLoRA-style)")
     g = p.add_argument_group("accepted for compatibility")
@@ -174,7 +174,7 @@ def _lora_from_args(args: argparse.Namespace, fail):
             fail(f"{', '.join(given)} need --lora-r")
         return None
     targets = args.lora_target_modules
-    if targets is not None and len(targets) == 1 and (targets[0] == "all-linear" or not targets[0].isidentifier()):
+    if targets is not None and len(targets) == 1 and (targets[0] == "all-linear" or set(targets[0]) & set("*+?[](){}|^$\\")):
         targets = targets[0]  # all-linear, or one regular expression
     options = dict(r=args.lora_r, lora_alpha=2.0 * args.lora_r if args.lora_alpha is None else args.lora_alpha,
                    lora_dropout=args.lora_dropout or 0.0, target_modules=targets,

@@ -20,9 +20,11 @@ Where msmm keeps separate q/k/v projections but the layout fuses them (InternVL 
 stacked [3r, in], ``lora_B`` block-diagonal [3 out, 3r], ``lora_alpha`` 3 alpha, so the
 scaling and the delta are exactly those of the three.
 
-``target_modules`` / ``modules_to_save`` list, for each module, its shortest dotted suffix
-that no other module of the model ends with (PEFT matches these lists by suffix), so they
-hold for the checkpoint names and for the in-memory names of transformers >= 4.52 alike.
+``target_modules`` / ``modules_to_save`` list the shortest dotted suffixes that select exactly
+the adapted / fully trained modules among all modules of the model, containers included
+(PEFT matches these lists by suffix), so they hold for the checkpoint names and for the
+in-memory names of transformers >= 4.52 alike; ``modules_to_save`` names whole modules
+(``merger``) where all of a module's parameters are trained.
 Framework-free: numpy and safetensors.
 """
 from __future__ import annotations
@@ -151,7 +153,7 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
         raise ValueError("no LoRA modules to write")
     pairs = _fuse_qkv(modules, naming)
     hf_params = {_fused_param(n, naming) for n in all_parameters}
-    owners = sorted({p.rpartition(".")[0] for p in hf_params})
+    modules = sorted({".".join(p.split(".")[:k]) for p in hf_params for k in range(1, p.count(".") + 1)})
     tensors: Dict[str, np.ndarray] = {}
     for hf, m in pairs:
         tensors[f"{PREFIX}{hf}.lora_A.weight"] = np.ascontiguousarray(m.lora_A, np.float32)
@@ -165,10 +167,10 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
     for r, alpha in settings:  # modules whose r / alpha differ from the top-level ones
         if (r, alpha) != (top_r, top_alpha):
             group = {hf for hf, m in pairs if (m.r, m.alpha) == (r, alpha)}
-            for suffix in shortest_unique_suffixes(sorted(group), [o for o in owners if o not in group]):
+            for suffix in shortest_unique_suffixes(sorted(group), [o for o in modules if o not in group]):
                 rank_pattern[re.escape(suffix)], alpha_pattern[re.escape(suffix)] = r, alpha
     targeted = {hf for hf, _ in pairs}
-    saved = {n.rpartition(".")[0] for n in full_hf}
+    saved = _whole_modules(set(full_hf), hf_params)
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -176,10 +178,10 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
         "r": top_r,
         "lora_alpha": top_alpha,
         "lora_dropout": max(m.dropout for _, m in pairs),
-        "target_modules": shortest_unique_suffixes(sorted(targeted), [o for o in owners if o not in targeted]),
+        "target_modules": shortest_unique_suffixes(sorted(targeted), [o for o in modules if o not in targeted]),
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
-        "modules_to_save": shortest_unique_suffixes(sorted(saved), [o for o in owners if o not in saved]) or None,
+        "modules_to_save": shortest_unique_suffixes(sorted(saved), [o for o in modules if o not in saved]) or None,
         "bias": "none",
         "fan_in_fan_out": False,
         "init_lora_weights": True,
@@ -201,6 +203,22 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
             os.fsync(f.fileno())
         os.replace(path + f".tmp-{os.getpid()}", path)
     return directory
+
+
+def _whole_modules(saved: set, params: set) -> set:
+    """The largest modules all of whose parameters are in ``saved`` (``visual.merger`` rather
+    than its layers), each saved parameter covered by one."""
+    out = set()
+    for name in saved:
+        parts, best = name.split("."), name.rpartition(".")[0]
+        for k in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:k]) + "."
+            if all(p in saved for p in params if p.startswith(prefix)):
+                best = prefix[:-1]
+            else:
+                break
+        out.add(best)
+    return out
 
 
 def _fused_param(name: str, naming: AdapterNaming) -> str:

@@ -294,6 +294,8 @@ def test_train_args_lora_and_save_total_limit():
     assert (args.lora.r, args.lora.lora_alpha, args.lora.lora_dropout, args.lora.target_modules) == (128, 256.0, 0.05, ("wqkv", "wo"))
     assert args.save_total_limit == 2
     assert parse_train_args(base + ["--lora-r", "8", "--lora-target-modules", "all-linear"]).lora.target_modules == "all-linear"
+    assert parse_train_args(base + ["--lora-r", "8", "--lora-target-modules", "self_attn.q_proj"]).lora.target_modules == ("self_attn.q_proj",)
+    assert parse_train_args(base + ["--lora-r", "8", "--lora-target-modules", r".*\.(q|v)_proj"]).lora.target_modules == r".*\.(q|v)_proj"
     assert parse_train_args(base).lora is None
     for extra, message in ((["--lora-alpha", "16"], "--lora-alpha need --lora-r"),
                            (["--lora-r", "-1"], "--lora-r: must be a positive integer"),
@@ -312,3 +314,42 @@ def test_prune_checkpoints_keeps_the_newest_and_the_tracked(tmp_path):
     removed = prune_checkpoints(str(tmp_path), 2)
     assert sorted(os.path.basename(r) for r in removed) == ["iter_0000006"]
     assert sorted(os.listdir(tmp_path)) == ["iter_0000003", "iter_0000009", "iter_0000012", TRACKER]
+
+
+def test_qwen2_vl_adapter_loads_into_peft(tmp_path):
+    """Qwen2-VL (Hub names): LoRA on the decoder (all-linear) and the ViT's fused attn.qkv,
+    merger trained in full; PeftModel.from_pretrained of the written files gives msmm's logits."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    import test_qwen2_vl as q
+
+    hf = q.hf_model("qwen2_vl")
+    path = str(tmp_path / "hf")
+    hf.save_pretrained(path, safe_serialization=True)
+    model = q.msmm_model(path)
+    torch_lora.apply_lora(model, [model.model, model.lm_head], LoRAConfig(r=4, lora_alpha=8))
+    torch_lora.apply_lora(model, [model.visual.blocks], LoRAConfig(r=2, lora_alpha=2, target_modules=("attn.qkv",)))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in torch_lora.lora_layers(model):
+            layer.lora_B.weight.copy_(0.1 * torch.randn(layer.lora_B.weight.shape, generator=gen))
+        for p in model.visual.merger.parameters():
+            p.add_(0.1)  # as if trained in full
+    for p in model.visual.patch_embed.parameters():
+        p.requires_grad = False
+    for p in model.visual.merger.parameters():
+        p.requires_grad = True
+    AdapterWriter(model, AdapterNaming("qwen2_vl"), path)(str(tmp_path / "adapter"))
+    config, tensors = read_adapter(str(tmp_path / "adapter"))
+    assert "visual.blocks.0.attn.qkv.lora_A.weight" in tensors and "model.layers.1.mlp.down_proj.lora_B.weight" in tensors
+    assert config["modules_to_save"] == ["merger"] and not any("lm_head" in k for k in tensors)
+    loaded = peft.PeftModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(path), str(tmp_path / "adapter"))
+    batch = q.make_inputs(np.random.default_rng(0), q.CASES["one_image"])
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        theirs = loaded(**{k: torch.tensor(v) for k, v in batch.items() if k != "labels"}, use_cache=False).logits.numpy()
+    ours = q.msmm_run(model, batch).logits
+    err = float(np.abs(ours - theirs)[batch["attention_mask"].astype(bool)].max())
+    print(f"\nQwen2-VL: PEFT from_pretrained vs msmm logits max abs err {err:.2e}")
+    assert err <= 1e-4
