@@ -30,8 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ColumnParallelLinear, RowParallelLinear
 from msmm.config.lora_config import ALL_LINEAR, LoRAConfig
+
+from .core import ColumnParallelLinear, RowParallelLinear
 from .quant import dequantize_int8, dequantize_nf4, nf4_byte_table, quantize_int8, quantize_nf4
 
 OUTPUT_HEADS = ("lm_head", "output")
