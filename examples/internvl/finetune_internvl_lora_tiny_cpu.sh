@@ -4,7 +4,7 @@
 # on the InternViT from the "lora" block of model.json, the projector trained in full. Every
 # checkpoint holds the PEFT adapter files (adapter_config.json, adapter_model.safetensors);
 # --save-total-limit keeps the newest two. LORA_QUANTIZE=int8|nf4 stores the frozen text weights
-# quantized (QLoRA-style); LORA_DROPOUT (default 0.05) sets --lora-dropout.
+# quantized (QLoRA-style); LORA_DROPOUT (default 0.05) is the dropout of both adapters.
 set -e
 export GLOG_v=${GLOG_v:-3}
 export TOKENIZERS_PARALLELISM=false
@@ -22,7 +22,8 @@ TRAIN_ITERS=${TRAIN_ITERS:-9}
 GLOBAL_BATCH=${GLOBAL_BATCH:-4}
 LOAD_ARGS=${LOAD_ARGS:-}  # e.g. "--load path/to/hf_checkpoint" (then the adapter names follow its layout)
 EXTRA_ARGS=${EXTRA_ARGS:-}
-python examples/tiny/make_tiny_assets.py --family internvl --vision-lora --out "$TINY_DIR"
+python examples/tiny/make_tiny_assets.py --family internvl --vision-lora --vision-lora-dropout ${LORA_DROPOUT:-0.05} \
+    --out "$TINY_DIR"
 MM_DATA="$TINY_DIR/data.json"
 MM_MODEL="$TINY_DIR/model.json"
 

@@ -197,8 +197,8 @@ VISION_LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.05,
                "target_modules": ["q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"]}
 
 
-def add_vision_lora(model_json: dict) -> dict:
-    model_json["image_encoder"]["vision_encoder"]["lora"] = dict(VISION_LORA)
+def add_vision_lora(model_json: dict, dropout: float) -> dict:
+    model_json["image_encoder"]["vision_encoder"]["lora"] = dict(VISION_LORA, lora_dropout=dropout)
     return model_json
 
 
@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--vision-lora", action="store_true", help="add a lora block to the vision encoder (internvl)")
+    parser.add_argument("--vision-lora-dropout", type=float, default=VISION_LORA["lora_dropout"])
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -225,7 +226,7 @@ def main() -> None:
     if args.vision_lora:
         if args.family != "internvl":
             parser.error("--vision-lora: only for --family internvl")
-        model = add_vision_lora(model)
+        model = add_vision_lora(model, args.vision_lora_dropout)
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump(model, f, indent=2)
     with open(os.path.join(out, "data.json"), "w") as f:
