@@ -191,6 +191,17 @@ def llava_data_json(directory: str, annotation: str) -> dict:
     }
 
 
+# LoRA on the InternViT (XTuner's visual_encoder_lora targets: attn.qkv, attn.proj, mlp.fc1, mlp.fc2,
+# here in msmm's names); LoRA on the text decoder comes from msmm-train's --lora-* arguments
+VISION_LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.05,
+               "target_modules": ["q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"]}
+
+
+def add_vision_lora(model_json: dict, dropout: float) -> dict:
+    model_json["image_encoder"]["vision_encoder"]["lora"] = dict(VISION_LORA, lora_dropout=dropout)
+    return model_json
+
+
 FAMILIES = {
     "qwen2vl": (qwen2vl_model_json, qwen2vl_data_json),
     "internvl": (internvl_model_json, internvl_data_json),
@@ -203,14 +214,21 @@ def main() -> None:
     parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2vl")
     parser.add_argument("--out", required=True)
     parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--vision-lora", action="store_true", help="add a lora block to the vision encoder (internvl)")
+    parser.add_argument("--vision-lora-dropout", type=float, default=VISION_LORA["lora_dropout"])
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     ids = write_tokenizer(os.path.join(out, "tokenizer"), args.family)
     annotation = write_data(out, args.samples, np.random.default_rng(0), args.family)
     model_json, data_json = FAMILIES[args.family]
+    model = model_json(ids)
+    if args.vision_lora:
+        if args.family != "internvl":
+            parser.error("--vision-lora: only for --family internvl")
+        model = add_vision_lora(model, args.vision_lora_dropout)
     with open(os.path.join(out, "model.json"), "w") as f:
-        json.dump(model_json(ids), f, indent=2)
+        json.dump(model, f, indent=2)
     with open(os.path.join(out, "data.json"), "w") as f:
         json.dump(data_json(out, annotation), f, indent=2)
     print(f"tiny {args.family} assets in {out}")

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load")
     g.add_argument("--save")
     g.add_argument("--save-interval", type=int)
+    g.add_argument("--save-total-limit", type=int, help="keep only the newest K checkpoints (iter_* directories)")
     g.add_argument("--exit-interval", type=int)
     g.add_argument("--finetune", action="store_true", help="load weights only and start at iteration 0")
     for flag in ("--no-load-optim", "--no-load-rng", "--no-save-optim", "--no-save-rng"):
@@ -88,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-tps", action="store_true")
     g.add_argument("--log-dir", help="JSONL log, TensorBoard events, loss curve (default: --save, else ./logs)")
     g.add_argument("--tensorboard-dir", help="alias of --log-dir")
+    g = p.add_argument_group("LoRA on the text decoder (MindSpeed-LLM names; model.json 'lora' blocks configure any section)")
+    g.add_argument("--lora-r", type=int, help="LoRA rank; switches LoRA on for text_decoder")
+    g.add_argument("--lora-alpha", type=float, help="LoRA alpha (scaling alpha / r; default 2 r)")
+    g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0)")
+    g.add_argument("--lora-target-modules", nargs="+", help="module names (suffix match: q_proj self_attn.v_proj), one regular expression, or all-linear (default)")
+    g.add_argument("--lora-modules-to-save", nargs="+", help="text_decoder modules trained in full (e.g. embed_tokens lm_head)")
+    g.add_argument("--lora-quantize", choices=("int8", "nf4"), help="store the frozen base weights quantized (QLoRA-style)")
     g = p.add_argument_group("accepted for compatibility")
     for flag in NO_EFFECT_FLAGS:
         if flag not in p._option_string_actions:
@@ -145,6 +153,36 @@ def _validate(args: argparse.Namespace, argv: List[str]) -> None:
             fail(f"{flag} {value}: only data parallelism is implemented (tensor/pipeline/context parallel sizes must be 1)")
     if (args.recompute_method or args.recompute_num_layers) and args.recompute_granularity != "full":
         fail("--recompute-method / --recompute-num-layers need --recompute-granularity full")
+    if args.save_total_limit is not None and (args.save_total_limit <= 0 or not args.save):
+        fail(f"--save-total-limit must be positive and needs --save, got {args.save_total_limit}")
+    args.lora = _lora_from_args(args, fail)
     args.ignored = sorted({t.split("=", 1)[0] for t in argv if t.split("=", 1)[0] in NO_EFFECT_FLAGS + NO_EFFECT_VALUES})
     args.loss_reduction = "token" if args.calculate_per_token_loss else "sample" if args.calculate_per_sample_loss else "micro_batch"
     args.log_dir = args.log_dir or args.tensorboard_dir
+
+
+LORA_FLAGS = ("lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "lora_quantize")
+
+
+def _lora_from_args(args: argparse.Namespace, fail):
+    """The --lora-* arguments as a ``LoRAConfig`` for text_decoder (None without --lora-r)."""
+    from msmm.config.lora_config import LoRAConfig
+
+    if args.lora_r is None:
+        given = [f"--{n.replace('_', '-')}" for n in LORA_FLAGS if getattr(args, n) is not None]
+        if given:
+            fail(f"{', '.join(given)} need --lora-r")
+        return None
+    targets = args.lora_target_modules
+    if targets is not None and len(targets) == 1 and (targets[0] == "all-linear" or set(targets[0]) & set("*+?[](){}|^$\\")):
+        targets = targets[0]  # all-linear, or one regular expression
+    options = dict(r=args.lora_r, lora_alpha=2.0 * args.lora_r if args.lora_alpha is None else args.lora_alpha,
+                   lora_dropout=args.lora_dropout or 0.0, target_modules=targets,
+                   modules_to_save=tuple(args.lora_modules_to_save or ()), quantize=args.lora_quantize)
+    try:
+        return LoRAConfig(**options)
+    except ValueError as err:
+        field, _, message = str(err).partition(": ")
+        flag = {"r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
+                "target_modules": "--lora-target-modules", "modules_to_save": "--lora-modules-to-save"}.get(field, field)
+        fail(f"{flag}: {message}")

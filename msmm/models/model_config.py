@@ -39,6 +39,8 @@ from .checkpoint_io import load_hf_checkpoint
 from .core import TransformerConfig
 from .internvl import InternVL, InternVLConfig, load_internvl_checkpoint
 from .llava import Llava, LlavaConfig, load_llava_checkpoint
+from .lora import apply_lora
+from msmm.config.lora_config import LoRAConfig
 from .qwen2_vl import Qwen2VL, Qwen2VLConfig
 from .vision.qwen2_vit import QwenViTConfig
 from .vision.vit import ViTConfig
@@ -85,6 +87,28 @@ class Section:
     model_id: str
     freeze: bool
     config: Dict[str, Any]  # validated keyword arguments of the section's dataclass
+    lora: Optional[LoRAConfig] = None  # the section's ``lora`` block (LoRA on its linear layers)
+
+
+# sections that take a ``lora`` block (XTuner's llm_lora and visual_encoder_lora)
+LORA_SECTIONS = ("text_decoder", "image_encoder.vision_encoder")
+_LORA_KEYS = {f.name for f in dataclasses.fields(LoRAConfig)}
+
+
+def parse_lora_block(raw: Any, where: str) -> LoRAConfig:
+    """A ``lora`` block ({"r": 128, "alpha": 256, "dropout": 0.05, "target_modules": [...]});
+    errors name ``where.lora.<key>``."""
+    where = f"{where}.lora"
+    if not isinstance(raw, dict):
+        raise ModelConfigError(f"{where}: expected an object, got {raw!r}")
+    for key in raw:
+        if key not in _LORA_KEYS:
+            close = difflib.get_close_matches(key, sorted(_LORA_KEYS), n=1)
+            raise ModelConfigError(f"{where}.{key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    try:
+        return LoRAConfig(**raw)
+    except ValueError as err:
+        raise ModelConfigError(f"{where}.{err}") from err
 
 
 @dataclass
@@ -169,8 +193,14 @@ def _parse_section(path: str, raw: Any, source: str) -> Section:
     if model_id not in choices:
         raise ModelConfigError(f"{where}.model_id: must be one of {sorted(choices)}, got {model_id!r}")
     freeze = _check_type(body.pop("freeze", False), bool, f"{where}.freeze")
+    lora = None
+    if "lora" in body:
+        if path not in LORA_SECTIONS:
+            raise ModelConfigError(f"{where}.lora: LoRA is configured on {' and '.join(LORA_SECTIONS)} only")
+        raw_lora = body.pop("lora")
+        lora = None if raw_lora is None else parse_lora_block(raw_lora, where)
     cls, skip = choices[model_id]
-    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip))
+    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip), lora)
 
 
 # top-level model_id -> (required sections, top-level scalar keys with types, builder)
@@ -233,6 +263,22 @@ def build_model(config: ModelConfig) -> nn.Module:
                 for p in module.parameters():
                     p.requires_grad = False
     return model
+
+
+def apply_lora_config(model: nn.Module, config: ModelConfig) -> Dict[str, list]:
+    """Put LoRA layers on every section with a ``lora`` block (after pretrained weights are
+    loaded: a quantized base is quantized from them). The section's base weights are frozen
+    whatever its ``freeze``; its adapters (and ``modules_to_save``) train. Returns
+    {section path: adapted module names}."""
+    adapted = {}
+    for path, section in config.sections.items():
+        if section.lora is not None:
+            roots = FREEZE_TARGETS[config.model_id][path](model)
+            try:
+                adapted[path] = apply_lora(model, roots, section.lora, where=f"{path}.lora")
+            except ValueError as err:
+                raise ModelConfigError(f"{config.source}: {err}") from err
+    return adapted
 
 
 def _require_model_ids(config: ModelConfig, allowed: Mapping[str, Tuple[str, ...]]) -> None:

@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -62,8 +62,10 @@ def _write_json(path: str, value: Any) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(root: str, state: CheckpointState) -> str:
-    """Write ``state`` under ``root`` atomically; returns the iteration directory."""
+def save_checkpoint(root: str, state: CheckpointState, write_extra: Optional[Callable[[str], None]] = None) -> str:
+    """Write ``state`` under ``root`` atomically; returns the iteration directory.
+    ``write_extra(directory)`` adds files to the iteration directory before it takes its
+    name (the LoRA adapter files), so they are part of the same atomic save."""
     os.makedirs(root, exist_ok=True)
     final = iteration_dir(root, state.iteration)
     for name in os.listdir(root):  # what an interrupted save left behind
@@ -88,6 +90,8 @@ def save_checkpoint(root: str, state: CheckpointState) -> str:
         **state.extra,
     })
     _fsync_dir(shard)
+    if write_extra is not None:
+        write_extra(tmp)
     _fsync_dir(tmp)
     if os.path.exists(final):  # re-saving an iteration: move the old one out of the way first
         stale = final + f".old-{os.getpid()}"
@@ -105,6 +109,30 @@ def save_checkpoint(root: str, state: CheckpointState) -> str:
     os.replace(tracker_tmp, os.path.join(root, TRACKER))
     _fsync_dir(root)
     return final
+
+
+def prune_checkpoints(root: str, keep: int) -> List[str]:
+    """Delete all but the newest ``keep`` ``iter_*`` directories (``--save-total-limit``);
+    the one the tracker file names is always kept. Returns the deleted directories."""
+    iterations = sorted(int(n[5:]) for n in os.listdir(root) if n.startswith("iter_") and n[5:].isdigit())
+    tracked = None
+    tracker = os.path.join(root, TRACKER)
+    if os.path.isfile(tracker):
+        with open(tracker) as f:
+            text = f.read().strip()
+        tracked = int(text) if text.isdigit() else None
+    stale = [i for i in iterations[:-keep] if i != tracked] if keep > 0 else []
+    removed = []
+    for i in stale:
+        shutil.rmtree(iteration_dir(root, i))
+        removed.append(iteration_dir(root, i))
+    return removed
+
+
+def read_metadata(path: str) -> Dict[str, Any]:
+    """metadata.json of the checkpoint ``--load path`` points at (no tensors read)."""
+    with open(os.path.join(resolve_load_dir(path), "mp_rank_00", METADATA)) as f:
+        return json.load(f)
 
 
 def resolve_load_dir(path: str) -> str:

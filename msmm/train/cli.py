@@ -10,6 +10,7 @@ safetensors) it loads the pretrained weights, before any graph is compiled.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -35,6 +36,23 @@ def apply_recompute(model, granularity: Optional[str]) -> int:
     return count
 
 
+def adapter_writer(model, model_config, hf_dir: Optional[str], resumed: Optional[dict]):
+    """The PEFT adapter writer of a LoRA run: names in the layout of the HF checkpoint the
+    base came from (``--load`` HF directory; on resume, what the first run recorded)."""
+    from msmm.convert.peft_adapter import AdapterNaming
+    from msmm.train.adapter import AdapterWriter
+
+    if resumed is not None:
+        base, layout = resumed.get("lora_base"), resumed.get("lora_layout", "hf")
+    else:
+        base, layout = hf_dir, "hf"
+        if hf_dir is not None and model_config.model_id == "internvl":
+            with open(os.path.join(hf_dir, "config.json")) as f:
+                layout = "remote" if "llm_config" in json.load(f) else "hf"
+    naming = AdapterNaming(model_config.model_id, layout, model_config.sections["text_decoder"].model_id)
+    return AdapterWriter(model, naming, base)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from msmm.config.train_args import TrainArgsError, parse_train_args
 
@@ -49,9 +67,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     hook.install(["msmm.models"])
     from msmm.config.data_config import load_data_config
     from msmm.data.build import build_dataloader
-    from msmm.models.model_config import build_model, load_model_config, load_pretrained
+    from msmm.models.model_config import (ModelConfigError, apply_lora_config, build_model, load_model_config,
+                                          load_pretrained)
 
-    from msmm.train.checkpoint import is_msmm_checkpoint
+    from msmm.train.checkpoint import is_msmm_checkpoint, read_metadata
     from msmm.train.distributed import init_world
     from msmm.train.trainer import TrainConfig, Trainer
 
@@ -60,6 +79,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     np.random.seed(args.seed)
     mindspore.set_seed(args.seed)
     model_config = load_model_config(args.mm_model)
+    if args.lora is not None:
+        text = model_config.sections["text_decoder"]
+        if text.lora is not None:
+            raise ModelConfigError(f"{args.mm_model}: text_decoder.lora and --lora-r both configure LoRA on the text "
+                                   "decoder; give one")
+        text.lora = args.lora
     model = build_model(model_config)
     resume = args.load is not None and is_msmm_checkpoint(args.load)
     if args.load and not resume:
@@ -67,6 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise FileNotFoundError(f"--load {args.load}: neither an msmm checkpoint (latest_checkpointed_iteration.txt) "
                                     "nor an HF checkpoint (config.json + safetensors)")
         load_pretrained(model, model_config, args.load)
+    adapted = apply_lora_config(model, model_config)  # after the HF weights: a quantized base is made from them
     if args.bf16 or args.fp16:
         model.to(mindspore.bfloat16 if args.bf16 else mindspore.float16)  # before compiling
     apply_recompute(model, args.recompute_granularity)
@@ -87,10 +113,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log_interval=args.log_interval, log_tps=args.log_tps, log_dir=args.log_dir or args.save or "logs",
         save=args.save, save_interval=args.save_interval, save_optim=not args.no_save_optim,
         save_rng=not args.no_save_rng, load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
-        exit_interval=args.exit_interval, finetune=args.finetune,
+        exit_interval=args.exit_interval, finetune=args.finetune, save_total_limit=args.save_total_limit,
     )
     arguments = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
-    trainer = Trainer(model, config, loader, world, arguments=arguments)
+    writer = None
+    if adapted:
+        writer = adapter_writer(model, model_config, args.load if args.load and not resume else None,
+                                read_metadata(args.load).get("arguments", {}) if resume else None)
+        arguments.update(lora_base=writer.base_model_name_or_path, lora_layout=writer.naming.layout)
+    trainer = Trainer(model, config, loader, world, arguments=arguments, adapter_writer=writer)
+    if adapted:
+        trainable = sum(int(np.prod(p.shape)) for _, p in trainer.named)
+        total = sum(int(np.prod(p.shape)) for _, p in model.named_parameters())
+        trainer.logger.info(f"LoRA on {', '.join(f'{k} ({len(v)} layers)' for k, v in adapted.items())}: "
+                            f"{trainable} trainable of {total} parameters")
     if args.ignored:
         trainer.logger.info(f"msmm-train: no effect here (msmm picks kernels itself): {', '.join(args.ignored)}")
     if resume:

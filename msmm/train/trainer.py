@@ -48,6 +48,7 @@ class TrainConfig:
     log_dir: Optional[str] = None
     save: Optional[str] = None
     save_interval: Optional[int] = None
+    save_total_limit: Optional[int] = None  # keep the newest K iteration directories
     save_optim: bool = True
     save_rng: bool = True
     load_optim: bool = True
@@ -144,6 +145,15 @@ class InputBuilder:
         return out
 
 
+def unique_parameter_names(model: nn.Cell) -> None:
+    """Give every Parameter its full dotted name. Layers swapped in after construction
+    (LoRA) carry names relative to their parent, and ParameterTuple needs unique names."""
+    named = list(model.parameters_and_names())
+    if len({p.name for _, p in named}) < len(named):
+        for name, p in named:
+            p.name = name
+
+
 def trainable_parameters(model: nn.Cell) -> List:
     """(name, Parameter) of the parameters that get gradients: frozen ones are left out."""
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -152,14 +162,17 @@ def trainable_parameters(model: nn.Cell) -> List:
 class Trainer:
     def __init__(self, model: nn.Cell, config: TrainConfig, source: BatchSource, world: World = World(),
                  inputs: Optional[Callable[[Batch], Dict[str, Tensor]]] = None,
-                 arguments: Optional[Dict[str, Any]] = None) -> None:
+                 arguments: Optional[Dict[str, Any]] = None,
+                 adapter_writer: Optional[Callable[[str], Any]] = None) -> None:
         self.model, self.config, self.world = model, config, world
+        self.adapter_writer = adapter_writer  # writes PEFT adapter files into each checkpoint
         self.stream = MicroBatchStream(source)
         self.inputs = inputs or InputBuilder(model, seq_length=config.seq_length)
         self.micro_batches = config.micro_batches_per_step(world.size)
         self.schedule = LRSchedule.from_fraction(
             config.lr, config.min_lr, config.lr_decay_iters or config.train_iters,
             config.lr_warmup_fraction, config.lr_decay_style)
+        unique_parameter_names(model)
         self.named = trainable_parameters(model)
         self.optimizer = AdamW(self.named, config.weight_decay, (config.adam_beta1, config.adam_beta2), config.adam_eps)
         self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad)
@@ -241,8 +254,12 @@ class Trainer:
             data=self.stream.state_dict(),
             extra={"arguments": self.arguments, "train_config": asdict(c), "world_size": self.world.size},
         )
-        path = ckpt.save_checkpoint(c.save, state)
-        self.logger.info(f"saved checkpoint at iteration {self.iteration} to {path}")
+        path = ckpt.save_checkpoint(c.save, state, self.adapter_writer)
+        self.logger.info(f"saved checkpoint at iteration {self.iteration} to {path}"
+                         + (" (with PEFT adapter files)" if self.adapter_writer else ""))
+        if c.save_total_limit:
+            for old in ckpt.prune_checkpoints(c.save, c.save_total_limit):
+                self.logger.info(f"--save-total-limit {c.save_total_limit}: removed {old}")
         return path
 
     def load(self, path: str) -> None:

@@ -34,7 +34,7 @@ from parity_utils import RunResult
 MODES = ("pynative", "graph")
 PACKAGE = "msmm.models"
 MODULES = (
-    "checkpoint_io", "internvl", "llava", "qwen2_vl", "text",
+    "checkpoint_io", "internvl", "llava", "lora", "quant", "qwen2_vl", "text",
     "text.decoder", "text.internlm2", "text.llama", "text.qwen2",
 )
 

@@ -1,0 +1,263 @@
+"""LoRA adapters in HF PEFT's file layout, named as the HF checkpoint the base came from.
+
+    ADAPTER_DIR/
+      adapter_config.json          peft_type "LORA", r, lora_alpha, lora_dropout, target_modules,
+                                   rank_pattern, alpha_pattern, modules_to_save, bias "none",
+                                   base_model_name_or_path, ...
+      adapter_model.safetensors    base_model.model.<HF module>.lora_A.weight  [r, in]
+                                   base_model.model.<HF module>.lora_B.weight  [out, r]
+                                   base_model.model.<HF parameter>             (modules_to_save)
+
+``<HF module>`` is the module's name in the checkpoint layout the base was loaded from
+(``msmm.convert.families``: e.g. InternVL HF-native ``language_model.model.layers.0.self_attn.q_proj``
+or remote-code ``vision_model.encoder.layers.0.attn.qkv``). The delta of a module is
+``(lora_alpha / r) * lora_B @ lora_A`` with the module's ``r`` / ``lora_alpha`` from
+``rank_pattern`` / ``alpha_pattern`` when listed there (PEFT's rule: pattern ``p`` applies to
+a module whose name matches ``(.*\\.)?(p)$``), else the top-level ones.
+
+Where msmm keeps separate q/k/v projections but the layout fuses them (InternVL remote-code
+``attn.qkv``), the three adapters are written as one of rank 3r: ``lora_A`` the three A
+stacked [3r, in], ``lora_B`` block-diagonal [3 out, 3r], ``lora_alpha`` 3 alpha, so the
+scaling and the delta are exactly those of the three.
+
+``target_modules`` / ``modules_to_save`` list the shortest dotted suffixes that select exactly
+the adapted / fully trained modules among all modules of the model, containers included
+(PEFT matches these lists by suffix), so they hold for the checkpoint names and for the
+in-memory names of transformers >= 4.52 alike; ``modules_to_save`` names whole modules
+(``merger``) where all of a module's parameters are trained.
+Framework-free: numpy and safetensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .families import FamilySpec, Group, InternVLFamily, LlavaFamily, Qwen2_5_VLFamily, Qwen2VLFamily, rename
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+FAMILIES: Dict[str, FamilySpec] = {"qwen2_vl": Qwen2VLFamily(), "qwen2_5_vl": Qwen2_5_VLFamily(),
+                                   "internvl": InternVLFamily(), "llava": LlavaFamily()}
+QKV_PARTS = ("q_proj", "k_proj", "v_proj")
+
+
+@dataclass
+class LoRAModule:
+    """One adapted msmm module: its name, rank, alpha, dropout and the two matrices."""
+
+    name: str
+    r: int
+    alpha: float
+    dropout: float
+    lora_A: np.ndarray
+    lora_B: np.ndarray
+
+
+class AdapterNaming:
+    """msmm names -> the HF checkpoint names of one family and layout."""
+
+    def __init__(self, model_id: str, layout: str = "hf", text_model_id: Optional[str] = None) -> None:
+        if model_id not in FAMILIES:
+            raise ValueError(f"no PEFT naming for model_id {model_id!r}; known: {sorted(FAMILIES)}")
+        spec = FAMILIES[model_id]
+        if layout not in spec.family.groups:
+            raise ValueError(f"model_id {model_id!r} has no checkpoint layout {layout!r}; "
+                             f"known: {sorted(spec.family.groups)}")
+        cfg = {"llm_config": {"model_type": text_model_id}} if text_model_id else {}
+        self.groups: List[Group] = spec.groups(cfg, layout)
+        self.unfuse = spec.family.unfuse.get(layout, [])
+        self.model_id, self.layout = model_id, layout
+
+    def parameter(self, name: str) -> str:
+        hf = rename(name, self.groups, to_mm=False)
+        if hf is None:
+            raise KeyError(f"{name!r} has no name in the {self.model_id} {self.layout!r} checkpoint layout")
+        return hf
+
+    def module(self, name: str) -> str:
+        return self.parameter(name + ".weight")[: -len(".weight")]
+
+    def fused_qkv(self, name: str) -> Optional[Tuple[str, str]]:
+        """(stem, part) when ``name`` (stem.q_proj / k_proj / v_proj) is stored fused as stem.qkv."""
+        stem, _, part = name.rpartition(".")
+        if part in QKV_PARTS and any(u.mm.match(f"{stem}.qkv.weight") for u in self.unfuse):
+            return stem, part
+        return None
+
+
+def shortest_unique_suffixes(names: Sequence[str], others: Sequence[str]) -> List[str]:
+    """The shortest dotted suffixes that together match all of ``names`` and none of
+    ``others`` (PEFT's rule: suffix ``s`` matches ``n`` when ``n == s`` or ``n`` ends with ``"." + s``)."""
+    def matches(suffix: str, name: str) -> bool:
+        return name == suffix or name.endswith("." + suffix)
+
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-k:])
+            if not any(matches(suffix, o) for o in others):
+                break
+        out.add(suffix)
+    return sorted(out)
+
+
+def _block_diag(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    rows, cols = sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)
+    out = np.zeros((rows, cols), blocks[0].dtype)
+    i = j = 0
+    for b in blocks:
+        out[i:i + b.shape[0], j:j + b.shape[1]] = b
+        i, j = i + b.shape[0], j + b.shape[1]
+    return out
+
+
+def _fuse_qkv(modules: List[LoRAModule], naming: AdapterNaming) -> List[Tuple[str, LoRAModule]]:
+    """(HF module name, adapter) pairs; q/k/v adapters of a fused layout combined into one."""
+    out, groups = [], {}
+    for m in modules:
+        fused = naming.fused_qkv(m.name)
+        if fused is None:
+            out.append((naming.module(m.name), m))
+        else:
+            groups.setdefault(fused[0], {})[fused[1]] = m
+    for stem, parts in groups.items():
+        if set(parts) != set(QKV_PARTS):
+            raise ValueError(f"{stem}: the {naming.layout!r} layout stores q/k/v fused as qkv; LoRA must target all of "
+                             f"{list(QKV_PARTS)} there, got {sorted(parts)}")
+        q, k, v = (parts[p] for p in QKV_PARTS)
+        if not (q.r == k.r == v.r and q.alpha == k.alpha == v.alpha):
+            raise ValueError(f"{stem}: q/k/v adapters of different r/alpha cannot be fused")
+        fused = LoRAModule(f"{stem}.qkv", 3 * q.r, 3 * q.alpha, q.dropout,
+                           np.concatenate([q.lora_A, k.lora_A, v.lora_A], axis=0),
+                           _block_diag([q.lora_B, k.lora_B, v.lora_B]))
+        out.append((naming.module(f"{stem}.qkv"), fused))
+    return out
+
+
+def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModule],
+                  full: Mapping[str, np.ndarray], all_parameters: Sequence[str],
+                  base_model_name_or_path: Optional[str] = None) -> str:
+    """Write ``modules`` (and the fully trained parameters ``full``, msmm names, as PEFT's
+    ``modules_to_save``) to ``directory``, each file atomically (temporary file + rename).
+    ``all_parameters``: every msmm parameter name of the base model (for unique suffixes)."""
+    if not modules:
+        raise ValueError("no LoRA modules to write")
+    pairs = _fuse_qkv(modules, naming)
+    hf_params = {_fused_param(n, naming) for n in all_parameters}
+    modules = sorted({".".join(p.split(".")[:k]) for p in hf_params for k in range(1, p.count(".") + 1)})
+    tensors: Dict[str, np.ndarray] = {}
+    for hf, m in pairs:
+        tensors[f"{PREFIX}{hf}.lora_A.weight"] = np.ascontiguousarray(m.lora_A, np.float32)
+        tensors[f"{PREFIX}{hf}.lora_B.weight"] = np.ascontiguousarray(m.lora_B, np.float32)
+    full_hf = _full_tensors(full, naming)
+    for name, value in full_hf.items():
+        tensors[PREFIX + name] = np.ascontiguousarray(value)
+    settings = Counter((m.r, m.alpha) for _, m in pairs)
+    (top_r, top_alpha), _ = settings.most_common(1)[0]
+    rank_pattern, alpha_pattern = {}, {}
+    for r, alpha in settings:  # modules whose r / alpha differ from the top-level ones
+        if (r, alpha) != (top_r, top_alpha):
+            group = {hf for hf, m in pairs if (m.r, m.alpha) == (r, alpha)}
+            for suffix in shortest_unique_suffixes(sorted(group), [o for o in modules if o not in group]):
+                rank_pattern[re.escape(suffix)], alpha_pattern[re.escape(suffix)] = r, alpha
+    targeted = {hf for hf, _ in pairs}
+    saved = _whole_modules(set(full_hf), hf_params)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": top_r,
+        "lora_alpha": top_alpha,
+        "lora_dropout": max(m.dropout for _, m in pairs),
+        "target_modules": shortest_unique_suffixes(sorted(targeted), [o for o in modules if o not in targeted]),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "modules_to_save": shortest_unique_suffixes(sorted(saved), [o for o in modules if o not in saved]) or None,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "revision": None,
+        "msmm": {"model_id": naming.model_id, "layout": naming.layout},
+    }
+    os.makedirs(directory, exist_ok=True)
+    weights, config_path = os.path.join(directory, ADAPTER_WEIGHTS), os.path.join(directory, ADAPTER_CONFIG)
+    save_file(tensors, weights + f".tmp-{os.getpid()}", metadata={"format": "pt"})
+    with open(config_path + f".tmp-{os.getpid()}", "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    for path in (weights, config_path):  # each file complete (fsynced) before it takes its name
+        with open(path + f".tmp-{os.getpid()}", "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(path + f".tmp-{os.getpid()}", path)
+    return directory
+
+
+def _whole_modules(saved: set, params: set) -> set:
+    """The largest modules all of whose parameters are in ``saved`` (``visual.merger`` rather
+    than its layers), each saved parameter covered by one."""
+    out = set()
+    for name in saved:
+        parts, best = name.split("."), name.rpartition(".")[0]
+        for k in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:k]) + "."
+            if all(p in saved for p in params if p.startswith(prefix)):
+                best = prefix[:-1]
+            else:
+                break
+        out.add(best)
+    return out
+
+
+def _fused_param(name: str, naming: AdapterNaming) -> str:
+    """HF name of an msmm parameter, q/k/v pieces of a fused layout named as the fused tensor."""
+    module, _, param = name.rpartition(".")
+    fused = naming.fused_qkv(module)
+    return naming.parameter(f"{fused[0]}.qkv.{param}" if fused else name)
+
+
+def _full_tensors(full: Mapping[str, np.ndarray], naming: AdapterNaming) -> Dict[str, np.ndarray]:
+    out: Dict[str, np.ndarray] = {}
+    pieces: Dict[str, Dict[str, np.ndarray]] = {}
+    for name, value in full.items():
+        module, _, param = name.rpartition(".")
+        fused = naming.fused_qkv(module)
+        if fused is None:
+            out[naming.parameter(name)] = value
+        else:
+            pieces.setdefault(f"{fused[0]}.qkv.{param}", {})[fused[1]] = value
+    for name, parts in pieces.items():
+        if set(parts) != set(QKV_PARTS):
+            raise ValueError(f"{name}: stored fused; q/k/v must all be trained in full or all frozen")
+        out[naming.parameter(name)] = np.concatenate([parts[p] for p in QKV_PARTS], axis=0)
+    return out
+
+
+def read_adapter(directory: str) -> Tuple[dict, Dict[str, np.ndarray]]:
+    """(adapter_config.json, {key without ``base_model.model.``: array}); errors name the file."""
+    config_path, weights_path = os.path.join(directory, ADAPTER_CONFIG), os.path.join(directory, ADAPTER_WEIGHTS)
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{directory}: no {os.path.basename(path)} (not a PEFT adapter directory)")
+    with open(config_path) as f:
+        config = json.load(f)
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{config_path}: peft_type {config.get('peft_type')!r}, expected 'LORA'")
+    tensors = {}
+    for key, value in load_file(weights_path).items():
+        if not key.startswith(PREFIX):
+            raise ValueError(f"{weights_path}: key {key!r} does not start with {PREFIX!r}")
+        tensors[key[len(PREFIX):]] = value
+    return config, tensors
