@@ -2,13 +2,15 @@
 ``python bucket_worker.py SPEC.json OUT.json``.
 
 SPEC: batches (npz of micro-batches b0_key...), config (TrainConfig fields), runs: a list of
-{"name", "bucket_tiles", "recompute"}; every run trains a tiny InternVL built from the same
-seed. OUT: per run the per-step losses and grad norms, the final weights' digest (sum and
-max abs value per parameter), the number of graphs compiled while training and the
-process's peak RSS growth.
+{"name", "bucket_tiles", "recompute"}, optionally model (a model.json dict; default a tiny
+InternVL); every run trains the model built from the same seed. OUT: per run the per-step
+losses and grad norms, the final weights' digest (sum and max abs value per parameter), the
+number of graphs compiled while training, how many cells were marked for recompute, and
+the process's peak RSS so far (MB).
 """
 import json
 import os
+import resource
 import sys
 
 os.environ.setdefault("GLOG_v", "3")
@@ -53,8 +55,8 @@ def main(spec_path: str, out_path: str) -> None:
     for run in spec["runs"]:
         mindspore.set_seed(0)
         np.random.seed(0)
-        model = build_model(parse_model_config(MODEL_JSON))
-        apply_recompute(model, run.get("recompute"))
+        model = build_model(parse_model_config(spec.get("model", MODEL_JSON)))
+        recomputed = apply_recompute(model, run.get("recompute"))
         config = TrainConfig(**spec["config"])
         inputs = InputBuilder(model, seq_length=config.seq_length, bucket_tiles=run.get("bucket_tiles", True))
         trainer = Trainer(model, config, ListSource(batches), inputs=inputs)
@@ -64,6 +66,8 @@ def main(spec_path: str, out_path: str) -> None:
             "loss": [r["loss"] for r in history],
             "grad_norm": [r["grad_norm"] for r in history],
             "compiles": len(graph_api.ms_compile_cache) - compiled,
+            "recomputed_cells": recomputed,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "weights": {n: [float(p.asnumpy().sum()), float(np.abs(p.asnumpy()).max())]
                         for n, p in model.parameters_and_names()},
         }

@@ -52,10 +52,10 @@ def make_batches(counts, seed=0):
     return batches
 
 
-def run_worker(tmp_path, batches, runs, **config):
+def run_worker(tmp_path, batches, runs, model=None, **config):
     arrays = {f"b{i}_{k}": v for i, b in enumerate(batches) for k, v in b.items()}
     np.savez(tmp_path / "batches.npz", **arrays)
-    spec = {"batches": str(tmp_path / "batches.npz"), "num_batches": len(batches), "runs": runs,
+    spec = {"batches": str(tmp_path / "batches.npz"), "num_batches": len(batches), "runs": runs, **({"model": model} if model else {}),
             "config": dict(dict(train_iters=len(batches), global_batch_size=2, micro_batch_size=2, lr=2e-3,
                                 weight_decay=0.1, clip_grad=1.0, seq_length=SEQ_LENGTH, log_interval=10**9), **config)}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
