@@ -6,7 +6,9 @@ own process (so peak RSS is its own): 3 warm-up steps (compilation), then the me
 timed steps. msmm's step is also split into its phases (compiled forward+backward, gradient
 norm, AdamW update) and torch eager's into forward+backward and clip+update. The machine is
 shared, so msmm and torch eager run alternately for ``--rounds`` rounds and the reported
-ratio is the median of the per-round ratios (torch.compile runs once).
+ratio is the median of the per-round ratios (torch.compile runs once); the ratio of CPU time
+per step (``time.process_time``, all threads) is reported too, being less sensitive to other
+processes than wall time.
 
     python benchmarks/train_step.py            # writes benchmarks/train_step.json
 """
@@ -84,8 +86,9 @@ def run_torch(name: str, compiled: bool) -> dict:
         return loss
 
     fb = torch.compile(fwd_bwd) if compiled else fwd_bwd
-    times, phases = [], {"forward_backward": [], "clip_and_update": []}
+    times, cpu, phases = [], [], {"forward_backward": [], "clip_and_update": []}
     for i in range(WARMUP + STEPS):
+        cpu0 = time.process_time()
         start = time.perf_counter()
         opt.zero_grad()
         fb()
@@ -95,9 +98,11 @@ def run_torch(name: str, compiled: bool) -> dict:
         end = time.perf_counter()
         if i >= WARMUP:
             times.append(end - start)
+            cpu.append(time.process_time() - cpu0)
             phases["forward_backward"].append(mid - start)
             phases["clip_and_update"].append(end - mid)
-    return {"step_s": statistics.median(times), "phases_s": {k: statistics.median(v) for k, v in phases.items()},
+    return {"step_s": statistics.median(times), "cpu_s": statistics.median(cpu),
+            "phases_s": {k: statistics.median(v) for k, v in phases.items()},
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -133,8 +138,9 @@ def run_msmm(name: str) -> dict:
                          micro_batch_size=CONFIGS[name]["batch"], lr=1e-5, log_interval=10**9)
     trainer = Trainer(model, config, Same())
     step, inputs = trainer.step_fn, InputBuilder(model)
-    times, phases = [], {"inputs_and_metadata": [], "forward_backward": [], "grad_norm": [], "adamw_update": []}
+    times, cpu, phases = [], [], {"inputs_and_metadata": [], "forward_backward": [], "grad_norm": [], "adamw_update": []}
     for i in range(WARMUP + STEPS):
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         tensors = inputs(batch)
         t1 = time.perf_counter()
@@ -147,9 +153,11 @@ def run_msmm(name: str) -> dict:
         t4 = time.perf_counter()
         if i >= WARMUP:
             times.append(t4 - t0)
+            cpu.append(time.process_time() - cpu0)
             for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 phases[key].append(dt)
-    return {"step_s": statistics.median(times), "phases_s": {k: statistics.median(v) for k, v in phases.items()},
+    return {"step_s": statistics.median(times), "cpu_s": statistics.median(cpu),
+            "phases_s": {k: statistics.median(v) for k, v in phases.items()},
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -185,6 +193,7 @@ def main() -> None:
             for backend, res in results_round.items():
                 if "step_s" in res:
                     print(f"{name:6s} round {r} {backend:14s} {tokens / res['step_s']:9.1f} tokens/s  step {res['step_s'] * 1000:8.1f} ms  "
+                          f"(CPU {res['cpu_s'] * 1000:8.1f} ms)  "
                           f"peak RSS {res['peak_rss_mb']:7.0f} MB  phases " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in res["phases_s"].items()),
                           flush=True)
                 else:
@@ -194,6 +203,7 @@ def main() -> None:
             if done:
                 step_s = statistics.median(d["step_s"] for d in done)
                 entry[backend] = {"step_s": step_s, "tokens_per_s": tokens / step_s,
+                                  "cpu_s": statistics.median(d["cpu_s"] for d in done),
                                   "peak_rss_mb": max(d["peak_rss_mb"] for d in done),
                                   "phases_s": {k: statistics.median(d["phases_s"][k] for d in done) for k in done[0]["phases_s"]}}
         ratios = [rd["torch_eager"]["step_s"] / rd["msmm"]["step_s"] for rd in entry["rounds"]
@@ -201,9 +211,13 @@ def main() -> None:
         if ratios:
             entry["msmm_over_torch_eager"] = statistics.median(ratios)
             entry["msmm_over_torch_eager_per_round"] = ratios
+            entry["msmm_over_torch_eager_cpu_time"] = statistics.median(
+                rd["torch_eager"]["cpu_s"] / rd["msmm"]["cpu_s"] for rd in entry["rounds"]
+                if "cpu_s" in rd.get("msmm", {}) and "cpu_s" in rd.get("torch_eager", {}))
         if "msmm" in entry and "torch_compile" in entry:
             entry["msmm_over_torch_compile"] = entry["msmm"]["tokens_per_s"] / entry["torch_compile"]["tokens_per_s"]
-        print(f"{name:6s} msmm / torch eager (median of {len(ratios)} rounds): {entry.get('msmm_over_torch_eager', float('nan')):.3f}", flush=True)
+        print(f"{name:6s} msmm / torch eager (median of {len(ratios)} rounds): wall {entry.get('msmm_over_torch_eager', float('nan')):.3f}, "
+              f"CPU time {entry.get('msmm_over_torch_eager_cpu_time', float('nan')):.3f}", flush=True)
         results["configs"][name] = entry
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

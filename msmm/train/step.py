@@ -39,9 +39,6 @@ class MicroResult:
     tokens: int  # counted (label) tokens
 
 
-JIT_OPTIONS: Dict[str, object] = {}  # keyword arguments of every mindspore.jit here
-
-
 class TrainStep(nn.Cell):
     """Owns the gradient buffer and the compiled graphs for ``model`` and ``optimizer``."""
 
@@ -58,11 +55,11 @@ class TrainStep(nn.Cell):
             for name, p in zip(optimizer.names, self.weights)])
         self._accumulating = False  # False: the next micro-batch overwrites the buffers
         self._grad_fn = mindspore.value_and_grad(self._loss, None, self.weights, has_aux=True)
-        self.micro_step_first = mindspore.jit(self._micro_step_first, **JIT_OPTIONS)
-        self.micro_step = mindspore.jit(self._micro_step, **JIT_OPTIONS)
-        self.grad_norm = mindspore.jit(self._grad_norm, **JIT_OPTIONS)
-        self.apply = mindspore.jit(self._apply, **JIT_OPTIONS)
-        self.sync_master = mindspore.jit(self._sync_master, **JIT_OPTIONS)
+        self.micro_step_first = mindspore.jit(self._micro_step_first)
+        self.micro_step = mindspore.jit(self._micro_step)
+        self.grad_norm = mindspore.jit(self._grad_norm)
+        self.apply = mindspore.jit(self._apply)
+        self.sync_master = mindspore.jit(self._sync_master)
         self.sync_master()
 
     def _loss(self, labels: Tensor, inputs: Dict[str, Tensor]):

@@ -14,7 +14,7 @@ from msmm.train.trainer import pad_tiles, tile_bucket
 from tiny_models import IMG_CONTEXT, INTERN_VOCAB, TILE, TOKENS_PER_TILE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TILE_COUNTS = [3, 4, 3, 5, 4, 6]  # tiles per micro-batch (2 rows), one micro-batch per step
+TILE_COUNTS = [3, 4, 3, 5]  # tiles per micro-batch (2 rows), one micro-batch per step
 SEQ_LENGTH = 40
 
 
