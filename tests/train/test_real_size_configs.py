@@ -6,7 +6,8 @@ Each model.json is checked three ways, without weights (the model is built on to
 1. it builds through ``model_config``'s validation;
 2. its vision / text dataclasses equal the ones our HF readers (``internvl_config_from_hf``,
    ``llava_config_from_hf``) make from the upstream architecture numbers in ``UPSTREAM``
-   below (written in each checkpoint's ``config.json`` spelling, with where each came from);
+   below (written in each checkpoint's ``config.json`` spelling, with where each came from),
+   and it passes the check ``--load`` makes against the checkpoint's ``config.json``;
 3. its parameter count is within 2% of the published size.
 
 Each launch script is run by bash with ``msrun`` replaced by a function that records its
@@ -27,7 +28,7 @@ from msmm.config.data_config import load_data_config
 from msmm.config.train_args import parse_train_args
 from msmm.models.internvl import internvl_config_from_hf
 from msmm.models.llava import llava_config_from_hf
-from msmm.models.model_config import build_model, load_model_config
+from msmm.models.model_config import build_model, check_text_decoder, load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -137,6 +138,7 @@ def test_model_json_matches_upstream_and_published_size(name):
         assert (ours.downsample_ratio, ours.ps_version) == (reference.downsample_ratio, reference.ps_version)
     else:
         assert (ours.select_strategy, ours.projector_bias) == (reference.select_strategy, reference.projector_bias)
+    check_text_decoder(config, hf, name)  # what --load of the checkpoint checks
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - published) / published < 0.02, f"{name}: {count / 1e9:.3f}B parameters vs {published / 1e9}B"
 
