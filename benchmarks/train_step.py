@@ -4,7 +4,11 @@ torch.compile, same Qwen2-VL configs, same batch, fp32, 2 threads.
 One full step = forward + backward + gradient clipping + AdamW update. Each backend runs in its
 own process (so peak RSS is its own): 3 warm-up steps (compilation), then the median of 10
 timed steps. msmm's step is also split into its phases (compiled forward+backward, gradient
-norm, AdamW update) and torch eager's into forward+backward and clip+update.
+norm, AdamW update) and torch eager's into forward+backward and clip+update. The machine is
+shared, so msmm and torch eager run alternately for ``--rounds`` rounds and the reported
+ratio is the median of the per-round ratios (torch.compile runs once); the ratio of CPU time
+per step (``time.process_time``, all threads) is reported too, being less sensitive to other
+processes than wall time.
 
     python benchmarks/train_step.py            # writes benchmarks/train_step.json
 """
@@ -82,8 +86,9 @@ def run_torch(name: str, compiled: bool) -> dict:
         return loss
 
     fb = torch.compile(fwd_bwd) if compiled else fwd_bwd
-    times, phases = [], {"forward_backward": [], "clip_and_update": []}
+    times, cpu, phases = [], [], {"forward_backward": [], "clip_and_update": []}
     for i in range(WARMUP + STEPS):
+        cpu0 = time.process_time()
         start = time.perf_counter()
         opt.zero_grad()
         fb()
@@ -93,9 +98,11 @@ def run_torch(name: str, compiled: bool) -> dict:
         end = time.perf_counter()
         if i >= WARMUP:
             times.append(end - start)
+            cpu.append(time.process_time() - cpu0)
             phases["forward_backward"].append(mid - start)
             phases["clip_and_update"].append(end - mid)
-    return {"step_s": statistics.median(times), "phases_s": {k: statistics.median(v) for k, v in phases.items()},
+    return {"step_s": statistics.median(times), "cpu_s": statistics.median(cpu),
+            "phases_s": {k: statistics.median(v) for k, v in phases.items()},
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -131,23 +138,26 @@ def run_msmm(name: str) -> dict:
                          micro_batch_size=CONFIGS[name]["batch"], lr=1e-5, log_interval=10**9)
     trainer = Trainer(model, config, Same())
     step, inputs = trainer.step_fn, InputBuilder(model)
-    times, phases = [], {"inputs_and_metadata": [], "forward_backward": [], "grad_norm": [], "adamw_update": []}
+    times, cpu, phases = [], [], {"inputs_and_metadata": [], "forward_backward": [], "grad_norm": [], "adamw_update": []}
     for i in range(WARMUP + STEPS):
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         tensors = inputs(batch)
         t1 = time.perf_counter()
         step.forward_backward(tensors)
         t2 = time.perf_counter()
-        norm = step.grad_norm(step.grad_acc, mindspore.Tensor(1.0, mindspore.float32)).asnumpy()
+        norm = step.grad_norm(mindspore.Tensor(1.0, mindspore.float32)).asnumpy()
         t3 = time.perf_counter()
-        step.apply(step.grad_acc, mindspore.Tensor(1e-5, mindspore.float32),
-                   mindspore.Tensor(min(1.0, 1.0 / (float(norm) + 1e-6)), mindspore.float32)).asnumpy()
+        step.update(1e-5, min(1.0, 1.0 / (float(norm) + 1e-6)))
+        step.optimizer.step.asnumpy()
         t4 = time.perf_counter()
         if i >= WARMUP:
             times.append(t4 - t0)
+            cpu.append(time.process_time() - cpu0)
             for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 phases[key].append(dt)
-    return {"step_s": statistics.median(times), "phases_s": {k: statistics.median(v) for k, v in phases.items()},
+    return {"step_s": statistics.median(times), "cpu_s": statistics.median(cpu),
+            "phases_s": {k: statistics.median(v) for k, v in phases.items()},
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -155,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "train_step.json"))
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -163,25 +174,50 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), GLOG_v="3", PYTHONPATH=REPO)
-    results = {"threads": THREADS, "dtype": "float32", "warmup_steps": WARMUP, "timed_steps": STEPS, "configs": {}}
+    results = {"threads": THREADS, "dtype": "float32", "warmup_steps": WARMUP, "timed_steps": STEPS,
+               "rounds": args.rounds, "configs": {}}
+    def run(backend: str, name: str) -> dict:
+        proc = subprocess.run([sys.executable, __file__, "--worker", backend, name], env=env, capture_output=True, text=True)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            return {"error": (proc.stderr or proc.stdout)[-1500:]}
+        return json.loads(line[len("RESULT "):])
+
     for name in args.configs:
         tokens = CONFIGS[name]["batch"] * len(make_batch(name)["input_ids"][0])
-        entry = {"tokens_per_step": tokens}
+        entry = {"tokens_per_step": tokens, "rounds": []}
+        for r in range(args.rounds):
+            backends = ("msmm", "torch_eager", "torch_compile") if r == 0 else ("msmm", "torch_eager")
+            results_round = {backend: run(backend, name) for backend in backends}
+            entry["rounds"].append(results_round)
+            for backend, res in results_round.items():
+                if "step_s" in res:
+                    print(f"{name:6s} round {r} {backend:14s} {tokens / res['step_s']:9.1f} tokens/s  step {res['step_s'] * 1000:8.1f} ms  "
+                          f"(CPU {res['cpu_s'] * 1000:8.1f} ms)  "
+                          f"peak RSS {res['peak_rss_mb']:7.0f} MB  phases " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in res["phases_s"].items()),
+                          flush=True)
+                else:
+                    print(f"{name:6s} round {r} {backend:14s} failed: {res['error'][-300:]}", flush=True)
         for backend in ("msmm", "torch_eager", "torch_compile"):
-            proc = subprocess.run([sys.executable, __file__, "--worker", backend, name], env=env, capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                entry[backend] = {"error": (proc.stderr or proc.stdout)[-1500:]}
-                continue
-            r = json.loads(line[len("RESULT "):])
-            r["tokens_per_s"] = tokens / r["step_s"]
-            entry[backend] = r
-            print(f"{name:6s} {backend:14s} {r['tokens_per_s']:9.1f} tokens/s  step {r['step_s'] * 1000:8.1f} ms  "
-                  f"peak RSS {r['peak_rss_mb']:7.0f} MB  phases " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in r["phases_s"].items()),
-                  flush=True)
-        for ref in ("torch_eager", "torch_compile"):
-            if "tokens_per_s" in entry.get("msmm", {}) and "tokens_per_s" in entry.get(ref, {}):
-                entry[f"msmm_over_{ref}"] = entry["msmm"]["tokens_per_s"] / entry[ref]["tokens_per_s"]
+            done = [rd[backend] for rd in entry["rounds"] if "step_s" in rd.get(backend, {})]
+            if done:
+                step_s = statistics.median(d["step_s"] for d in done)
+                entry[backend] = {"step_s": step_s, "tokens_per_s": tokens / step_s,
+                                  "cpu_s": statistics.median(d["cpu_s"] for d in done),
+                                  "peak_rss_mb": max(d["peak_rss_mb"] for d in done),
+                                  "phases_s": {k: statistics.median(d["phases_s"][k] for d in done) for k in done[0]["phases_s"]}}
+        ratios = [rd["torch_eager"]["step_s"] / rd["msmm"]["step_s"] for rd in entry["rounds"]
+                  if "step_s" in rd.get("msmm", {}) and "step_s" in rd.get("torch_eager", {})]
+        if ratios:
+            entry["msmm_over_torch_eager"] = statistics.median(ratios)
+            entry["msmm_over_torch_eager_per_round"] = ratios
+            entry["msmm_over_torch_eager_cpu_time"] = statistics.median(
+                rd["torch_eager"]["cpu_s"] / rd["msmm"]["cpu_s"] for rd in entry["rounds"]
+                if "cpu_s" in rd.get("msmm", {}) and "cpu_s" in rd.get("torch_eager", {}))
+        if "msmm" in entry and "torch_compile" in entry:
+            entry["msmm_over_torch_compile"] = entry["msmm"]["tokens_per_s"] / entry["torch_compile"]["tokens_per_s"]
+        print(f"{name:6s} msmm / torch eager (median of {len(ratios)} rounds): wall {entry.get('msmm_over_torch_eager', float('nan')):.3f}, "
+              f"CPU time {entry.get('msmm_over_torch_eager_cpu_time', float('nan')):.3f}", flush=True)
         results["configs"][name] = entry
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

@@ -409,10 +409,39 @@ PRETRAINED_LOADERS: Dict[str, Callable[[nn.Module, str], None]] = {
 }
 
 
+# text_decoder field -> the HF text config key holding the same number
+_TEXT_KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "num_attention_heads": "num_attention_heads",
+              "num_query_groups": "num_key_value_heads", "ffn_hidden_size": "intermediate_size",
+              "vocab_size": "vocab_size", "layernorm_epsilon": "rms_norm_eps", "rotary_base": "rope_theta"}
+
+
+def check_text_decoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -> None:
+    """The text numbers that loading cannot catch (a wrong RoPE base or norm epsilon loads
+    fine) must equal the checkpoint's: each ``text_decoder`` field against the key of the
+    ``text_config`` (HF-native) or ``llm_config`` (InternVL remote code) that ``config.json``
+    has. Keys the checkpoint leaves to its defaults are not checked."""
+    section = "text_config" if "text_config" in hf else "llm_config"
+    text = hf.get(section)
+    if not isinstance(text, dict) or "text_decoder" not in config.sections:
+        return
+    ours = TransformerConfig(**config.sections["text_decoder"].config)
+    for field, key in _TEXT_KEYS.items():
+        if text.get(key) is None:
+            continue
+        mine, theirs = getattr(ours, field), text[key]
+        if abs(float(mine) - float(theirs)) > 1e-9 * max(abs(float(theirs)), 1.0):
+            raise ModelConfigError(f"{config.source}: text_decoder.{field} is {mine}, but {where} has "
+                                   f"{section}.{key} = {theirs}; make model.json match the checkpoint")
+
+
 def load_pretrained(model: nn.Module, config: ModelConfig, path: str) -> None:
     """Load the HF checkpoint directory ``path`` (``config.json`` + safetensors; InternVL in
     its HF-native or remote-code layout) into ``model``, built from ``config``. Strict: every
-    parameter must be found with its shape."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    parameter must be found with its shape, and the text decoder's numbers must equal the
+    checkpoint's (``check_text_decoder``)."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: not an HF checkpoint directory (no config.json)")
+    with open(config_path) as f:
+        check_text_decoder(config, json.load(f), config_path)
     PRETRAINED_LOADERS[config.model_id](model, path)

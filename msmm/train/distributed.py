@@ -1,12 +1,13 @@
-"""Data-parallel setup: join the msrun job (mccl on CPU, HCCL on Ascend) and reduce the
-flat gradient buffer once per step."""
+"""Data-parallel setup: join the msrun job (mccl on CPU, HCCL on Ascend) and sum the
+gradient buffers over the ranks once per step."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import mindspore
-from mindspore import Tensor, communication, ops
+from mindspore import Parameter, Tensor, communication, ops
 
 BACKENDS = {"CPU": "mccl", "Ascend": "hccl"}
 
@@ -21,6 +22,12 @@ class World:
         if self.size == 1:
             return x
         return ops.AllReduce(ops.ReduceOp.SUM)(x)
+
+    def all_reduce_in_place(self, params: Sequence[Parameter]) -> None:
+        """Replace each of ``params`` by its sum over the ranks (nothing for one rank)."""
+        if self.size > 1:
+            for p in params:
+                p.copy_(self.all_reduce_sum(p))
 
 
 def launched_by_msrun() -> bool:

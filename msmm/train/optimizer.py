@@ -1,16 +1,18 @@
-"""AdamW with decoupled weight decay, as MindSpore ops with in-graph assignment.
+"""AdamW with decoupled weight decay: one fused ``AdamWeightDecay`` kernel per parameter.
 
-The optimizer keeps its state flat: fp32 master weights, first and second moments and the
-per-element weight-decay rate are each one vector over all trainable parameters (in
-``names`` order), so an update is a handful of large element-wise ops instead of a dozen
-small ones per parameter (which also keeps graph compilation short). After the update the
-master is split and written into the model's parameters with ``ops.assign`` (cast to their
-dtype: bf16/fp16 parameters on Ascend keep fp32 masters), so every compiled graph sees the
-new values. The arithmetic is ``torch.optim.AdamW``'s:
+State is per parameter (first and second moments, fp32), updated in place by MindSpore's
+``AdamWeightDecay`` kernel (``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
+``p <- p - lr' (m / (sqrt(v) + eps') + wd' p)``), whose scalar inputs are chosen so that
+the result is ``torch.optim.AdamW``'s:
 
     p <- p * (1 - lr * wd)
-    m <- beta1 m + (1 - beta1) g          v <- beta2 v + (1 - beta2) g^2
     p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+i.e. with ``bc1 = 1 - beta1^t`` and ``s2 = sqrt(1 - beta2^t)``: ``lr' = lr s2 / bc1``,
+``eps' = eps s2``, ``wd' = wd bc1 / s2`` (the same arithmetic, rounded differently). One
+kernel per parameter replaces the flat-buffer version's split / reshape / assign chain,
+which cost more than the update itself on CPU. bf16 / fp16 parameters (Ascend) keep an
+fp32 master that the kernel updates and that is cast into the parameter.
 
 Parameter groups follow Megatron's default: biases and 1-D parameters (norm weights) take
 no weight decay.
@@ -30,7 +32,8 @@ def no_weight_decay(name: str, param: Parameter) -> bool:
 
 
 class AdamW(nn.Cell):
-    """``construct(grad, lr)`` takes one update from the flat fp32 gradient ``grad`` [N]."""
+    """``construct(grads, lr, coef)`` takes one update from the fp32 gradients ``grads``
+    (one per parameter, in ``names`` order) scaled by ``coef``."""
 
     def __init__(
         self,
@@ -46,48 +49,47 @@ class AdamW(nn.Cell):
         self.params = mindspore.ParameterTuple([p for _, p in named_params])
         self.sizes = tuple(int(np.prod(p.shape)) for p in self.params)
         self.shapes = tuple(tuple(p.shape) for p in self.params)
-        # the write-back splits in two levels: ops.split's size list costs one graph call level
-        # per entry, and a flat list of a few hundred parameters exceeds the call-depth limit
-        self.groups = tuple(self.sizes[i:i + 32] for i in range(0, len(self.sizes), 32))
-        self.group_sizes = tuple(sum(g) for g in self.groups)
-        self.group_starts = tuple(range(0, len(self.sizes), 32))
+        self.decayed = tuple(not no_weight_decay(n, p) for n, p in named_params)
+        self.weight_decay = float(weight_decay)
         self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
-        total = sum(self.sizes)
-        decay = np.concatenate([
-            np.full(size, 0.0 if no_weight_decay(n, p) else weight_decay, np.float32)
-            for (n, p), size in zip(named_params, self.sizes)
-        ])
-        self.decay = Parameter(Tensor(decay), name="weight_decay", requires_grad=False)
-        self.master = Parameter(ops.zeros(total, mindspore.float32), name="master", requires_grad=False)
-        self.exp_avg = Parameter(ops.zeros(total, mindspore.float32), name="exp_avg", requires_grad=False)
-        self.exp_avg_sq = Parameter(ops.zeros(total, mindspore.float32), name="exp_avg_sq", requires_grad=False)
+        # index into ``masters`` of each parameter that keeps an fp32 master, else -1
+        low = [k for k, p in enumerate(self.params) if p.dtype != mindspore.float32]
+        self.master_of = tuple(low.index(k) if k in low else -1 for k in range(len(self.params)))
+        self.masters = mindspore.ParameterTuple([
+            Parameter(ops.zeros(self.shapes[k], mindspore.float32), name=f"master.{self.names[k]}", requires_grad=False)
+            for k in low])
+        self.exp_avg = mindspore.ParameterTuple([
+            Parameter(ops.zeros(shape, mindspore.float32), name=f"exp_avg.{name}", requires_grad=False)
+            for name, shape in zip(self.names, self.shapes)])
+        self.exp_avg_sq = mindspore.ParameterTuple([
+            Parameter(ops.zeros(shape, mindspore.float32), name=f"exp_avg_sq.{name}", requires_grad=False)
+            for name, shape in zip(self.names, self.shapes)])
         self.step = Parameter(Tensor(0, mindspore.int32), name="step", requires_grad=False)
+        self.adam = ops.AdamWeightDecay()
 
     def sync_master(self) -> Tensor:
-        """master <- the parameters' current values (call it in a graph after loading weights)."""
-        flat = ops.concat([p.reshape(-1).astype(mindspore.float32) for p in self.params])
-        ops.assign(self.master, flat)
+        """fp32 masters <- the parameters' current values (call it in a graph after loading weights)."""
+        for k in range(len(self.params)):
+            if self.master_of[k] >= 0:
+                ops.assign(self.masters[self.master_of[k]], self.params[k].astype(mindspore.float32))
         return self.step
 
-    def construct(self, grad: Tensor, lr: Tensor) -> Tensor:
+    def construct(self, grads: Tuple[Tensor, ...], lr: Tensor, coef: Tensor) -> Tensor:
         step = self.step + 1
         ops.assign(self.step, step)
         t = step.astype(mindspore.float32)
         bias_correction1 = 1.0 - ops.pow(self.beta1, t)
         bias_correction2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, t))
-        m = self.exp_avg * self.beta1 + grad * (1.0 - self.beta1)
-        v = self.exp_avg_sq * self.beta2 + grad * grad * (1.0 - self.beta2)
-        ops.assign(self.exp_avg, m)
-        ops.assign(self.exp_avg_sq, v)
-        p = self.master * (1.0 - lr * self.decay)
-        p = p - (lr / bias_correction1) * m / (ops.sqrt(v) / bias_correction2_sqrt + self.eps)
-        ops.assign(self.master, p)
-        chunks = ops.split(p, self.group_sizes)
-        for g in range(len(self.groups)):
-            pieces = ops.split(chunks[g], self.groups[g])
-            for j in range(len(self.groups[g])):
-                k = self.group_starts[g] + j
-                ops.assign(self.params[k], pieces[j].reshape(self.shapes[k]).astype(self.params[k].dtype))
+        kernel_lr = lr * bias_correction2_sqrt / bias_correction1
+        kernel_eps = self.eps * bias_correction2_sqrt
+        kernel_decay = self.weight_decay * bias_correction1 / bias_correction2_sqrt
+        no_decay = kernel_decay * 0.0
+        for k in range(len(self.params)):
+            target = self.params[k] if self.master_of[k] < 0 else self.masters[self.master_of[k]]
+            self.adam(target, self.exp_avg[k], self.exp_avg_sq[k], kernel_lr, self.beta1, self.beta2, kernel_eps,
+                      kernel_decay if self.decayed[k] else no_decay, grads[k] * coef)
+            if self.master_of[k] >= 0:
+                ops.assign(self.params[k], target.astype(self.params[k].dtype))
         return step
 
     # ---- state ----------------------------------------------------------------------------
@@ -95,34 +97,34 @@ class AdamW(nn.Cell):
     def state_arrays(self, with_master: bool) -> Dict[str, np.ndarray]:
         """Step count and, per parameter name, the moments (and the fp32 master if asked)."""
         out: Dict[str, np.ndarray] = {"optimizer.step": np.asarray(self.step.asnumpy()).reshape(1)}
-        buffers = [("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)] + ([("master", self.master)] if with_master else [])
-        for kind, flat in buffers:
-            values = flat.asnumpy()
-            start = 0
-            for name, size, shape in zip(self.names, self.sizes, self.shapes):
-                out[f"optimizer.{kind}.{name}"] = values[start:start + size].reshape(shape)
-                start += size
+        for k, name in enumerate(self.names):
+            out[f"optimizer.exp_avg.{name}"] = self.exp_avg[k].asnumpy()
+            out[f"optimizer.exp_avg_sq.{name}"] = self.exp_avg_sq[k].asnumpy()
+            if with_master:
+                master = self.params[k] if self.master_of[k] < 0 else self.masters[self.master_of[k]]
+                out[f"optimizer.master.{name}"] = master.asnumpy().astype(np.float32)
         return out
 
     def load_state_arrays(self, arrays: Dict[str, np.ndarray], where: str) -> None:
         """Copy saved state in place (graphs compiled before see it). A master, if saved,
         replaces the one taken from the parameters. Missing or mis-shaped keys are errors."""
-        def gather(kind: str) -> np.ndarray:
-            parts = []
-            for name, shape in zip(self.names, self.shapes):
-                key = f"optimizer.{kind}.{name}"
-                if key not in arrays:
-                    raise KeyError(f"{where}: optimizer state {key!r} is missing (saved with --no-save-optim, "
-                                   "or with other frozen modules? then load with --no-load-optim)")
-                if tuple(arrays[key].shape) != shape:
-                    raise ValueError(f"{where}: {key} has shape {tuple(arrays[key].shape)}, expected {shape}")
-                parts.append(arrays[key].astype(np.float32).reshape(-1))
-            return np.concatenate(parts)
+        def get(kind: str, k: int) -> Tensor:
+            key = f"optimizer.{kind}.{self.names[k]}"
+            if key not in arrays:
+                raise KeyError(f"{where}: optimizer state {key!r} is missing (saved with --no-save-optim, "
+                               "or with other frozen modules? then load with --no-load-optim)")
+            if tuple(arrays[key].shape) != self.shapes[k]:
+                raise ValueError(f"{where}: {key} has shape {tuple(arrays[key].shape)}, expected {self.shapes[k]}")
+            return Tensor(arrays[key].astype(np.float32))
 
         if "optimizer.step" not in arrays:
             raise KeyError(f"{where}: optimizer state 'optimizer.step' is missing (load with --no-load-optim)")
-        self.exp_avg.copy_(Tensor(gather("exp_avg")))
-        self.exp_avg_sq.copy_(Tensor(gather("exp_avg_sq")))
+        values = [(get("exp_avg", k), get("exp_avg_sq", k)) for k in range(len(self.names))]  # check all first
+        for k, (m, v) in enumerate(values):
+            self.exp_avg[k].copy_(m)
+            self.exp_avg_sq[k].copy_(v)
         if f"optimizer.master.{self.names[0]}" in arrays:
-            self.master.copy_(Tensor(gather("master")))
+            for k in range(len(self.names)):
+                if self.master_of[k] >= 0:
+                    self.masters[self.master_of[k]].copy_(get("master", k))
         self.step.copy_(Tensor(np.asarray(arrays["optimizer.step"], np.int32).reshape(())))

@@ -4,13 +4,14 @@ Three graphs (``mindspore.jit``, AST capture), each compiled once per input shap
 
 * ``micro_step(labels, **inputs)``: forward + backward of one micro-batch over the
   trainable parameters only (``value_and_grad`` with ``weights=``; frozen parameters get no
-  gradient), the gradient added in-graph into one flat fp32 buffer;
-* ``grad_norm(flat)``: the global L2 norm of the (scaled) accumulated gradient;
-* ``apply(flat, lr, coef)``: ``grad = flat * coef`` (coef = 1/denominator times the clip
-  factor), split per parameter, one AdamW update, buffer zeroed.
+  gradient), each gradient written (first micro-batch of a step: ``ops.assign``, so no
+  zeroing pass is needed) or added (``ops.assign_add``) in-graph into its fp32 buffer;
+* ``grad_norm(scale)``: the global L2 norm of the (scaled) accumulated gradients;
+* ``apply(lr, coef)``: one AdamW update from the gradients times ``coef`` (coef = 1/denominator
+  times the clip factor).
 
-Between them, in Python: the data-parallel all-reduce of the flat buffer (one collective),
-the NaN/Inf checks, and the clip factor ``min(1, clip / (norm + 1e-6))`` (Megatron's and
+Between them, in Python: the data-parallel all-reduce of the gradient buffers, the NaN/Inf
+checks, and the clip factor ``min(1, clip / (norm + 1e-6))`` (Megatron's and
 ``torch.nn.utils.clip_grad_norm_``'s).
 """
 from __future__ import annotations
@@ -49,13 +50,15 @@ class TrainStep(nn.Cell):
         self.model, self.optimizer = model, optimizer
         self.reduction, self.clip_grad = reduction, float(clip_grad)
         self.weights = optimizer.params
-        self.sizes = optimizer.sizes
-        self.grad_acc = Parameter(ops.zeros(sum(self.sizes), mindspore.float32), name="grad_acc", requires_grad=False)
+        self.grad_acc = mindspore.ParameterTuple([
+            Parameter(ops.zeros(p.shape, mindspore.float32), name=f"grad_acc.{name}", requires_grad=False)
+            for name, p in zip(optimizer.names, self.weights)])
+        self._accumulating = False  # False: the next micro-batch overwrites the buffers
         self._grad_fn = mindspore.value_and_grad(self._loss, None, self.weights, has_aux=True)
+        self.micro_step_first = mindspore.jit(self._micro_step_first)
         self.micro_step = mindspore.jit(self._micro_step)
         self.grad_norm = mindspore.jit(self._grad_norm)
         self.apply = mindspore.jit(self._apply)
-        self.zero_grad = mindspore.jit(self._zero_grad)
         self.sync_master = mindspore.jit(self._sync_master)
         self.sync_master()
 
@@ -65,27 +68,31 @@ class TrainStep(nn.Cell):
         numerator, denominator = reduce_loss(losses, mask, self.reduction)
         return numerator, denominator, mask.sum()
 
-    def _micro_step(self, labels: Tensor, inputs: Dict[str, Tensor]):
+    def _micro_step_first(self, labels: Tensor, inputs: Dict[str, Tensor]):
         (numerator, denominator, tokens), grads = self._grad_fn(labels, inputs)
-        flat = ops.concat([g.reshape(-1).astype(mindspore.float32) for g in grads])
-        ops.assign_add(self.grad_acc, flat)
+        for k in range(len(grads)):
+            ops.assign(self.grad_acc[k], grads[k].astype(mindspore.float32))
         return numerator, denominator, tokens
 
-    def _grad_norm(self, flat: Tensor, scale: Tensor) -> Tensor:
-        g = flat * scale
-        return ops.sqrt((g * g).sum())
+    def _micro_step(self, labels: Tensor, inputs: Dict[str, Tensor]):
+        (numerator, denominator, tokens), grads = self._grad_fn(labels, inputs)
+        for k in range(len(grads)):
+            ops.assign_add(self.grad_acc[k], grads[k].astype(mindspore.float32))
+        return numerator, denominator, tokens
 
-    def _apply(self, flat: Tensor, lr: Tensor, coef: Tensor) -> Tensor:
-        step = self.optimizer(flat * coef, lr)
-        ops.assign(self.grad_acc, ops.zeros_like(self.grad_acc))
-        return step
+    def _grad_norm(self, scale: Tensor) -> Tensor:
+        flat = ops.concat([g.reshape(-1) for g in self.grad_acc]) * scale
+        return ops.sqrt((flat * flat).sum())
+
+    def _apply(self, lr: Tensor, coef: Tensor) -> Tensor:
+        return self.optimizer(self.grad_acc, lr, coef)
 
     def _sync_master(self) -> Tensor:
         return self.optimizer.sync_master()
 
-    def _zero_grad(self) -> Tensor:
-        ops.assign(self.grad_acc, ops.zeros_like(self.grad_acc))
-        return self.grad_acc.sum()
+    def zero_grad(self) -> None:
+        """Discard the accumulated gradients: the next micro-batch overwrites the buffers."""
+        self._accumulating = False
 
     # ---- Python driver ---------------------------------------------------------------------
 
@@ -93,15 +100,20 @@ class TrainStep(nn.Cell):
         inputs = dict(batch)
         labels = inputs.pop("labels")
         # mutable: a dict argument of a compiled function is otherwise a compile-time constant
-        numerator, denominator, tokens = self.micro_step(labels, mindspore.mutable(inputs))
+        step = self.micro_step if self._accumulating else self.micro_step_first
+        numerator, denominator, tokens = step(labels, mindspore.mutable(inputs))
+        self._accumulating = True
         return MicroResult(float(numerator.asnumpy()), float(denominator.asnumpy()), int(tokens.asnumpy()))
 
-    def first_nonfinite_grad(self, flat: Tensor) -> Optional[str]:
+    def update(self, lr: float, coef: float) -> None:
+        """One optimizer step from the accumulated gradients times ``coef``; the buffers are
+        overwritten by the next micro-batch."""
+        self.apply(Tensor(lr, mindspore.float32), Tensor(coef, mindspore.float32))
+        self._accumulating = False
+
+    def first_nonfinite_grad(self) -> Optional[str]:
         """Name of the first parameter whose gradient holds a NaN or Inf (for the error message)."""
-        values = flat.asnumpy()
-        start = 0
-        for name, size in zip(self.optimizer.names, self.sizes):
-            if not np.isfinite(values[start:start + size]).all():
+        for name, grad in zip(self.optimizer.names, self.grad_acc):
+            if not np.isfinite(grad.asnumpy()).all():
                 return name
-            start += size
         return None

@@ -116,17 +116,51 @@ def pad_batch(batch: Batch, length: int) -> Batch:
     return out
 
 
-class InputBuilder:
-    """numpy batch -> the model's keyword tensors: Qwen2-VL metadata added, keys the
-    model's ``forward`` does not take dropped, floating inputs cast to ``dtype``."""
+def tile_bucket(count: int) -> int:
+    """The number of tiles a micro-batch with ``count`` tiles is padded to: the next power of
+    two (at least 1), so a run compiles at most ``log2(most tiles) + 1`` step graphs."""
+    return 1 << max(count - 1, 0).bit_length()
 
-    def __init__(self, model: nn.Cell, dtype=mindspore.float32, seq_length: Optional[int] = None) -> None:
+
+def pad_tiles(batch: Batch, tile_shape: tuple) -> Batch:
+    """Pad InternVL's ``pixel_values`` [N, C, H, W] with zero tiles to ``tile_bucket(N)``
+    tiles; ``image_flags`` marks them 0, so the model skips their features and the loss and
+    gradients are those of the real tiles. A batch without images gets one padding tile
+    (the same graph as batches with images)."""
+    pixels = batch.get("pixel_values")
+    count = 0 if pixels is None else pixels.shape[0]
+    flags = batch.get("image_flags")
+    flags = np.ones(count, np.int64) if flags is None else flags.reshape(count).astype(np.int64)
+    target = tile_bucket(count)
+    if pixels is not None and target == count and "image_flags" in batch:
+        return batch
+    dtype = np.float32 if pixels is None else pixels.dtype
+    padding = np.zeros((target - count,) + tuple(tile_shape), dtype)
+    out = dict(batch)
+    out["pixel_values"] = padding if pixels is None else np.concatenate([pixels, padding])
+    out["image_flags"] = np.concatenate([flags, np.zeros(target - count, np.int64)])
+    return out
+
+
+class InputBuilder:
+    """numpy batch -> the model's keyword tensors: Qwen2-VL metadata added, InternVL tiles
+    padded to a bucket (``pad_tiles``), keys the model's ``forward`` does not take dropped,
+    floating inputs cast to ``dtype``."""
+
+    def __init__(self, model: nn.Cell, dtype=mindspore.float32, seq_length: Optional[int] = None,
+                 bucket_tiles: bool = True) -> None:
         self.model, self.dtype, self.seq_length = model, dtype, seq_length
         self.accepted = set(inspect.signature(model.forward).parameters) | {"labels"}
+        vision = getattr(getattr(model, "config", None), "vision", None)
+        self.tile_shape = None
+        if bucket_tiles and "image_flags" in self.accepted and hasattr(vision, "image_size"):
+            self.tile_shape = (vision.num_channels, vision.image_size, vision.image_size)
 
     def __call__(self, batch: Batch) -> Dict[str, Tensor]:
         if self.seq_length is not None:
             batch = pad_batch(batch, self.seq_length)
+        if self.tile_shape is not None:
+            batch = pad_tiles(batch, self.tile_shape)
         batch = dict(batch)
         if hasattr(self.model, "prepare_metadata"):
             batch.update(self.model.prepare_metadata(
@@ -198,18 +232,18 @@ class Trainer:
             denominator += result.denominator
         totals = self.world.all_reduce_sum(Tensor(np.array([numerator, denominator], np.float32))).asnumpy()
         numerator, denominator = float(totals[0]), float(totals[1])
-        grads = self.world.all_reduce_sum(self.step_fn.grad_acc)
+        self.world.all_reduce_in_place(self.step_fn.grad_acc)
         scale = 1.0 / max(denominator, 1e-12)
-        norm = float(self.step_fn.grad_norm(grads, Tensor(scale, mindspore.float32)).asnumpy())
+        norm = float(self.step_fn.grad_norm(Tensor(scale, mindspore.float32)).asnumpy())
         lr = self.schedule(self.iteration)
         loss = numerator / max(denominator, 1e-12)
         finite = math.isfinite(norm) and math.isfinite(loss)
         if finite:
             clip = min(1.0, self.config.clip_grad / (norm + 1e-6)) if self.config.clip_grad > 0 else 1.0
-            self.step_fn.apply(grads, Tensor(lr, mindspore.float32), Tensor(scale * clip, mindspore.float32))
+            self.step_fn.update(lr, scale * clip)
         else:
             what = f"the loss is {loss}" if not math.isfinite(loss) else \
-                f"the gradient norm is {norm} (first non-finite gradient: {self.step_fn.first_nonfinite_grad(grads)})"
+                f"the gradient norm is {norm} (first non-finite gradient: {self.step_fn.first_nonfinite_grad()})"
             if not self.config.skip_nonfinite_steps:
                 raise NonFiniteError(f"iteration {step}: {what}; stopping (--skip-nonfinite-steps skips such steps instead)")
             self.logger.warn(f"iteration {step}: {what}; step skipped, parameters unchanged")

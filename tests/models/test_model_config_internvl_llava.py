@@ -140,3 +140,14 @@ def test_bad_keys_are_named(tmp_path, data, path, value, message):
     with pytest.raises(ModelConfigError) as err:
         build_model(load_model_config(source))
     assert str(err.value).startswith(source) and message in str(err.value)
+
+
+@pytest.mark.parametrize("field, value", [("rotary_base", 1000000.0), ("layernorm_epsilon", 1e-5)])
+def test_a_text_number_that_loads_but_differs_from_the_checkpoint_is_an_error(tmp_path, field, value):
+    """A wrong RoPE base or norm epsilon changes no tensor shape, so only config.json can catch it."""
+    test_internvl.hf_internvl("300m_style").save_pretrained(tmp_path / "hf", safe_serialization=True)
+    data = copy.deepcopy(INTERNVL_JSON)
+    data["text_decoder"][field] = value
+    config = load_model_config(write(tmp_path, data))
+    with pytest.raises(ModelConfigError, match=rf"text_decoder\.{field} is {value}.*config\.json has text_config\."):
+        load_pretrained(build_model(config), config, str(tmp_path / "hf"))

@@ -1,0 +1,160 @@
+"""The real-size ``model*.json`` / ``data*.json`` next to the launch scripts.
+
+Each model.json is checked three ways, without weights (the model is built on torch's
+``meta`` device, shapes only):
+
+1. it builds through ``model_config``'s validation;
+2. its vision / text dataclasses equal the ones our HF readers (``internvl_config_from_hf``,
+   ``llava_config_from_hf``) make from the upstream architecture numbers in ``UPSTREAM``
+   below (written in each checkpoint's ``config.json`` spelling, with where each came from),
+   and it passes the check ``--load`` makes against the checkpoint's ``config.json``;
+3. its parameter count is within 2% of the published size.
+
+Each launch script is run by bash with ``msrun`` replaced by a function that records its
+arguments; those must parse as ``msmm-train`` arguments, and the model.json / data.json they
+name must exist and validate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+
+import pytest
+import torch
+
+from msmm.config.data_config import load_data_config
+from msmm.config.train_args import parse_train_args
+from msmm.models.internvl import internvl_config_from_hf
+from msmm.models.llava import llava_config_from_hf
+from msmm.models.model_config import build_model, check_text_decoder, load_model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# InternViT-300M-448px (InternVL2-2B/8B; -V2_5 for InternVL3-8B): remote-code vision_config.
+# Source: the InternVL2-8B config.json quoted in full in public code (vision_config block),
+# and Ascend/MindSpeed-MM examples/internvl2/model_2B.json, model_8B.json,
+# examples/internvl3/inference_8B.json (vision_encoder sections: same numbers).
+VIT_300M = {"hidden_size": 1024, "image_size": 448, "intermediate_size": 4096, "layer_norm_eps": 1e-06,
+            "norm_type": "layer_norm", "num_attention_heads": 16, "num_channels": 3, "num_hidden_layers": 24,
+            "patch_size": 14, "qk_normalization": False, "qkv_bias": True, "hidden_act": "gelu",
+            "drop_path_rate": 0.0}
+# InternViT-6B-448px-V2_5 (InternVL3-78B). Source: Ascend/MindSpeed-MM
+# examples/internvl3/model_78B.json vision_encoder (45 x 3200, 25 heads, 12800, RMSNorm,
+# QK-norm, no qkv bias), the same as the InternViT-6B block of the InternVL2-26B config.json
+# quoted in public code. drop_path_rate (0.4 in MindSpeed-MM's file) is left out: see docs.
+VIT_6B = {"hidden_size": 3200, "image_size": 448, "intermediate_size": 12800, "layer_norm_eps": 1e-06,
+          "norm_type": "rms_norm", "num_attention_heads": 25, "num_channels": 3, "num_hidden_layers": 45,
+          "patch_size": 14, "qk_normalization": True, "qkv_bias": False, "hidden_act": "gelu"}
+
+UPSTREAM = {
+    # InternVL2-2B = InternViT-300M + internlm2-chat-1_8b (model card). LLM numbers: Ascend/MindSpeed-MM
+    # examples/internvl2/model_2B.json text_decoder (24 x 2048, 16 heads, 8 groups, 8192, vocab 92553,
+    # eps 1e-5). rope_theta: not found in a stored copy of the config.json; see docs/training.md.
+    "internvl2/model_2B.json": (
+        {"llm_config": {"model_type": "internlm2", "num_hidden_layers": 24, "hidden_size": 2048,
+                        "num_attention_heads": 16, "num_key_value_heads": 8, "intermediate_size": 8192,
+                        "vocab_size": 92553, "rms_norm_eps": 1e-05, "rope_theta": 1000000, "bias": False},
+         "vision_config": VIT_300M, "select_layer": -1, "ps_version": "v2", "downsample_ratio": 0.5},
+        92546, 2.2e9),  # <IMG_CONTEXT> id: MindSpeed-MM model_2B.json img_context_token_id; 2.2B: model card
+    # InternVL2-8B = InternViT-300M + internlm2_5-7b-chat. Source: the InternVL2-8B config.json quoted in
+    # full in public code (llm_config: 32 x 4096, 32 heads, 8 kv heads, 14336, vocab 92553, eps 1e-5,
+    # rope_theta 1e6; rope_scaling dynamic x2 is dropped here, see docs), = MindSpeed-MM model_8B.json.
+    "internvl2/model_8B.json": (
+        {"llm_config": {"model_type": "internlm2", "num_hidden_layers": 32, "hidden_size": 4096,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+                        "vocab_size": 92553, "rms_norm_eps": 1e-05, "rope_theta": 1000000, "bias": False},
+         "vision_config": VIT_300M, "select_layer": -1, "ps_version": "v2", "downsample_ratio": 0.5},
+        92546, 8.1e9),  # 8.1B: model card
+    # InternVL3-8B = InternViT-300M-448px-V2_5 + Qwen2.5-7B. Source: Ascend/MindSpeed-MM
+    # examples/internvl3/inference_8B.json (28 x 3584, 28 heads, 4 groups, 18944, vocab 151674,
+    # eps 1e-6, rotary_base 1e6, qkv bias, img_context_token_id 151667).
+    "internvl3/model_8B.json": (
+        {"llm_config": {"model_type": "qwen2", "num_hidden_layers": 28, "hidden_size": 3584,
+                        "num_attention_heads": 28, "num_key_value_heads": 4, "intermediate_size": 18944,
+                        "vocab_size": 151674, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0},
+         "vision_config": VIT_300M, "select_layer": -1, "ps_version": "v2", "downsample_ratio": 0.5},
+        151667, 8.0e9),  # nominal size in the name
+    # InternVL3-78B = InternViT-6B-448px-V2_5 + Qwen2.5-72B. Source: Ascend/MindSpeed-MM
+    # examples/internvl3/model_78B.json (80 x 8192, 64 heads, 8 groups, 29568, vocab 151674, eps 1e-6,
+    # rotary_base 1e6, qkv bias, img_context_token_id 151667).
+    "internvl3/model_78B.json": (
+        {"llm_config": {"model_type": "qwen2", "num_hidden_layers": 80, "hidden_size": 8192,
+                        "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 29568,
+                        "vocab_size": 151674, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0},
+         "vision_config": VIT_6B, "select_layer": -1, "ps_version": "v2", "downsample_ratio": 0.5},
+        151667, 78.0e9),  # nominal size in the name
+    # llava-hf/llava-1.5-7b-hf config.json (quoted in public code, several identical copies): text_config
+    # gives only model_type llama, vocab_size 32064, rms_norm_eps 1e-5, max_position_embeddings 4096 and
+    # relies on LlamaConfig's defaults (32 x 4096, 32 heads, 11008, rope_theta 10000), written out here;
+    # vision_config CLIP ViT-L/14-336 (24 x 1024, 16 heads, 4096, 336 px, patch 14); image_token_index
+    # 32000; vision_feature_layer -2 / select strategy "default" are LlavaConfig's defaults.
+    "llava1.5/model.json": (
+        {"text_config": {"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096,
+                         "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 11008,
+                         "vocab_size": 32064, "rms_norm_eps": 1e-05, "rope_theta": 10000.0},
+         "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336,
+                           "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+                           "patch_size": 14, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-05},
+         "image_token_index": 32000, "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+         "projector_hidden_act": "gelu"},
+        32000, 7.0e9),  # nominal size in the name
+}
+
+# Fields that only matter for random initialisation / dropout, not the architecture.
+NOT_ARCHITECTURE = {"init_method_std", "attention_dropout", "hidden_dropout", "pad_token_id"}
+
+LAUNCH_SCRIPTS = [
+    "internvl2/finetune_internvl2_2B.sh",
+    "internvl2/finetune_internvl2_8B.sh",
+    "internvl3/finetune_internvl3_8B.sh",
+    "internvl3/finetune_internvl3_78B.sh",
+    "llava1.5/pretrain_llava1_5.sh",
+    "qwen2vl/finetune_qwen2vl_7b.sh",
+]
+
+
+def _architecture(config) -> dict:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_ARCHITECTURE}
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM))
+def test_model_json_matches_upstream_and_published_size(name):
+    hf, image_token_id, published = UPSTREAM[name]
+    config = load_model_config(os.path.join(ROOT, "examples", name))
+    with torch.device("meta"):
+        model = build_model(config)
+    if config.model_id == "internvl":
+        reference, _ = internvl_config_from_hf(hf, image_token_id=image_token_id, where=name)
+    else:
+        reference = llava_config_from_hf(hf, where=name)
+    ours = model.config
+    assert ours.text_family == reference.text_family
+    assert ours.image_token_id == reference.image_token_id == image_token_id
+    assert _architecture(ours.vision) == _architecture(reference.vision)
+    assert _architecture(ours.text) == _architecture(reference.text)
+    if config.model_id == "internvl":
+        assert (ours.downsample_ratio, ours.ps_version) == (reference.downsample_ratio, reference.ps_version)
+    else:
+        assert (ours.select_strategy, ours.projector_bias) == (reference.select_strategy, reference.projector_bias)
+    check_text_decoder(config, hf, name)  # what --load of the checkpoint checks
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - published) / published < 0.02, f"{name}: {count / 1e9:.3f}B parameters vs {published / 1e9}B"
+
+
+@pytest.mark.parametrize("script", LAUNCH_SCRIPTS)
+def test_launch_script_arguments_and_configs_validate(script, tmp_path, caplog):
+    record = tmp_path / "argv"
+    shell = f'msrun() {{ printf "%s\\n" "$@" > {shlex.quote(str(record))}; }}; export -f msrun; ' \
+            f'bash {shlex.quote(os.path.join(ROOT, "examples", script))}'
+    subprocess.run(["bash", "-c", shell], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    argv = record.read_text().splitlines()
+    argv = argv[argv.index("msmm/train/cli.py") + 1:]
+    args = parse_train_args(argv)
+    for path in (args.mm_model, args.mm_data):
+        assert os.path.isfile(os.path.join(ROOT, path)), f"{script}: {path} is not shipped"
+    load_model_config(os.path.join(ROOT, args.mm_model))
+    with caplog.at_level("WARNING", logger="msmm.config"):
+        load_data_config(os.path.join(ROOT, args.mm_data))
+    assert not caplog.records, f"{args.mm_data}: {[r.getMessage() for r in caplog.records]}"
