@@ -20,10 +20,15 @@ Without ``data`` a prompt is raw text, tokenised as is. With ``data`` (the ``dat
 model was trained with) each prompt goes through that config's chat template and image
 preprocessing, as in training (``msmm/infer/prompt.py``); image paths are relative to the
 current directory.
+
+The console scripts run the models on MindSpore: they install the ``auto_convert`` hook
+before ``msmm.models`` is imported, as ``msmm-train`` does. ``infer`` / ``chat`` run with
+whatever ``msmm.models`` is imported (real torch unless the hook is installed).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional
@@ -137,21 +142,47 @@ def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[[Any], PreparedP
     return raw
 
 
+def use_mindspore() -> None:
+    """Bind ``msmm.models`` to ``adapters.torch`` (MindSpore) for the rest of the process."""
+    import mindspore
+
+    from auto_convert import hook
+
+    os.environ.setdefault("MSMM_DEVICE", mindspore.get_context("device_target"))
+    hook.install(["msmm.models"])
+
+
 def infer_main(argv: Optional[List[str]] = None) -> int:
+    """``msmm-infer``: ``infer`` on MindSpore."""
+    use_mindspore()
+    return infer(argv)
+
+
+def chat_main(argv: Optional[List[str]] = None) -> int:
+    """``msmm-chat``: ``chat`` on MindSpore."""
+    use_mindspore()
+    return chat(argv)
+
+
+def infer(argv: Optional[List[str]] = None) -> int:
+    """Answers every prompt of the inference JSON; with stdout redirected, a progress bar
+    over the prompts goes to stderr."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from tqdm import tqdm
+
     cfg, model, tokenizer, gen = _setup(argv[0])
     build = _prompt_builder(cfg, tokenizer)
-    for spec in cfg.get("prompts", []):
+    for spec in tqdm(cfg.get("prompts", []), desc="msmm-infer", unit="prompt", file=sys.stderr, disable=sys.stdout.isatty()):
         prompt = build(spec)
         print(f">>> {''.join(f'[{p}] ' for p in prompt.images)}{prompt.text}")
         _stream(model, tokenizer, prompt, gen)
     return 0
 
 
-def chat_main(argv: Optional[List[str]] = None) -> int:
+def chat(argv: Optional[List[str]] = None) -> int:
     """Interactive: each line you type is answered, streaming; an empty line or EOF quits."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
