@@ -153,7 +153,13 @@ def decode_step(decoder: Any, torch: Any) -> Callable:
     if torch.__name__.startswith("adapters"):
         import mindspore
 
-        step = mindspore.jit(step)
+        compiled = mindspore.jit(step)
+
+        def step(token, position, mask, caches, slot):
+            # caches come back from the graph; passed as a plain tuple they are taken for
+            # new constants and the step recompiles on every call
+            return compiled(token, position, mask, mindspore.mutable(caches), slot)
+
     _DECODE_STEPS[decoder] = step
     return step
 

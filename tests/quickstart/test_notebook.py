@@ -31,7 +31,7 @@ def test_notebook_runs_the_quickstart(tmp_path, monkeypatch):
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     monkeypatch.setenv("PYTHONPATH", REPO)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, kernel_name="msmm-test", timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(nb, kernel_name="msmm-test", timeout=600, resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()
 
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
