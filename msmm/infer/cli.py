@@ -7,7 +7,8 @@
       "data": "data.json",                           # optional: the training data.json (InternVL)
       "system": "You are a helpful assistant.",      # optional, with "data": the system turn
       "prompts": ["Hello, who are you?",
-                  {"prompt": "What colour is the circle?", "images": ["shapes.png"]}],
+                  {"prompt": "What colour is the circle?", "images": ["shapes.png"]},
+                  {"prompt": "What happens?", "videos": ["clip.mp4"]}],
       "generation_config": {"max_new_tokens": 64, "do_sample": false, "temperature": 1.0,
                             "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "stop_token_ids": [2]}
     }
@@ -17,9 +18,9 @@
 TP/PP split) whose tensors replace the HF ones. Tokens stream to stdout as they come.
 
 Without ``data`` a prompt is raw text, tokenised as is. With ``data`` (the ``data.json`` the
-model was trained with) each prompt goes through that config's chat template and image
-preprocessing, as in training (``msmm/infer/prompt.py``); image paths are relative to the
-current directory.
+model was trained with; InternVL, Qwen2-VL / Qwen2.5-VL or LLaVA) each prompt goes through
+that config's chat template and image / video preprocessing, as in training
+(``msmm/infer/prompt.py``); paths are relative to the current directory.
 
 The console scripts run the models on MindSpore: they install the ``auto_convert`` hook
 before ``msmm.models`` is imported, as ``msmm-train`` does. ``infer`` / ``chat`` run with
@@ -39,6 +40,7 @@ from .generate import GenerationConfig, generate_stream
 from .prompt import PreparedPrompt, PromptBuilder, parse_prompt
 
 FAMILIES = ("internvl", "llava", "qwen2_vl", "qwen2_5_vl")
+DATA_FAMILY = {"internvl": "internvl", "llava": "llava", "qwen2_vl": "qwen2vl", "qwen2_5_vl": "qwen2vl"}
 
 
 class InferenceConfigError(ValueError):
@@ -59,11 +61,11 @@ def load_inference_config(path: str) -> Dict[str, Any]:
         raise InferenceConfigError(f"{path}: model.family must be one of {FAMILIES}, got {family!r}")
     for i, spec in enumerate(cfg.get("prompts", [])):
         try:
-            _, images = parse_prompt(spec, f"{path}: prompts[{i}]")
+            _, images, videos = parse_prompt(spec, f"{path}: prompts[{i}]")
         except ValueError as err:
             raise InferenceConfigError(str(err)) from err
-        if images and "data" not in cfg:
-            raise InferenceConfigError(f"{path}: prompts[{i}] has images: set \"data\" to the training data.json")
+        if (images or videos) and "data" not in cfg:
+            raise InferenceConfigError(f"{path}: prompts[{i}] has images or videos: set \"data\" to the training data.json")
     known = {f.name for f in fields(GenerationConfig)}
     for key in cfg.get("generation_config", {}):
         if key not in known:
@@ -134,7 +136,11 @@ def _setup(path: str):
 def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[[Any], PreparedPrompt]:
     """The chat template and image preprocessing of ``cfg["data"]``, or raw text without it."""
     if "data" in cfg:
-        return PromptBuilder(cfg["data"], tokenizer, cfg.get("system"))
+        builder = PromptBuilder(cfg["data"], tokenizer, cfg.get("system"))
+        if builder.family != DATA_FAMILY[cfg["model"]["family"]]:
+            raise InferenceConfigError(f"{cfg['data']}: a data.json for {builder.family}, "
+                                       f"but model.family is {cfg['model']['family']}")
+        return builder
 
     def raw(spec: Any) -> PreparedPrompt:
         return PreparedPrompt(spec, [], np.array([tokenizer(spec)["input_ids"]], np.int64))

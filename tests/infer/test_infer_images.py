@@ -82,7 +82,7 @@ def test_image_prompts_need_the_training_data_json(tmp_path):
     from msmm.infer.cli import InferenceConfigError, load_inference_config
 
     base = {"model": {"family": "internvl", "from_pretrained": "hf"}, "tokenizer": {"from_pretrained": "hf"}}
-    for prompts, message in (([{"prompt": "q", "images": ["a.png"]}], r"prompts\[0\] has images: set \"data\""),
+    for prompts, message in (([{"prompt": "q", "images": ["a.png"]}], r"prompts\[0\] has images or videos: set \"data\""),
                              ([{"prompt": "q", "image": "a.png"}], r"prompts\[0\]\.image: unknown key"),
                              ([{"prompt": "q", "images": "a.png"}], r"prompts\[0\]\.images: expected a list")):
         path = tmp_path / "inference.json"
