@@ -1,7 +1,7 @@
 """Autoregressive generation with a static KV cache for the msmm models.
 
 The prompt (with its images / videos spliced in) runs once through the decoder, writing
-every layer's keys and values into caches of fixed length ``prompt + max_new_tokens``;
+every layer's keys and values into caches of fixed length (at least ``prompt + max_new_tokens``);
 each new token then runs alone, written at its slot (``write_cache``), attending over the
 whole cache under a mask. All shapes are fixed after the prompt, and the cache length is
 rounded up to a multiple of ``CACHE_BUCKET``: on MindSpore the decode step (embedding,
@@ -15,7 +15,6 @@ repetition penalty) runs in numpy on the last logits, with HF ``generate`` seman
 from __future__ import annotations
 
 import sys
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -131,18 +130,18 @@ def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray
 
 
 CACHE_BUCKET = 64  # cache lengths are rounded up to a multiple: one compiled decode step serves many prompts
-_DECODE_STEPS: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
+# id(decoder) -> (decoder, step). Both live as long as the process: MindSpore caches compiled
+# graphs by the callable's id(), and a freed step's id reused by a new one would find its graph.
+_DECODE_STEPS: Dict[int, Tuple[Any, Callable]] = {}
 
 
 def decode_step(decoder: Any, torch: Any) -> Callable:
     """``step(token [B, 1], position [B, 1] | [3, B, 1], mask [B, Lmax], caches, slot [1, Lmax])
     -> (logits [B, V] float32, caches)``: embed one token per row, run it through the decoder
-    over the cache, project the last hidden state. On MindSpore (``torch`` is
-    adapters.torch) the whole step is one graph
-    (``mindspore.jit``, compiled on first use per shape), kept alive with the decoder, since
-    MindSpore caches compiled graphs by the callable's id()."""
-    if decoder in _DECODE_STEPS:
-        return _DECODE_STEPS[decoder]
+    over the cache, project the last hidden state. On MindSpore (``torch`` is adapters.torch)
+    the whole step is one graph (``mindspore.jit``, compiled on first use per shape)."""
+    if id(decoder) in _DECODE_STEPS:
+        return _DECODE_STEPS[id(decoder)][1]
 
     def step(token, position, mask, caches, slot):
         embeds = decoder.model.embed_tokens(token)
@@ -160,7 +159,7 @@ def decode_step(decoder: Any, torch: Any) -> Callable:
             # new constants and the step recompiles on every call
             return compiled(token, position, mask, mindspore.mutable(caches), slot)
 
-    _DECODE_STEPS[decoder] = step
+    _DECODE_STEPS[id(decoder)] = (decoder, step)
     return step
 
 
