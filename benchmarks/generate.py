@@ -1,16 +1,23 @@
-"""Decode speed: msmm ``generate`` (static KV cache) vs HF ``generate`` on real torch, same
-InternVL model (random weights, built in code), greedy, one image, batch 1.
+"""Decode speed: msmm ``generate`` on MindSpore (msmm.models through the auto_convert hook,
+as ``msmm-infer`` runs them; static KV cache, the decode step compiled as one graph) vs HF
+``generate`` on real torch, same InternVL weights (random, built in code), greedy, one
+image, batch 1, in one process.
 
-    python benchmarks/generate.py [--layers 4 --hidden 256 --new 64 --threads 1]
+    python benchmarks/generate.py [--layers 4 --hidden 256 --new 64 --threads 1 --repeats 5]
 
 Prints and writes benchmarks/results/generate.json: decode tokens/s of both (prefill
-excluded: time(new tokens) - time(1 token), over new - 1 tokens), and their ratio.
+excluded: time(new tokens) - time(1 token), over new - 1 tokens; medians of ``repeats``
+alternating runs), their ratio, and a profile of one msmm decode step: the compiled step
+alone (graph launch + compute, inputs fixed), the same step in PyNative (op by op, what
+the loop ran before the step was compiled), and the rest of the loop on the host
+(sampling, tensors in and out).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -34,13 +41,39 @@ def build(layers: int, hidden: int):
     return InternVLForConditionalGeneration(config).eval()
 
 
-def timed(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def step_profile(model, prompt_len: int, new: int, repeats: int = 20) -> dict:
+    """Milliseconds per decode step of ``model``'s decoder: compiled (``decode_step``) and
+    PyNative, on fixed inputs of the benchmark's cache length."""
+    from msmm.infer.generate import CACHE_BUCKET, _torch_of, decode_step
+
+    ms_torch = _torch_of(model)
+    decoder = model.language_model
+    attn = decoder.model.layers[0].self_attn
+    total = -(-(prompt_len + new) // CACHE_BUCKET) * CACHE_BUCKET
+    caches = tuple((ms_torch.zeros(1, attn.num_groups, total, attn.head_dim),
+                    ms_torch.zeros(1, attn.num_groups, total, attn.head_dim)) for _ in decoder.model.layers)
+    args = (ms_torch.tensor(np.array([[5]])), ms_torch.tensor(np.array([[prompt_len]])),
+            ms_torch.tensor(np.ones((1, total), np.int64)))
+    slot = ms_torch.tensor(np.eye(total, dtype=np.float32)[prompt_len: prompt_len + 1])
+
+    def pynative(token, position, mask, caches, slot):
+        embeds = decoder.model.embed_tokens(token)
+        hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
+                                       caches=caches, slots=slot)
+        return decoder.lm_head(hidden).float()[:, -1], caches
+
+    out = {}
+    for name, fn in (("compiled_step_ms", decode_step(decoder, ms_torch)), ("pynative_step_ms", pynative)):
+        fn(*args, caches, slot)[0].asnumpy()  # compile / warm up
+        times = [seconds(lambda: fn(*args, caches, slot)[0].asnumpy()) for _ in range(repeats if "comp" in name else 5)]
+        out[name] = round(1000 * statistics.median(times), 2)
+    return out
 
 
 def main() -> None:
@@ -50,15 +83,19 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from msmm.infer.generate import GenerationConfig, generate
-    from msmm.models.internvl import load_internvl
+    ref = build(args.layers, args.hidden)  # real torch: imported before the hook
 
-    ref = build(args.layers, args.hidden)
+    from msmm.infer.cli import load_model, use_mindspore
+
+    use_mindspore()
+    from msmm.infer.generate import GenerationConfig, generate
+
     with tempfile.TemporaryDirectory() as d:
         ref.save_pretrained(d)
-        ours = load_internvl(d).eval()
+        ours = load_model({"family": "internvl", "from_pretrained": d})
     rng = np.random.default_rng(0)
     ids = np.concatenate([[1, 2], [999] * 4, rng.integers(3, 900, args.prompt - 6)])[None]
     pixels = rng.standard_normal((1, 3, 56, 56)).astype(np.float32)
@@ -73,12 +110,24 @@ def main() -> None:
     def msmm(n: int):
         return generate(ours, ids, mask, GenerationConfig(max_new_tokens=n), pixel_values=pixels)
 
-    same = np.array_equal(hf(args.new)[0, ids.shape[1]:].numpy(), msmm(args.new)[0])
-    result = {"config": vars(args), "greedy_outputs_equal": bool(same)}
-    for name, fn in (("hf", hf), ("msmm", msmm)):
-        decode = timed(lambda: fn(args.new)) - timed(lambda: fn(1))
+    same = np.array_equal(hf(args.new)[0, ids.shape[1]:].numpy(), msmm(args.new)[0])  # also compiles
+    msmm(1)
+    result = {"config": vars(args), "msmm_backend": "mindspore (auto_convert + adapters, decode step compiled)",
+              "greedy_outputs_equal": bool(same)}
+    runs = {name: {"full": [], "one": []} for name in ("hf", "msmm")}
+    for _ in range(args.repeats):  # alternate, so both see the same machine load
+        for name, fn in (("hf", hf), ("msmm", msmm)):
+            runs[name]["full"].append(seconds(lambda: fn(args.new)))
+            runs[name]["one"].append(seconds(lambda: fn(1)))
+    for name, r in runs.items():
+        decode = statistics.median(r["full"]) - statistics.median(r["one"])
         result[f"{name}_decode_tokens_per_s"] = round((args.new - 1) / decode, 1)
+        result[f"{name}_decode_ms_per_token"] = round(1000 * decode / (args.new - 1), 2)
+        result[f"{name}_prefill_plus_first_token_ms"] = round(1000 * statistics.median(r["one"]), 1)
     result["speedup"] = round(result["msmm_decode_tokens_per_s"] / result["hf_decode_tokens_per_s"], 2)
+    profile = step_profile(ours, ids.shape[1], args.new)
+    profile["host_loop_ms"] = round(result["msmm_decode_ms_per_token"] - profile["compiled_step_ms"], 2)
+    result["msmm_decode_profile"] = profile
     print(json.dumps(result, indent=1))
     out = os.path.join(os.path.dirname(__file__), "results")
     os.makedirs(out, exist_ok=True)

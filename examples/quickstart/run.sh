@@ -2,9 +2,10 @@
 # The quickstart (`make quickstart`), on CPU, nothing downloaded. Run from the repository root:
 #   1. generate a coloured-shapes VQA set (train + held-out), a tokenizer and a tiny InternVL in HF format
 #   2. mm-convert InternVLConverter hf_to_mm
-#   3. fine-tune through msrun (examples/quickstart/finetune_internvl_quickstart.sh)
+#   3. fine-tune through msrun (examples/quickstart/finetune_internvl_quickstart.sh); the trainer
+#      writes the loss curve to WORK_DIR/save/loss_curve.png
 #   4. mm-convert InternVLConverter mm_to_hf
-#   5. answer the held-out questions with msmm-infer; print question / expected / answer and the accuracy
+#   5. answer the held-out questions with msmm-infer (on MindSpore); print question / expected / answer and the accuracy
 # WORK_DIR (default out/quickstart) holds everything; TRAIN_ITERS sets the training length.
 set -e
 WORK_DIR=${WORK_DIR:-out/quickstart}
@@ -21,6 +22,8 @@ mm-convert InternVLConverter hf_to_mm --cfg.mm_dir "$WORK_DIR/mm" --cfg.hf_confi
 
 step "3/5 fine-tune through msrun (1 worker, CPU)"
 bash examples/quickstart/finetune_internvl_quickstart.sh
+test -f "$WORK_DIR/save/loss_curve.png" || { echo "run.sh: the trainer wrote no $WORK_DIR/save/loss_curve.png" >&2; exit 1; }
+echo "loss curve: $(cd "$WORK_DIR" && pwd)/save/loss_curve.png (records: save/train_log.jsonl, TensorBoard: save/tensorboard)"
 
 step "4/5 mm-convert InternVLConverter mm_to_hf"
 mm-convert InternVLConverter mm_to_hf --cfg.mm_dir "$WORK_DIR/save" --cfg.save_hf_dir "$WORK_DIR/hf_finetuned" \

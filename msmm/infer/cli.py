@@ -7,7 +7,8 @@
       "data": "data.json",                           # optional: the training data.json (InternVL)
       "system": "You are a helpful assistant.",      # optional, with "data": the system turn
       "prompts": ["Hello, who are you?",
-                  {"prompt": "What colour is the circle?", "images": ["shapes.png"]}],
+                  {"prompt": "What colour is the circle?", "images": ["shapes.png"]},
+                  {"prompt": "What happens?", "videos": ["clip.mp4"]}],
       "generation_config": {"max_new_tokens": 64, "do_sample": false, "temperature": 1.0,
                             "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "stop_token_ids": [2]}
     }
@@ -17,13 +18,18 @@
 TP/PP split) whose tensors replace the HF ones. Tokens stream to stdout as they come.
 
 Without ``data`` a prompt is raw text, tokenised as is. With ``data`` (the ``data.json`` the
-model was trained with) each prompt goes through that config's chat template and image
-preprocessing, as in training (``msmm/infer/prompt.py``); image paths are relative to the
-current directory.
+model was trained with; InternVL, Qwen2-VL / Qwen2.5-VL or LLaVA) each prompt goes through
+that config's chat template and image / video preprocessing, as in training
+(``msmm/infer/prompt.py``); paths are relative to the current directory.
+
+The console scripts run the models on MindSpore: they install the ``auto_convert`` hook
+before ``msmm.models`` is imported, as ``msmm-train`` does. ``infer`` / ``chat`` run with
+whatever ``msmm.models`` is imported (real torch unless the hook is installed).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional
@@ -34,6 +40,7 @@ from .generate import GenerationConfig, generate_stream
 from .prompt import PreparedPrompt, PromptBuilder, parse_prompt
 
 FAMILIES = ("internvl", "llava", "qwen2_vl", "qwen2_5_vl")
+DATA_FAMILY = {"internvl": "internvl", "llava": "llava", "qwen2_vl": "qwen2vl", "qwen2_5_vl": "qwen2vl"}
 
 
 class InferenceConfigError(ValueError):
@@ -54,11 +61,11 @@ def load_inference_config(path: str) -> Dict[str, Any]:
         raise InferenceConfigError(f"{path}: model.family must be one of {FAMILIES}, got {family!r}")
     for i, spec in enumerate(cfg.get("prompts", [])):
         try:
-            _, images = parse_prompt(spec, f"{path}: prompts[{i}]")
+            _, images, videos = parse_prompt(spec, f"{path}: prompts[{i}]")
         except ValueError as err:
             raise InferenceConfigError(str(err)) from err
-        if images and "data" not in cfg:
-            raise InferenceConfigError(f"{path}: prompts[{i}] has images: set \"data\" to the training data.json")
+        if (images or videos) and "data" not in cfg:
+            raise InferenceConfigError(f"{path}: prompts[{i}] has images or videos: set \"data\" to the training data.json")
     known = {f.name for f in fields(GenerationConfig)}
     for key in cfg.get("generation_config", {}):
         if key not in known:
@@ -129,7 +136,11 @@ def _setup(path: str):
 def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[[Any], PreparedPrompt]:
     """The chat template and image preprocessing of ``cfg["data"]``, or raw text without it."""
     if "data" in cfg:
-        return PromptBuilder(cfg["data"], tokenizer, cfg.get("system"))
+        builder = PromptBuilder(cfg["data"], tokenizer, cfg.get("system"))
+        if builder.family != DATA_FAMILY[cfg["model"]["family"]]:
+            raise InferenceConfigError(f"{cfg['data']}: a data.json for {builder.family}, "
+                                       f"but model.family is {cfg['model']['family']}")
+        return builder
 
     def raw(spec: Any) -> PreparedPrompt:
         return PreparedPrompt(spec, [], np.array([tokenizer(spec)["input_ids"]], np.int64))
@@ -137,21 +148,47 @@ def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[[Any], PreparedP
     return raw
 
 
+def use_mindspore() -> None:
+    """Bind ``msmm.models`` to ``adapters.torch`` (MindSpore) for the rest of the process."""
+    import mindspore
+
+    from auto_convert import hook
+
+    os.environ.setdefault("MSMM_DEVICE", mindspore.get_context("device_target"))
+    hook.install(["msmm.models"])
+
+
 def infer_main(argv: Optional[List[str]] = None) -> int:
+    """``msmm-infer``: ``infer`` on MindSpore."""
+    use_mindspore()
+    return infer(argv)
+
+
+def chat_main(argv: Optional[List[str]] = None) -> int:
+    """``msmm-chat``: ``chat`` on MindSpore."""
+    use_mindspore()
+    return chat(argv)
+
+
+def infer(argv: Optional[List[str]] = None) -> int:
+    """Answers every prompt of the inference JSON; with stdout redirected, a progress bar
+    over the prompts goes to stderr."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from tqdm import tqdm
+
     cfg, model, tokenizer, gen = _setup(argv[0])
     build = _prompt_builder(cfg, tokenizer)
-    for spec in cfg.get("prompts", []):
+    for spec in tqdm(cfg.get("prompts", []), desc="msmm-infer", unit="prompt", file=sys.stderr, disable=sys.stdout.isatty()):
         prompt = build(spec)
         print(f">>> {''.join(f'[{p}] ' for p in prompt.images)}{prompt.text}")
         _stream(model, tokenizer, prompt, gen)
     return 0
 
 
-def chat_main(argv: Optional[List[str]] = None) -> int:
+def chat(argv: Optional[List[str]] = None) -> int:
     """Interactive: each line you type is answered, streaming; an empty line or EOF quits."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0] in ("-h", "--help"):

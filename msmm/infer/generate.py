@@ -1,10 +1,12 @@
 """Autoregressive generation with a static KV cache for the msmm models.
 
 The prompt (with its images / videos spliced in) runs once through the decoder, writing
-every layer's keys and values into caches of fixed length ``prompt + max_new_tokens``;
+every layer's keys and values into caches of fixed length (at least ``prompt + max_new_tokens``);
 each new token then runs alone, written at its slot (``write_cache``), attending over the
-whole cache under a mask. All shapes are fixed after the prompt, so on MindSpore one
-compiled decode step serves every token.
+whole cache under a mask. All shapes are fixed after the prompt, and the cache length is
+rounded up to a multiple of ``CACHE_BUCKET``: on MindSpore the decode step (embedding,
+decoder, head) is one compiled graph (``decode_step``) that serves every token of every
+prompt whose length falls in the same bucket.
 
 The loop uses the ``torch`` the model was imported with (real PyTorch, or
 ``adapters.torch`` through the auto_convert hook). Sampling (temperature, top-k, top-p,
@@ -127,6 +129,40 @@ def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray
     return Prompt(decoder, embeds, positions.astype(np.int64), False)
 
 
+CACHE_BUCKET = 64  # cache lengths are rounded up to a multiple: one compiled decode step serves many prompts
+# id(decoder) -> (decoder, step). Both live as long as the process: MindSpore caches compiled
+# graphs by the callable's id(), and a freed step's id reused by a new one would find its graph.
+_DECODE_STEPS: Dict[int, Tuple[Any, Callable]] = {}
+
+
+def decode_step(decoder: Any, torch: Any) -> Callable:
+    """``step(token [B, 1], position [B, 1] | [3, B, 1], mask [B, Lmax], caches, slot [1, Lmax])
+    -> (logits [B, V] float32, caches)``: embed one token per row, run it through the decoder
+    over the cache, project the last hidden state. On MindSpore (``torch`` is adapters.torch)
+    the whole step is one graph (``mindspore.jit``, compiled on first use per shape)."""
+    if id(decoder) in _DECODE_STEPS:
+        return _DECODE_STEPS[id(decoder)][1]
+
+    def step(token, position, mask, caches, slot):
+        embeds = decoder.model.embed_tokens(token)
+        hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
+                                       caches=caches, slots=slot)
+        return decoder.lm_head(hidden).float()[:, -1], caches
+
+    if torch.__name__.startswith("adapters"):
+        import mindspore
+
+        compiled = mindspore.jit(step)
+
+        def step(token, position, mask, caches, slot):
+            # caches come back from the graph; passed as a plain tuple they are taken for
+            # new constants and the step recompiles on every call
+            return compiled(token, position, mask, mindspore.mutable(caches), slot)
+
+    _DECODE_STEPS[id(decoder)] = (decoder, step)
+    return step
+
+
 def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
                     config: GenerationConfig = GenerationConfig(), **vision: Any) -> Iterator[np.ndarray]:
     """Yields the next token ids [B] one step at a time (rows that stopped yield pad)."""
@@ -135,7 +171,8 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
     b, l = input_ids.shape
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int64)
     rng = np.random.default_rng(config.seed)
-    total = l + config.max_new_tokens
+    # slots past prompt + max_new_tokens stay zero and are never attended (causal over slots)
+    total = -(-(l + config.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
     with torch.no_grad():
         prompt = prepare_prompt(model, input_ids, attention_mask, **vision)
         decoder = prompt.decoder
@@ -144,19 +181,19 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
         dtype = prompt.embeds.dtype
         caches = tuple((torch.zeros(b, groups, total, head_dim, dtype=dtype),
                         torch.zeros(b, groups, total, head_dim, dtype=dtype)) for _ in decoder.model.layers)
-        full_mask = np.concatenate([attention_mask, np.ones((b, config.max_new_tokens), np.int64)], 1)
+        mask = torch.tensor(np.concatenate([attention_mask, np.ones((b, total - l), np.int64)], 1))
         eye = np.eye(total, dtype=np.float32)
         # the next position of each row: after the largest prompt position (over all three
         # M-RoPE components: new tokens share one position in all three)
         last = prompt.position_ids.max(axis=(0, 2) if prompt.mrope else -1)  # [B]
         next_pos = np.broadcast_to(last + 1, (3, b)) if prompt.mrope else last + 1
         hidden, caches = decoder.model(inputs_embeds=prompt.embeds, position_ids=torch.tensor(prompt.position_ids),
-                                       attention_mask=torch.tensor(full_mask), caches=caches,
-                                       slots=torch.tensor(eye[:l]))
+                                       attention_mask=mask, caches=caches, slots=torch.tensor(eye[:l]))
+        logits = _numpy(decoder.lm_head(hidden[:, -1:]).float())[:, -1]
+        step_fn = decode_step(decoder, torch)
         seen = input_ids
         done = np.zeros(b, bool)
         for step in range(config.max_new_tokens):
-            logits = _numpy(decoder.lm_head(hidden[:, -1:]).float())[:, -1]
             token = choose(process_logits(logits, seen, config), config, rng)
             token = np.where(done, config.pad_token_id, token)
             done |= np.isin(token, list(config.stop_token_ids))
@@ -165,10 +202,9 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
                 return
             seen = np.concatenate([seen, token[:, None]], 1)
             position = (next_pos + step)[..., None]  # [B, 1] or [3, B, 1]
-            embeds = decoder.model.embed_tokens(torch.tensor(token[:, None]))
-            hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=torch.tensor(position),
-                                           attention_mask=torch.tensor(full_mask), caches=caches,
-                                           slots=torch.tensor(eye[l + step: l + step + 1]))
+            logits, caches = step_fn(torch.tensor(token[:, None].astype(np.int64)), torch.tensor(position), mask,
+                                     caches, torch.tensor(eye[l + step: l + step + 1]))
+            logits = _numpy(logits)
 
 
 def generate(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,

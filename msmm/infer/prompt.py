@@ -1,10 +1,12 @@
-"""Prompts with images for ``msmm-infer``, prepared exactly as in training.
+"""Prompts with images and videos for ``msmm-infer``, prepared exactly as in training.
 
 Given the training ``data.json``, a prompt ``{"prompt": "What colour is the circle?",
-"images": ["shapes.png"]}`` goes through the data pipeline of that config: the images through
-its preprocessing (InternVL tiling at its tile size), the text through its chat template as a
-user turn (an ``<image>`` placeholder per image, put first unless the text has them), the
-vision context token repeated to each image's embeddings, then the assistant prefix.
+"images": ["shapes.png"], "videos": ["clip.mp4"]}`` goes through the data pipeline of that
+config (InternVL, Qwen2-VL / Qwen2.5-VL or LLaVA): the images and video frames through its
+preprocessing (InternVL tiling, Qwen2-VL smart resize and patches, LLaVA CLIP crops; frames
+sampled as in training), the text through its chat template as a user turn (an ``<image>``
+placeholder per image and a ``<video>`` per video, put first unless the text has them), the
+vision context tokens repeated to each image's / video's embeddings, then the assistant prefix.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from ..data.image_processing import load_image
-from ..data.records import IMAGE_PLACEHOLDER, Message
+from ..data.records import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Message
 from ..data.templates import ConversationEncoder
+from ..data.video import read_video
 
 PromptSpec = Union[str, Dict[str, Any]]
 
@@ -23,9 +26,13 @@ PromptSpec = Union[str, Dict[str, Any]]
 @dataclass
 class PreparedPrompt:
     text: str  # the user's text, for display
-    images: List[str]
+    images: List[str]  # image and video paths, for display
     input_ids: np.ndarray  # [1, L]
-    vision: Dict[str, np.ndarray] = field(default_factory=dict)  # pixel_values [N, 3, S, S], image_flags [N]
+    vision: Dict[str, np.ndarray] = field(default_factory=dict)  # the model's pixel_values, grids, flags
+
+
+# what goes between the placeholders and the text, as in each family's training data
+_SEPARATOR = {"internvl": "\n", "llava": "\n", "qwen2vl": ""}
 
 
 class PromptBuilder:
@@ -36,30 +43,38 @@ class PromptBuilder:
         from ..data.build import build_vision
 
         config = load_data_config(data_json)
-        if config.model_family != "internvl":
-            raise ValueError(f"{data_json}: prompts with images are wired for InternVL only, "
-                             f"this data.json is for {config.model_family}")
+        self.family = config.model_family  # internvl, qwen2vl, llava
         self.vision = build_vision(config)
         self.encoder = ConversationEncoder(tokenizer, config.template, config.model_family, system)
 
     def __call__(self, spec: PromptSpec, where: str = "prompts") -> PreparedPrompt:
-        text, images = parse_prompt(spec, where)
-        content = text if IMAGE_PLACEHOLDER in text or not images else IMAGE_PLACEHOLDER * len(images) + "\n" + text
-        vision, image_tokens, _ = self.vision([load_image(p) for p in images], [], None)
-        ids = self.encoder.encode_prompt([Message("user", content)], image_tokens)
-        return PreparedPrompt(text, images, ids[None], vision if images else {})
+        text, images, videos = parse_prompt(spec, where)
+        if videos and self.vision.frames is None:
+            raise ValueError(f"{where}.videos: a {self.family} model takes no video")
+        content = text
+        if (images or videos) and IMAGE_PLACEHOLDER not in text and VIDEO_PLACEHOLDER not in text:
+            content = IMAGE_PLACEHOLDER * len(images) + VIDEO_PLACEHOLDER * len(videos) + _SEPARATOR[self.family] + text
+        frames = [read_video(p, self.vision.frames, np.random.default_rng(0)) for p in videos]
+        vision, image_tokens, video_tokens = self.vision([load_image(p) for p in images], frames, None)
+        ids = self.encoder.encode_prompt([Message("user", content)], image_tokens, video_tokens)
+        return PreparedPrompt(text, images + videos, ids[None], vision if images or videos else {})
 
 
-def parse_prompt(spec: PromptSpec, where: str) -> tuple[str, List[str]]:
-    """(text, image paths) of a prompt given as a string or ``{"prompt": ..., "images": [...]}``."""
+def parse_prompt(spec: PromptSpec, where: str) -> tuple[str, List[str], List[str]]:
+    """(text, image paths, video paths) of a prompt given as a string or
+    ``{"prompt": ..., "images": [...], "videos": [...]}``."""
     if isinstance(spec, str):
-        return spec, []
+        return spec, [], []
     if not isinstance(spec, dict) or not isinstance(spec.get("prompt"), str):
-        raise ValueError(f"{where}: a prompt is a string or {{'prompt': str, 'images': [paths]}}, got {spec!r}")
-    unknown = sorted(set(spec) - {"prompt", "images"})
+        raise ValueError(f"{where}: a prompt is a string or {{'prompt': str, 'images': [paths], 'videos': [paths]}}, "
+                         f"got {spec!r}")
+    unknown = sorted(set(spec) - {"prompt", "images", "videos"})
     if unknown:
-        raise ValueError(f"{where}.{unknown[0]}: unknown key; known: ['images', 'prompt']")
-    images = spec.get("images", [])
-    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-        raise ValueError(f"{where}.images: expected a list of paths, got {images!r}")
-    return spec["prompt"], images
+        raise ValueError(f"{where}.{unknown[0]}: unknown key; known: ['images', 'prompt', 'videos']")
+    media = []
+    for key in ("images", "videos"):
+        paths = spec.get(key, [])
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ValueError(f"{where}.{key}: expected a list of paths, got {paths!r}")
+        media.append(paths)
+    return spec["prompt"], media[0], media[1]

@@ -35,14 +35,16 @@ def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def qwen2_vl(family: str = "qwen2_vl", seed: int = 0, tie: bool = False):
+def qwen2_vl(family: str = "qwen2_vl", seed: int = 0, tie: bool = False, **vision):
+    """``vision`` overrides entries of the vision config (e.g. ``patch_size=14``, the
+    data pipeline's)."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
                               Qwen2VLForConditionalGeneration)
 
     config_cls, model_cls = {"qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
                              "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration)}[family]
     text = dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, tie_word_embeddings=tie)
-    config = config_cls(text_config=text, vision_config=QWEN_VISION[family], image_token_id=IMAGE,
+    config = config_cls(text_config=text, vision_config=dict(QWEN_VISION[family], **vision), image_token_id=IMAGE,
                         video_token_id=VIDEO, vision_start_token_id=VISION_START, vocab_size=VOCAB,
                         tie_word_embeddings=tie, attn_implementation="eager")
     torch.manual_seed(seed)

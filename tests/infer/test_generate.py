@@ -11,6 +11,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "convert"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
+import ms_backend  # noqa: E402
 import tiny_hf  # noqa: E402
 
 from msmm.infer.generate import GenerationConfig, generate, process_logits  # noqa: E402
@@ -122,12 +124,12 @@ def test_logit_processors(rng):
 
 def test_msmm_infer_cli_streams_the_greedy_answer(tmp_path, capsys):
     """inference.json with an HF checkpoint plus an MM checkpoint (TP=2, from mm-convert)
-    on top; the streamed text is HF generate's answer."""
+    on top, run on MindSpore as msmm-infer runs it; the streamed text is HF generate's answer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from msmm.convert.cli import main as mm_convert
-    from msmm.infer.cli import infer_main
+    from msmm.infer.cli import infer
 
     vocab = {f"w{i}": i for i in range(tiny_hf.VOCAB)}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
@@ -144,7 +146,8 @@ def test_msmm_infer_cli_streams_the_greedy_answer(tmp_path, capsys):
     with open(tmp_path / "inference.json", "w") as f:
         json.dump(config, f)
     capsys.readouterr()
-    assert infer_main([str(tmp_path / "inference.json")]) == 0
+    with ms_backend.converted_in_sys_modules():
+        assert infer([str(tmp_path / "inference.json")]) == 0
     out = capsys.readouterr().out.splitlines()
     expected = hf_generate(ref, dict(input_ids=np.array([[5, 6, 7]]), attention_mask=np.ones((1, 3), np.int64)))
     assert out[0] == ">>> w5 w6 w7"

@@ -1,7 +1,8 @@
-"""``msmm-infer`` with image paths (InternVL): the prompt built from the training data.json
-equals one written out by hand (ChatML text, <IMG_CONTEXT> per image embedding, a 56 px
-bicubic resize normalised with ImageNet statistics), and the streamed answer equals HF
-``generate`` and msmm ``generate`` on those hand-made inputs."""
+"""``msmm-infer`` with image paths (InternVL), on MindSpore as the console script runs it:
+the prompt built from the training data.json equals one written out by hand (ChatML text,
+<IMG_CONTEXT> per image embedding, a 56 px bicubic resize normalised with ImageNet
+statistics), and the streamed answer equals HF ``generate`` and msmm ``generate`` (real
+torch) on those hand-made inputs."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ from PIL import Image
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 sys.path.insert(0, os.path.join(REPO, "examples", "quickstart"))
+sys.path.insert(0, os.path.join(REPO, "tests", "models"))
 import make_quickstart_assets as assets  # noqa: E402
+import ms_backend  # noqa: E402
 
 from msmm.infer.generate import GenerationConfig, generate  # noqa: E402
 
@@ -34,7 +37,7 @@ def hand_made_inputs(tokenizer, image_path: str, question: str, tokens: int) -> 
 def test_msmm_infer_image_prompt_matches_generate(tmp_path, capsys):
     from transformers import InternVLForConditionalGeneration
 
-    from msmm.infer.cli import infer_main
+    from msmm.infer.cli import infer
     from msmm.models.internvl import load_internvl
 
     hf_dir = str(tmp_path / "hf")
@@ -55,7 +58,8 @@ def test_msmm_infer_image_prompt_matches_generate(tmp_path, capsys):
         json.dump(config, f)
 
     capsys.readouterr()
-    assert infer_main([str(tmp_path / "inference.json")]) == 0
+    with ms_backend.converted_in_sys_modules():
+        assert infer([str(tmp_path / "inference.json")]) == 0
     out = capsys.readouterr().out.split("\n")  # the random model's answer may hold other line breaks
 
     tokens = (assets.IMAGE_SIZE // assets.PATCH_SIZE) ** 2 // 4
@@ -78,7 +82,7 @@ def test_image_prompts_need_the_training_data_json(tmp_path):
     from msmm.infer.cli import InferenceConfigError, load_inference_config
 
     base = {"model": {"family": "internvl", "from_pretrained": "hf"}, "tokenizer": {"from_pretrained": "hf"}}
-    for prompts, message in (([{"prompt": "q", "images": ["a.png"]}], r"prompts\[0\] has images: set \"data\""),
+    for prompts, message in (([{"prompt": "q", "images": ["a.png"]}], r"prompts\[0\] has images or videos: set \"data\""),
                              ([{"prompt": "q", "image": "a.png"}], r"prompts\[0\]\.image: unknown key"),
                              ([{"prompt": "q", "images": "a.png"}], r"prompts\[0\]\.images: expected a list")):
         path = tmp_path / "inference.json"
