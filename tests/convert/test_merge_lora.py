@@ -21,7 +21,8 @@ import tiny_hf
 from test_mm_convert import assert_same_tensors, convert, convert_error
 from msmm.convert.checkpoints import read_hf_tensors, write_hf
 from msmm.convert.cli import main
-from msmm.convert.lora import merge_tensors, read_adapter
+from msmm.convert.lora import merge_tensors
+from msmm.convert.peft_adapter import read_adapter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))  # test_internvl's remote layout
 
@@ -384,7 +385,7 @@ def test_errors_name_the_problem(tmp_path, capsys, monkeypatch):
     wrong = dict(state, **{q_a: torch.zeros(4, 33)})
     assert "shape mismatch at 'model.language_model.layers.1.self_attn.q_proj': lora_A [4, 33]" in error(variant(wrong))
     assert "lora_A [2, 32]" in error(variant(rank_pattern={"q_proj": 2}))  # r from the config must match
-    assert "peft_type 'LOHA': merge_lora merges LoRA adapters only" in error(variant(peft_type="LOHA"))
+    assert "peft_type 'LOHA': msmm reads LoRA adapters only" in error(variant(peft_type="LOHA"))
     unpaired = {k: v for k, v in state.items() if k != q_a}
     assert f"{q_a.replace('lora_A', 'lora_B')!r} has no partner" in error(variant(unpaired))
     assert "init_lora_weights='pissa'" in error(variant(init_lora_weights="pissa"))

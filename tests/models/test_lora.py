@@ -139,7 +139,8 @@ def test_peft_loads_msmm_adapter_files(reference, tmp_path):
     path, _, batch, _, weights = reference
     model = torch_lora_model(path, weights)
     AdapterWriter(model, AdapterNaming("internvl", "hf"), path)(str(tmp_path))
-    config, tensors = read_adapter(str(tmp_path))
+    adapter = read_adapter(str(tmp_path))
+    config, tensors = adapter.config, adapter.arrays()
     assert config["r"] == 4 and config["lora_alpha"] == 8 and config["rank_pattern"] and config["bias"] == "none"
     assert "language_model.model.layers.0.self_attn.q_proj.lora_A.weight" in tensors
     assert "multi_modal_projector.linear_1.weight" in tensors
@@ -227,7 +228,8 @@ def test_remote_layout_fuses_qkv_adapters_exactly(tmp_path):
              for p in ("q_proj", "k_proj", "v_proj")}
     base = [f"{stem}.{p}.{k}" for p in parts for k in ("weight", "bias")] + ["language_model.lm_head.weight"]
     write_adapter(str(tmp_path), AdapterNaming("internvl", "remote"), list(parts.values()), {}, base)
-    config, tensors = read_adapter(str(tmp_path))
+    adapter = read_adapter(str(tmp_path))
+    config, tensors = adapter.config, adapter.arrays()
     a, b = tensors["vision_model.encoder.layers.0.attn.qkv.lora_A.weight"], tensors["vision_model.encoder.layers.0.attn.qkv.lora_B.weight"]
     r, alpha = config["rank_pattern"].get("qkv", config["r"]), config["alpha_pattern"].get("qkv", config["lora_alpha"])
     assert (r, a.shape, b.shape) == (6, (6, 8), (24, 6)) and alpha / r == 2.0
@@ -340,7 +342,8 @@ def test_qwen2_vl_adapter_loads_into_peft(tmp_path):
     for p in model.visual.merger.parameters():
         p.requires_grad = True
     AdapterWriter(model, AdapterNaming("qwen2_vl"), path)(str(tmp_path / "adapter"))
-    config, tensors = read_adapter(str(tmp_path / "adapter"))
+    adapter = read_adapter(str(tmp_path / "adapter"))
+    config, tensors = adapter.config, adapter.arrays()
     assert "visual.blocks.0.attn.qkv.lora_A.weight" in tensors and "model.layers.1.mlp.down_proj.lora_B.weight" in tensors
     assert config["modules_to_save"] == ["merger"] and not any("lm_head" in k for k in tensors)
     loaded = peft.PeftModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(path), str(tmp_path / "adapter"))
