@@ -189,3 +189,39 @@ def test_resumed_lora_run_ends_where_the_uninterrupted_one_did(run):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
     with open(os.path.join(stopped, "iter_0000009", "adapter_config.json")) as f:
         assert json.load(f)["base_model_name_or_path"] == run["hf_dir"]  # recorded by the first run
+
+
+def test_merge_lora_remote_code_layout_of_the_run(run, tmp_path):
+    """The same trained model with a remote-code base (OpenGVLab layout, what the InternVL2-2B
+    recipe --loads and LMDeploy serves): msmm's adapter in that layout (ViT q/k/v as one
+    rank-3r attn.qkv adapter, projector as mlp1) merged into the remote base equals the remote
+    layout of the HF-native merge."""
+    from transformers import InternVLConfig
+
+    from msmm.convert.cli import main as mm_convert
+    from msmm.convert.peft_adapter import AdapterNaming
+    from msmm.train.adapter import AdapterWriter
+
+    sys.path.insert(0, os.path.join(REPO, "tests", "models"))
+    from test_internvl import remote_config, saved_tensors, to_remote_layout, write_remote_checkpoint
+
+    hf_config = InternVLConfig.from_pretrained(run["hf_dir"])
+    llm = dict(hf_config.text_config.to_dict(), architectures=["Qwen2ForCausalLM"])
+    remote = write_remote_checkpoint(str(tmp_path / "remote"), to_remote_layout(saved_tensors(run["hf_dir"])),
+                                     dict(remote_config(hf_config, llm), model_type="internvl_chat"))
+    adapter = str(tmp_path / "adapter_remote")
+    AdapterWriter(msmm_torch_model(run, os.path.join(run["save"], "iter_0000009")),
+                  AdapterNaming("internvl", "remote", "qwen2"), remote)(adapter)
+    with open(os.path.join(adapter, "adapter_config.json")) as f:
+        config = json.load(f)
+    assert config["modules_to_save"] == ["mlp1"] and config["rank_pattern"]["qkv"] == 3 * config["rank_pattern"]["fc1"]
+    for base, lora_dir, out in ((run["hf_dir"], run["save"], "merged_native"), (remote, adapter, "merged_remote")):
+        assert mm_convert(["InternVLConverter", "merge_lora", "--cfg.hf_config.hf_dir", base, "--cfg.lora_dir", lora_dir,
+                           "--cfg.save_hf_dir", str(tmp_path / out)]) == 0
+    merged = load_file(str(tmp_path / "merged_remote" / "model.safetensors"))
+    expected = to_remote_layout(load_file(str(tmp_path / "merged_native" / "model.safetensors")))
+    assert sorted(merged) == sorted(expected)
+    for key in expected:
+        np.testing.assert_allclose(merged[key], expected[key], rtol=0, atol=1e-6, err_msg=key)
+    qkv = "vision_model.encoder.layers.0.attn.qkv.weight"
+    assert np.abs(merged[qkv] - to_remote_layout(saved_tensors(run["hf_dir"]))[qkv]).max() > 1e-4
