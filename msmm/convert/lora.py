@@ -20,10 +20,8 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ..config.lora_config import suffix_matches
-from .peft_adapter import ADAPTER_WEIGHTS, PREFIX, LoraAdapter
+from .peft_adapter import ADAPTER_WEIGHTS, LORA_KEY, PREFIX, LoraAdapter
 from .safetensors_io import FLOAT_CODES, Tensor, from_float, to_float
-
-_LORA_KEY = re.compile(r"^(.+)\.lora_([AB])\.weight$")
 
 
 def merge_tensors(base: Mapping[str, Tensor], adapter: LoraAdapter,
@@ -53,7 +51,7 @@ def merge_tensors(base: Mapping[str, Tensor], adapter: LoraAdapter,
     pairs: Dict[str, Dict[str, Tuple[str, Tensor]]] = {}
     full = []
     for adapter_key, tensor in adapter.tensors.items():
-        match = _LORA_KEY.match(adapter_key)
+        match = LORA_KEY.match(adapter_key)
         if match:
             pairs.setdefault(match.group(1), {})[match.group(2)] = (adapter_key, tensor)
         elif "lora_magnitude_vector" in adapter_key:

@@ -49,6 +49,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_SUBDIR = "adapter"  # where an adapter may sit inside an msmm-train iteration directory
 PREFIX = "base_model.model."
+LORA_KEY = re.compile(r"^(.+)\.lora_([AB])\.weight$")  # (module, A or B) of an adapter tensor key
 # adapter_config.json fields of LoRA variants whose merge is not W + scaling * B @ A
 UNSUPPORTED_FIELDS = {
     "use_dora": "DoRA", "lora_bias": "a bias on lora_B", "use_qalora": "QA-LoRA",
@@ -88,6 +89,7 @@ class AdapterNaming:
                              f"known: {sorted(spec.family.groups)}")
         cfg = {"llm_config": {"model_type": text_model_id}} if text_model_id else {}
         self.groups: List[Group] = spec.groups(cfg, layout)
+        self.aliases: List[Group] = spec.family.read_aliases.get(layout, [])
         self.unfuse = spec.family.unfuse.get(layout, [])
         self.model_id, self.layout = model_id, layout
 
@@ -99,6 +101,11 @@ class AdapterNaming:
 
     def module(self, name: str) -> str:
         return self.parameter(name + ".weight")[: -len(".weight")]
+
+    def msmm_parameter(self, hf: str) -> Optional[str]:
+        """The msmm name of an adapter's parameter name (the saved checkpoint name, or the
+        transformers >= 4.52 in-memory name PEFT writes), or None."""
+        return rename(hf, self.aliases, to_mm=True) or rename(hf, self.groups, to_mm=True)
 
     def fused_qkv(self, name: str) -> Optional[Tuple[str, str]]:
         """(stem, part) when ``name`` (stem.q_proj / k_proj / v_proj) is stored fused as stem.qkv."""
