@@ -82,8 +82,9 @@ def test_merged_checkpoint_matches_peft(family, tmp_path):
     model = build()
     model_cls = type(model)
     base = tiny_hf.save(model, str(tmp_path / "hf"))
+    whole = ["multi_modal_projector"] if family in ("internvl", "llava") else []  # a module: its tensors lie below it
     peft_model = with_adapter(model, str(tmp_path / "adapter"), r=4, lora_alpha=8, target_modules="all-linear",
-                              modules_to_save=["lm_head"])
+                              modules_to_save=["lm_head"] + whole)
     batch = inputs(family)
     want = logits(peft_model, batch)
     convert(converter, "merge_lora", hf_config__hf_dir=base, lora_dir=str(tmp_path / "adapter"),
@@ -102,6 +103,8 @@ def test_merged_checkpoint_matches_peft(family, tmp_path):
     changed = [k for k in ours if not torch.equal(ours[k], base_tensors[k])]
     head = "lm_head.weight" if family.startswith("qwen") else "language_model.lm_head.weight"
     assert head in changed and any("mlp" in k for k in changed) and any(k.startswith(("visual.", "vision_tower.")) for k in changed)
+    projector = [k for k in ours if k.startswith("multi_modal_projector.")]
+    assert set(projector) <= set(changed) and (projector != []) == bool(whole)  # replaced, layer norm included
     # the merged directory is an ordinary HF checkpoint: hf_to_mm -> mm_to_hf gives it back bit for bit
     convert(converter, "hf_to_mm", mm_dir=str(tmp_path / "mm"), hf_config__hf_dir=out, parallel_config__tp_size=2)
     convert(converter, "mm_to_hf", mm_dir=str(tmp_path / "mm"), save_hf_dir=str(tmp_path / "back"))
