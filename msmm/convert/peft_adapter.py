@@ -210,7 +210,6 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
         "layers_to_transform": None,
         "layers_pattern": None,
         "revision": None,
-        "msmm": {"model_id": naming.model_id, "layout": naming.layout},
     }
     os.makedirs(directory, exist_ok=True)
     weights, config_path = os.path.join(directory, ADAPTER_WEIGHTS), os.path.join(directory, ADAPTER_CONFIG)
