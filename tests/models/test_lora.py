@@ -9,7 +9,6 @@ adapter files msmm writes are loaded by ``PeftModel.from_pretrained`` and give m
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
