@@ -12,6 +12,12 @@ ALL_LINEAR = "all-linear"
 QUANTIZATIONS = ("int8", "nf4")
 
 
+def suffix_matches(name: str, suffix: str) -> bool:
+    """PEFT's rule for ``target_modules`` / ``modules_to_save`` lists: dotted ``name`` is
+    selected by ``suffix`` when it equals it or ends with ``"." + suffix``."""
+    return name == suffix or name.endswith("." + suffix)
+
+
 @dataclass
 class LoRAConfig:
     """One adapter setting, spelled as PEFT's ``LoraConfig`` (which XTuner's ``llm_lora`` /

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-target-modules", nargs="+", help="module names (suffix match: q_proj self_attn.v_proj), one regular expression, or all-linear (default)")
     g.add_argument("--lora-modules-to-save", nargs="+", help="text_decoder modules trained in full (e.g. embed_tokens lm_head)")
     g.add_argument("--lora-quantize", choices=("int8", "nf4"), help="store the frozen base weights quantized (QLoRA-style)")
+    g.add_argument("--lora-load", metavar="DIR", help="a PEFT LoRA adapter (written by msmm-train or HF PEFT; a directory with "
+                   "adapter_config.json, or an msmm-train SAVE / iter_N) to start the LoRA and modules_to_save weights from; "
+                   "--load the HF base it was trained on")
     g = p.add_argument_group("accepted for compatibility")
     for flag in NO_EFFECT_FLAGS:
         if flag not in p._option_string_actions:

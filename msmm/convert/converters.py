@@ -14,7 +14,8 @@ from .checkpoints import (HF_CONFIG_DIR, check_complete, check_divisible, copy_s
                           read_hf_tensors, read_mm, to_hf, to_mm, write_hf, write_mm)
 from .families import (FamilySpec, InternVLFamily, LlavaFamily, ModelInfo, Qwen2_5_VLFamily, Qwen2VLFamily,
                        rename)
-from .lora import merge_tensors, read_adapter
+from .lora import merge_tensors
+from .peft_adapter import read_adapter
 from .parallel import ParallelConfig
 from .safetensors_io import STORAGE, Tensor, open_file
 

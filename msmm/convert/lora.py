@@ -1,4 +1,5 @@
-"""LoRA adapters in HF PEFT's file layout, merged into the base checkpoint's tensors.
+"""LoRA adapters (read by ``msmm.convert.peft_adapter.read_adapter``) merged into the base
+checkpoint's tensors.
 
 An adapter directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` whose
 keys are ``base_model.model.<module>.lora_A.weight`` ``[r, in]`` and ``.lora_B.weight``
@@ -11,114 +12,16 @@ stored in the base tensor's dtype; ``scaling`` is ``alpha / r``, or ``alpha / sq
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..train.checkpoint import resolve_load_dir
-from .safetensors_io import FLOAT_CODES, Tensor, from_float, open_file, to_float
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_SUBDIR = "adapter"  # where an adapter sits inside an msmm-train iteration directory
-PREFIX = "base_model.model."
-# adapter_config.json fields of LoRA variants whose merge is not W + scaling * B @ A
-UNSUPPORTED_FIELDS = {
-    "use_dora": "DoRA", "lora_bias": "a bias on lora_B", "use_qalora": "QA-LoRA",
-    "target_parameters": "LoRA on bare parameters", "layer_replication": "layer replication",
-    "trainable_token_indices": "trainable tokens", "alora_invocation_tokens": "activated LoRA (cannot be merged)",
-    "arrow_config": "Arrow routing", "use_bdlora": "block-diagonal LoRA", "kasa_config": "KaSA",
-    "monteclora_config": "MonteCLoRA",
-}
-# init_lora_weights that change the base weights: the adapter only fits the modified base
-BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-_LORA_KEY = re.compile(r"^(.+)\.lora_([AB])\.weight$")
-
-
-@dataclass
-class LoraAdapter:
-    directory: str
-    config: dict
-    tensors: Dict[str, Tensor]  # keys without the ``base_model.model.`` prefix
-
-    def pattern_value(self, field: str, default: float, module: str) -> float:
-        """``rank_pattern`` / ``alpha_pattern`` value of ``module`` (first pattern matching a
-        dotted suffix of the module name), else ``default``."""
-        for pattern, value in (self.config.get(field) or {}).items():
-            try:
-                if re.match(rf"(.*\.)?({pattern})$", module):
-                    return value
-            except re.error as err:
-                raise ValueError(f"{os.path.join(self.directory, ADAPTER_CONFIG)}: {field} key {pattern!r} is not a "
-                                 f"regular expression ({err})") from err
-        return default
-
-
-def find_adapter_dir(path: str) -> str:
-    """``path`` if it holds ``adapter_config.json``; for an msmm-train checkpoint (``SAVE``, or
-    ``SAVE/iter_N``) the iteration directory the tracker names if the adapter files are there,
-    else its ``adapter/`` subdirectory."""
-    if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
-        return path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"lora_dir {path}: no such directory")
-    try:
-        iteration = resolve_load_dir(path)
-    except (FileNotFoundError, ValueError):
-        raise FileNotFoundError(f"lora_dir {path}: no {ADAPTER_CONFIG} (and not an msmm-train checkpoint)") from None
-    for candidate in (iteration, os.path.join(iteration, ADAPTER_SUBDIR)):
-        if os.path.isfile(os.path.join(candidate, ADAPTER_CONFIG)):
-            return candidate
-    raise FileNotFoundError(f"lora_dir {path}: the msmm-train checkpoint {iteration} holds no {ADAPTER_CONFIG} "
-                            f"(nor does its {ADAPTER_SUBDIR}/): was it trained with LoRA?")
-
-
-def read_adapter(path: str) -> LoraAdapter:
-    directory = find_adapter_dir(path)
-    config_path = os.path.join(directory, ADAPTER_CONFIG)
-    with open(config_path) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path}: line {err.lineno}: invalid JSON ({err.msg})") from err
-    _check_config(config, config_path)
-    weights = os.path.join(directory, ADAPTER_WEIGHTS)
-    if not os.path.isfile(weights):
-        hint = " (found adapter_model.bin: pickles are not read; save with safe_serialization=True)" \
-            if os.path.isfile(os.path.join(directory, "adapter_model.bin")) else ""
-        raise FileNotFoundError(f"{directory}: no {ADAPTER_WEIGHTS}{hint}")
-    tensors = {}
-    for key, tensor in open_file(weights).items():
-        if not key.startswith(PREFIX):
-            raise KeyError(f"{weights}: adapter key {key!r} does not start with {PREFIX!r} (not a PEFT adapter file)")
-        tensors[key[len(PREFIX):]] = tensor
-    return LoraAdapter(directory, config, tensors)
-
-
-def _check_config(config: dict, where: str) -> None:
-    peft_type = config.get("peft_type")
-    if peft_type != "LORA":
-        raise ValueError(f"{where}: peft_type {peft_type!r}: merge_lora merges LoRA adapters only (peft_type 'LORA')")
-    for field, what in UNSUPPORTED_FIELDS.items():
-        if config.get(field):
-            raise ValueError(f"{where}: {field}={config[field]!r}: {what} is not supported by merge_lora "
-                             "(plain LoRA only: W + scaling * B @ A)")
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(BASE_MODIFYING_INITS):
-        raise ValueError(f"{where}: init_lora_weights={init!r} changes the base weights, so the adapter does not fit "
-                         "the original base; save it converted (PEFT save_pretrained with "
-                         "path_initial_model_for_weight_conversion) and merge that")
-    for field in ("r", "lora_alpha"):
-        value = config.get(field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{where}: {field} must be a positive number, got {value!r}")
-    if config.get("bias", "none") not in ("none", "all", "lora_only"):
-        raise ValueError(f"{where}: bias {config.get('bias')!r}: expected 'none', 'all' or 'lora_only'")
+from ..config.lora_config import suffix_matches
+from .peft_adapter import ADAPTER_WEIGHTS, LORA_KEY, PREFIX, LoraAdapter
+from .safetensors_io import FLOAT_CODES, Tensor, from_float, to_float
 
 
 def merge_tensors(base: Mapping[str, Tensor], adapter: LoraAdapter,
@@ -148,7 +51,7 @@ def merge_tensors(base: Mapping[str, Tensor], adapter: LoraAdapter,
     pairs: Dict[str, Dict[str, Tuple[str, Tensor]]] = {}
     full = []
     for adapter_key, tensor in adapter.tensors.items():
-        match = _LORA_KEY.match(adapter_key)
+        match = LORA_KEY.match(adapter_key)
         if match:
             pairs.setdefault(match.group(1), {})[match.group(2)] = (adapter_key, tensor)
         elif "lora_magnitude_vector" in adapter_key:
@@ -194,8 +97,9 @@ def merge_tensors(base: Mapping[str, Tensor], adapter: LoraAdapter,
     biases = config.get("bias", "none") != "none"
     for adapter_key, tensor in full:
         name = adapter_key.replace(".base_layer.", ".")  # PEFT saves a LoRA layer's bias as <module>.base_layer.bias
-        module, _, param = name.rpartition(".")
-        if not (any(module.endswith(m) for m in modules_to_save) or (biases and param == "bias")):
+        parts, param = name.split("."), name.rpartition(".")[2]
+        owners = [".".join(parts[:k]) for k in range(1, len(parts))]  # the modules the tensor is in
+        if not (any(suffix_matches(o, m) for o in owners for m in modules_to_save) or (biases and param == "bias")):
             raise KeyError(f"{weights}: unexpected adapter key {PREFIX + adapter_key!r}: neither a LoRA tensor, nor "
                            f"under modules_to_save {modules_to_save}, nor a bias (bias={config.get('bias', 'none')!r})")
         key, w = target(name, adapter_key)

@@ -25,7 +25,8 @@ the adapted / fully trained modules among all modules of the model, containers i
 (PEFT matches these lists by suffix), so they hold for the checkpoint names and for the
 in-memory names of transformers >= 4.52 alike; ``modules_to_save`` names whole modules
 (``merger``) where all of a module's parameters are trained.
-Framework-free: numpy and safetensors.
+``read_adapter`` reads such a directory (ours or one HF PEFT's ``save_pretrained`` wrote),
+lazily, and refuses what is not plain LoRA. Framework-free: numpy and safetensors.
 """
 from __future__ import annotations
 
@@ -37,13 +38,28 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
+from ..config.lora_config import suffix_matches
+from ..train.checkpoint import resolve_load_dir
 from .families import FamilySpec, Group, InternVLFamily, LlavaFamily, Qwen2_5_VLFamily, Qwen2VLFamily, rename
+from .safetensors_io import FLOAT_CODES, Tensor, open_file, to_float
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_SUBDIR = "adapter"  # where an adapter may sit inside an msmm-train iteration directory
 PREFIX = "base_model.model."
+LORA_KEY = re.compile(r"^(.+)\.lora_([AB])\.weight$")  # (module, A or B) of an adapter tensor key
+# adapter_config.json fields of LoRA variants whose merge is not W + scaling * B @ A
+UNSUPPORTED_FIELDS = {
+    "use_dora": "DoRA", "lora_bias": "a bias on lora_B", "use_qalora": "QA-LoRA",
+    "target_parameters": "LoRA on bare parameters", "layer_replication": "layer replication",
+    "trainable_token_indices": "trainable tokens", "alora_invocation_tokens": "activated LoRA (cannot be merged)",
+    "arrow_config": "Arrow routing", "use_bdlora": "block-diagonal LoRA", "kasa_config": "KaSA",
+    "monteclora_config": "MonteCLoRA",
+}
+# init_lora_weights that change the base weights: the adapter only fits the modified base
+BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 FAMILIES: Dict[str, FamilySpec] = {"qwen2_vl": Qwen2VLFamily(), "qwen2_5_vl": Qwen2_5_VLFamily(),
                                    "internvl": InternVLFamily(), "llava": LlavaFamily()}
 QKV_PARTS = ("q_proj", "k_proj", "v_proj")
@@ -73,6 +89,7 @@ class AdapterNaming:
                              f"known: {sorted(spec.family.groups)}")
         cfg = {"llm_config": {"model_type": text_model_id}} if text_model_id else {}
         self.groups: List[Group] = spec.groups(cfg, layout)
+        self.aliases: List[Group] = spec.family.read_aliases.get(layout, [])
         self.unfuse = spec.family.unfuse.get(layout, [])
         self.model_id, self.layout = model_id, layout
 
@@ -85,6 +102,11 @@ class AdapterNaming:
     def module(self, name: str) -> str:
         return self.parameter(name + ".weight")[: -len(".weight")]
 
+    def msmm_parameter(self, hf: str) -> Optional[str]:
+        """The msmm name of an adapter's parameter name (the saved checkpoint name, or the
+        transformers >= 4.52 in-memory name PEFT writes), or None."""
+        return rename(hf, self.aliases, to_mm=True) or rename(hf, self.groups, to_mm=True)
+
     def fused_qkv(self, name: str) -> Optional[Tuple[str, str]]:
         """(stem, part) when ``name`` (stem.q_proj / k_proj / v_proj) is stored fused as stem.qkv."""
         stem, _, part = name.rpartition(".")
@@ -96,15 +118,12 @@ class AdapterNaming:
 def shortest_unique_suffixes(names: Sequence[str], others: Sequence[str]) -> List[str]:
     """The shortest dotted suffixes that together match all of ``names`` and none of
     ``others`` (PEFT's rule: suffix ``s`` matches ``n`` when ``n == s`` or ``n`` ends with ``"." + s``)."""
-    def matches(suffix: str, name: str) -> bool:
-        return name == suffix or name.endswith("." + suffix)
-
     out = set()
     for name in names:
         parts = name.split(".")
         for k in range(1, len(parts) + 1):
             suffix = ".".join(parts[-k:])
-            if not any(matches(suffix, o) for o in others):
+            if not any(suffix_matches(o, suffix) for o in others):
                 break
         out.add(suffix)
     return sorted(out)
@@ -191,7 +210,6 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
         "layers_to_transform": None,
         "layers_pattern": None,
         "revision": None,
-        "msmm": {"model_id": naming.model_id, "layout": naming.layout},
     }
     os.makedirs(directory, exist_ok=True)
     weights, config_path = os.path.join(directory, ADAPTER_WEIGHTS), os.path.join(directory, ADAPTER_CONFIG)
@@ -245,19 +263,90 @@ def _full_tensors(full: Mapping[str, np.ndarray], naming: AdapterNaming) -> Dict
     return out
 
 
-def read_adapter(directory: str) -> Tuple[dict, Dict[str, np.ndarray]]:
-    """(adapter_config.json, {key without ``base_model.model.``: array}); errors name the file."""
-    config_path, weights_path = os.path.join(directory, ADAPTER_CONFIG), os.path.join(directory, ADAPTER_WEIGHTS)
-    for path in (config_path, weights_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory}: no {os.path.basename(path)} (not a PEFT adapter directory)")
+@dataclass
+class LoraAdapter:
+    """An adapter directory as read: adapter_config.json and the tensors, loaded on demand."""
+
+    directory: str
+    config: dict
+    tensors: Dict[str, Tensor]  # keys without the ``base_model.model.`` prefix
+
+    def pattern_value(self, field: str, default: float, module: str) -> float:
+        """``rank_pattern`` / ``alpha_pattern`` value of ``module`` (first pattern matching a
+        dotted suffix of the module name), else ``default``."""
+        for pattern, value in (self.config.get(field) or {}).items():
+            try:
+                if re.match(rf"(.*\.)?({pattern})$", module):
+                    return value
+            except re.error as err:
+                raise ValueError(f"{os.path.join(self.directory, ADAPTER_CONFIG)}: {field} key {pattern!r} is not a "
+                                 f"regular expression ({err})") from err
+        return default
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """Every tensor loaded (floats as float32/float64 numpy arrays)."""
+        return {k: to_float(t.load(), t.dtype) if t.dtype in FLOAT_CODES else np.asarray(t.load())
+                for k, t in self.tensors.items()}
+
+
+def find_adapter_dir(path: str) -> str:
+    """``path`` if it holds ``adapter_config.json``; for an msmm-train checkpoint (``SAVE``, or
+    ``SAVE/iter_N``) the iteration directory the tracker names if the adapter files are there,
+    else its ``adapter/`` subdirectory."""
+    if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"lora_dir {path}: no such directory")
+    try:
+        iteration = resolve_load_dir(path)
+    except (FileNotFoundError, ValueError):
+        raise FileNotFoundError(f"lora_dir {path}: no {ADAPTER_CONFIG} (and not an msmm-train checkpoint)") from None
+    for candidate in (iteration, os.path.join(iteration, ADAPTER_SUBDIR)):
+        if os.path.isfile(os.path.join(candidate, ADAPTER_CONFIG)):
+            return candidate
+    raise FileNotFoundError(f"lora_dir {path}: the msmm-train checkpoint {iteration} holds no {ADAPTER_CONFIG} "
+                            f"(nor does its {ADAPTER_SUBDIR}/): was it trained with LoRA?")
+
+
+def read_adapter(path: str) -> LoraAdapter:
+    """The adapter in ``path`` (see ``find_adapter_dir``); errors name the file and key."""
+    directory = find_adapter_dir(path)
+    config_path = os.path.join(directory, ADAPTER_CONFIG)
     with open(config_path) as f:
-        config = json.load(f)
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{config_path}: peft_type {config.get('peft_type')!r}, expected 'LORA'")
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path}: line {err.lineno}: invalid JSON ({err.msg})") from err
+    _check_config(config, config_path)
+    weights = os.path.join(directory, ADAPTER_WEIGHTS)
+    if not os.path.isfile(weights):
+        hint = " (found adapter_model.bin: pickles are not read; save with safe_serialization=True)" \
+            if os.path.isfile(os.path.join(directory, "adapter_model.bin")) else ""
+        raise FileNotFoundError(f"{directory}: no {ADAPTER_WEIGHTS}{hint}")
     tensors = {}
-    for key, value in load_file(weights_path).items():
+    for key, tensor in open_file(weights).items():
         if not key.startswith(PREFIX):
-            raise ValueError(f"{weights_path}: key {key!r} does not start with {PREFIX!r}")
-        tensors[key[len(PREFIX):]] = value
-    return config, tensors
+            raise KeyError(f"{weights}: adapter key {key!r} does not start with {PREFIX!r} (not a PEFT adapter file)")
+        tensors[key[len(PREFIX):]] = tensor
+    return LoraAdapter(directory, config, tensors)
+
+
+def _check_config(config: dict, where: str) -> None:
+    peft_type = config.get("peft_type")
+    if peft_type != "LORA":
+        raise ValueError(f"{where}: peft_type {peft_type!r}: msmm reads LoRA adapters only (peft_type 'LORA')")
+    for field, what in UNSUPPORTED_FIELDS.items():
+        if config.get(field):
+            raise ValueError(f"{where}: {field}={config[field]!r}: {what} is not supported "
+                             "(plain LoRA only: W + scaling * B @ A)")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(BASE_MODIFYING_INITS):
+        raise ValueError(f"{where}: init_lora_weights={init!r} changes the base weights, so the adapter does not fit "
+                         "the original base; save it converted (PEFT save_pretrained with "
+                         "path_initial_model_for_weight_conversion) and use that")
+    for field in ("r", "lora_alpha"):
+        value = config.get(field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{where}: {field} must be a positive number, got {value!r}")
+    if config.get("bias", "none") not in ("none", "all", "lora_only"):
+        raise ValueError(f"{where}: bias {config.get('bias')!r}: expected 'none', 'all' or 'lora_only'")

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from msmm.config.lora_config import ALL_LINEAR, LoRAConfig
+from msmm.config.lora_config import ALL_LINEAR, LoRAConfig, suffix_matches
 
 from .core import ColumnParallelLinear, RowParallelLinear
 from .quant import dequantize_int8, dequantize_nf4, nf4_byte_table, quantize_int8, quantize_nf4
@@ -111,7 +111,7 @@ def make_lora_layer(base: nn.Module, config: LoRAConfig) -> LoRALinear:
 
 def name_matches(name: str, patterns: Sequence[str]) -> bool:
     """PEFT-style suffix match: ``name`` equals a pattern or ends with ``"." + pattern``."""
-    return any(name == p or name.endswith("." + p) for p in patterns)
+    return any(suffix_matches(name, p) for p in patterns)
 
 
 def is_targeted(name: str, targets: Optional[Union[str, Tuple[str, ...]]]) -> bool:

@@ -1,12 +1,16 @@
-"""Writing the LoRA adapter of a training run in HF PEFT's layout (``msmm.convert.peft_adapter``)."""
+"""The LoRA adapter of a training run in HF PEFT's layout (``msmm.convert.peft_adapter``):
+written at every save, and read back into a model to continue training (``--lora-load``)."""
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from msmm.convert.peft_adapter import AdapterNaming, LoRAModule, write_adapter
+from msmm.convert.peft_adapter import (ADAPTER_WEIGHTS, LORA_KEY, PREFIX, AdapterNaming, LoRAModule, read_adapter,
+                                       write_adapter)
 
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight")
 
@@ -55,3 +59,64 @@ class AdapterWriter:
         base, full = base_and_full(self.model)
         return write_adapter(directory, self.naming, lora_modules(self.model), full, base,
                              self.base_model_name_or_path)
+
+
+def _assign(param, value: np.ndarray) -> None:
+    if hasattr(param, "set_data"):  # a MindSpore Parameter (model bound through the adapters)
+        import mindspore
+
+        param.set_data(mindspore.Tensor(value, dtype=param.dtype))
+    else:
+        import torch
+
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(np.array(value)))
+
+
+def load_adapter(model, path: str, naming: AdapterNaming) -> int:
+    """Set the LoRA matrices and fully trained parameters of ``model`` (LoRA applied, torch or
+    MindSpore-bound) from the PEFT adapter in ``path`` (written by msmm-train or by PEFT),
+    named in ``naming``'s layout. Every LoRA layer of the model must be in the adapter with
+    the same r and scaling; every other adapter tensor must be a trainable parameter.
+    Returns the number of tensors set."""
+    adapter = read_adapter(path)
+    config, where = adapter.config, os.path.join(adapter.directory, ADAPTER_WEIGHTS)
+    if config.get("use_rslora") or config.get("fan_in_fan_out") or config.get("bias", "none") != "none":
+        raise ValueError(f"{adapter.directory}: use_rslora / fan_in_fan_out / bias other than 'none' cannot be loaded "
+                         "into msmm's LoRA layers")
+    layers = {name: cell for name, cell in model.named_modules() if _is_lora(cell)}
+    params = dict(model.named_parameters())
+    done = set()
+    for key, value in adapter.arrays().items():
+        match = LORA_KEY.match(key)
+        if match:
+            module = match.group(1)
+            name = naming.msmm_parameter(module + ".weight")
+            layer_name = name[: -len(".weight")] if name else None
+            if layer_name not in layers:
+                fused = " (stored fused in this layout; loading it is not supported: merge it instead)" \
+                    if module.endswith(".qkv") and naming.unfuse else ""
+                raise KeyError(f"{where}: adapter key {PREFIX + key!r}: the model has no LoRA layer {layer_name!r}"
+                               f"{fused}; configure LoRA on the modules the adapter targets")
+            cell = layers[layer_name]
+            r = adapter.pattern_value("rank_pattern", config["r"], module)
+            alpha = adapter.pattern_value("alpha_pattern", config["lora_alpha"], module)
+            if r != cell.r or not math.isclose(alpha / r, cell.scaling, rel_tol=1e-6):
+                raise ValueError(f"{where}: {module!r} has r={r}, lora_alpha={alpha}; the model's LoRA layer "
+                                 f"{layer_name!r} has r={cell.r}, lora_alpha={cell.alpha}: give the same r / lora_alpha")
+            name = f"{layer_name}.lora_{match.group(2)}.weight"
+        else:
+            name = naming.msmm_parameter(key)
+            if name not in params or not params[name].requires_grad:
+                raise KeyError(f"{where}: adapter key {PREFIX + key!r} is not a trainable parameter of the model "
+                               f"(msmm name {name!r}); list its module in modules_to_save")
+        if tuple(params[name].shape) != value.shape:
+            raise ValueError(f"{where}: adapter key {PREFIX + key!r} is {list(value.shape)}, the model's {name!r} is "
+                             f"{list(params[name].shape)}")
+        _assign(params[name], value)
+        done.add(name)
+    missing = sorted(f"{n}.lora_{s}.weight" for n in layers for s in "AB" if f"{n}.lora_{s}.weight" not in done)
+    if missing:
+        raise KeyError(f"{where}: the adapter has no tensors for {len(missing)} LoRA parameters of the model, e.g. "
+                       f"{missing[:3]}; it was trained with other target_modules")
+    return len(done)

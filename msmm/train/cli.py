@@ -121,12 +121,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         writer = adapter_writer(model, model_config, args.load if args.load and not resume else None,
                                 read_metadata(args.load).get("arguments", {}) if resume else None)
         arguments.update(lora_base=writer.base_model_name_or_path, lora_layout=writer.naming.layout)
+    if args.lora_load is not None:
+        if not adapted or resume:
+            raise ModelConfigError(f"--lora-load {args.lora_load}: needs LoRA configured (--lora-r or a model.json lora "
+                                   "block) and --load of an HF checkpoint, not of an msmm checkpoint (which holds the "
+                                   "adapter already)")
+        from msmm.train.adapter import load_adapter
+
+        loaded = load_adapter(model, args.lora_load, writer.naming)
     trainer = Trainer(model, config, loader, world, arguments=arguments, adapter_writer=writer)
     if adapted:
         trainable = sum(int(np.prod(p.shape)) for _, p in trainer.named)
         total = sum(int(np.prod(p.shape)) for _, p in model.named_parameters())
         trainer.logger.info(f"LoRA on {', '.join(f'{k} ({len(v)} layers)' for k, v in adapted.items())}: "
                             f"{trainable} trainable of {total} parameters")
+    if args.lora_load is not None:
+        trainer.logger.info(f"--lora-load: {loaded} adapter tensors from {args.lora_load}")
     if args.ignored:
         trainer.logger.info(f"msmm-train: no effect here (msmm picks kernels itself): {', '.join(args.ignored)}")
     if resume:

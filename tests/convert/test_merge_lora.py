@@ -21,7 +21,8 @@ import tiny_hf
 from test_mm_convert import assert_same_tensors, convert, convert_error
 from msmm.convert.checkpoints import read_hf_tensors, write_hf
 from msmm.convert.cli import main
-from msmm.convert.lora import merge_tensors, read_adapter
+from msmm.convert.lora import merge_tensors
+from msmm.convert.peft_adapter import read_adapter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))  # test_internvl's remote layout
 
@@ -81,8 +82,9 @@ def test_merged_checkpoint_matches_peft(family, tmp_path):
     model = build()
     model_cls = type(model)
     base = tiny_hf.save(model, str(tmp_path / "hf"))
+    whole = ["multi_modal_projector"] if family in ("internvl", "llava") else []  # a module: its tensors lie below it
     peft_model = with_adapter(model, str(tmp_path / "adapter"), r=4, lora_alpha=8, target_modules="all-linear",
-                              modules_to_save=["lm_head"])
+                              modules_to_save=["lm_head"] + whole)
     batch = inputs(family)
     want = logits(peft_model, batch)
     convert(converter, "merge_lora", hf_config__hf_dir=base, lora_dir=str(tmp_path / "adapter"),
@@ -101,6 +103,8 @@ def test_merged_checkpoint_matches_peft(family, tmp_path):
     changed = [k for k in ours if not torch.equal(ours[k], base_tensors[k])]
     head = "lm_head.weight" if family.startswith("qwen") else "language_model.lm_head.weight"
     assert head in changed and any("mlp" in k for k in changed) and any(k.startswith(("visual.", "vision_tower.")) for k in changed)
+    projector = [k for k in ours if k.startswith("multi_modal_projector.")]
+    assert set(projector) <= set(changed) and (projector != []) == bool(whole)  # replaced, layer norm included
     # the merged directory is an ordinary HF checkpoint: hf_to_mm -> mm_to_hf gives it back bit for bit
     convert(converter, "hf_to_mm", mm_dir=str(tmp_path / "mm"), hf_config__hf_dir=out, parallel_config__tp_size=2)
     convert(converter, "mm_to_hf", mm_dir=str(tmp_path / "mm"), save_hf_dir=str(tmp_path / "back"))
@@ -384,7 +388,7 @@ def test_errors_name_the_problem(tmp_path, capsys, monkeypatch):
     wrong = dict(state, **{q_a: torch.zeros(4, 33)})
     assert "shape mismatch at 'model.language_model.layers.1.self_attn.q_proj': lora_A [4, 33]" in error(variant(wrong))
     assert "lora_A [2, 32]" in error(variant(rank_pattern={"q_proj": 2}))  # r from the config must match
-    assert "peft_type 'LOHA': merge_lora merges LoRA adapters only" in error(variant(peft_type="LOHA"))
+    assert "peft_type 'LOHA': msmm reads LoRA adapters only" in error(variant(peft_type="LOHA"))
     unpaired = {k: v for k, v in state.items() if k != q_a}
     assert f"{q_a.replace('lora_A', 'lora_B')!r} has no partner" in error(variant(unpaired))
     assert "init_lora_weights='pissa'" in error(variant(init_lora_weights="pissa"))

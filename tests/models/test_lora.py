@@ -9,7 +9,6 @@ adapter files msmm writes are loaded by ``PeftModel.from_pretrained`` and give m
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -139,7 +138,8 @@ def test_peft_loads_msmm_adapter_files(reference, tmp_path):
     path, _, batch, _, weights = reference
     model = torch_lora_model(path, weights)
     AdapterWriter(model, AdapterNaming("internvl", "hf"), path)(str(tmp_path))
-    config, tensors = read_adapter(str(tmp_path))
+    adapter = read_adapter(str(tmp_path))
+    config, tensors = adapter.config, adapter.arrays()
     assert config["r"] == 4 and config["lora_alpha"] == 8 and config["rank_pattern"] and config["bias"] == "none"
     assert "language_model.model.layers.0.self_attn.q_proj.lora_A.weight" in tensors
     assert "multi_modal_projector.linear_1.weight" in tensors
@@ -157,6 +157,44 @@ def test_peft_loads_msmm_adapter_files(reference, tmp_path):
     err = float(np.abs(ours - theirs)[batch["attention_mask"].astype(bool)].max())
     print(f"\nPEFT from_pretrained vs msmm logits max abs err {err:.2e}")
     assert err <= 1e-4
+
+
+def test_adapter_written_by_peft_loads_into_msmm(reference, tmp_path):
+    """msmm-train --lora-load: PEFT's save_pretrained files (in-memory names of transformers
+    4.53, projector under modules_to_save, here moved off the base) set msmm's LoRA and
+    projector weights; torch and MindSpore PyNative give the logits of PeftModel.from_pretrained."""
+    from safetensors.torch import load_file as load_torch, save_file as save_torch
+    from transformers import InternVLForConditionalGeneration
+
+    from msmm.train.adapter import load_adapter
+
+    path, peft_model, batch, _, _ = reference
+    peft_model.save_pretrained(str(tmp_path))
+    weights = str(tmp_path / "adapter_model.safetensors")
+    state = load_torch(weights)
+    assert any(k.startswith("base_model.model.model.language_model.") for k in state)  # PEFT's in-memory names
+    projector = [k for k in state if "multi_modal_projector" in k]
+    save_torch({k: v + 0.05 if k in projector else v for k, v in state.items()}, weights, metadata={"format": "pt"})
+    loaded = peft.PeftModel.from_pretrained(InternVLForConditionalGeneration.from_pretrained(path), str(tmp_path)).eval()
+    inputs = {k: torch.tensor(v) for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        want = loaded(**inputs).logits.numpy()
+    valid = batch["attention_mask"].astype(bool)
+    naming = AdapterNaming("internvl", "hf")
+    ours = torch_lora_model(path, {})
+    assert load_adapter(ours, str(tmp_path), naming) == len(state)
+    with torch.no_grad():
+        torch_err = float(np.abs(ours.eval()(**inputs).numpy() - want)[valid].max())
+    ms_model = ms_lora_model(path, {})
+    load_adapter(ms_model, str(tmp_path), naming)
+    ms_err = float(np.abs(ms_backend.run(ms_model, batch, "pynative").logits - want)[valid].max())
+    print(f"\nPEFT-written adapter loaded into msmm vs PeftModel.from_pretrained logits: torch {torch_err:.2e}, "
+          f"MindSpore PyNative {ms_err:.2e}")
+    assert torch_err <= 1e-4 and ms_err <= 1e-4
+    with pytest.raises(ValueError, match=r"has r=2, lora_alpha=6.*has r=4"):
+        model = load_internvl(path)
+        torch_lora.apply_lora(model, [model.language_model, model.vision_tower], TEXT_LORA)
+        load_adapter(model, str(tmp_path), naming)
 
 
 @pytest.mark.parametrize("fmt", ["int8", "nf4"])
@@ -227,7 +265,8 @@ def test_remote_layout_fuses_qkv_adapters_exactly(tmp_path):
              for p in ("q_proj", "k_proj", "v_proj")}
     base = [f"{stem}.{p}.{k}" for p in parts for k in ("weight", "bias")] + ["language_model.lm_head.weight"]
     write_adapter(str(tmp_path), AdapterNaming("internvl", "remote"), list(parts.values()), {}, base)
-    config, tensors = read_adapter(str(tmp_path))
+    adapter = read_adapter(str(tmp_path))
+    config, tensors = adapter.config, adapter.arrays()
     a, b = tensors["vision_model.encoder.layers.0.attn.qkv.lora_A.weight"], tensors["vision_model.encoder.layers.0.attn.qkv.lora_B.weight"]
     r, alpha = config["rank_pattern"].get("qkv", config["r"]), config["alpha_pattern"].get("qkv", config["lora_alpha"])
     assert (r, a.shape, b.shape) == (6, (6, 8), (24, 6)) and alpha / r == 2.0
@@ -297,6 +336,7 @@ def test_train_args_lora_and_save_total_limit():
     assert parse_train_args(base + ["--lora-r", "8", "--lora-target-modules", "self_attn.q_proj"]).lora.target_modules == ("self_attn.q_proj",)
     assert parse_train_args(base + ["--lora-r", "8", "--lora-target-modules", r".*\.(q|v)_proj"]).lora.target_modules == r".*\.(q|v)_proj"
     assert parse_train_args(base).lora is None
+    assert parse_train_args(base + ["--lora-r", "8", "--lora-load", "adapter_dir"]).lora_load == "adapter_dir"
     for extra, message in ((["--lora-alpha", "16"], "--lora-alpha need --lora-r"),
                            (["--lora-r", "-1"], "--lora-r: must be a positive integer"),
                            (["--lora-r", "8", "--lora-dropout", "1"], "--lora-dropout: must lie in [0, 1)"),
@@ -340,7 +380,8 @@ def test_qwen2_vl_adapter_loads_into_peft(tmp_path):
     for p in model.visual.merger.parameters():
         p.requires_grad = True
     AdapterWriter(model, AdapterNaming("qwen2_vl"), path)(str(tmp_path / "adapter"))
-    config, tensors = read_adapter(str(tmp_path / "adapter"))
+    adapter = read_adapter(str(tmp_path / "adapter"))
+    config, tensors = adapter.config, adapter.arrays()
     assert "visual.blocks.0.attn.qkv.lora_A.weight" in tensors and "model.layers.1.mlp.down_proj.lora_B.weight" in tensors
     assert config["modules_to_save"] == ["merger"] and not any("lm_head" in k for k in tensors)
     loaded = peft.PeftModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(path), str(tmp_path / "adapter"))

@@ -2,7 +2,8 @@
 msrun (1 worker) from an HF-native InternVL checkpoint built here, LoRA on the text decoder
 (--lora-*) and the InternViT (model.json), projector trained in full, --save-total-limit 2.
 Checked: loss falls, base weights bit-identical to the HF checkpoint, adapters changed, old
-checkpoints pruned, HF PEFT loads the written adapter and gives msmm's logits, and a run
+checkpoints pruned, HF PEFT loads the written adapter and gives msmm's logits, mm-convert
+merge_lora of the run's checkpoint loads in transformers with the same logits, and a run
 resumed from iteration 6 ends where the uninterrupted one did."""
 from __future__ import annotations
 
@@ -116,30 +117,59 @@ def test_lora_run_trains_adapters_only_and_prunes_checkpoints(run):
             assert f"optimizer.exp_avg.{name}" not in final
 
 
-def test_peft_loads_the_adapter_msmm_train_wrote(run):
+@pytest.fixture(scope="module")
+def logits(run):
+    """One image-and-text input and its logits from the HF base, msmm (base + the run's final
+    adapter, on real torch) and HF PEFT (``PeftModel.from_pretrained`` of the adapter files)."""
     from transformers import InternVLForConditionalGeneration
 
+    iteration = os.path.join(run["save"], "iter_0000009")
+    rng = np.random.default_rng(0)
+    image_token = json.load(open(os.path.join(run["assets"], "model.json")))["image_token_id"]
+    ids = np.array([[1, 2] + [image_token] * 4 + rng.integers(3, 200, 10).tolist()])
+    inputs = {"input_ids": torch.tensor(ids), "pixel_values": torch.tensor(rng.standard_normal((1, 3, 56, 56)), dtype=torch.float32),
+              "attention_mask": torch.ones(ids.shape, dtype=torch.long)}
+    base = InternVLForConditionalGeneration.from_pretrained(run["hf_dir"]).eval()
+    with torch.no_grad():
+        out = dict(inputs=inputs, base=base(**inputs).logits.numpy(), msmm=msmm_torch_model(run, iteration)(**inputs).numpy())
+        out["peft"] = peft.PeftModel.from_pretrained(base, iteration).eval()(**inputs).logits.numpy()
+    return out
+
+
+def test_peft_loads_the_adapter_msmm_train_wrote(run, logits):
     iteration = os.path.join(run["save"], "iter_0000009")
     with open(os.path.join(iteration, "adapter_config.json")) as f:
         config = json.load(f)
     assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == run["hf_dir"]
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) in ((8, 16.0, 0.0), (4, 8.0, 0.0))
-    loaded = peft.PeftModel.from_pretrained(InternVLForConditionalGeneration.from_pretrained(run["hf_dir"]), iteration).eval()
-    ours = msmm_torch_model(run, iteration)
-    rng = np.random.default_rng(0)
-    image_token = json.load(open(os.path.join(run["assets"], "model.json")))["image_token_id"]
-    ids = np.concatenate([[[1, 2] + [image_token] * 4 + rng.integers(3, 200, 10).tolist()]], axis=0)
-    inputs = {"input_ids": torch.tensor(ids), "pixel_values": torch.tensor(rng.standard_normal((1, 3, 56, 56)), dtype=torch.float32),
-              "attention_mask": torch.ones(ids.shape, dtype=torch.long)}
-    with torch.no_grad():
-        theirs = loaded(**inputs).logits.numpy()
-        mine = ours(**inputs).numpy()
-        base = InternVLForConditionalGeneration.from_pretrained(run["hf_dir"]).eval()(**inputs).logits.numpy()
-    err = float(np.abs(theirs - mine).max())
+    err = float(np.abs(logits["peft"] - logits["msmm"]).max())
     print(f"\nPEFT from_pretrained(msmm-train adapter) vs msmm logits: max abs err {err:.2e} "
-          f"(adapter changes them by {np.abs(theirs - base).max():.2e})")
+          f"(adapter changes them by {np.abs(logits['peft'] - logits['base']).max():.2e})")
     assert err <= 1e-4
-    assert np.abs(theirs - base).max() > 1e-3
+    assert np.abs(logits["peft"] - logits["base"]).max() > 1e-3
+
+
+def test_merge_lora_of_the_run_loads_in_transformers(run, logits, tmp_path):
+    """docs/lora.md "Merge and export": mm-convert InternVLConverter merge_lora on the run's
+    iteration directory, and on SAVE (the tracker's iteration); transformers loads the merged
+    directory and gives msmm's base + adapter logits, and PEFT's."""
+    from transformers import InternVLForConditionalGeneration
+
+    from msmm.convert.cli import main as mm_convert
+
+    for name, lora_dir in (("from_iteration", os.path.join(run["save"], "iter_0000009")), ("from_save", run["save"])):
+        out = str(tmp_path / name)
+        assert mm_convert(["InternVLConverter", "merge_lora", "--cfg.hf_config.hf_dir", run["hf_dir"],
+                           "--cfg.lora_dir", lora_dir, "--cfg.save_hf_dir", out]) == 0
+        with torch.no_grad():
+            merged = InternVLForConditionalGeneration.from_pretrained(out).eval()(**logits["inputs"]).logits.numpy()
+        err_msmm, err_peft = (float(np.abs(merged - logits[k]).max()) for k in ("msmm", "peft"))
+        print(f"\nmerge_lora {name}: transformers(merged) vs msmm base+adapter logits max abs err {err_msmm:.2e}, "
+              f"vs PEFT {err_peft:.2e}")
+        assert err_msmm <= 1e-4 and err_peft <= 1e-4
+    trained = load_file(os.path.join(run["save"], "iter_0000009", PAYLOAD))
+    projector = load_file(os.path.join(out, "model.safetensors"))["multi_modal_projector.linear_1.weight"]
+    np.testing.assert_array_equal(projector, trained["model.multi_modal_projector.linear_1.weight"])  # modules_to_save
 
 
 def test_resumed_lora_run_ends_where_the_uninterrupted_one_did(run):
@@ -159,3 +189,39 @@ def test_resumed_lora_run_ends_where_the_uninterrupted_one_did(run):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
     with open(os.path.join(stopped, "iter_0000009", "adapter_config.json")) as f:
         assert json.load(f)["base_model_name_or_path"] == run["hf_dir"]  # recorded by the first run
+
+
+def test_merge_lora_remote_code_layout_of_the_run(run, tmp_path):
+    """The same trained model with a remote-code base (OpenGVLab layout, what the InternVL2-2B
+    recipe --loads and LMDeploy serves): msmm's adapter in that layout (ViT q/k/v as one
+    rank-3r attn.qkv adapter, projector as mlp1) merged into the remote base equals the remote
+    layout of the HF-native merge."""
+    from transformers import InternVLConfig
+
+    from msmm.convert.cli import main as mm_convert
+    from msmm.convert.peft_adapter import AdapterNaming
+    from msmm.train.adapter import AdapterWriter
+
+    sys.path.insert(0, os.path.join(REPO, "tests", "models"))
+    from test_internvl import remote_config, saved_tensors, to_remote_layout, write_remote_checkpoint
+
+    hf_config = InternVLConfig.from_pretrained(run["hf_dir"])
+    llm = dict(hf_config.text_config.to_dict(), architectures=["Qwen2ForCausalLM"])
+    remote = write_remote_checkpoint(str(tmp_path / "remote"), to_remote_layout(saved_tensors(run["hf_dir"])),
+                                     dict(remote_config(hf_config, llm), model_type="internvl_chat"))
+    adapter = str(tmp_path / "adapter_remote")
+    AdapterWriter(msmm_torch_model(run, os.path.join(run["save"], "iter_0000009")),
+                  AdapterNaming("internvl", "remote", "qwen2"), remote)(adapter)
+    with open(os.path.join(adapter, "adapter_config.json")) as f:
+        config = json.load(f)
+    assert config["modules_to_save"] == ["mlp1"] and config["rank_pattern"]["qkv"] == 3 * config["rank_pattern"]["fc1"]
+    for base, lora_dir, out in ((run["hf_dir"], run["save"], "merged_native"), (remote, adapter, "merged_remote")):
+        assert mm_convert(["InternVLConverter", "merge_lora", "--cfg.hf_config.hf_dir", base, "--cfg.lora_dir", lora_dir,
+                           "--cfg.save_hf_dir", str(tmp_path / out)]) == 0
+    merged = load_file(str(tmp_path / "merged_remote" / "model.safetensors"))
+    expected = to_remote_layout(load_file(str(tmp_path / "merged_native" / "model.safetensors")))
+    assert sorted(merged) == sorted(expected)
+    for key in expected:
+        np.testing.assert_allclose(merged[key], expected[key], rtol=0, atol=1e-6, err_msg=key)
+    qkv = "vision_model.encoder.layers.0.attn.qkv.weight"
+    assert np.abs(merged[qkv] - to_remote_layout(saved_tensors(run["hf_dir"]))[qkv]).max() > 1e-4
