@@ -8,9 +8,11 @@ norm, AdamW update) and torch eager's into forward+backward and clip+update. The
 shared, so msmm and torch eager run alternately for ``--rounds`` rounds and the reported
 ratio is the median of the per-round ratios (torch.compile runs once); the ratio of CPU time
 per step (``time.process_time``, all threads) is reported too, being less sensitive to other
-processes than wall time.
+processes than wall time. ``--compare-async`` adds an msmm run per round with MindSpore's
+asynchronous host pipeline (``MS_DEV_HOST_BLOCKING_RUN=0``, msmm's behaviour before
+``msmm.train.host_pipeline``), to measure what running it inline buys in the same run.
 
-    python benchmarks/train_step.py            # writes benchmarks/train_step.json
+    python benchmarks/train_step.py --compare-async    # writes benchmarks/train_step.json
 """
 from __future__ import annotations
 
@@ -117,6 +119,7 @@ def run_msmm(name: str) -> dict:
 
     hook.install(["msmm.models"])
     from msmm.models.qwen2_vl import Qwen2VL, Qwen2VLConfig
+    from msmm.train.host_pipeline import async_queue_threads
     from msmm.train.trainer import InputBuilder, TrainConfig, Trainer
 
     mindspore.set_seed(0)
@@ -158,7 +161,7 @@ def run_msmm(name: str) -> dict:
                 phases[key].append(dt)
     return {"step_s": statistics.median(times), "cpu_s": statistics.median(cpu),
             "phases_s": {k: statistics.median(v) for k, v in phases.items()},
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "host_pipeline_threads": async_queue_threads()}
 
 
 def main() -> None:
@@ -166,18 +169,23 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "train_step.json"))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare-async", action="store_true",
+                        help="also run msmm with MindSpore's asynchronous host pipeline (MS_DEV_HOST_BLOCKING_RUN=0, "
+                             "the behaviour before msmm.train set it) each round")
     parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         backend, name = args.worker
-        result = run_msmm(name) if backend == "msmm" else run_torch(name, backend == "torch_compile")
+        result = run_msmm(name) if backend.startswith("msmm") else run_torch(name, backend == "torch_compile")
         print("RESULT " + json.dumps(result))
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), GLOG_v="3", PYTHONPATH=REPO)
     results = {"threads": THREADS, "dtype": "float32", "warmup_steps": WARMUP, "timed_steps": STEPS,
                "rounds": args.rounds, "configs": {}}
     def run(backend: str, name: str) -> dict:
-        proc = subprocess.run([sys.executable, __file__, "--worker", backend, name], env=env, capture_output=True, text=True)
+        worker_env = dict(env, MS_DEV_HOST_BLOCKING_RUN="0") if backend == "msmm_async" else env
+        proc = subprocess.run([sys.executable, __file__, "--worker", backend, name], env=worker_env, capture_output=True,
+                              text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             return {"error": (proc.stderr or proc.stdout)[-1500:]}
@@ -188,6 +196,8 @@ def main() -> None:
         entry = {"tokens_per_step": tokens, "rounds": []}
         for r in range(args.rounds):
             backends = ("msmm", "torch_eager", "torch_compile") if r == 0 else ("msmm", "torch_eager")
+            if args.compare_async:
+                backends += ("msmm_async",)
             results_round = {backend: run(backend, name) for backend in backends}
             entry["rounds"].append(results_round)
             for backend, res in results_round.items():
@@ -198,7 +208,7 @@ def main() -> None:
                           flush=True)
                 else:
                     print(f"{name:6s} round {r} {backend:14s} failed: {res['error'][-300:]}", flush=True)
-        for backend in ("msmm", "torch_eager", "torch_compile"):
+        for backend in ("msmm", "torch_eager", "torch_compile", "msmm_async"):
             done = [rd[backend] for rd in entry["rounds"] if "step_s" in rd.get(backend, {})]
             if done:
                 step_s = statistics.median(d["step_s"] for d in done)
@@ -214,6 +224,10 @@ def main() -> None:
             entry["msmm_over_torch_eager_cpu_time"] = statistics.median(
                 rd["torch_eager"]["cpu_s"] / rd["msmm"]["cpu_s"] for rd in entry["rounds"]
                 if "cpu_s" in rd.get("msmm", {}) and "cpu_s" in rd.get("torch_eager", {}))
+        async_ratios = [rd["msmm_async"]["step_s"] / rd["msmm"]["step_s"] for rd in entry["rounds"]
+                        if "step_s" in rd.get("msmm", {}) and "step_s" in rd.get("msmm_async", {})]
+        if async_ratios:
+            entry["msmm_speedup_over_async_host_pipeline"] = statistics.median(async_ratios)
         if "msmm" in entry and "torch_compile" in entry:
             entry["msmm_over_torch_compile"] = entry["msmm"]["tokens_per_s"] / entry["torch_compile"]["tokens_per_s"]
         print(f"{name:6s} msmm / torch eager (median of {len(ratios)} rounds): wall {entry.get('msmm_over_torch_eager', float('nan')):.3f}, "

@@ -62,6 +62,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(err, file=sys.stderr)
         return 2
     os.environ.setdefault("MSMM_DEVICE", mindspore.get_context("device_target"))
+    from msmm.train.host_pipeline import configure as configure_host_pipeline
+
+    configure_host_pipeline(mindspore.get_context("device_target"))  # before the first MindSpore op
     from auto_convert import hook
 
     hook.install(["msmm.models"])

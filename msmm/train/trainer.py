@@ -5,6 +5,7 @@ import inspect
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
 
@@ -14,6 +15,7 @@ from mindspore import Tensor, nn
 
 from . import checkpoint as ckpt
 from .distributed import World
+from .host_pipeline import ENV as HOST_BLOCKING_ENV, async_queue_threads
 from .logger import TrainLogger, peak_memory_mb
 from .loss import IGNORE_INDEX
 from .optimizer import AdamW
@@ -199,6 +201,10 @@ class Trainer:
                  arguments: Optional[Dict[str, Any]] = None,
                  adapter_writer: Optional[Callable[[str], Any]] = None) -> None:
         self.model, self.config, self.world = model, config, world
+        if mindspore.get_context("device_target") == "CPU" and async_queue_threads():
+            warnings.warn(f"MindSpore's host pipeline threads ({', '.join(async_queue_threads())}) are running: "
+                          f"the training step will be several times slower on CPU; set {HOST_BLOCKING_ENV}=1 "
+                          "(or import msmm.train) before the first MindSpore op (docs/training.md)", stacklevel=2)
         self.adapter_writer = adapter_writer  # writes PEFT adapter files into each checkpoint
         self.stream = MicroBatchStream(source)
         self.inputs = inputs or InputBuilder(model, seq_length=config.seq_length)

@@ -20,6 +20,7 @@ from safetensors.numpy import save_file  # noqa: E402
 
 mindspore.set_device("CPU")
 
+import msmm.train  # noqa: E402,F401  before any MindSpore op: runs MindSpore's host pipeline inline
 from auto_convert import hook  # noqa: E402
 
 hook.install(["msmm.models"])
