@@ -9,6 +9,11 @@ its peak RSS (ru_maxrss) is its own; the RSS after building the model (before an
 compiled) is reported too, and the largest RSS sampled during the timed steps (after
 compilation). 2 warm-up steps (compilation), then the median of 5 timed steps.
 
+The peer, in the same run: the same architecture as HF ``InternVLForConditionalGeneration``
+on torch eager (fp32, 2 threads) with ``torch.optim.AdamW``: ``torch_full`` and
+``torch_peft_lora`` (HF PEFT ``LoraConfig`` r=16 on the same ViT and text linear layers,
+projector in ``modules_to_save``).
+
     python benchmarks/lora.py            # writes benchmarks/results/lora.json
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARMUP, STEPS = 2, 5
-RUNS = ("full", "lora", "qlora_int8", "qlora_nf4")
+RUNS = ("full", "lora", "qlora_int8", "qlora_nf4", "torch_full", "torch_peft_lora")
 VOCAB, IMAGE_TOKEN, TILE, BATCH, TEXT_TOKENS = 4096, 4095, 112, 2, 128
 MODEL_JSON = {
     "model_id": "internvl", "image_token_id": IMAGE_TOKEN,
@@ -142,13 +147,65 @@ def worker(run: str) -> dict:
             "loss_first_last": [losses[0], losses[-1]]}
 
 
+def torch_worker(run: str) -> dict:
+    import numpy as np
+    import torch
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    vit, text = MODEL_JSON["image_encoder"]["vision_encoder"], MODEL_JSON["text_decoder"]
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=vit["hidden_size"], num_hidden_layers=vit["num_layers"],
+                           num_attention_heads=vit["num_attention_heads"], intermediate_size=vit["ffn_hidden_size"],
+                           image_size=[TILE, TILE], patch_size=[14, 14], norm_type="layer_norm", attention_bias=True),
+        text_config=dict(model_type="qwen2", vocab_size=VOCAB, hidden_size=text["hidden_size"],
+                         intermediate_size=text["ffn_hidden_size"], num_hidden_layers=text["num_layers"],
+                         num_attention_heads=text["num_attention_heads"], num_key_value_heads=text["num_query_groups"]),
+        image_token_id=IMAGE_TOKEN, downsample_ratio=0.5, tie_word_embeddings=False, attn_implementation="eager")
+    model = InternVLForConditionalGeneration(config).float().train()
+    if run == "torch_peft_lora":
+        from peft import LoraConfig, get_peft_model
+
+        linear = "q_proj|k_proj|v_proj|o_proj|projection_layer|gate_proj|up_proj|down_proj|fc1|fc2"
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=rf".*(vision_tower|language_model)\..*\.({linear})",
+                                                 modules_to_save=["multi_modal_projector"]))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    inputs = {k: torch.from_numpy(v) for k, v in batch().items()}
+    built_rss = rss_mb()
+    times, losses = [], []
+    sampler = RSSSampler()
+    for i in range(WARMUP + STEPS):
+        if i == WARMUP:
+            sampler.start()
+        start = time.perf_counter()
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if i >= WARMUP:
+            times.append(time.perf_counter() - start)
+    sampler.running = False
+    state = [p for p in model.parameters()]
+    optimizer_bytes = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+                          if torch.is_tensor(v) and v.dim() > 0)
+    return {"run": run, "parameters": sum(p.numel() for p in state), "trainable_parameters": sum(p.numel() for p in trainable),
+            "model_state_mb": sum(p.numel() * p.element_size() for p in state) / 2 ** 20,
+            "optimizer_state_mb": optimizer_bytes / 2 ** 20, "rss_after_build_mb": built_rss, "peak_rss_mb": rss_mb(),
+            "steps_peak_rss_mb": sampler.peak, "step_s_median": statistics.median(times),
+            "loss_first_last": [losses[0], losses[-1]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=RUNS)
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "lora.json"))
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker)))
+        run = torch_worker if args.worker.startswith("torch") else worker
+        print("RESULT " + json.dumps(run(args.worker)))
         return
     results = []
     for run in RUNS:
@@ -160,11 +217,16 @@ def main() -> None:
             raise RuntimeError(f"{run} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
         results.append(json.loads(line[len("RESULT "):]))
         print(json.dumps(results[-1]))
-    full = results[0]
+    by_run = {r["run"]: r for r in results}
     for r in results:
+        full = by_run["torch_full" if r["run"].startswith("torch") else "full"]
         r["trainable_vs_full"] = r["trainable_parameters"] / full["trainable_parameters"]
         r["peak_rss_vs_full"] = r["peak_rss_mb"] / full["peak_rss_mb"]
         r["training_rss_mb"] = r["peak_rss_mb"] - r["rss_after_build_mb"]
+    for ours, peer in (("full", "torch_full"), ("lora", "torch_peft_lora")):
+        by_run[ours]["vs_torch"] = {"step_time": by_run[ours]["step_s_median"] / by_run[peer]["step_s_median"],
+                                    "peak_rss": by_run[ours]["peak_rss_mb"] / by_run[peer]["peak_rss_mb"],
+                                    "trainable_parameters": by_run[ours]["trainable_parameters"] / by_run[peer]["trainable_parameters"]}
     out = {"what": __doc__.splitlines()[0], "model": MODEL_JSON, "batch": {"micro_batch": BATCH, "tokens": TEXT_TOKENS + 2 + 16},
            "machine": "2-core CPU, MindSpore 2.10 graph mode, fp32", "results": results}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -3,6 +3,9 @@ import os
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
 os.environ.setdefault("MSMM_DEVICE", "CPU")
+# MindSpore runs its host pipeline inline (no busy-waiting queue threads: msmm/train/host_pipeline.py);
+# it reads this once, at the first op, so it is set before mindspore is imported.
+os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
 
 import numpy as np
 import pytest
