@@ -59,10 +59,10 @@ def step_profile(model, prompt_len: int, new: int, repeats: int = 20) -> dict:
     caches = tuple((ms_torch.zeros(1, attn.num_groups, total, attn.head_dim),
                     ms_torch.zeros(1, attn.num_groups, total, attn.head_dim)) for _ in decoder.model.layers)
     args = (ms_torch.tensor(np.array([[5]])), ms_torch.tensor(np.array([[prompt_len]])),
-            ms_torch.tensor(np.ones((1, total), np.int64)))
+            ms_torch.tensor(np.array([prompt_len])), ms_torch.tensor(np.ones((1, total), np.int64)))
     slot = ms_torch.tensor(np.eye(total, dtype=np.float32)[prompt_len: prompt_len + 1])
 
-    def pynative(token, position, mask, caches, slot):
+    def pynative(token, position, index, mask, caches):
         embeds = decoder.model.embed_tokens(token)
         hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
                                        caches=caches, slots=slot)
@@ -70,10 +70,30 @@ def step_profile(model, prompt_len: int, new: int, repeats: int = 20) -> dict:
 
     out = {}
     for name, fn in (("compiled_step_ms", decode_step(decoder, ms_torch)), ("pynative_step_ms", pynative)):
-        fn(*args, caches, slot)[0].asnumpy()  # compile / warm up
-        times = [seconds(lambda: fn(*args, caches, slot)[0].asnumpy()) for _ in range(repeats if "comp" in name else 5)]
+        fn(*args, caches)[0].asnumpy()  # compile / warm up
+        times = [seconds(lambda: fn(*args, caches)[0].asnumpy()) for _ in range(repeats if "comp" in name else 5)]
         out[name] = round(1000 * statistics.median(times), 2)
     return out
+
+
+class Clock:
+    """HF ``streamer``: the time of each ``put`` (the prompt first, then each new token)."""
+
+    def __init__(self) -> None:
+        self.times = []
+
+    def put(self, _ids) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def timed(tokens) -> tuple:
+    """(seconds to the first token, seconds per later token) of an iterator of tokens."""
+    start = time.perf_counter()
+    stamps = [time.perf_counter() for _ in tokens]
+    return stamps[0] - start, (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
 def main() -> None:
@@ -91,7 +111,7 @@ def main() -> None:
     from msmm.infer.cli import load_model, use_mindspore
 
     use_mindspore()
-    from msmm.infer.generate import GenerationConfig, generate
+    from msmm.infer.generate import GenerationConfig, generate_stream
 
     with tempfile.TemporaryDirectory() as d:
         ref.save_pretrained(d)
@@ -101,30 +121,37 @@ def main() -> None:
     pixels = rng.standard_normal((1, 3, 56, 56)).astype(np.float32)
     mask = np.ones_like(ids)
 
-    def hf(n: int):
+    def hf():
+        clock = Clock()
         with torch.no_grad():
-            return ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                pixel_values=torch.tensor(pixels), max_new_tokens=n, min_new_tokens=n,
-                                do_sample=False, pad_token_id=0)
+            start = time.perf_counter()
+            out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                               pixel_values=torch.tensor(pixels), max_new_tokens=args.new,
+                               min_new_tokens=args.new, do_sample=False, pad_token_id=0, streamer=clock)
+        first, rest = clock.times[1], clock.times[2:]
+        return out[0, ids.shape[1]:].numpy(), (first - start, (rest[-1] - first) / len(rest))
 
-    def msmm(n: int):
-        return generate(ours, ids, mask, GenerationConfig(max_new_tokens=n), pixel_values=pixels)
+    def msmm():
+        tokens = []
+        times = timed(t for t in generate_stream(ours, ids, mask, GenerationConfig(max_new_tokens=args.new),
+                                                 pixel_values=pixels) if not tokens.append(t[0]))
+        return np.array(tokens), times
 
-    same = np.array_equal(hf(args.new)[0, ids.shape[1]:].numpy(), msmm(args.new)[0])  # also compiles
-    msmm(1)
-    result = {"config": vars(args), "msmm_backend": "mindspore (auto_convert + adapters, decode step compiled)",
+    same = np.array_equal(hf()[0], msmm()[0])  # also compiles
+    result = {"config": vars(args), "msmm_backend": "mindspore (auto_convert + adapters, compiled graphs)",
               "greedy_outputs_equal": bool(same)}
-    runs = {name: {"full": [], "one": []} for name in ("hf", "msmm")}
+    runs = {name: [] for name in ("hf", "msmm")}
     for _ in range(args.repeats):  # alternate, so both see the same machine load
         for name, fn in (("hf", hf), ("msmm", msmm)):
-            runs[name]["full"].append(seconds(lambda: fn(args.new)))
-            runs[name]["one"].append(seconds(lambda: fn(1)))
+            runs[name].append(fn()[1])
     for name, r in runs.items():
-        decode = statistics.median(r["full"]) - statistics.median(r["one"])
-        result[f"{name}_decode_tokens_per_s"] = round((args.new - 1) / decode, 1)
-        result[f"{name}_decode_ms_per_token"] = round(1000 * decode / (args.new - 1), 2)
-        result[f"{name}_prefill_plus_first_token_ms"] = round(1000 * statistics.median(r["one"]), 1)
+        first, per_token = statistics.median(t[0] for t in r), statistics.median(t[1] for t in r)
+        result[f"{name}_decode_tokens_per_s"] = round(1 / per_token, 1)
+        result[f"{name}_decode_ms_per_token"] = round(1000 * per_token, 2)
+        result[f"{name}_prompt_to_first_token_ms"] = round(1000 * first, 1)
     result["speedup"] = round(result["msmm_decode_tokens_per_s"] / result["hf_decode_tokens_per_s"], 2)
+    result["first_token_speedup"] = round(result["hf_prompt_to_first_token_ms"]
+                                          / result["msmm_prompt_to_first_token_ms"], 2)
     profile = step_profile(ours, ids.shape[1], args.new)
     profile["host_loop_ms"] = round(result["msmm_decode_ms_per_token"] - profile["compiled_step_ms"], 2)
     result["msmm_decode_profile"] = profile

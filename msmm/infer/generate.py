@@ -136,31 +136,41 @@ _DECODE_STEPS: Dict[int, Tuple[Any, Callable]] = {}
 
 
 def decode_step(decoder: Any, torch: Any) -> Callable:
-    """``step(token [B, 1], position [B, 1] | [3, B, 1], mask [B, Lmax], caches, slot [1, Lmax])
-    -> (logits [B, V] float32, caches)``: embed one token per row, run it through the decoder
-    over the cache, project the last hidden state. On MindSpore (``torch`` is adapters.torch)
-    the whole step is one graph (``mindspore.jit``, compiled on first use per shape)."""
+    """``step(token [B, 1], position [B, 1] | [3, B, 1], index [1], mask [B, Lmax], caches)
+    -> (logits [B, V] float32, greedy token [B, 1], position + 1, index + 1, caches)``: embed
+    one token per row, write it at cache slot ``index``, run it through the decoder over the
+    cache, project the last hidden state and take its argmax. The outputs feed the next call
+    as they are (no host round trip for positions, slots or greedy tokens). On MindSpore
+    (``torch`` is adapters.torch) the whole step is one graph (``mindspore.jit``, compiled on
+    first use per shape)."""
     if id(decoder) in _DECODE_STEPS:
         return _DECODE_STEPS[id(decoder)][1]
 
-    def step(token, position, mask, caches, slot):
+    def step(token, position, index, mask, caches):
+        slot = (torch.arange(mask.shape[1]) == index).float().unsqueeze(0)  # [1, Lmax] one-hot
         embeds = decoder.model.embed_tokens(token)
         hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
                                        caches=caches, slots=slot)
-        return decoder.lm_head(hidden).float()[:, -1], caches
+        logits = decoder.lm_head(hidden).float()[:, -1]
+        return logits, torch.argmax(logits, -1, keepdim=True), position + 1, index + 1, caches
 
     if torch.__name__.startswith("adapters"):
         import mindspore
 
         compiled = mindspore.jit(step)
 
-        def step(token, position, mask, caches, slot):
+        def step(token, position, index, mask, caches):
             # caches come back from the graph; passed as a plain tuple they are taken for
             # new constants and the step recompiles on every call
-            return compiled(token, position, mask, mindspore.mutable(caches), slot)
+            return compiled(token, position, index, mask, mindspore.mutable(caches))
 
     _DECODE_STEPS[id(decoder)] = (decoder, step)
     return step
+
+
+def _on_host(config: GenerationConfig) -> bool:
+    """Whether tokens are chosen on the host from the logits (else: the graph's argmax)."""
+    return config.do_sample or config.repetition_penalty != 1.0
 
 
 def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
@@ -171,6 +181,8 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
     b, l = input_ids.shape
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int64)
     rng = np.random.default_rng(config.seed)
+    on_host = _on_host(config)
+    stop = np.asarray(list(config.stop_token_ids), np.int64)
     # slots past prompt + max_new_tokens stay zero and are never attended (causal over slots)
     total = -(-(l + config.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
     with torch.no_grad():
@@ -182,29 +194,35 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
         caches = tuple((torch.zeros(b, groups, total, head_dim, dtype=dtype),
                         torch.zeros(b, groups, total, head_dim, dtype=dtype)) for _ in decoder.model.layers)
         mask = torch.tensor(np.concatenate([attention_mask, np.ones((b, total - l), np.int64)], 1))
-        eye = np.eye(total, dtype=np.float32)
         # the next position of each row: after the largest prompt position (over all three
         # M-RoPE components: new tokens share one position in all three)
         last = prompt.position_ids.max(axis=(0, 2) if prompt.mrope else -1)  # [B]
         next_pos = np.broadcast_to(last + 1, (3, b)) if prompt.mrope else last + 1
         hidden, caches = decoder.model(inputs_embeds=prompt.embeds, position_ids=torch.tensor(prompt.position_ids),
-                                       attention_mask=mask, caches=caches, slots=torch.tensor(eye[:l]))
+                                       attention_mask=mask, caches=caches,
+                                       slots=torch.tensor(np.eye(total, dtype=np.float32)[:l]))
         logits = _numpy(decoder.lm_head(hidden[:, -1:]).float())[:, -1]
         step_fn = decode_step(decoder, torch)
         seen = input_ids
         done = np.zeros(b, bool)
+        token = choose(process_logits(logits, seen, config), config, rng)
+        position = torch.tensor(np.ascontiguousarray(next_pos[..., None]).astype(np.int64))  # [B, 1] | [3, B, 1]
+        index = torch.tensor(np.array([l], np.int64))
+        fed = torch.tensor(token[:, None].astype(np.int64))
         for step in range(config.max_new_tokens):
-            token = choose(process_logits(logits, seen, config), config, rng)
             token = np.where(done, config.pad_token_id, token)
-            done |= np.isin(token, list(config.stop_token_ids))
+            done |= np.isin(token, stop)
             yield token
             if done.all() or step + 1 == config.max_new_tokens:
                 return
-            seen = np.concatenate([seen, token[:, None]], 1)
-            position = (next_pos + step)[..., None]  # [B, 1] or [3, B, 1]
-            logits, caches = step_fn(torch.tensor(token[:, None].astype(np.int64)), torch.tensor(position), mask,
-                                     caches, torch.tensor(eye[l + step: l + step + 1]))
-            logits = _numpy(logits)
+            logits, greedy, position, index, caches = step_fn(fed, position, index, mask, caches)
+            if on_host:
+                seen = np.concatenate([seen, token[:, None]], 1)
+                token = choose(process_logits(_numpy(logits), seen, config), config, rng)
+                fed = torch.tensor(token[:, None].astype(np.int64))
+            else:  # greedy: the graph's argmax is the next token and goes back in as it is
+                fed = greedy
+                token = _numpy(greedy)[:, 0]
 
 
 def generate(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,

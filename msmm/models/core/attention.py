@@ -8,6 +8,7 @@ kernel.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -51,6 +52,8 @@ def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> 
     (one-hot, float: row i marks the position of new token i) replaced by new [B, G, L, D].
     A matmul with a one-hot matrix, exact in floating point, so one compiled graph serves
     every decode step (no data-dependent shapes or in-place writes)."""
+    if slots.shape[0] == 1:  # one new token (decoding): a select, no matmul over the cache
+        return torch.where((slots != 0).reshape(1, 1, slots.shape[1], 1), new, cache)
     kept = cache * (1.0 - slots.sum(0)).reshape(1, 1, slots.shape[1], 1)
     return kept + torch.matmul(slots.transpose(0, 1).to(new.dtype), new)
 
@@ -92,6 +95,19 @@ def dot_product_attention(
     )
     b, h, l, d = out.shape
     return out.transpose(1, 2).reshape(b, l, h * d)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one new token per row: q [B, H, 1, D] over k/v [B, G, S, D] (GQA), mask
+    bool [B|1, 1, 1, S] -> [B, 1, H * D]. The H / G queries of a group attend as one
+    batched matmul against the group's keys (no repeated copy of the cache), in fewer
+    kernels than ``scaled_dot_product_attention`` (every row keeps its own key: no
+    fully-masked rows to guard)."""
+    b, h, _, d = q.shape
+    g = k.shape[1]
+    scores = torch.matmul(q.reshape(b, g, h // g, d), k.transpose(-1, -2)) * (1.0 / math.sqrt(d))
+    scores = torch.where(mask, scores, float("-inf"))  # [B, G, H / G, S]
+    return torch.matmul(torch.softmax(scores, -1), v).reshape(b, 1, h * d)
 
 
 class SelfAttention(nn.Module):
@@ -147,6 +163,8 @@ class SelfAttention(nn.Module):
         v = v.transpose(1, 2)
         if cache is not None:
             k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v, cache[2])
+            if q.shape[2] == 1:
+                return self.output(decode_attention(q, k, v, mask)), (k, v)
         dropout = self.dropout if self.training else 0.0
         out = self.output(dot_product_attention(q, k, v, mask, dropout))
         return out if cache is None else (out, (k, v))
