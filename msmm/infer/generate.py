@@ -102,7 +102,7 @@ def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray
         embeds = model.model.embed_tokens(ids)
         pixels = [vision[k] for k in ("pixel_values", "pixel_values_videos") if vision.get(k) is not None]
         if pixels:
-            features = model.visual(
+            features = compiled(model.visual.forward, torch)(
                 torch.tensor(np.concatenate(pixels, 0)),
                 *[torch.tensor(meta[k]) if k in meta else None for k in (
                     "vision_position_ids", "vision_segment_ids", "vision_window_segment_ids",
@@ -119,7 +119,7 @@ def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray
         decoder = model.language_model
         embeds = decoder.model.embed_tokens(ids)
         if vision.get("pixel_values") is not None:
-            features = model.image_features(torch.tensor(vision["pixel_values"]))
+            features = compiled(model.image_features, torch)(torch.tensor(vision["pixel_values"]))
             flags = vision.get("image_flags")
             embeds = splice_features(embeds, ids == model.image_token_id, features,
                                      None if flags is None else torch.tensor(flags))
@@ -130,9 +130,63 @@ def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray
 
 
 CACHE_BUCKET = 64  # cache lengths are rounded up to a multiple: one compiled decode step serves many prompts
-# id(decoder) -> (decoder, step). Both live as long as the process: MindSpore caches compiled
-# graphs by the callable's id(), and a freed step's id reused by a new one would find its graph.
-_DECODE_STEPS: Dict[int, Tuple[Any, Callable]] = {}
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)  # prompts are padded to one of these (then multiples of 1024)
+# (id(owner), name) -> (owner, graph). Both live as long as the process: MindSpore caches
+# compiled graphs by the callable's id(), and a freed callable's id reused by a new one would
+# find its graph.
+_GRAPHS: Dict[Tuple[int, str], Tuple[Any, Callable]] = {}
+
+
+def prompt_bucket(length: int) -> int:
+    """The padded prompt length: the smallest bucket that holds ``length``."""
+    for bucket in PROMPT_BUCKETS:
+        if length <= bucket:
+            return bucket
+    return -(-length // PROMPT_BUCKETS[-1]) * PROMPT_BUCKETS[-1]
+
+
+def _graph(owner: Any, name: str, fn: Callable, torch: Any, mutable_at: Optional[int] = None) -> Callable:
+    """``fn`` as one ``mindspore.jit`` graph when ``torch`` is adapters.torch (compiled on
+    first use per input shapes, kept alive with ``owner``), else ``fn`` itself. Argument
+    ``mutable_at`` (the KV caches) goes in as ``mindspore.mutable``: a plain tuple of the
+    previous call's outputs is taken for new constants and the graph recompiles every call."""
+    key = (id(owner), name)
+    if key in _GRAPHS:
+        return _GRAPHS[key][1]
+    if torch.__name__.startswith("adapters"):
+        import mindspore
+
+        jitted = mindspore.jit(fn)
+
+        def fn(*args):
+            if mutable_at is not None:
+                args = args[:mutable_at] + (mindspore.mutable(args[mutable_at]),) + args[mutable_at + 1:]
+            return jitted(*args)
+
+    _GRAPHS[key] = (owner, fn)
+    return fn
+
+
+def compiled(method: Callable, torch: Any) -> Callable:
+    """A module's bound ``method`` as one graph on MindSpore (see ``_graph``)."""
+    return _graph(method.__self__, method.__name__, method, torch)
+
+
+def prefill_step(decoder: Any, torch: Any) -> Callable:
+    """``prefill(embeds [B, Lp, H], position [B, Lp] | [3, B, Lp], mask [B, Lmax], caches,
+    slots [Lp, Lmax], last [1]) -> (logits [B, V] float32, greedy token [B, 1], caches)``:
+    the prompt through the decoder, writing cache slots ``0..Lp-1``; logits of position
+    ``last``. The prompt is padded at the end to a bucket length ``Lp`` (``prompt_bucket``):
+    the padding's keys land in slots that each new token overwrites before it attends to
+    them, so the result is exact and one graph per (Lp, Lmax) serves all prompt lengths."""
+
+    def prefill(embeds, position, mask, caches, slots, last):
+        hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
+                                       caches=caches, slots=slots)
+        logits = decoder.lm_head(torch.index_select(hidden, 1, last)).float()[:, -1]
+        return logits, torch.argmax(logits, -1, keepdim=True), caches
+
+    return _graph(decoder, "prefill", prefill, torch, 3)
 
 
 def decode_step(decoder: Any, torch: Any) -> Callable:
@@ -141,10 +195,7 @@ def decode_step(decoder: Any, torch: Any) -> Callable:
     one token per row, write it at cache slot ``index``, run it through the decoder over the
     cache, project the last hidden state and take its argmax. The outputs feed the next call
     as they are (no host round trip for positions, slots or greedy tokens). On MindSpore
-    (``torch`` is adapters.torch) the whole step is one graph (``mindspore.jit``, compiled on
-    first use per shape)."""
-    if id(decoder) in _DECODE_STEPS:
-        return _DECODE_STEPS[id(decoder)][1]
+    (``torch`` is adapters.torch) the whole step is one graph."""
 
     def step(token, position, index, mask, caches):
         slot = (torch.arange(mask.shape[1]) == index).float().unsqueeze(0)  # [1, Lmax] one-hot
@@ -154,18 +205,7 @@ def decode_step(decoder: Any, torch: Any) -> Callable:
         logits = decoder.lm_head(hidden).float()[:, -1]
         return logits, torch.argmax(logits, -1, keepdim=True), position + 1, index + 1, caches
 
-    if torch.__name__.startswith("adapters"):
-        import mindspore
-
-        compiled = mindspore.jit(step)
-
-        def step(token, position, index, mask, caches):
-            # caches come back from the graph; passed as a plain tuple they are taken for
-            # new constants and the step recompiles on every call
-            return compiled(token, position, index, mask, mindspore.mutable(caches))
-
-    _DECODE_STEPS[id(decoder)] = (decoder, step)
-    return step
+    return _graph(decoder, "decode", step, torch, 4)
 
 
 def _on_host(config: GenerationConfig) -> bool:
@@ -183,8 +223,10 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
     rng = np.random.default_rng(config.seed)
     on_host = _on_host(config)
     stop = np.asarray(list(config.stop_token_ids), np.int64)
-    # slots past prompt + max_new_tokens stay zero and are never attended (causal over slots)
-    total = -(-(l + config.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+    padded = prompt_bucket(l)
+    # slots past prompt + max_new_tokens stay zero or hold the prompt padding's keys, and are
+    # never attended before a new token overwrites them (causal over slots)
+    total = -(-max(padded, l + config.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
     with torch.no_grad():
         prompt = prepare_prompt(model, input_ids, attention_mask, **vision)
         decoder = prompt.decoder
@@ -198,17 +240,20 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
         # M-RoPE components: new tokens share one position in all three)
         last = prompt.position_ids.max(axis=(0, 2) if prompt.mrope else -1)  # [B]
         next_pos = np.broadcast_to(last + 1, (3, b)) if prompt.mrope else last + 1
-        hidden, caches = decoder.model(inputs_embeds=prompt.embeds, position_ids=torch.tensor(prompt.position_ids),
-                                       attention_mask=mask, caches=caches,
-                                       slots=torch.tensor(np.eye(total, dtype=np.float32)[:l]))
-        logits = _numpy(decoder.lm_head(hidden[:, -1:]).float())[:, -1]
+        embeds = prompt.embeds
+        if padded > l:  # the padding continues the positions; its outputs are dropped
+            embeds = torch.cat([embeds, torch.zeros(b, padded - l, embeds.shape[2], dtype=dtype)], 1)
+        positions = np.concatenate([prompt.position_ids, next_pos[..., None] + np.arange(padded - l)], -1)
+        logits, greedy, caches = prefill_step(decoder, torch)(
+            embeds, torch.tensor(positions.astype(np.int64)), mask, caches,
+            torch.tensor(np.eye(total, dtype=np.float32)[:padded]), torch.tensor(np.array([l - 1], np.int64)))
         step_fn = decode_step(decoder, torch)
         seen = input_ids
         done = np.zeros(b, bool)
-        token = choose(process_logits(logits, seen, config), config, rng)
+        token = choose(process_logits(_numpy(logits), seen, config), config, rng) if on_host else _numpy(greedy)[:, 0]
         position = torch.tensor(np.ascontiguousarray(next_pos[..., None]).astype(np.int64))  # [B, 1] | [3, B, 1]
         index = torch.tensor(np.array([l], np.int64))
-        fed = torch.tensor(token[:, None].astype(np.int64))
+        fed = torch.tensor(token[:, None].astype(np.int64)) if on_host else greedy
         for step in range(config.max_new_tokens):
             token = np.where(done, config.pad_token_id, token)
             done |= np.isin(token, stop)
