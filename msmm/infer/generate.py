@@ -91,42 +91,72 @@ class Prompt:
     mrope: bool
 
 
-def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray, **vision: Any) -> Prompt:
-    """Prompt embeddings and positions for InternVL, LLaVA, Qwen2-VL / 2.5-VL, or a text CausalLM."""
+def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray, padded: Optional[int] = None,
+                   **vision: Any) -> Prompt:
+    """Prompt embeddings and positions for InternVL, LLaVA, Qwen2-VL / 2.5-VL, or a text CausalLM.
+    With ``padded``, the embeddings are of the ids padded at the end to that length (with an id
+    that is no vision token); the positions cover the prompt only. Embedding, vision encoder
+    and splicing are one graph on MindSpore."""
     torch = _torch_of(model)
-    ids = torch.tensor(input_ids)
+    b, l = input_ids.shape
+    vision_ids = [getattr(model, "image_token_id", None)]
+    if hasattr(model, "visual"):
+        vision_ids = [model.config.image_token_id, model.config.video_token_id]
+    filler = next(i for i in range(3) if i not in vision_ids)
+    ids = torch.tensor(np.pad(input_ids, ((0, 0), (0, (padded or l) - l)), constant_values=filler))
     if hasattr(model, "visual"):  # Qwen2-VL / Qwen2.5-VL
-        splice = sys.modules[type(model).__module__].splice
         meta = model.prepare_metadata(input_ids, attention_mask, vision.get("image_grid_thw"),
                                       vision.get("video_grid_thw"), vision.get("second_per_grid_ts"))
-        embeds = model.model.embed_tokens(ids)
         pixels = [vision[k] for k in ("pixel_values", "pixel_values_videos") if vision.get(k) is not None]
-        if pixels:
-            features = compiled(model.visual.forward, torch)(
-                torch.tensor(np.concatenate(pixels, 0)),
-                *[torch.tensor(meta[k]) if k in meta else None for k in (
-                    "vision_position_ids", "vision_segment_ids", "vision_window_segment_ids",
-                    "vision_window_index", "vision_reverse_index")])
-            n_image = 0
-            if vision.get("pixel_values") is not None:
-                embeds = splice(embeds, ids == model.config.image_token_id, features, 0)
-                n_image = vision["pixel_values"].shape[0] // model.visual.merge_unit
-            if vision.get("pixel_values_videos") is not None:
-                embeds = splice(embeds, ids == model.config.video_token_id, features, n_image)
+        if not pixels:
+            return Prompt(model, model.model.embed_tokens(ids), meta["position_ids"], True)
+        n_image = 0 if vision.get("pixel_values") is None else vision["pixel_values"].shape[0] // model.visual.merge_unit
+        embed = _graph(model, "embed_prompt", _qwen_embeds(model, torch), torch)
+        embeds = embed(ids, torch.tensor(np.concatenate(pixels, 0)),
+                       tuple(torch.tensor(meta[k]) if k in meta else None for k in (
+                           "vision_position_ids", "vision_segment_ids", "vision_window_segment_ids",
+                           "vision_window_index", "vision_reverse_index")),
+                       n_image, vision.get("pixel_values") is not None, vision.get("pixel_values_videos") is not None)
         return Prompt(model, embeds, meta["position_ids"], True)
     if hasattr(model, "language_model"):  # InternVL, LLaVA
-        splice_features = sys.modules[type(model).__module__].splice_features
         decoder = model.language_model
-        embeds = decoder.model.embed_tokens(ids)
         if vision.get("pixel_values") is not None:
-            features = compiled(model.image_features, torch)(torch.tensor(vision["pixel_values"]))
             flags = vision.get("image_flags")
-            embeds = splice_features(embeds, ids == model.image_token_id, features,
-                                     None if flags is None else torch.tensor(flags))
+            embeds = _graph(model, "embed_prompt", _tile_embeds(model), torch)(
+                ids, torch.tensor(vision["pixel_values"]), None if flags is None else torch.tensor(flags))
+        else:
+            embeds = decoder.model.embed_tokens(ids)
     else:  # a text CausalLM
         decoder, embeds = model, model.model.embed_tokens(ids)
     positions = np.maximum(np.cumsum(attention_mask, -1) - 1, 0)  # HF: left padding starts at 0
     return Prompt(decoder, embeds, positions.astype(np.int64), False)
+
+
+def _qwen_embeds(model: Any, torch: Any) -> Callable:
+    """Qwen2-VL / 2.5-VL: token embeddings with the ViT's image then video features spliced in."""
+    splice = sys.modules[type(model).__module__].splice
+
+    def embed(ids, pixels, meta, n_image, has_image, has_video):
+        embeds = model.model.embed_tokens(ids)
+        features = model.visual(pixels, *meta)
+        if has_image:
+            embeds = splice(embeds, ids == model.config.image_token_id, features, 0)
+        if has_video:
+            embeds = splice(embeds, ids == model.config.video_token_id, features, n_image)
+        return embeds
+
+    return embed
+
+
+def _tile_embeds(model: Any) -> Callable:
+    """InternVL, LLaVA: token embeddings with the image features spliced in."""
+    splice_features = sys.modules[type(model).__module__].splice_features
+
+    def embed(ids, pixels, flags):
+        embeds = model.language_model.model.embed_tokens(ids)
+        return splice_features(embeds, ids == model.image_token_id, model.image_features(pixels), flags)
+
+    return embed
 
 
 CACHE_BUCKET = 64  # cache lengths are rounded up to a multiple: one compiled decode step serves many prompts
@@ -165,11 +195,6 @@ def _graph(owner: Any, name: str, fn: Callable, torch: Any, mutable_at: Optional
 
     _GRAPHS[key] = (owner, fn)
     return fn
-
-
-def compiled(method: Callable, torch: Any) -> Callable:
-    """A module's bound ``method`` as one graph on MindSpore (see ``_graph``)."""
-    return _graph(method.__self__, method.__name__, method, torch)
 
 
 def prefill_step(decoder: Any, torch: Any) -> Callable:
@@ -228,7 +253,7 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
     # never attended before a new token overwrites them (causal over slots)
     total = -(-max(padded, l + config.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
     with torch.no_grad():
-        prompt = prepare_prompt(model, input_ids, attention_mask, **vision)
+        prompt = prepare_prompt(model, input_ids, attention_mask, padded, **vision)
         decoder = prompt.decoder
         cfg = decoder.model.layers[0].self_attn
         groups, head_dim = cfg.num_groups, cfg.head_dim
@@ -240,12 +265,10 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
         # M-RoPE components: new tokens share one position in all three)
         last = prompt.position_ids.max(axis=(0, 2) if prompt.mrope else -1)  # [B]
         next_pos = np.broadcast_to(last + 1, (3, b)) if prompt.mrope else last + 1
-        embeds = prompt.embeds
-        if padded > l:  # the padding continues the positions; its outputs are dropped
-            embeds = torch.cat([embeds, torch.zeros(b, padded - l, embeds.shape[2], dtype=dtype)], 1)
+        # the padding continues the positions; its outputs are dropped
         positions = np.concatenate([prompt.position_ids, next_pos[..., None] + np.arange(padded - l)], -1)
         logits, greedy, caches = prefill_step(decoder, torch)(
-            embeds, torch.tensor(positions.astype(np.int64)), mask, caches,
+            prompt.embeds, torch.tensor(positions.astype(np.int64)), mask, caches,
             torch.tensor(np.eye(total, dtype=np.float32)[:padded]), torch.tensor(np.array([l - 1], np.int64)))
         step_fn = decode_step(decoder, torch)
         seen = input_ids
