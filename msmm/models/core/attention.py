@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -124,6 +125,12 @@ class SelfAttention(nn.Module):
         self.head_dim = config.kv_channels
         self.dropout = config.attention_dropout
         self._build_projections(config)
+        # rotate_half as a matmul (a signed permutation, exact): one kernel instead of chunk/neg/cat
+        half = self.head_dim // 2
+        rotation = np.zeros((self.head_dim, self.head_dim), np.float32)
+        rotation[np.arange(half) + half, np.arange(half)] = -1.0
+        rotation[np.arange(half), np.arange(half) + half] = 1.0
+        self.rotate_half = torch.tensor(rotation)
 
     def _build_projections(self, config: TransformerConfig) -> None:
         h, tp, std = config.hidden_size, config.tensor_model_parallel_size, config.init_method_std
@@ -156,6 +163,8 @@ class SelfAttention(nn.Module):
         With ``cache`` = (keys, values [B, G, Lmax, D], slots [L, Lmax]) the new keys and
         values are written at ``slots``, attention runs over the whole cache (mask
         [B|1, 1, L, Lmax]) and the result is (output, (keys, values))."""
+        if cache is not None and x.shape[1] == 1:
+            return self.decode(x, rotary, mask, cache)
         q, k, v = self.project_qkv(x)
         cos, sin = rotary[0].unsqueeze(1), rotary[1].unsqueeze(1)
         q = apply_rotary(q.transpose(1, 2), cos, sin)
@@ -163,8 +172,25 @@ class SelfAttention(nn.Module):
         v = v.transpose(1, 2)
         if cache is not None:
             k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v, cache[2])
-            if q.shape[2] == 1:
-                return self.output(decode_attention(q, k, v, mask)), (k, v)
         dropout = self.dropout if self.training else 0.0
         out = self.output(dot_product_attention(q, k, v, mask, dropout))
         return out if cache is None else (out, (k, v))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        rotary: Tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        cache: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ):
+        """``forward`` with a cache for one new token per row (x [B, 1, hidden]), in fewer
+        kernels: with L = 1 the head-major layout is a reshape, rotate_half a matmul, the
+        cache write a select, and attention ``decode_attention``. Same values as forward."""
+        b, h, g, d = x.shape[0], self.num_heads, self.num_groups, self.head_dim
+        q, k, v = self.project_qkv(x)
+        cos, sin = rotary[0].unsqueeze(1).float(), rotary[1].unsqueeze(1).float()  # [B, 1, 1, D]
+        q, k = q.reshape(b, h, 1, d).float(), k.reshape(b, g, 1, d).float()
+        q = (q * cos + torch.matmul(q, self.rotate_half) * sin).to(x.dtype)
+        k = (k * cos + torch.matmul(k, self.rotate_half) * sin).to(x.dtype)
+        k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v.reshape(b, g, 1, d), cache[2])
+        return self.output(decode_attention(q, k, v, mask)), (k, v)
