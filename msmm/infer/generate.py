@@ -1,16 +1,17 @@
 """Autoregressive generation with a static KV cache for the msmm models.
 
-The prompt (with its images / videos spliced in) runs once through the decoder, writing
-every layer's keys and values into caches of fixed length (at least ``prompt + max_new_tokens``);
-each new token then runs alone, written at its slot (``write_cache``), attending over the
-whole cache under a mask. All shapes are fixed after the prompt, and the cache length is
-rounded up to a multiple of ``CACHE_BUCKET``: on MindSpore the decode step (embedding,
-decoder, head) is one compiled graph (``decode_step``) that serves every token of every
-prompt whose length falls in the same bucket.
+The prompt (with its images / videos spliced in), padded at the end to a bucket length,
+runs once through the decoder, writing every layer's keys and values into caches of fixed
+length (at least ``prompt + max_new_tokens``, a multiple of ``CACHE_BUCKET``); each new
+token then runs alone, written at its slot, attending over the whole cache under a mask.
+All shapes are fixed per bucket: on MindSpore the prompt embeddings (vision included), the
+prefill and the decode step are one compiled graph each, serving every prompt whose
+length falls in the same buckets.
 
 The loop uses the ``torch`` the model was imported with (real PyTorch, or
-``adapters.torch`` through the auto_convert hook). Sampling (temperature, top-k, top-p,
-repetition penalty) runs in numpy on the last logits, with HF ``generate`` semantics.
+``adapters.torch`` through the auto_convert hook). Greedy tokens are the graphs' argmax;
+sampling (temperature, top-k, top-p) and the repetition penalty run in numpy on the last
+logits, with HF ``generate`` semantics.
 """
 from __future__ import annotations
 
