@@ -51,8 +51,9 @@ def causal_attention_mask(
 def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """Static-shape KV-cache update: cache [B, G, Lmax, D] with rows ``slots`` [L, Lmax]
     (one-hot, float: row i marks the position of new token i) replaced by new [B, G, L, D].
-    A matmul with a one-hot matrix, exact in floating point, so one compiled graph serves
-    every decode step (no data-dependent shapes or in-place writes)."""
+    A matmul with a one-hot matrix (for one new token a select at its slot), exact in
+    floating point, so one compiled graph serves every decode step (no data-dependent
+    shapes or in-place writes)."""
     if slots.shape[0] == 1:  # one new token (decoding): a select, no matmul over the cache
         return torch.where((slots != 0).reshape(1, 1, slots.shape[1], 1), new, cache)
     kept = cache * (1.0 - slots.sum(0)).reshape(1, 1, slots.shape[1], 1)
