@@ -1,16 +1,16 @@
-"""Decode speed: msmm ``generate`` on MindSpore (msmm.models through the auto_convert hook,
-as ``msmm-infer`` runs them; static KV cache, the decode step compiled as one graph) vs HF
-``generate`` on real torch, same InternVL weights (random, built in code), greedy, one
-image, batch 1, in one process.
+"""Generation speed: msmm ``generate`` on MindSpore (msmm.models through the auto_convert
+hook, as ``msmm-infer`` runs them: static KV cache; prompt (embedding + vision + splice),
+prefill and decode step each one compiled graph) vs HF ``generate`` on real torch, same
+InternVL weights (random, built in code), greedy, one image, batch 1, in one process.
 
     python benchmarks/generate.py [--layers 4 --hidden 256 --new 64 --threads 1 --repeats 5]
 
-Prints and writes benchmarks/results/generate.json: decode tokens/s of both (prefill
-excluded: time(new tokens) - time(1 token), over new - 1 tokens; medians of ``repeats``
-alternating runs), their ratio, and a profile of one msmm decode step: the compiled step
-alone (graph launch + compute, inputs fixed), the same step in PyNative (op by op, what
-the loop ran before the step was compiled), and the rest of the loop on the host
-(sampling, tensors in and out).
+Prints and writes benchmarks/results/generate.json: for both, the time from the call to the
+first new token (prompt) and the decode time per later token (HF through a ``streamer``
+clock, msmm through ``generate_stream``; medians of ``repeats`` alternating runs), their
+ratios, and a profile of one msmm decode step: the compiled step alone (graph launch +
+compute, inputs fixed), the same step in PyNative (op by op), and the rest of the loop on
+the host (per-token time minus the compiled step).
 """
 from __future__ import annotations
 
@@ -47,9 +47,10 @@ def seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def step_profile(model, prompt_len: int, new: int, repeats: int = 20) -> dict:
-    """Milliseconds per decode step of ``model``'s decoder: compiled (``decode_step``) and
-    PyNative, on fixed inputs of the benchmark's cache length."""
+def step_timers(model, prompt_len: int, new: int):
+    """(compiled, pynative): each times one decode step of ``model``'s decoder in seconds
+    (compiled: ``decode_step``; pynative: the same calls op by op), on fixed inputs of the
+    benchmark's cache length."""
     from msmm.infer.generate import CACHE_BUCKET, _torch_of, decode_step
 
     ms_torch = _torch_of(model)
@@ -59,21 +60,40 @@ def step_profile(model, prompt_len: int, new: int, repeats: int = 20) -> dict:
     caches = tuple((ms_torch.zeros(1, attn.num_groups, total, attn.head_dim),
                     ms_torch.zeros(1, attn.num_groups, total, attn.head_dim)) for _ in decoder.model.layers)
     args = (ms_torch.tensor(np.array([[5]])), ms_torch.tensor(np.array([[prompt_len]])),
-            ms_torch.tensor(np.ones((1, total), np.int64)))
+            ms_torch.tensor(np.array([prompt_len])), ms_torch.tensor(np.ones((1, total), np.int64)))
     slot = ms_torch.tensor(np.eye(total, dtype=np.float32)[prompt_len: prompt_len + 1])
 
-    def pynative(token, position, mask, caches, slot):
+    def pynative(token, position, index, mask, caches):
         embeds = decoder.model.embed_tokens(token)
         hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
                                        caches=caches, slots=slot)
         return decoder.lm_head(hidden).float()[:, -1], caches
 
-    out = {}
-    for name, fn in (("compiled_step_ms", decode_step(decoder, ms_torch)), ("pynative_step_ms", pynative)):
-        fn(*args, caches, slot)[0].asnumpy()  # compile / warm up
-        times = [seconds(lambda: fn(*args, caches, slot)[0].asnumpy()) for _ in range(repeats if "comp" in name else 5)]
-        out[name] = round(1000 * statistics.median(times), 2)
-    return out
+    timers = []
+    for fn in (decode_step(decoder, ms_torch), pynative):
+        fn(*args, caches)[0].asnumpy()  # compile / warm up
+        timers.append(lambda fn=fn: seconds(lambda: fn(*args, caches)[0].asnumpy()))
+    return tuple(timers)
+
+
+class Clock:
+    """HF ``streamer``: the time of each ``put`` (the prompt first, then each new token)."""
+
+    def __init__(self) -> None:
+        self.times = []
+
+    def put(self, _ids) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def timed(tokens) -> tuple:
+    """(seconds to the first token, seconds per later token) of an iterator of tokens."""
+    start = time.perf_counter()
+    stamps = [time.perf_counter() for _ in tokens]
+    return stamps[0] - start, (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 
 def main() -> None:
@@ -84,6 +104,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ms-threads", type=int, default=0, help="MindSpore runtime threads (0: its default)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ref = build(args.layers, args.hidden)  # real torch: imported before the hook
@@ -91,7 +112,11 @@ def main() -> None:
     from msmm.infer.cli import load_model, use_mindspore
 
     use_mindspore()
-    from msmm.infer.generate import GenerationConfig, generate
+    if args.ms_threads:
+        import mindspore
+
+        mindspore.set_context(runtime_num_threads=args.ms_threads)
+    from msmm.infer.generate import GenerationConfig, generate_stream
 
     with tempfile.TemporaryDirectory() as d:
         ref.save_pretrained(d)
@@ -101,31 +126,42 @@ def main() -> None:
     pixels = rng.standard_normal((1, 3, 56, 56)).astype(np.float32)
     mask = np.ones_like(ids)
 
-    def hf(n: int):
+    def hf():
+        clock = Clock()
         with torch.no_grad():
-            return ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                pixel_values=torch.tensor(pixels), max_new_tokens=n, min_new_tokens=n,
-                                do_sample=False, pad_token_id=0)
+            start = time.perf_counter()
+            out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                               pixel_values=torch.tensor(pixels), max_new_tokens=args.new,
+                               min_new_tokens=args.new, do_sample=False, pad_token_id=0, streamer=clock)
+        first, rest = clock.times[1], clock.times[2:]
+        return out[0, ids.shape[1]:].numpy(), (first - start, (rest[-1] - first) / len(rest))
 
-    def msmm(n: int):
-        return generate(ours, ids, mask, GenerationConfig(max_new_tokens=n), pixel_values=pixels)
+    def msmm():
+        tokens = []
+        times = timed(t for t in generate_stream(ours, ids, mask, GenerationConfig(max_new_tokens=args.new),
+                                                 pixel_values=pixels) if not tokens.append(t[0]))
+        return np.array(tokens), times
 
-    same = np.array_equal(hf(args.new)[0, ids.shape[1]:].numpy(), msmm(args.new)[0])  # also compiles
-    msmm(1)
-    result = {"config": vars(args), "msmm_backend": "mindspore (auto_convert + adapters, decode step compiled)",
+    same = np.array_equal(hf()[0], msmm()[0])  # also compiles
+    result = {"config": vars(args), "msmm_backend": "mindspore (auto_convert + adapters, compiled graphs)",
               "greedy_outputs_equal": bool(same)}
-    runs = {name: {"full": [], "one": []} for name in ("hf", "msmm")}
-    for _ in range(args.repeats):  # alternate, so both see the same machine load
+    compiled_step, pynative_step = step_timers(ours, ids.shape[1], args.new)
+    runs = {name: [] for name in ("hf", "msmm")}
+    steps = []
+    for _ in range(args.repeats):  # alternate, so all see the same machine load
         for name, fn in (("hf", hf), ("msmm", msmm)):
-            runs[name]["full"].append(seconds(lambda: fn(args.new)))
-            runs[name]["one"].append(seconds(lambda: fn(1)))
+            runs[name].append(fn()[1])
+        steps += [compiled_step() for _ in range(20)]
     for name, r in runs.items():
-        decode = statistics.median(r["full"]) - statistics.median(r["one"])
-        result[f"{name}_decode_tokens_per_s"] = round((args.new - 1) / decode, 1)
-        result[f"{name}_decode_ms_per_token"] = round(1000 * decode / (args.new - 1), 2)
-        result[f"{name}_prefill_plus_first_token_ms"] = round(1000 * statistics.median(r["one"]), 1)
+        first, per_token = statistics.median(t[0] for t in r), statistics.median(t[1] for t in r)
+        result[f"{name}_decode_tokens_per_s"] = round(1 / per_token, 1)
+        result[f"{name}_decode_ms_per_token"] = round(1000 * per_token, 2)
+        result[f"{name}_prompt_to_first_token_ms"] = round(1000 * first, 1)
     result["speedup"] = round(result["msmm_decode_tokens_per_s"] / result["hf_decode_tokens_per_s"], 2)
-    profile = step_profile(ours, ids.shape[1], args.new)
+    result["first_token_speedup"] = round(result["hf_prompt_to_first_token_ms"]
+                                          / result["msmm_prompt_to_first_token_ms"], 2)
+    profile = {"compiled_step_ms": round(1000 * statistics.median(steps), 2),
+               "pynative_step_ms": round(1000 * statistics.median(pynative_step() for _ in range(5)), 2)}
     profile["host_loop_ms"] = round(result["msmm_decode_ms_per_token"] - profile["compiled_step_ms"], 2)
     result["msmm_decode_profile"] = profile
     print(json.dumps(result, indent=1))

@@ -153,8 +153,11 @@ def use_mindspore() -> None:
     import mindspore
 
     from auto_convert import hook
+    from msmm.train.host_pipeline import configure as configure_host_pipeline
 
-    os.environ.setdefault("MSMM_DEVICE", mindspore.get_context("device_target"))
+    device = mindspore.get_context("device_target")
+    configure_host_pipeline(device)  # before the first MindSpore op: no busy-waiting host queues on CPU
+    os.environ.setdefault("MSMM_DEVICE", device)
     hook.install(["msmm.models"])
 
 

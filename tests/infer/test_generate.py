@@ -20,10 +20,10 @@ from msmm.infer.generate import GenerationConfig, generate, process_logits  # no
 NEW = 8
 
 
-def hf_generate(model, inputs: dict) -> np.ndarray:
+def hf_generate(model, inputs: dict, **options) -> np.ndarray:
     with torch.no_grad():
         out = model.generate(**{k: torch.tensor(v) for k, v in inputs.items()}, max_new_tokens=NEW, do_sample=False,
-                             pad_token_id=0, eos_token_id=None)
+                             pad_token_id=0, eos_token_id=None, **options)
     return out[:, inputs["input_ids"].shape[1]:].numpy()
 
 

@@ -9,7 +9,9 @@ from msmm.models.core import (
     ColumnParallelLinear,
     RotaryEmbedding,
     RowParallelLinear,
+    SelfAttention,
     TransformerConfig,
+    cached_attention_mask,
     causal_attention_mask,
     quick_gelu,
     segment_mask,
@@ -85,3 +87,29 @@ def test_transformer_config_rejects_inconsistent_shapes(kwargs, message):
     base = dict(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=32)
     with pytest.raises(ValueError, match=message):
         TransformerConfig(**{**base, **kwargs})
+
+
+def test_cached_decode_matches_attention_without_cache():
+    """Prompt through the cache (one-hot write), then one token through ``SelfAttention.decode``
+    (select write, grouped matmul, rotate_half as a matmul) equals the last row of plain causal
+    attention over the whole sequence (GQA, 4 heads over 2 groups, a left-padded row)."""
+    torch.manual_seed(0)
+    config = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                               ffn_hidden_size=32, add_qkv_bias=True)
+    attn = SelfAttention(config).eval()
+    rope = RotaryEmbedding(config.kv_channels)
+    b, n, total = 2, 7, 16
+    x = torch.randn(b, n, 64)
+    padding = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    positions = (padding.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = attn(x, rope(positions), causal_attention_mask(n, padding))
+        slots = torch.eye(total)
+        cache_mask = torch.cat([padding, torch.ones(b, total - n, dtype=padding.dtype)], 1)
+        zeros = torch.zeros(b, 2, total, 16)
+        _, (keys, values) = attn(x[:, :-1], rope(positions[:, :-1]),
+                                 cached_attention_mask(slots[: n - 1], cache_mask), (zeros, zeros, slots[: n - 1]))
+        last, (keys, values) = attn(x[:, -1:], rope(positions[:, -1:]),
+                                    cached_attention_mask(slots[n - 1: n], cache_mask), (keys, values, slots[n - 1: n]))
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(keys[:, :, n:]) == 0 and torch.count_nonzero(keys[:, :, n - 1]) > 0

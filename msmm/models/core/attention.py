@@ -8,8 +8,10 @@ kernel.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -49,8 +51,11 @@ def causal_attention_mask(
 def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """Static-shape KV-cache update: cache [B, G, Lmax, D] with rows ``slots`` [L, Lmax]
     (one-hot, float: row i marks the position of new token i) replaced by new [B, G, L, D].
-    A matmul with a one-hot matrix, exact in floating point, so one compiled graph serves
-    every decode step (no data-dependent shapes or in-place writes)."""
+    A matmul with a one-hot matrix (for one new token a select at its slot), exact in
+    floating point, so one compiled graph serves every decode step (no data-dependent
+    shapes or in-place writes)."""
+    if slots.shape[0] == 1:  # one new token (decoding): a select, no matmul over the cache
+        return torch.where((slots != 0).reshape(1, 1, slots.shape[1], 1), new, cache)
     kept = cache * (1.0 - slots.sum(0)).reshape(1, 1, slots.shape[1], 1)
     return kept + torch.matmul(slots.transpose(0, 1).to(new.dtype), new)
 
@@ -94,6 +99,19 @@ def dot_product_attention(
     return out.transpose(1, 2).reshape(b, l, h * d)
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one new token per row: q [B, H, 1, D] over k/v [B, G, S, D] (GQA), mask
+    bool [B|1, 1, 1, S] -> [B, 1, H * D]. The H / G queries of a group attend as one
+    batched matmul against the group's keys (no repeated copy of the cache), in fewer
+    kernels than ``scaled_dot_product_attention`` (every row keeps its own key: no
+    fully-masked rows to guard)."""
+    b, h, _, d = q.shape
+    g = k.shape[1]
+    scores = torch.matmul(q.reshape(b, g, h // g, d), k.transpose(-1, -2)) * (1.0 / math.sqrt(d))
+    scores = torch.where(mask, scores, float("-inf"))  # [B, G, H / G, S]
+    return torch.matmul(torch.softmax(scores, -1), v).reshape(b, 1, h * d)
+
+
 class SelfAttention(nn.Module):
     """Multi-head / grouped-query self-attention with RoPE, separate q/k/v projections.
 
@@ -108,6 +126,12 @@ class SelfAttention(nn.Module):
         self.head_dim = config.kv_channels
         self.dropout = config.attention_dropout
         self._build_projections(config)
+        # rotate_half as a matmul (a signed permutation, exact): one kernel instead of chunk/neg/cat
+        half = self.head_dim // 2
+        rotation = np.zeros((self.head_dim, self.head_dim), np.float32)
+        rotation[np.arange(half) + half, np.arange(half)] = -1.0
+        rotation[np.arange(half), np.arange(half) + half] = 1.0
+        self.rotate_half = torch.tensor(rotation)
 
     def _build_projections(self, config: TransformerConfig) -> None:
         h, tp, std = config.hidden_size, config.tensor_model_parallel_size, config.init_method_std
@@ -140,6 +164,8 @@ class SelfAttention(nn.Module):
         With ``cache`` = (keys, values [B, G, Lmax, D], slots [L, Lmax]) the new keys and
         values are written at ``slots``, attention runs over the whole cache (mask
         [B|1, 1, L, Lmax]) and the result is (output, (keys, values))."""
+        if cache is not None and x.shape[1] == 1:
+            return self.decode(x, rotary, mask, cache)
         q, k, v = self.project_qkv(x)
         cos, sin = rotary[0].unsqueeze(1), rotary[1].unsqueeze(1)
         q = apply_rotary(q.transpose(1, 2), cos, sin)
@@ -150,3 +176,22 @@ class SelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         out = self.output(dot_product_attention(q, k, v, mask, dropout))
         return out if cache is None else (out, (k, v))
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        rotary: Tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+        cache: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ):
+        """``forward`` with a cache for one new token per row (x [B, 1, hidden]), in fewer
+        kernels: with L = 1 the head-major layout is a reshape, rotate_half a matmul, the
+        cache write a select, and attention ``decode_attention``. Same values as forward."""
+        b, h, g, d = x.shape[0], self.num_heads, self.num_groups, self.head_dim
+        q, k, v = self.project_qkv(x)
+        cos, sin = rotary[0].unsqueeze(1).float(), rotary[1].unsqueeze(1).float()  # [B, 1, 1, D]
+        q, k = q.reshape(b, h, 1, d).float(), k.reshape(b, g, 1, d).float()
+        q = (q * cos + torch.matmul(q, self.rotate_half) * sin).to(x.dtype)
+        k = (k * cos + torch.matmul(k, self.rotate_half) * sin).to(x.dtype)
+        k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v.reshape(b, g, 1, d), cache[2])
+        return self.output(decode_attention(q, k, v, mask)), (k, v)
