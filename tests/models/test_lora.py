@@ -13,6 +13,7 @@ import os
 import re
 
 import numpy as np
+import peft
 import pytest
 import torch
 
@@ -27,7 +28,6 @@ from msmm.train.trainer import unique_parameter_names
 from parity_utils import RunResult, rel_err
 from test_internvl import SEVERAL_IMAGES, hf_internvl, hf_name_to_ours, make_batch, msmm_run
 
-peft = pytest.importorskip("peft")
 
 TEXT_LORA = LoRAConfig(r=4, lora_alpha=8)  # all-linear
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2")
@@ -274,6 +274,49 @@ def test_remote_layout_fuses_qkv_adapters_exactly(tmp_path):
     np.testing.assert_allclose(alpha / r * b @ a, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="must target all of"):
         write_adapter(str(tmp_path), AdapterNaming("internvl", "remote"), [parts["q_proj"]], {}, base)
+
+
+def test_write_adapter_is_atomic_and_mm_convert_is_framework_free(tmp_path, monkeypatch):
+    """A standalone adapter directory appears complete or not at all; a failure inside an
+    existing (checkpoint) directory leaves no adapter file and no temporary behind."""
+    import subprocess
+    import sys
+
+    import msmm.convert.peft_adapter as peft_adapter
+
+    module = LoRAModule("language_model.model.layers.0.self_attn.q_proj", 2, 4.0, 0.0,
+                        np.ones((2, 8), np.float32), np.ones((8, 2), np.float32))
+    base = ["language_model.model.layers.0.self_attn.q_proj.weight", "language_model.lm_head.weight"]
+    write_adapter(str(tmp_path / "new"), AdapterNaming("internvl", "hf"), [module], {}, base)
+    assert sorted(os.listdir(tmp_path)) == ["new"]
+    assert sorted(os.listdir(tmp_path / "new")) == ["adapter_config.json", "adapter_model.safetensors"]
+    real_dump = peft_adapter.json.dump
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(peft_adapter.json, "dump", fail)
+    os.makedirs(tmp_path / "iter")
+    for directory in ("other", "iter"):
+        with pytest.raises(OSError, match="disk full"):
+            write_adapter(str(tmp_path / directory), AdapterNaming("internvl", "hf"), [module], {}, base)
+    assert sorted(os.listdir(tmp_path)) == ["iter", "new"] and os.listdir(tmp_path / "iter") == []
+    monkeypatch.setattr(peft_adapter.json, "dump", real_dump)
+
+    def fail_second(src, dst, calls=[]):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("rename failed")
+        os.rename(src, dst)
+
+    monkeypatch.setattr(peft_adapter.os, "replace", fail_second)
+    with pytest.raises(OSError, match="rename failed"):
+        write_adapter(str(tmp_path / "iter"), AdapterNaming("internvl", "hf"), [module], {}, base)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["iter", "new"] and os.listdir(tmp_path / "iter") == []
+    code = "import sys, msmm.convert.cli; print(sorted({'mindspore', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ---- configuration: model.json lora blocks, msmm-train --lora-*, --save-total-limit ----------
