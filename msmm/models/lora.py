@@ -145,17 +145,25 @@ def apply_lora(model: nn.Module, roots: Sequence[nn.Module], config: LoRAConfig,
                                  f"(e.g. {sorted({n.rsplit('.', 1)[-1] for n, _ in candidates})})")
     if not chosen:
         raise ValueError(f"{where}.target_modules: {config.target_modules!r} matches no linear layer")
+    inside = {id(m) for root in roots for _, m in root.named_modules()}
+    saved = {pattern: [n for n, m in model.named_modules() if id(m) in inside and name_matches(n, [pattern])]
+             for pattern in config.modules_to_save}
+    for pattern, names in saved.items():
+        if not names:
+            raise ValueError(f"{where}.modules_to_save: {pattern!r} matches no module here")
+        overlap = [n for n, _ in chosen if any(n == s or n.startswith(s + ".") for s in names)]
+        if overlap:
+            raise ValueError(f"{where}.modules_to_save: {pattern!r} contains LoRA target layers "
+                             f"({', '.join(overlap[:4])}{', ...' if len(overlap) > 4 else ''}); a module is trained "
+                             "either in full or through LoRA, not both: drop it from one of target_modules / "
+                             "modules_to_save")
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, make_lora_layer(module, config))
-    inside = {id(m) for root in roots for _, m in root.named_modules()}
-    for pattern in config.modules_to_save:
-        found = [m for n, m in model.named_modules() if id(m) in inside and name_matches(n, [pattern])]
-        if not found:
-            raise ValueError(f"{where}.modules_to_save: {pattern!r} matches no module here")
-        for module in found:
-            for p in module.parameters():
+    for names in saved.values():
+        for name in names:
+            for p in model.get_submodule(name).parameters():
                 p.requires_grad = True
     return [n for n, _ in chosen]
 

@@ -364,6 +364,14 @@ def test_model_json_lora_blocks_and_errors_name_the_key(tmp_path):
     config = parse_model_config(model_json(vision_lora={"target_modules": ["attn.qkv"]}))
     with pytest.raises(ModelConfigError, match=r"image_encoder.vision_encoder.lora.target_modules: 'attn.qkv' matches no"):
         apply_lora_config(build_model(config), config)
+    # a fully trained module holding LoRA layers would be saved twice (full + delta): refused, model untouched
+    config = parse_model_config(model_json({"r": 2, "modules_to_save": ["mlp"]}))
+    model = build_model(config)
+    with pytest.raises(ModelConfigError, match=re.escape(
+            "text_decoder.lora.modules_to_save: 'mlp' contains LoRA target layers (language_model.model.layers.0."
+            "mlp.gate_proj, language_model.model.layers.0.mlp.up_proj, language_model.model.layers.0.mlp.down_proj)")):
+        apply_lora_config(model, config)
+    assert not [n for n, _ in model.named_parameters() if ".lora_" in n]
 
 
 def test_train_args_lora_and_save_total_limit():
