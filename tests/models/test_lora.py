@@ -191,6 +191,14 @@ def test_adapter_written_by_peft_loads_into_msmm(reference, tmp_path):
     print(f"\nPEFT-written adapter loaded into msmm vs PeftModel.from_pretrained logits: torch {torch_err:.2e}, "
           f"MindSpore PyNative {ms_err:.2e}")
     assert torch_err <= 1e-4 and ms_err <= 1e-4
+    no_projector = tmp_path / "no_projector"  # the model trains the projector, the adapter lacks it
+    no_projector.mkdir()
+    (no_projector / "adapter_config.json").write_text((tmp_path / "adapter_config.json").read_text())
+    save_torch({k: v for k, v in state.items() if k not in projector}, str(no_projector / "adapter_model.safetensors"),
+               metadata={"format": "pt"})
+    with pytest.raises(KeyError, match=rf"the adapter has no tensors for {len(projector)} parameters the model trains "
+                                       r"in full .*multi_modal_projector"):
+        load_adapter(torch_lora_model(path, {}), str(no_projector), naming)
     with pytest.raises(ValueError, match=r"has r=2, lora_alpha=6.*has r=4"):
         model = load_internvl(path)
         torch_lora.apply_lora(model, [model.language_model, model.vision_tower], TEXT_LORA)
