@@ -76,8 +76,25 @@ class LoRALinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, scaling={self.scaling}"
 
 
-class Int8LoRALinear(LoRALinear):
+class QuantizedLoRALinear(LoRALinear):
+    """LoRALinear with a quantized frozen weight whose float state (scales, code values) stays
+    float32 through ``model.to(dtype)`` (``--bf16`` / ``--fp16``); it dequantizes to the
+    compute dtype in ``forward``."""
+
+    quant_state: Tuple[Tuple[str, bool], ...] = ()  # (buffer name, persistent)
+
+    def _apply(self, fn, recurse: bool = True):
+        kept = {name: getattr(self, name) for name, _ in self.quant_state}  # _apply replaces buffers
+        super()._apply(fn, recurse)
+        for name, persistent in self.quant_state:  # moved with the module, never cast
+            self.register_buffer(name, kept[name].to(getattr(self, name).device), persistent=persistent)
+        return self
+
+
+class Int8LoRALinear(QuantizedLoRALinear):
     """LoRALinear whose frozen weight is int8 with a per-output-channel scale."""
+
+    quant_state = (("weight_scale", True),)
 
     def _store_weight(self, weight: torch.Tensor) -> None:
         q, scale = quantize_int8(weight)
@@ -88,8 +105,10 @@ class Int8LoRALinear(LoRALinear):
         return dequantize_int8(self.weight_int8, self.weight_scale, dtype)
 
 
-class NF4LoRALinear(LoRALinear):
+class NF4LoRALinear(QuantizedLoRALinear):
     """LoRALinear whose frozen weight is NF4, blockwise absmax, two codes per byte."""
+
+    quant_state = (("weight_absmax", True), ("byte_table", False))
 
     def _store_weight(self, weight: torch.Tensor, block_size: int = 64) -> None:
         packed, absmax = quantize_nf4(weight, block_size)

@@ -245,6 +245,31 @@ def test_int8_and_nf4_error_within_bound_and_storage_measured():
                                        0.2461, 0.3379, 0.4407, 0.5626, 0.7230, 1], atol=1e-4)
 
 
+def test_quant_state_stays_fp32_through_module_to_torch_and_mindspore():
+    """--bf16 / --fp16 casts the model after LoRA is applied: the scales and code values of a
+    quantized base stay float32, the weight dequantizes to the compute dtype."""
+    ms = ms_backend.converted_models()
+    w = torch.randn(12, 128, generator=torch.Generator().manual_seed(0))
+    for fmt, cls, state in (("int8", "Int8LoRALinear", ("weight_scale",)),
+                            ("nf4", "NF4LoRALinear", ("weight_absmax", "byte_table"))):
+        for lib, lora, dtype in ((torch, torch_lora, torch.bfloat16), (ms.torch, ms.lora, ms.torch.float16)):
+            base = lib.nn.Linear(128, 12)
+            base.weight = lib.nn.Parameter(lib.tensor(w.numpy()))
+            layer = getattr(lora, cls)(base, 2, 4.0)
+            before = {n: np.asarray(getattr(layer, n).numpy()) for n in state}
+            want = layer.base_weight(lib.float32).numpy()
+            outer = lib.nn.Sequential(layer).to(dtype)  # as model.to(...) reaches it: through the parent
+            for n in state:
+                assert getattr(layer, n).dtype == lib.float32, (fmt, lib.__name__, n)
+                np.testing.assert_array_equal(np.asarray(getattr(layer, n).numpy()), before[n])
+            assert n in dict(layer.named_buffers()) and layer.lora_A.weight.dtype == dtype
+            assert (n != "byte_table") == (n in layer.state_dict())
+            got = layer.base_weight(dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got.float().numpy(), lib.tensor(want).to(dtype).float().numpy())
+            assert outer(lib.ones(1, 128, dtype=dtype)).dtype == dtype
+
+
 def test_lora_layer_math_dropout_and_targets():
     base = torch.nn.Linear(8, 6)
     x = torch.randn(5, 8)
