@@ -150,8 +150,9 @@ def linear_layers(model: nn.Module, roots: Iterable[nn.Module]) -> List[Tuple[st
 def apply_lora(model: nn.Module, roots: Sequence[nn.Module], config: LoRAConfig, where: str = "lora") -> List[str]:
     """Freeze every parameter below ``roots`` (modules of ``model``), replace the targeted
     linear layers by LoRA layers and un-freeze ``config.modules_to_save``. Returns the
-    names of the adapted layers. A target list entry that matches no linear layer is an
-    error naming ``where``."""
+    names of the adapted layers. A target list entry that matches no linear layer, or a
+    ``modules_to_save`` entry that matches nothing or contains a targeted layer, is an error
+    naming ``where`` (checked before the model is changed)."""
     for root in roots:
         for p in root.parameters():
             p.requires_grad = False
