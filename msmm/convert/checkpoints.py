@@ -27,7 +27,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from ..train.checkpoint import METADATA, PAYLOAD, TRACKER
+from ..config.checkpoint_layout import METADATA, PAYLOAD, TRACKER
 from .families import (LLM_LAYER, LLM_POST, LLM_PRE, VIT_LAYER, VIT_POST, VIT_PRE, Group, ModelInfo, Unfuse,
                        rename, tp_kind)
 from .parallel import VOCAB, ParallelConfig, layer_stages, merge, padded_vocab, split, split_shape, stage_order

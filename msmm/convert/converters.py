@@ -82,6 +82,11 @@ def _check_expected(found: ParallelConfig, given: Optional[ParallelConfig], wher
             raise ValueError(f"{where}: parallel_config.{key}={want} but the checkpoint has {getattr(found, key)}")
 
 
+def _nested(a: str, b: str) -> bool:
+    """Whether real paths ``a`` and ``b`` are the same directory or one lies inside the other."""
+    return os.path.commonpath([a, b]) in (a, b)
+
+
 class Converter(FamilySpec):
     """hf_to_mm / mm_to_hf / resplit for one family."""
 
@@ -143,10 +148,11 @@ class Converter(FamilySpec):
         where = os.path.join(base_dir, "config.json")
         _check_trust(config, where, cfg.trust_remote_code)
         info = self.info(config, where)
-        out_dir = os.path.abspath(cfg.save_hf_dir)
+        out_dir = os.path.realpath(cfg.save_hf_dir)
         for name, path in (("hf_config.hf_dir", base_dir), ("lora_dir", cfg.lora_dir)):
-            if os.path.abspath(path) == out_dir:
-                raise ValueError(f"save_hf_dir {cfg.save_hf_dir} is the {name}; write the merged checkpoint elsewhere")
+            if _nested(os.path.realpath(path), out_dir):
+                raise ValueError(f"save_hf_dir {cfg.save_hf_dir} and {name} {path} are the same directory or one "
+                                 "contains the other; write the merged checkpoint elsewhere")
         if os.path.isdir(out_dir) and os.listdir(out_dir) and not cfg.overwrite:
             raise FileExistsError(f"save_hf_dir {cfg.save_hf_dir} exists and is not empty; remove it or pass "
                                   "--cfg.overwrite True")
@@ -169,7 +175,11 @@ class Converter(FamilySpec):
             if os.path.isdir(out_dir):
                 old = f"{out_dir}.old-{os.getpid()}"
                 os.replace(out_dir, old)
-                os.replace(tmp, out_dir)
+                try:
+                    os.replace(tmp, out_dir)
+                except BaseException:
+                    os.replace(old, out_dir)
+                    raise
                 shutil.rmtree(old)
             else:
                 os.replace(tmp, out_dir)

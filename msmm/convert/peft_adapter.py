@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -41,7 +42,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from ..config.lora_config import suffix_matches
-from ..train.checkpoint import resolve_load_dir
+from ..config.checkpoint_layout import resolve_load_dir
 from .families import FamilySpec, Group, InternVLFamily, LlavaFamily, Qwen2_5_VLFamily, Qwen2VLFamily, rename
 from .safetensors_io import FLOAT_CODES, Tensor, open_file, to_float
 
@@ -166,7 +167,10 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
                   full: Mapping[str, np.ndarray], all_parameters: Sequence[str],
                   base_model_name_or_path: Optional[str] = None) -> str:
     """Write ``modules`` (and the fully trained parameters ``full``, msmm names, as PEFT's
-    ``modules_to_save``) to ``directory``, each file atomically (temporary file + rename).
+    ``modules_to_save``) to ``directory``. Both files are written to a temporary directory
+    first; a new ``directory`` is that directory renamed, an existing one (the temporary
+    iteration directory of ``save_checkpoint``, itself published by one rename) receives the
+    two files, and a failure removes what was written.
     ``all_parameters``: every msmm parameter name of the base model (for unique suffixes)."""
     if not modules:
         raise ValueError("no LoRA modules to write")
@@ -211,15 +215,29 @@ def write_adapter(directory: str, naming: AdapterNaming, modules: List[LoRAModul
         "layers_pattern": None,
         "revision": None,
     }
-    os.makedirs(directory, exist_ok=True)
-    weights, config_path = os.path.join(directory, ADAPTER_WEIGHTS), os.path.join(directory, ADAPTER_CONFIG)
-    save_file(tensors, weights + f".tmp-{os.getpid()}", metadata={"format": "pt"})
-    with open(config_path + f".tmp-{os.getpid()}", "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    for path in (weights, config_path):  # each file complete (fsynced) before it takes its name
-        with open(path + f".tmp-{os.getpid()}", "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(path + f".tmp-{os.getpid()}", path)
+    tmp = f"{os.path.abspath(directory)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    published = []
+    try:
+        save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        with open(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):  # complete on disk before they take their names
+            with open(os.path.join(tmp, name), "rb+") as f:
+                os.fsync(f.fileno())
+        if os.path.isdir(directory):  # save_checkpoint's temporary iteration directory, published as a whole
+            for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+                os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+                published.append(os.path.join(directory, name))
+            os.rmdir(tmp)
+        else:  # a standalone adapter directory appears complete or not at all
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for path in published:
+            os.remove(path)
+        raise
     return directory
 
 

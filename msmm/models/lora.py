@@ -76,8 +76,25 @@ class LoRALinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, scaling={self.scaling}"
 
 
-class Int8LoRALinear(LoRALinear):
+class QuantizedLoRALinear(LoRALinear):
+    """LoRALinear with a quantized frozen weight whose float state (scales, code values) stays
+    float32 through ``model.to(dtype)`` (``--bf16`` / ``--fp16``); it dequantizes to the
+    compute dtype in ``forward``."""
+
+    quant_state: Tuple[Tuple[str, bool], ...] = ()  # (buffer name, persistent)
+
+    def _apply(self, fn, recurse: bool = True):
+        kept = {name: getattr(self, name) for name, _ in self.quant_state}  # _apply replaces buffers
+        super()._apply(fn, recurse)
+        for name, persistent in self.quant_state:  # moved with the module, never cast
+            self.register_buffer(name, kept[name].to(getattr(self, name).device), persistent=persistent)
+        return self
+
+
+class Int8LoRALinear(QuantizedLoRALinear):
     """LoRALinear whose frozen weight is int8 with a per-output-channel scale."""
+
+    quant_state = (("weight_scale", True),)
 
     def _store_weight(self, weight: torch.Tensor) -> None:
         q, scale = quantize_int8(weight)
@@ -88,8 +105,10 @@ class Int8LoRALinear(LoRALinear):
         return dequantize_int8(self.weight_int8, self.weight_scale, dtype)
 
 
-class NF4LoRALinear(LoRALinear):
+class NF4LoRALinear(QuantizedLoRALinear):
     """LoRALinear whose frozen weight is NF4, blockwise absmax, two codes per byte."""
+
+    quant_state = (("weight_absmax", True), ("byte_table", False))
 
     def _store_weight(self, weight: torch.Tensor, block_size: int = 64) -> None:
         packed, absmax = quantize_nf4(weight, block_size)
@@ -131,8 +150,9 @@ def linear_layers(model: nn.Module, roots: Iterable[nn.Module]) -> List[Tuple[st
 def apply_lora(model: nn.Module, roots: Sequence[nn.Module], config: LoRAConfig, where: str = "lora") -> List[str]:
     """Freeze every parameter below ``roots`` (modules of ``model``), replace the targeted
     linear layers by LoRA layers and un-freeze ``config.modules_to_save``. Returns the
-    names of the adapted layers. A target list entry that matches no linear layer is an
-    error naming ``where``."""
+    names of the adapted layers. A target list entry that matches no linear layer, or a
+    ``modules_to_save`` entry that matches nothing or contains a targeted layer, is an error
+    naming ``where`` (checked before the model is changed)."""
     for root in roots:
         for p in root.parameters():
             p.requires_grad = False
@@ -145,17 +165,25 @@ def apply_lora(model: nn.Module, roots: Sequence[nn.Module], config: LoRAConfig,
                                  f"(e.g. {sorted({n.rsplit('.', 1)[-1] for n, _ in candidates})})")
     if not chosen:
         raise ValueError(f"{where}.target_modules: {config.target_modules!r} matches no linear layer")
+    inside = {id(m) for root in roots for _, m in root.named_modules()}
+    saved = {pattern: [n for n, m in model.named_modules() if id(m) in inside and name_matches(n, [pattern])]
+             for pattern in config.modules_to_save}
+    for pattern, names in saved.items():
+        if not names:
+            raise ValueError(f"{where}.modules_to_save: {pattern!r} matches no module here")
+        overlap = [n for n, _ in chosen if any(n == s or n.startswith(s + ".") for s in names)]
+        if overlap:
+            raise ValueError(f"{where}.modules_to_save: {pattern!r} contains LoRA target layers "
+                             f"({', '.join(overlap[:4])}{', ...' if len(overlap) > 4 else ''}); a module is trained "
+                             "either in full or through LoRA, not both: drop it from one of target_modules / "
+                             "modules_to_save")
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, make_lora_layer(module, config))
-    inside = {id(m) for root in roots for _, m in root.named_modules()}
-    for pattern in config.modules_to_save:
-        found = [m for n, m in model.named_modules() if id(m) in inside and name_matches(n, [pattern])]
-        if not found:
-            raise ValueError(f"{where}.modules_to_save: {pattern!r} matches no module here")
-        for module in found:
-            for p in module.parameters():
+    for names in saved.values():
+        for name in names:
+            for p in model.get_submodule(name).parameters():
                 p.requires_grad = True
     return [n for n, _ in chosen]
 

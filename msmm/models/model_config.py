@@ -96,7 +96,7 @@ _LORA_KEYS = {f.name for f in dataclasses.fields(LoRAConfig)}
 
 
 def parse_lora_block(raw: Any, where: str) -> LoRAConfig:
-    """A ``lora`` block ({"r": 128, "alpha": 256, "dropout": 0.05, "target_modules": [...]});
+    """A ``lora`` block ({"r": 128, "lora_alpha": 256, "lora_dropout": 0.05, "target_modules": [...]});
     errors name ``where.lora.<key>``."""
     where = f"{where}.lora"
     if not isinstance(raw, dict):
@@ -418,11 +418,12 @@ _TEXT_KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "
 def check_text_decoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -> None:
     """The text numbers that loading cannot catch (a wrong RoPE base or norm epsilon loads
     fine) must equal the checkpoint's: each ``text_decoder`` field against the key of the
-    ``text_config`` (HF-native) or ``llm_config`` (InternVL remote code) that ``config.json``
-    has. Keys the checkpoint leaves to its defaults are not checked."""
-    section = "text_config" if "text_config" in hf else "llm_config"
-    text = hf.get(section)
-    if not isinstance(text, dict) or "text_decoder" not in config.sections:
+    ``text_config`` (HF-native), ``llm_config`` (InternVL remote code) or, without either, the
+    top level (Qwen2-VL / Qwen2.5-VL ``config.json``) that ``config.json`` has. Keys the
+    checkpoint leaves to its defaults are not checked."""
+    section = next((key for key in ("text_config", "llm_config") if isinstance(hf.get(key), dict)), None)
+    text = hf if section is None else hf[section]
+    if "text_decoder" not in config.sections:
         return
     ours = TransformerConfig(**config.sections["text_decoder"].config)
     for field, key in _TEXT_KEYS.items():
@@ -431,7 +432,7 @@ def check_text_decoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -
         mine, theirs = getattr(ours, field), text[key]
         if abs(float(mine) - float(theirs)) > 1e-9 * max(abs(float(theirs)), 1.0):
             raise ModelConfigError(f"{config.source}: text_decoder.{field} is {mine}, but {where} has "
-                                   f"{section}.{key} = {theirs}; make model.json match the checkpoint")
+                                   f"{key if section is None else f'{section}.{key}'} = {theirs}; make model.json match the checkpoint")
 
 
 def load_pretrained(model: nn.Module, config: ModelConfig, path: str) -> None:

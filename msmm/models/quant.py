@@ -53,7 +53,8 @@ def quantize_int8(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return q.to(dtype) * scale.to(dtype)
+    """``q * scale`` in float32, rounded once to ``dtype``."""
+    return (q.to(torch.float32) * scale.to(torch.float32)).to(dtype)
 
 
 def nf4_blocks(numel: int, block_size: int) -> int:

@@ -77,7 +77,8 @@ def load_adapter(model, path: str, naming: AdapterNaming) -> int:
     """Set the LoRA matrices and fully trained parameters of ``model`` (LoRA applied, torch or
     MindSpore-bound) from the PEFT adapter in ``path`` (written by msmm-train or by PEFT),
     named in ``naming``'s layout. Every LoRA layer of the model must be in the adapter with
-    the same r and scaling; every other adapter tensor must be a trainable parameter.
+    the same r and scaling; every other adapter tensor must be a trainable parameter, and
+    every trainable parameter outside the LoRA layers must be in the adapter.
     Returns the number of tensors set."""
     adapter = read_adapter(path)
     config, where = adapter.config, os.path.join(adapter.directory, ADAPTER_WEIGHTS)
@@ -119,4 +120,9 @@ def load_adapter(model, path: str, naming: AdapterNaming) -> int:
     if missing:
         raise KeyError(f"{where}: the adapter has no tensors for {len(missing)} LoRA parameters of the model, e.g. "
                        f"{missing[:3]}; it was trained with other target_modules")
+    untrained = sorted(n for n, p in params.items() if p.requires_grad and ".lora_" not in n and n not in done)
+    if untrained:
+        raise KeyError(f"{where}: the adapter has no tensors for {len(untrained)} parameters the model trains in full "
+                       f"(modules_to_save, or a section not frozen), e.g. {untrained[:3]}; it was trained with other "
+                       "modules_to_save / freeze settings")
     return len(done)

@@ -25,13 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-TRACKER = "latest_checkpointed_iteration.txt"
-PAYLOAD = "model_optim_rng.safetensors"
-METADATA = "metadata.json"
-
-
-def iteration_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
+from ..config.checkpoint_layout import METADATA, PAYLOAD, TRACKER, iteration_dir, resolve_load_dir
 
 
 @dataclass
@@ -133,26 +127,6 @@ def read_metadata(path: str) -> Dict[str, Any]:
     """metadata.json of the checkpoint ``--load path`` points at (no tensors read)."""
     with open(os.path.join(resolve_load_dir(path), "mp_rank_00", METADATA)) as f:
         return json.load(f)
-
-
-def resolve_load_dir(path: str) -> str:
-    """The iteration directory meant by ``--load``: a directory with the tracker file (its
-    iteration, or ``release``), or an ``iter_XXXXXXX`` directory itself."""
-    tracker = os.path.join(path, TRACKER)
-    if os.path.isfile(tracker):
-        with open(tracker) as f:
-            text = f.read().strip()
-        if text == "release":
-            return os.path.join(path, "release")
-        if not text.isdigit():
-            raise ValueError(f"{tracker}: expected an iteration number or 'release', got {text!r}")
-        directory = iteration_dir(path, int(text))
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{tracker} names iteration {text}, but {directory} does not exist")
-        return directory
-    if os.path.isfile(os.path.join(path, "mp_rank_00", PAYLOAD)):
-        return path
-    raise FileNotFoundError(f"--load {path}: no {TRACKER} and no mp_rank_00/{PAYLOAD} there")
 
 
 def is_msmm_checkpoint(path: str) -> bool:

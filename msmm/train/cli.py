@@ -36,19 +36,32 @@ def apply_recompute(model, granularity: Optional[str]) -> int:
     return count
 
 
-def adapter_writer(model, model_config, hf_dir: Optional[str], resumed: Optional[dict]):
+def hf_layout(model_config, hf_dir: str) -> str:
+    """The checkpoint layout of the HF directory ``hf_dir``: InternVL ``remote`` (remote code,
+    ``llm_config``) or ``hf``."""
+    if model_config.model_id != "internvl":
+        return "hf"
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        return "remote" if "llm_config" in json.load(f) else "hf"
+
+
+def adapter_writer(model, model_config, hf_dir: Optional[str], resumed: Optional[dict], load: Optional[str] = None):
     """The PEFT adapter writer of a LoRA run: names in the layout of the HF checkpoint the
-    base came from (``--load`` HF directory; on resume, what the first run recorded)."""
+    base came from (``--load`` HF directory; on resume, what the first LoRA run recorded, or
+    for a checkpoint trained without LoRA, the HF directory its run was ``--load``-ed from)."""
     from msmm.convert.peft_adapter import AdapterNaming
     from msmm.train.adapter import AdapterWriter
 
-    if resumed is not None:
-        base, layout = resumed.get("lora_base"), resumed.get("lora_layout", "hf")
+    if resumed is not None and "lora_layout" in resumed:
+        base, layout = resumed.get("lora_base"), resumed["lora_layout"]
     else:
-        base, layout = hf_dir, "hf"
-        if hf_dir is not None and model_config.model_id == "internvl":
-            with open(os.path.join(hf_dir, "config.json")) as f:
-                layout = "remote" if "llm_config" in json.load(f) else "hf"
+        base = hf_dir if resumed is None else resumed.get("load")
+        has_config = base is not None and os.path.isfile(os.path.join(base, "config.json"))
+        if resumed is not None and model_config.model_id == "internvl" and not has_config:
+            raise ValueError(f"--load {load}: this checkpoint was trained without LoRA and records no HF checkpoint "
+                             f"directory (its --load was {base!r}), so the layout (HF-native or remote code) to name "
+                             "the InternVL adapter in is unknown; start LoRA from the HF checkpoint instead")
+        layout = hf_layout(model_config, base) if has_config else "hf"
     naming = AdapterNaming(model_config.model_id, layout, model_config.sections["text_decoder"].model_id)
     return AdapterWriter(model, naming, base)
 
@@ -122,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     writer = None
     if adapted:
         writer = adapter_writer(model, model_config, args.load if args.load and not resume else None,
-                                read_metadata(args.load).get("arguments", {}) if resume else None)
+                                read_metadata(args.load).get("arguments", {}) if resume else None, args.load)
         arguments.update(lora_base=writer.base_model_name_or_path, lora_layout=writer.naming.layout)
     if args.lora_load is not None:
         if not adapted or resume:

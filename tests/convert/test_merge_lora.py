@@ -12,6 +12,7 @@ import tracemalloc
 from typing import Dict
 
 import numpy as np
+import peft
 import pytest
 import torch
 from safetensors.numpy import save_file
@@ -26,7 +27,6 @@ from msmm.convert.peft_adapter import read_adapter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))  # test_internvl's remote layout
 
-peft = pytest.importorskip("peft")
 
 FAMILIES = {  # builder, converter, image tokens in the prompt
     "internvl": (lambda: tiny_hf.internvl(qk_norm=True), "InternVLConverter", 4),
@@ -438,3 +438,28 @@ def test_errors_name_the_problem(tmp_path, capsys, monkeypatch):
               "--cfg.save_hf_dir", str(tmp_path / "out"), "--cfg.overwrite", "True"])
     assert not [n for n in os.listdir(tmp_path) if n.startswith("out.")]
     assert all(torch.equal(before[k], v) for k, v in tiny_hf.read_all(str(tmp_path / "out")).items())
+    # the final rename failing puts the previous output back
+    real_replace = os.replace
+    monkeypatch.undo()
+
+    def fail_publish(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError("rename failed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(converters.os, "replace", fail_publish)
+    with pytest.raises(OSError, match="rename failed"):
+        main(["Qwen2VLConverter", "merge_lora", "--cfg.hf_config.hf_dir", base, "--cfg.lora_dir", good,
+              "--cfg.save_hf_dir", str(tmp_path / "out"), "--cfg.overwrite", "True"])
+    monkeypatch.undo()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("out.")]
+    assert all(torch.equal(before[k], v) for k, v in tiny_hf.read_all(str(tmp_path / "out")).items())
+    # an output that is, contains or lies inside the base or the adapter is refused before anything is written
+    os.symlink(base, tmp_path / "link")
+    for out, name, path in ((tmp_path, "hf_config.hf_dir", base), (tmp_path / "adapter", "lora_dir", good),
+                            (tmp_path / "hf" / "sub", "hf_config.hf_dir", base), (tmp_path / "link", "hf_config.hf_dir", base)):
+        message = convert_error(capsys, "Qwen2VLConverter", "merge_lora", hf_config__hf_dir=base, lora_dir=good,
+                                save_hf_dir=str(out), overwrite="True")
+        assert f"save_hf_dir {out} and {name} {path} are the same directory or one contains the other" in message
+    assert os.path.isfile(os.path.join(base, "config.json")) and os.path.isdir(good)
+    assert not os.path.exists(tmp_path / "hf" / "sub")

@@ -13,6 +13,7 @@ import os
 import re
 
 import numpy as np
+import peft
 import pytest
 import torch
 
@@ -27,7 +28,6 @@ from msmm.train.trainer import unique_parameter_names
 from parity_utils import RunResult, rel_err
 from test_internvl import SEVERAL_IMAGES, hf_internvl, hf_name_to_ours, make_batch, msmm_run
 
-peft = pytest.importorskip("peft")
 
 TEXT_LORA = LoRAConfig(r=4, lora_alpha=8)  # all-linear
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2")
@@ -191,6 +191,14 @@ def test_adapter_written_by_peft_loads_into_msmm(reference, tmp_path):
     print(f"\nPEFT-written adapter loaded into msmm vs PeftModel.from_pretrained logits: torch {torch_err:.2e}, "
           f"MindSpore PyNative {ms_err:.2e}")
     assert torch_err <= 1e-4 and ms_err <= 1e-4
+    no_projector = tmp_path / "no_projector"  # the model trains the projector, the adapter lacks it
+    no_projector.mkdir()
+    (no_projector / "adapter_config.json").write_text((tmp_path / "adapter_config.json").read_text())
+    save_torch({k: v for k, v in state.items() if k not in projector}, str(no_projector / "adapter_model.safetensors"),
+               metadata={"format": "pt"})
+    with pytest.raises(KeyError, match=rf"the adapter has no tensors for {len(projector)} parameters the model trains "
+                                       r"in full .*multi_modal_projector"):
+        load_adapter(torch_lora_model(path, {}), str(no_projector), naming)
     with pytest.raises(ValueError, match=r"has r=2, lora_alpha=6.*has r=4"):
         model = load_internvl(path)
         torch_lora.apply_lora(model, [model.language_model, model.vision_tower], TEXT_LORA)
@@ -237,6 +245,31 @@ def test_int8_and_nf4_error_within_bound_and_storage_measured():
                                        0.2461, 0.3379, 0.4407, 0.5626, 0.7230, 1], atol=1e-4)
 
 
+def test_quant_state_stays_fp32_through_module_to_torch_and_mindspore():
+    """--bf16 / --fp16 casts the model after LoRA is applied: the scales and code values of a
+    quantized base stay float32, the weight dequantizes to the compute dtype."""
+    ms = ms_backend.converted_models()
+    w = torch.randn(12, 128, generator=torch.Generator().manual_seed(0))
+    for fmt, cls, state in (("int8", "Int8LoRALinear", ("weight_scale",)),
+                            ("nf4", "NF4LoRALinear", ("weight_absmax", "byte_table"))):
+        for lib, lora, dtype in ((torch, torch_lora, torch.bfloat16), (ms.torch, ms.lora, ms.torch.float16)):
+            base = lib.nn.Linear(128, 12)
+            base.weight = lib.nn.Parameter(lib.tensor(w.numpy()))
+            layer = getattr(lora, cls)(base, 2, 4.0)
+            before = {n: np.asarray(getattr(layer, n).numpy()) for n in state}
+            want = layer.base_weight(lib.float32).numpy()
+            outer = lib.nn.Sequential(layer).to(dtype)  # as model.to(...) reaches it: through the parent
+            for n in state:
+                assert getattr(layer, n).dtype == lib.float32, (fmt, lib.__name__, n)
+                np.testing.assert_array_equal(np.asarray(getattr(layer, n).numpy()), before[n])
+            assert n in dict(layer.named_buffers()) and layer.lora_A.weight.dtype == dtype
+            assert (n != "byte_table") == (n in layer.state_dict())
+            got = layer.base_weight(dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got.float().numpy(), lib.tensor(want).to(dtype).float().numpy())
+            assert outer(lib.ones(1, 128, dtype=dtype)).dtype == dtype
+
+
 def test_lora_layer_math_dropout_and_targets():
     base = torch.nn.Linear(8, 6)
     x = torch.randn(5, 8)
@@ -274,6 +307,49 @@ def test_remote_layout_fuses_qkv_adapters_exactly(tmp_path):
     np.testing.assert_allclose(alpha / r * b @ a, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="must target all of"):
         write_adapter(str(tmp_path), AdapterNaming("internvl", "remote"), [parts["q_proj"]], {}, base)
+
+
+def test_write_adapter_is_atomic_and_mm_convert_is_framework_free(tmp_path, monkeypatch):
+    """A standalone adapter directory appears complete or not at all; a failure inside an
+    existing (checkpoint) directory leaves no adapter file and no temporary behind."""
+    import subprocess
+    import sys
+
+    import msmm.convert.peft_adapter as peft_adapter
+
+    module = LoRAModule("language_model.model.layers.0.self_attn.q_proj", 2, 4.0, 0.0,
+                        np.ones((2, 8), np.float32), np.ones((8, 2), np.float32))
+    base = ["language_model.model.layers.0.self_attn.q_proj.weight", "language_model.lm_head.weight"]
+    write_adapter(str(tmp_path / "new"), AdapterNaming("internvl", "hf"), [module], {}, base)
+    assert sorted(os.listdir(tmp_path)) == ["new"]
+    assert sorted(os.listdir(tmp_path / "new")) == ["adapter_config.json", "adapter_model.safetensors"]
+    real_dump = peft_adapter.json.dump
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(peft_adapter.json, "dump", fail)
+    os.makedirs(tmp_path / "iter")
+    for directory in ("other", "iter"):
+        with pytest.raises(OSError, match="disk full"):
+            write_adapter(str(tmp_path / directory), AdapterNaming("internvl", "hf"), [module], {}, base)
+    assert sorted(os.listdir(tmp_path)) == ["iter", "new"] and os.listdir(tmp_path / "iter") == []
+    monkeypatch.setattr(peft_adapter.json, "dump", real_dump)
+
+    def fail_second(src, dst, calls=[]):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("rename failed")
+        os.rename(src, dst)
+
+    monkeypatch.setattr(peft_adapter.os, "replace", fail_second)
+    with pytest.raises(OSError, match="rename failed"):
+        write_adapter(str(tmp_path / "iter"), AdapterNaming("internvl", "hf"), [module], {}, base)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["iter", "new"] and os.listdir(tmp_path / "iter") == []
+    code = "import sys, msmm.convert.cli; print(sorted({'mindspore', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ---- configuration: model.json lora blocks, msmm-train --lora-*, --save-total-limit ----------
@@ -321,6 +397,14 @@ def test_model_json_lora_blocks_and_errors_name_the_key(tmp_path):
     config = parse_model_config(model_json(vision_lora={"target_modules": ["attn.qkv"]}))
     with pytest.raises(ModelConfigError, match=r"image_encoder.vision_encoder.lora.target_modules: 'attn.qkv' matches no"):
         apply_lora_config(build_model(config), config)
+    # a fully trained module holding LoRA layers would be saved twice (full + delta): refused, model untouched
+    config = parse_model_config(model_json({"r": 2, "modules_to_save": ["mlp"]}))
+    model = build_model(config)
+    with pytest.raises(ModelConfigError, match=re.escape(
+            "text_decoder.lora.modules_to_save: 'mlp' contains LoRA target layers (language_model.model.layers.0."
+            "mlp.gate_proj, language_model.model.layers.0.mlp.up_proj, language_model.model.layers.0.mlp.down_proj)")):
+        apply_lora_config(model, config)
+    assert not [n for n, _ in model.named_parameters() if ".lora_" in n]
 
 
 def test_train_args_lora_and_save_total_limit():

@@ -132,3 +132,26 @@ def test_next_save_removes_what_an_interrupted_save_left(tmp_path):
     (tmp_path / ".iter_0000020.tmp-12345" / "mp_rank_00").mkdir(parents=True)
     ckpt.save_checkpoint(str(tmp_path), _state(30, 3.0))
     assert sorted(os.listdir(tmp_path)) == ["iter_0000030", "latest_checkpointed_iteration.txt"]
+
+
+def test_adapter_layout_on_resume_of_a_checkpoint_without_lora(tmp_path):
+    """Resuming a run that had no LoRA with --lora-* added: the InternVL adapter layout comes
+    from the HF directory the first run loaded, or it is an error, never a silent 'hf'."""
+    import json
+
+    from msmm.models.model_config import load_model_config
+    from msmm.train.cli import adapter_writer
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    config = load_model_config(os.path.join(root, "examples", "internvl2", "model_2B.json"))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({"model_type": "internvl_chat", "llm_config": {}}))
+    writer = adapter_writer(None, config, None, {"load": str(remote)}, "save")
+    assert (writer.naming.layout, writer.base_model_name_or_path) == ("remote", str(remote))
+    writer = adapter_writer(None, config, None, {"lora_layout": "remote", "lora_base": "b"}, "save")
+    assert (writer.naming.layout, writer.base_model_name_or_path) == ("remote", "b")
+    for resumed in ({}, {"load": str(tmp_path / "gone")}):
+        with pytest.raises(ValueError, match="--load save: this checkpoint was trained without LoRA"):
+            adapter_writer(None, config, None, resumed, "save")
+    assert adapter_writer(None, config, str(remote), None).naming.layout == "remote"

@@ -14,13 +14,13 @@ import subprocess
 import sys
 
 import numpy as np
+import peft
 import pytest
 import torch
 from safetensors.numpy import load_file
 
 from test_msrun import REPO, _free_port, records
 
-peft = pytest.importorskip("peft")
 SCRIPT = "examples/internvl/finetune_internvl_lora_tiny_cpu.sh"
 PAYLOAD = os.path.join("mp_rank_00", "model_optim_rng.safetensors")
 

@@ -28,7 +28,7 @@ from msmm.config.data_config import load_data_config
 from msmm.config.train_args import parse_train_args
 from msmm.models.internvl import internvl_config_from_hf
 from msmm.models.llava import llava_config_from_hf
-from msmm.models.model_config import build_model, check_text_decoder, load_model_config
+from msmm.models.model_config import ModelConfigError, build_model, check_text_decoder, load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,6 +108,7 @@ NOT_ARCHITECTURE = {"init_method_std", "attention_dropout", "hidden_dropout", "p
 LAUNCH_SCRIPTS = [
     "internvl2/finetune_internvl2_2B.sh",
     "internvl2/finetune_internvl2_8B.sh",
+    "internvl2/finetune_internvl2_lora_2B.sh",
     "internvl3/finetune_internvl3_8B.sh",
     "internvl3/finetune_internvl3_78B.sh",
     "llava1.5/pretrain_llava1_5.sh",
@@ -141,6 +142,18 @@ def test_model_json_matches_upstream_and_published_size(name):
     check_text_decoder(config, hf, name)  # what --load of the checkpoint checks
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - published) / published < 0.02, f"{name}: {count / 1e9:.3f}B parameters vs {published / 1e9}B"
+
+
+def test_text_decoder_checked_against_top_level_qwen2_vl_config():
+    """Qwen2-VL / Qwen2.5-VL config.json keep the text numbers at the top level (no text_config)."""
+    config = load_model_config(os.path.join(ROOT, "examples", "qwen2vl", "model_7b.json"))
+    hf = {"model_type": "qwen2_vl", "hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28,
+          "num_hidden_layers": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+          "vocab_size": 152064, "vision_config": {"depth": 32, "embed_dim": 1280, "hidden_size": 3584}}
+    check_text_decoder(config, hf, "Qwen2-VL-7B-Instruct/config.json")
+    with pytest.raises(ModelConfigError, match=r"text_decoder.rotary_base is 1000000.0, but "
+                                               r"Qwen2-VL-7B-Instruct/config.json has rope_theta = 10000.0"):
+        check_text_decoder(config, dict(hf, rope_theta=10000.0), "Qwen2-VL-7B-Instruct/config.json")
 
 
 @pytest.mark.parametrize("script", LAUNCH_SCRIPTS)

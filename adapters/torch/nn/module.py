@@ -44,6 +44,12 @@ def _cast_floating(t: Tensor, dtype) -> Tensor:
     return t.astype(dtype) if t.dtype in _FLOATING and t.dtype != dtype else t
 
 
+def _apply_to_parameter(param: mindspore.Parameter, fn: Callable[[Tensor], Tensor]) -> None:
+    dtype = fn(param).dtype
+    if dtype != param.dtype:
+        param.set_dtype(dtype)
+
+
 class Module(nn.Cell):
     """Base class of torch-style modules: a Cell whose ``construct`` is ``forward``."""
 
@@ -261,19 +267,34 @@ class Module(nn.Cell):
             if isinstance(arg, mindspore.dtype.Type):
                 dtype = arg
         if dtype is not None:
-            self._cast(dtype)
+            self._apply(lambda t: _cast_floating(t, dtype))
         return self
 
-    def _cast(self, dtype) -> None:
-        for module in self.modules():
-            params = module._params.values() if isinstance(module, Module) else module.get_parameters()
-            for param in params:
-                if param is not None and param.dtype in _FLOATING and param.dtype != dtype:
-                    param.set_dtype(dtype)
-            if isinstance(module, Module):
-                for name, buf in list(module._volatile_buffers.items()):
-                    if buf is not None:
-                        setattr(module, name, _cast_floating(buf, dtype))
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "Module":
+        """torch's ``Module._apply``: ``fn`` on every parameter and buffer, children first (a
+        module may override it, e.g. to keep some state fp32). ``fn`` changes dtypes only:
+        a parameter takes the dtype of ``fn(param)`` in place, a buffer is replaced by
+        ``fn(buffer)`` (as in torch)."""
+        if recurse:
+            for cell in self.children():
+                if isinstance(cell, Module):
+                    cell._apply(fn)
+                else:
+                    for param in cell.get_parameters():
+                        _apply_to_parameter(param, fn)
+        for name, param in list(self._params.items()):
+            if param is None:
+                continue
+            if name in self._persistent_buffers:
+                new = fn(param)
+                if new is not param:
+                    self.register_buffer(name, new)
+            else:
+                _apply_to_parameter(param, fn)
+        for name, buf in list(self._volatile_buffers.items()):
+            if buf is not None:
+                setattr(self, name, fn(buf))
+        return self
 
     def float(self) -> "Module":
         return self.to(mindspore.float32)
