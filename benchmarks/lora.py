@@ -107,6 +107,27 @@ class Repeat:
         pass
 
 
+def timed_run(run: str, step, counts: dict) -> dict:
+    """WARMUP + STEPS calls of ``step`` (returns the loss); the result record of one run.
+    ``counts``: parameters, trainable_parameters, model_state_mb, optimizer_state_mb (a
+    callable, read after the steps: torch creates its optimizer state lazily)."""
+    built_rss = rss_mb()
+    times, losses = [], []
+    sampler = RSSSampler()
+    for i in range(WARMUP + STEPS):
+        if i == WARMUP:
+            sampler.start()
+        start = time.perf_counter()
+        losses.append(step())
+        if i >= WARMUP:
+            times.append(time.perf_counter() - start)
+    sampler.running = False
+    return {"run": run, "parameters": counts["parameters"], "trainable_parameters": counts["trainable_parameters"],
+            "model_state_mb": counts["model_state_mb"], "optimizer_state_mb": counts["optimizer_state_mb"](),
+            "rss_after_build_mb": built_rss, "peak_rss_mb": rss_mb(), "steps_peak_rss_mb": sampler.peak,
+            "step_s_median": statistics.median(times), "loss_first_last": [losses[0], losses[-1]]}
+
+
 def worker(run: str) -> dict:
     os.environ.setdefault("GLOG_v", "3")
     import mindspore
@@ -126,29 +147,15 @@ def worker(run: str) -> dict:
     trainer = Trainer(model, TrainConfig(train_iters=WARMUP + STEPS, global_batch_size=BATCH, micro_batch_size=BATCH,
                                          lr=1e-4, log_interval=10 ** 9), Repeat(batch()))
     state = model.state_dict()
-    model_bytes = sum(int(np.prod(t.shape)) * t.itemsize for t in state.values())
-    params = sum(int(np.prod(p.shape)) for _, p in model.named_parameters())
-    trainable = sum(int(np.prod(p.shape)) for _, p in trainer.named)
     optimizer_bytes = sum(int(np.prod(v.shape)) * v.itemsize for v in trainer.optimizer.state_arrays(False).values())
-    built_rss = rss_mb()
-    times, losses = [], []
-    sampler = RSSSampler()
-    for i in range(WARMUP + STEPS):
-        if i == WARMUP:
-            sampler.start()
-        start = time.perf_counter()
-        losses.append(trainer.train_step()["loss"])
-        if i >= WARMUP:
-            times.append(time.perf_counter() - start)
-    sampler.running = False
-    return {"run": run, "parameters": params, "trainable_parameters": trainable,
-            "model_state_mb": model_bytes / 2 ** 20, "optimizer_state_mb": optimizer_bytes / 2 ** 20,
-            "rss_after_build_mb": built_rss, "peak_rss_mb": rss_mb(), "steps_peak_rss_mb": sampler.peak, "step_s_median": statistics.median(times),
-            "loss_first_last": [losses[0], losses[-1]]}
+    counts = {"parameters": sum(int(np.prod(p.shape)) for _, p in model.named_parameters()),
+              "trainable_parameters": sum(int(np.prod(p.shape)) for _, p in trainer.named),
+              "model_state_mb": sum(int(np.prod(t.shape)) * t.itemsize for t in state.values()) / 2 ** 20,
+              "optimizer_state_mb": lambda: optimizer_bytes / 2 ** 20}
+    return timed_run(run, lambda: trainer.train_step()["loss"], counts)
 
 
 def torch_worker(run: str) -> dict:
-    import numpy as np
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
@@ -173,29 +180,20 @@ def torch_worker(run: str) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     inputs = {k: torch.from_numpy(v) for k, v in batch().items()}
-    built_rss = rss_mb()
-    times, losses = [], []
-    sampler = RSSSampler()
-    for i in range(WARMUP + STEPS):
-        if i == WARMUP:
-            sampler.start()
-        start = time.perf_counter()
+
+    def step() -> float:
         loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-        if i >= WARMUP:
-            times.append(time.perf_counter() - start)
-    sampler.running = False
-    state = [p for p in model.parameters()]
-    optimizer_bytes = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-                          if torch.is_tensor(v) and v.dim() > 0)
-    return {"run": run, "parameters": sum(p.numel() for p in state), "trainable_parameters": sum(p.numel() for p in trainable),
-            "model_state_mb": sum(p.numel() * p.element_size() for p in state) / 2 ** 20,
-            "optimizer_state_mb": optimizer_bytes / 2 ** 20, "rss_after_build_mb": built_rss, "peak_rss_mb": rss_mb(),
-            "steps_peak_rss_mb": sampler.peak, "step_s_median": statistics.median(times),
-            "loss_first_last": [losses[0], losses[-1]]}
+        return float(loss)
+
+    params = list(model.parameters())
+    counts = {"parameters": sum(p.numel() for p in params), "trainable_parameters": sum(p.numel() for p in trainable),
+              "model_state_mb": sum(p.numel() * p.element_size() for p in params) / 2 ** 20,
+              "optimizer_state_mb": lambda: sum(v.numel() * v.element_size() for st in optimizer.state.values()
+                                                for v in st.values() if torch.is_tensor(v) and v.dim() > 0) / 2 ** 20}
+    return timed_run(run, step, counts)
 
 
 def main() -> None:
