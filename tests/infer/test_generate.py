@@ -75,14 +75,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(CASES))
-def test_greedy_matches_hf_generate(family, tmp_path, rng):
+def reference_case(family: str, rng):
+    """The tiny HF model of ``family``, its generation inputs and HF's greedy tokens."""
     build, make_inputs = CASES[family]
     ref = build()
     inputs = make_inputs(rng)
     if family == "qwen2_5_vl":
         inputs["second_per_grid_ts"] = np.array([1.0], np.float32)
-    expected = hf_generate(ref, inputs)
+    return ref, inputs, hf_generate(ref, inputs)
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_greedy_matches_hf_generate(family, tmp_path, rng):
+    ref, inputs, expected = reference_case(family, rng)
     ours = load_msmm(family, tiny_hf.save(ref, str(tmp_path)))
     got = generate(ours, inputs.pop("input_ids"), inputs.pop("attention_mask"), GenerationConfig(max_new_tokens=NEW),
                    **inputs)

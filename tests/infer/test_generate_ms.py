@@ -12,19 +12,14 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
 import ms_backend  # noqa: E402
-from test_generate import CASES, NEW, hf_generate, load_msmm, tiny_hf  # noqa: E402
+from test_generate import CASES, NEW, hf_generate, load_msmm, reference_case, tiny_hf  # noqa: E402
 
 from msmm.infer.generate import GenerationConfig, generate  # noqa: E402
 
 
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_greedy_on_mindspore_matches_hf_generate(family, tmp_path, rng):
-    build, make_inputs = CASES[family]
-    ref = build()
-    inputs = make_inputs(rng)
-    if family == "qwen2_5_vl":
-        inputs["second_per_grid_ts"] = np.array([1.0], np.float32)
-    expected = hf_generate(ref, inputs)
+    ref, inputs, expected = reference_case(family, rng)
     directory = tiny_hf.save(ref, str(tmp_path))
     ms_backend.converted_models()
     with ms_backend.converted_in_sys_modules():
