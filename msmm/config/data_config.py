@@ -1,6 +1,9 @@
 """``data.json``: the MindSpeed-MM data configuration, validated with errors that name the key.
 
-Shape (keys not listed here are accepted with a warning, so the seeds' full files load)::
+Shape (a key that is not listed here is an error naming the file, the dotted key and the
+closest known key, unless ``allow_unknown_keys`` (``msmm-train --allow-unknown-keys``) turns
+these errors into warnings; keys of MindSpeed-MM's published data.json files that msmm does not
+use, in :data:`UPSTREAM_UNUSED_KEYS`, are logged at info level and ignored)::
 
     {"dataset_param": {
         "dataset_type": "multimodal" | "huggingface",
@@ -43,6 +46,36 @@ _FAMILY_OF_TEMPLATE = {
 
 class DataConfigError(ValueError):
     """A ``data.json`` problem; the message starts with the file and the dotted key."""
+
+
+# Keys of MindSpeed-MM's (and LLaMA-Factory's) data.json files that msmm reads nothing from,
+# per section (the dataclass a section is read into): accepted and logged, never an error,
+# so the published files load unchanged. Anything else unknown is most likely a typo.
+UPSTREAM_UNUSED_KEYS: dict[str, frozenset[str]] = {
+    "DataConfig": frozenset(),
+    "DatasetParam": frozenset({"use_text_processer", "is_multimodal", "mm_use_im_start_end", "image_aspect_ratio"}),
+    "BasicParameters": frozenset({"cache_dir", "train_on_prompt", "mask_history", "preprocessing_batch_size",
+                                  "preprocessing_num_workers", "tool_format", "overwrite_cache", "val_size",
+                                  "streaming", "buffer_size", "mix_strategy", "interleave_probs", "neat_packing",
+                                  "ignore_pad_token_for_loss", "image_dir", "dataset_type"}),
+    "PreprocessParameters": frozenset({"image_reader_type", "train_pipeline", "use_fast_tokenizer",
+                                       "split_special_tokens", "image_resolution", "video_resolution",
+                                       "image_processer_type", "image_processer_path", "model_revision",
+                                       "new_special_tokens", "resize_vocab", "hf_hub_token", "cache_dir"}),
+    "TokenizerConfig": frozenset({"hub_backend", "autotokenizer_name", "padding_side", "local_files_only"}),
+    "Attributes": frozenset({"system", "observation_tag", "function_tag", "tools", "prompt", "query", "response",
+                             "history", "chosen", "rejected", "kto_tag", "audios"}),
+    "DataloaderParam": frozenset({"dataloader_mode", "pin_memory", "sampler_type", "prefetch_factor",
+                                  "persistent_workers", "consumed_samples"}),
+    "CollateParam": frozenset({"ignore_pad_token_for_loss"}),
+}
+# MindSpeed-MM keys that msmm reads from another place: ignored where they are, with a warning
+# naming where msmm reads them.
+UPSTREAM_MOVED_KEYS: dict[tuple[str, str], str] = {
+    ("DatasetParam", "template_name"): "dataset_param.basic_parameters.template_name",
+    ("DatasetParam", "group_by_length"): "dataloader_param.group_by_length",
+    ("DatasetParam", "down_sample_ratio"): "dataset_param.downsample_ratio",
+}
 
 
 @dataclass
@@ -164,8 +197,8 @@ class DataConfig:
         return param.tokenizer_config.from_pretrained or param.preprocess_parameters.model_name_or_path
 
 
-def load_data_config(path: str) -> DataConfig:
-    """Read and validate a ``data.json`` file."""
+def load_data_config(path: str, allow_unknown_keys: bool = False) -> DataConfig:
+    """Read and validate a ``data.json`` file (``allow_unknown_keys``: unknown keys warn instead of failing)."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -173,27 +206,41 @@ def load_data_config(path: str) -> DataConfig:
         raise DataConfigError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise DataConfigError(f"{path}:{e.lineno}: malformed json: {e.msg} at column {e.colno}") from None
-    return parse_data_config(raw, source=path)
+    return parse_data_config(raw, source=path, allow_unknown_keys=allow_unknown_keys)
 
 
-def parse_data_config(raw: Any, source: str = "data.json") -> DataConfig:
+def parse_data_config(raw: Any, source: str = "data.json", allow_unknown_keys: bool = False) -> DataConfig:
     """Validate a ``data.json`` mapping; every error names ``source`` and the dotted key."""
-    config = _build(DataConfig, {**raw, "source": source} if isinstance(raw, dict) else raw, "", source)
+    if isinstance(raw, dict) and "source" in raw:
+        raise DataConfigError(f"{source}: source: unknown key")
+    raw = {**raw, "source": source} if isinstance(raw, dict) else raw
+    config = _build(DataConfig, raw, "", source, allow_unknown_keys)
     _check(config, source)
     return config
 
 
-def _build(cls: type, raw: Any, path: str, source: str) -> Any:
+def _build(cls: type, raw: Any, path: str, source: str, allow_unknown: bool = False) -> Any:
     where = path or "<top level>"
     if not isinstance(raw, dict):
         raise DataConfigError(f"{source}: {where}: expected an object, got {_describe(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            logger.warning("%s: %s: unknown key, ignored%s", source, _join(path, key), hint)
+        if key in fields:
+            continue
+        moved = UPSTREAM_MOVED_KEYS.get((cls.__name__, key))
+        if moved is not None:
+            logger.warning("%s: %s: a MindSpeed-MM key msmm reads as %s; ignored here", source, _join(path, key), moved)
+            continue
+        if key in UPSTREAM_UNUSED_KEYS.get(cls.__name__, ()):
+            logger.info("%s: %s: a MindSpeed-MM key msmm does not use, ignored", source, _join(path, key))
+            continue
+        close = difflib.get_close_matches(key, [f for f in fields if f != "source"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        if not allow_unknown:
+            raise DataConfigError(f"{source}: {_join(path, key)}: unknown key{hint}; "
+                                  "msmm-train --allow-unknown-keys turns this error into a warning")
+        logger.warning("%s: %s: unknown key, ignored%s", source, _join(path, key), hint)
     values = {}
     for name, f in fields.items():
         key = _join(path, name)
@@ -201,13 +248,13 @@ def _build(cls: type, raw: Any, path: str, source: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise DataConfigError(f"{source}: {key}: required key is missing")
             continue
-        values[name] = _value(hints[name], raw[name], key, source)
+        values[name] = _value(hints[name], raw[name], key, source, allow_unknown)
     return cls(**values)
 
 
-def _value(hint: Any, value: Any, key: str, source: str) -> Any:
+def _value(hint: Any, value: Any, key: str, source: str, allow_unknown: bool = False) -> Any:
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key, source)
+        return _build(hint, value, key, source, allow_unknown)
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]

@@ -74,6 +74,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TrainArgsError as err:
         print(err, file=sys.stderr)
         return 2
+    # start-up checks of data.json against the arguments, before anything is built (issue 15)
+    from msmm.train.startup_checks import DataConfigError, load_checked_data_config
+
+    try:
+        data_config = load_checked_data_config(args)
+    except DataConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
     os.environ.setdefault("MSMM_DEVICE", mindspore.get_context("device_target"))
     from msmm.train.host_pipeline import configure as configure_host_pipeline
 
@@ -113,7 +121,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model.to(mindspore.bfloat16 if args.bf16 else mindspore.float16)  # before compiling
     apply_recompute(model, args.recompute_granularity)
 
-    data_config = load_data_config(args.mm_data)
     data_config.dataloader_param.micro_batch_size = args.micro_batch_size
     if args.num_workers is not None:
         data_config.dataloader_param.num_workers = args.num_workers

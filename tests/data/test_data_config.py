@@ -1,5 +1,6 @@
 """data.json validation: the seeds' shapes load; every error names the file and the key."""
 import json
+import logging
 
 import pytest
 
@@ -63,10 +64,55 @@ def test_seed_shapes_load(tmp_path):
     assert qwen.dataset_param.basic_parameters.media_root == "./data"
 
 
-def test_unknown_key_warns_with_suggestion(caplog):
-    parse_data_config(_with(INTERNVL, "dataset_param.max_dynamic_pach", 3))
-    assert "dataset_param.max_dynamic_pach: unknown key" in caplog.text
-    assert "did you mean 'max_dynamic_patch'" in caplog.text
+@pytest.mark.parametrize("dotted, close", [
+    ("dataset_param.basic_parameters.strcit", "strict"),
+    ("dataset_param.basic_parameters.cutof_len", "cutoff_len"),
+    ("dataloader_param.shufle", "shuffle"),
+    ("dataset_param.max_dynamic_pach", "max_dynamic_patch"),
+])
+def test_unknown_key_is_an_error_with_suggestion(tmp_path, caplog, dotted, close):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(_with(INTERNVL, dotted, True)))
+    with pytest.raises(DataConfigError) as info:
+        load_data_config(str(path))
+    assert str(info.value).startswith(f"{path}: {dotted}: unknown key (did you mean {close!r}?)")
+    assert "--allow-unknown-keys" in str(info.value)
+    # the documented opt-out: a warning with the same suggestion, the key ignored
+    config = load_data_config(str(path), allow_unknown_keys=True)
+    assert f"{dotted}: unknown key, ignored (did you mean {close!r}?)" in caplog.text
+    assert config.dataset_param.basic_parameters.strict is False
+
+
+def test_mindspeed_mm_keys_msmm_does_not_use_are_logged_not_errors(caplog):
+    """The keys of MindSpeed-MM's published data.json files (examples/internvl3/data_8B.json,
+    examples/mindspore/qwen2vl/data_7b.json upstream) load; relocated ones say where msmm reads them."""
+    raw = _with(INTERNVL, "dataloader_param.pin_memory", True)
+    raw["dataset_param"]["tokenizer_config"].update(hub_backend="hf", autotokenizer_name="AutoTokenizer")
+    raw["dataset_param"].update(use_text_processer=True, group_by_length=True, down_sample_ratio=0.5)
+    raw["dataset_param"]["preprocess_parameters"]["train_pipeline"] = {"image": []}
+    raw["dataloader_param"].update(dataloader_mode="sampler", sampler_type="BaseRandomBatchSampler")
+    qwen = _with(QWEN2VL, "dataset_param.basic_parameters.train_on_prompt", False)
+    qwen["dataset_param"]["preprocess_parameters"].update(use_fast_tokenizer=True, split_special_tokens=False)
+    qwen["dataset_param"]["basic_parameters"].update(mask_history=False, preprocessing_num_workers=16, tool_format=None)
+    qwen["dataset_param"]["attr"] = {"images": "images", "messages": "messages", "observation_tag": None, "function_tag": None}
+    qwen["dataloader_param"] = {"collate_param": {"model_name": "qwen2vl", "ignore_pad_token_for_loss": True}}
+    with caplog.at_level(logging.INFO, logger="msmm.config"):
+        parse_data_config(raw)
+        parse_data_config(qwen)
+    assert "dataset_param.tokenizer_config.hub_backend: a MindSpeed-MM key msmm does not use" in caplog.text
+    assert "dataset_param.group_by_length: a MindSpeed-MM key msmm reads as dataloader_param.group_by_length" in caplog.text
+    assert "unknown key" not in caplog.text
+
+
+def test_repository_data_json_files_load(caplog):
+    import glob
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    files = glob.glob(os.path.join(repo, "examples", "*", "data*.json"))
+    assert len(files) >= 6
+    for path in files:
+        load_data_config(path)
 
 
 @pytest.mark.parametrize(
