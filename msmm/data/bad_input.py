@@ -18,6 +18,7 @@ KINDS = (
     "malformed_json",
     "bad_record",
     "placeholder_mismatch",
+    "bad_path",
     "missing_image",
     "corrupt_image",
     "missing_video",

@@ -27,7 +27,7 @@ def convert(input_path: str, output_path: str, image_prefix: str = "", log: Opti
     log = log if log is not None else BadInputLog()
     out = []
     for line, obj in iter_json_objects(input_path):
-        record = obj if isinstance(obj, BadInput) else parse_record(obj, f"{input_path}:{line}")
+        record = obj if isinstance(obj, BadInput) else parse_record(obj, f"{input_path}:{line}", media_root=None)
         if isinstance(record, BadInput):
             log.report(record)
             continue

@@ -20,10 +20,11 @@ A record that cannot be used is returned as a :class:`BadInput` naming ``file:li
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 from msmm.config.data_config import Attributes as RecordAttributes
 from msmm.data.bad_input import BadInput, BadInputError, BadInputLog
@@ -58,21 +59,39 @@ class Record:
 def iter_json_objects(path: str) -> Iterator[tuple[int, Union[object, BadInput]]]:
     """Yield ``(line, object)`` for each record of a ``.jsonl`` or ``.json`` (list) file.
 
-    A malformed line of a jsonl file is yielded as a :class:`BadInput`; a json file that is
-    not a well-formed list cannot be split into records and raises :class:`BadInputError`.
+    A line of a jsonl file that is not a json value (malformed, not UTF-8, nested too deeply
+    for the parser, a number too long to convert) is yielded as a :class:`BadInput`; a json file
+    that is not a well-formed list cannot be split into records and raises :class:`BadInputError`.
     """
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
+        with open(path, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield line_no, BadInput(f"{path}:{line_no}", "malformed_json",
+                                            f"invalid UTF-8 byte 0x{raw[e.start]:02x} at column {e.start + 1}")
+                    continue
                 if not line.strip():
                     continue
                 try:
                     yield line_no, json.loads(line)
                 except json.JSONDecodeError as e:
                     yield line_no, BadInput(f"{path}:{line_no}", "malformed_json", f"{e.msg} at column {e.colno}")
+                except RecursionError:
+                    yield line_no, BadInput(f"{path}:{line_no}", "malformed_json", "nested too deeply to parse")
+                except ValueError as e:  # e.g. an integer of more digits than Python converts
+                    yield line_no, BadInput(f"{path}:{line_no}", "malformed_json", str(e))
         return
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise BadInputError(f"{path}:{line}: invalid UTF-8 byte 0x{data[e.start]:02x} at column {column}; "
+                            "a json list file cannot be split into records (a .jsonl file skips the bad line)") from None
     decoder = json.JSONDecoder()
     pos, line_no = _skip_space(text, 0), 1
     if pos >= len(text) or text[pos] != "[":
@@ -88,6 +107,10 @@ def iter_json_objects(path: str) -> Iterator[tuple[int, Union[object, BadInput]]
             obj, end = decoder.raw_decode(text, start)
         except json.JSONDecodeError as e:
             raise BadInputError(f"{path}:{e.lineno}: malformed json: {e.msg} at column {e.colno}") from None
+        except RecursionError:
+            raise BadInputError(f"{path}:{line_no}: malformed json: a record nested too deeply to parse") from None
+        except ValueError as e:
+            raise BadInputError(f"{path}:{line_no}: malformed json: {e}") from None
         yield line_no, obj
         line_no += text.count("\n", start, end)
         pos = _skip_space(text, end)
@@ -105,9 +128,15 @@ def _skip_space(text: str, pos: int) -> int:
 
 
 def parse_record(
-    obj: object, where: str, media_root: str = "", attr: RecordAttributes = RecordAttributes()
+    obj: object, where: str, media_root: Optional[str] = "", attr: RecordAttributes = RecordAttributes(),
+    root_name: str = "data_folder",
 ) -> Union[Record, BadInput]:
-    """Turn one json object into a :class:`Record`, or a :class:`BadInput` saying why not."""
+    """Turn one json object into a :class:`Record`, or a :class:`BadInput` saying why not.
+
+    Media paths are resolved against ``media_root`` (``""``: the current directory) and must
+    stay inside it once symlinks and ``..`` are resolved (``os.path.realpath``); one that does
+    not is a ``bad_path`` and is never opened. ``media_root=None`` leaves paths as written
+    (for conversions that only copy them)."""
     if not isinstance(obj, dict):
         return BadInput(where, "bad_record", f"expected a json object, got {type(obj).__name__}")
     try:
@@ -127,11 +156,30 @@ def parse_record(
         n = sum(m.content.count(placeholder) for m in messages)
         if n != len(paths):
             return BadInput(where, "placeholder_mismatch", f"{n} {placeholder} placeholder(s) but {len(paths)} {kind}(s)")
-    return Record(messages, [_resolve(p, media_root) for p in images], [_resolve(p, media_root) for p in videos], where)
+    if media_root is None:
+        return Record(messages, images, videos, where)
+    try:
+        images = [_resolve(p, media_root, root_name) for p in images]
+        videos = [_resolve(p, media_root, root_name) for p in videos]
+    except ValueError as e:
+        return BadInput(where, "bad_path", str(e))
+    return Record(messages, images, videos, where)
 
 
-def _resolve(path: str, media_root: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(media_root, path)
+def _resolve(path: str, media_root: str, root_name: str = "data_folder") -> str:
+    """``path`` joined to ``media_root``; ValueError if it leads outside ``media_root``."""
+    joined = path if os.path.isabs(path) else os.path.join(media_root, path)
+    root = _real_root(media_root, os.getcwd())
+    real = os.path.realpath(joined)
+    if os.path.commonpath([real, root]) != root:
+        raise ValueError(f"{path!r} is outside {root_name} {media_root or '.'!r} (it resolves to {real}); "
+                         "media paths must stay inside it")
+    return joined
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(media_root: str, cwd: str) -> str:
+    return os.path.realpath(os.path.join(cwd, media_root))
 
 
 def _conversations(turns: object) -> list[Message]:
@@ -175,7 +223,8 @@ def _paths(obj: dict, key: str) -> list[str]:
 
 
 def load_records(
-    path: str, media_root: str = "", log: BadInputLog | None = None, attr: RecordAttributes = RecordAttributes()
+    path: str, media_root: str = "", log: BadInputLog | None = None, attr: RecordAttributes = RecordAttributes(),
+    root_name: str = "data_folder",
 ) -> list[Record]:
     """Read every usable record of ``path``; unusable ones go to ``log`` (skip or raise)."""
     log = log if log is not None else BadInputLog()
@@ -183,7 +232,7 @@ def load_records(
         raise BadInputError(f"{path}: annotation file not found")
     records = []
     for line_no, obj in iter_json_objects(path):
-        item = obj if isinstance(obj, BadInput) else parse_record(obj, f"{path}:{line_no}", media_root, attr)
+        item = obj if isinstance(obj, BadInput) else parse_record(obj, f"{path}:{line_no}", media_root, attr, root_name)
         if isinstance(item, BadInput):
             log.report(item)
         else:

@@ -98,3 +98,69 @@ def test_unreadable_json_list_names_the_line(tmp_path):
         load_records(str(path))
     with pytest.raises(BadInputError, match="annotation file not found"):
         load_records(str(tmp_path / "missing.jsonl"))
+
+
+def test_media_paths_outside_the_media_folder_are_refused_unopened(tmp_path, caplog, monkeypatch):
+    """``..``, an absolute path elsewhere and a symlink leading out are bad records (never opened);
+    an absolute path inside, and a media folder that is itself a symlink, are fine."""
+    media = tmp_path / "media"
+    (media / "sub").mkdir(parents=True)
+    (media / "sub" / "in.png").write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    (media / "link.png").symlink_to(tmp_path / "outside.png")
+    (tmp_path / "alias").symlink_to(media)
+
+    def rec(image):
+        return {"image": image, "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "y"}]}
+
+    lines = [rec("sub/in.png"), rec("../outside.png"), rec("/etc/passwd"), rec(str(media / "sub" / "in.png")),
+             rec("link.png"), rec("sub/../sub/in.png"), rec("sub/../../outside.png")]
+    path = _jsonl(tmp_path / "d.jsonl", lines)
+    opened = []
+    monkeypatch.setattr("builtins.open", lambda f, *a, _open=open, **k: (opened.append(str(f)), _open(f, *a, **k))[1])
+    for root in (str(media), str(tmp_path / "alias")):
+        log = BadInputLog()
+        records = load_records(path, media_root=root, log=log)
+        assert [r.where for r in records] == [f"{path}:{i}" for i in (1, 4, 6)]
+        assert log.epoch_summary(0) == {"bad_path": 4}
+    assert opened == [path, path]  # only the annotation file
+    assert f"{path}:3: bad_path: '/etc/passwd' is outside data_folder" in caplog.text
+    assert "resolves to /etc/passwd" in caplog.text
+    with pytest.raises(BadInputError, match=rf"{path}:2: bad_path: '../outside.png' is outside data_folder"):
+        load_records(path, media_root=str(media), log=BadInputLog(strict=True))
+
+
+def test_media_root_unset_means_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rec = {"image": "../x.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "y"}]}
+    path = _jsonl(tmp_path / "d.jsonl", [rec])
+    log = BadInputLog()
+    assert load_records(path, log=log) == [] and log.total == {"bad_path": 1}
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"conversations": "caf\xe9"}', "invalid UTF-8 byte 0xe9 at column 23"),
+    (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+    (b'{"id": ' + b"1" * 5000 + b"}", "digits"),
+])
+def test_undecodable_jsonl_line_is_skipped_with_its_line(tmp_path, caplog, raw, reason):
+    good = json.dumps({"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]}).encode()
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(good + b"\n" + raw + b"\n" + good + b"\n")
+    log = BadInputLog()
+    records = load_records(str(path), log=log)
+    assert [r.where for r in records] == [f"{path}:1", f"{path}:3"]
+    assert log.total == {"malformed_json": 1}
+    assert f"{path}:2: malformed_json: " in caplog.text and reason in caplog.text
+    with pytest.raises(BadInputError, match=rf"{path}:2: malformed_json: .*{reason}"):
+        load_records(str(path), log=BadInputLog(strict=True))
+
+
+def test_undecodable_json_list_stops_with_its_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[\n {"id": 1},\n {"id": "caf\xe9"}\n]')
+    with pytest.raises(BadInputError, match=rf"{path}:3: invalid UTF-8 byte 0xe9 at column 13"):
+        load_records(str(path))
+    path.write_bytes(b'[\n {"id": 1},\n ' + b"[" * 100000 + b"]" * 100000 + b"\n]")
+    with pytest.raises(BadInputError, match=rf"{path}:3: malformed json: a record nested too deeply"):
+        load_records(str(path))
