@@ -46,13 +46,21 @@ class BadInput:
 
 
 class BadInputLog:
-    """Counts and logs skipped inputs; in strict mode raises :class:`BadInputError` instead."""
+    """Counts and logs skipped inputs; in strict mode raises :class:`BadInputError` instead.
+
+    Records rejected while the annotation file is read (``end_reading()`` marks the end of
+    that) are out of every epoch; those rejected while loading are found anew each epoch. The
+    summary of an epoch counts both: every record that did not train in that epoch because it
+    is bad (on this rank: all the rejected-at-reading ones, this rank's share of the others).
+    """
 
     def __init__(self, strict: bool = False, log: logging.Logger = logger) -> None:
         self.strict = strict
         self.log = log
-        self.counts: Counter[str] = Counter()
-        self.total: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # this epoch's, found while loading (or reading, until end_reading)
+        self.at_reading: Counter[str] = Counter()  # rejected when the annotation file was read: out of every epoch
+        self.total: Counter[str] = Counter()  # every problem reported, once each time it is found
+        self.skipped_so_far = 0  # the sum of the epoch summaries
 
     def report(self, bad: BadInput) -> None:
         if self.strict:
@@ -61,13 +69,23 @@ class BadInputLog:
         self.total[bad.kind] += 1
         self.log.warning("skipped %s", bad)
 
+    def end_reading(self) -> None:
+        """What was reported so far was found reading the annotation file: it counts in every epoch."""
+        self.at_reading.update(self.counts)
+        self.counts.clear()
+
     def epoch_summary(self, epoch: int) -> dict[str, int]:
         """Log the counts of this epoch, reset them, and return them."""
-        counts = {kind: self.counts[kind] for kind in KINDS if self.counts[kind]}
+        both = self.at_reading + self.counts
+        counts = {kind: both[kind] for kind in KINDS if both[kind]}
         n = sum(counts.values())
+        self.skipped_so_far += n
         if n:
             detail = ", ".join(f"{k}={v}" for k, v in counts.items())
-            self.log.warning("epoch %d: skipped %d sample(s): %s", epoch, n, detail)
+            read = sum(self.at_reading.values())
+            note = f"; {read} of them rejected when the annotation file was read" if read else ""
+            self.log.warning("epoch %d: skipped %d sample(s): %s%s; %d skipped in all epochs so far",
+                             epoch, n, detail, note, self.skipped_so_far)
         else:
             self.log.info("epoch %d: no sample skipped", epoch)
         self.counts.clear()

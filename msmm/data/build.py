@@ -54,6 +54,7 @@ def build_dataloader(
     attr = config.dataset_param.attr
     root_name = "data_folder" if basic.data_path else "dataset_dir"
     records = load_records(basic.annotation_path, basic.media_root, log, attr, root_name)
+    log.end_reading()
     records = records[: basic.max_samples] if basic.max_samples else records
     records = records * basic.repeat_time
     seq_length = basic.cutoff_len or config.dataset_param.tokenizer_config.model_max_length

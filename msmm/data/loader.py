@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from msmm.data.bad_input import BadInput, BadInputLog
+from msmm.data.bad_input import KINDS, BadInput, BadInputLog
 from msmm.data.dataset import MultimodalDataset
 from msmm.data.sampler import EpochSampler
 
@@ -56,25 +56,29 @@ def _init_worker(dataset: MultimodalDataset, collate: Callable) -> None:
     _WORKER_STATE["dataset"], _WORKER_STATE["collate"] = dataset, collate
 
 
-def _build_batch(job: tuple[np.ndarray, int, bool]) -> tuple[Optional[Batch], list[BadInput]]:
-    """Build the batch of ``indices`` (``in_worker``: hand its large arrays back via shared memory)."""
-    indices, epoch, in_worker = job
-    dataset, collate = _WORKER_STATE["dataset"], _WORKER_STATE["collate"]
-    samples, bad = [], []
-    for i in indices:
-        item = dataset.get(int(i), epoch)
-        (bad if isinstance(item, BadInput) else samples).append(item)
-    batch = collate(samples) if samples else None
-    if batch is not None and in_worker:
-        batch = share_batch(batch)
-    return batch, bad
+def _build_sample(job: tuple[int, int, bool]) -> Union[dict, BadInput]:
+    """Sample ``index`` of ``epoch``, or why it is skipped (``in_worker``: its large arrays go
+    back through shared memory)."""
+    index, epoch, in_worker = job
+    item = _WORKER_STATE["dataset"].get(index, epoch)
+    if in_worker and not isinstance(item, BadInput):
+        item = share_batch(item)
+    return item
 
 
 class DataLoader:
-    """Iterating gives the batches of the current epoch, then advances the epoch.
+    """Iterating gives the micro-batches of the current epoch, then advances the epoch.
 
-    A bad sample is left out of its batch (a batch of only bad samples is skipped) and reported
-    to ``log``, which raises in strict mode and prints the epoch summary at the end of each epoch.
+    Micro-batches are filled with *good* samples: the epoch's order (the sampler's) is walked
+    sample by sample, a bad one is reported to ``log`` (which raises in strict mode) and its
+    place goes to the next sample, so a bad record never costs a good one its turn. At the end
+    of the epoch a partial micro-batch is completed with the epoch's first good samples when
+    ``drop_last`` (every micro-batch full: one shape; every good sample trains each epoch), and
+    handed out as it is otherwise. ``log`` prints the epoch summary after each epoch.
+
+    ``state_dict()`` is the epoch, the micro-batches handed out, the position in the epoch's
+    order after the last of them, and this epoch's skip counts; ``load_state_dict()`` resumes
+    with the next micro-batch, the same one an uninterrupted run would give.
     """
 
     def __init__(
@@ -92,45 +96,61 @@ class DataLoader:
         self.batch_size, self.num_workers, self.drop_last = batch_size, num_workers, drop_last
         self.log = log if log is not None else BadInputLog()
         self.mp_context = mp_context
-        self.epoch, self.batch_index = 0, 0
-
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        """The index groups of ``epoch``, in order."""
-        order = self.sampler.indices(epoch)
-        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-        return [order[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
-
-    def __len__(self) -> int:
-        return len(self.batches(self.epoch))
+        self.epoch, self.batch_index, self.position = 0, 0, 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.sampler.seed}
+        state = {"epoch": self.epoch, "batch_index": self.batch_index, "position": self.position,
+                 "seed": self.sampler.seed}
+        state.update({f"skipped_{kind}": n for kind, n in self.log.counts.items() if n})
+        state["skipped_before_epoch"] = self.log.skipped_so_far
+        return state
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["seed"] != self.sampler.seed:
             raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {self.sampler.seed}")
         self.epoch, self.batch_index = state["epoch"], state["batch_index"]
+        # states saved before "position" existed: micro-batch b was order[b * size : (b + 1) * size]
+        self.position = state.get("position", self.batch_index * self.batch_size)
+        self.log.counts.clear()
+        self.log.counts.update({k[len("skipped_"):]: v for k, v in state.items() if k[len("skipped_"):] in KINDS})
+        self.log.skipped_so_far = state.get("skipped_before_epoch", 0)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
+        order = self.sampler.indices(epoch)
         in_worker = self.num_workers > 0
-        jobs = [(indices, epoch, in_worker) for indices in self.batches(epoch)[self.batch_index :]]
+        jobs = [(int(i), epoch, in_worker) for i in order[self.position:]]
         if not in_worker:
             _init_worker(self.dataset, self.collate)
-            results = map(_build_batch, jobs)
-            yield from self._hand_out(results)
+            yield from self._fill(map(_build_sample, jobs), order, epoch)
         else:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no Rust thread pool across fork
             context = multiprocessing.get_context(self.mp_context)
             with context.Pool(self.num_workers, _init_worker, (self.dataset, self.collate)) as pool:
-                yield from self._hand_out(pool.imap(_build_batch, jobs))
+                yield from self._fill(pool.imap(_build_sample, jobs), order, epoch)
         self.log.epoch_summary(epoch)
-        self.epoch, self.batch_index = epoch + 1, 0
+        self.epoch, self.batch_index, self.position = epoch + 1, 0, 0
 
-    def _hand_out(self, results) -> Iterator[Batch]:
-        for batch, bad in results:
-            for problem in bad:
-                self.log.report(problem)
-            self.batch_index += 1
-            if batch is not None:
-                yield unshare_batch(batch)
+    def _fill(self, results, order: np.ndarray, epoch: int) -> Iterator[Batch]:
+        pending, consumed = [], self.position
+        for item in results:
+            consumed += 1
+            if isinstance(item, BadInput):
+                self.log.report(item)
+                continue
+            pending.append(unshare_batch(item))
+            if len(pending) == self.batch_size:
+                self.batch_index, self.position = self.batch_index + 1, consumed
+                yield self.collate(pending)
+                pending = []
+        if not pending:
+            return
+        if self.drop_last:  # complete it with the epoch's first good samples (already reported if bad)
+            for i in range(len(order) * self.batch_size):
+                item = self.dataset.get(int(order[i % len(order)]), epoch)
+                if not isinstance(item, BadInput):
+                    pending.append(item)
+                    if len(pending) == self.batch_size:
+                        break
+        self.batch_index, self.position = self.batch_index + 1, consumed
+        yield self.collate(pending)

@@ -192,7 +192,7 @@ def test_workers_deterministic_and_exact_resume(tmp_path):
     first = iter(workers)
     got = [next(first) for _ in range(4)]
     state = workers.state_dict()
-    assert state == {"epoch": 0, "batch_index": 4, "seed": 7}
+    assert state == {"epoch": 0, "batch_index": 4, "position": 8, "seed": 7, "skipped_before_epoch": 0}
     first.close()
     resumed = build_dataloader(_config(path, media, group_by_length=True, num_workers=2), tokenizer=tok)
     resumed.load_state_dict(state)
@@ -211,3 +211,74 @@ def test_packing_from_data_json(tmp_path):
     assert sum(len(b["input_ids"]) for b in batches) < 12  # rows hold several samples
     segments = sum(len(np.unique(row[row >= 0])) for b in batches for row in b["segment_ids"])
     assert segments == 12
+
+
+def _good_and_bad(tmp_path):
+    """8 good records; 5 rejected when the file is read, 5 that fail to load (interleaved)."""
+    media = tmp_path / "media"
+    media.mkdir()
+    _image(40, 30, 0).save(media / "ok.png")
+    turn = lambda q, a: [{"from": "human", "value": q}, {"from": "gpt", "value": a}]  # noqa: E731
+    good = [json.dumps({"image": "ok.png", "conversations": turn("<image>\nWhat?", f"answer {i}")}) for i in range(8)]
+    at_reading = ['{"conversations": [', json.dumps({"text": "x"}), json.dumps({"image": "../x.png", "conversations": turn("<image>", "x")}),
+                  json.dumps({"conversations": turn("<image>", "x")}), json.dumps([1])]
+    at_loading = [json.dumps({"image": f"gone{i}.png", "conversations": turn("<image>", "x")}) for i in range(5)]
+    lines = [x for triple in zip(good[:5], at_reading, at_loading) for x in triple] + good[5:]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, media
+
+
+def _answers(batches):
+    tok = tiny_tokenizer()
+    return [tok.decode(row[lab != IGNORE_INDEX]) for b in batches for row, lab in zip(b["input_ids"], b["labels"])]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_records_take_no_good_records_turn(tmp_path, caplog, workers):
+    """Micro-batch 2, drop_last: all 8 good records train in every epoch, in full micro-batches,
+    and every epoch's summary counts all 10 bad records (5 found reading, 5 loading)."""
+    path, media = _good_and_bad(tmp_path)
+    log = BadInputLog()
+    loader = build_dataloader(_config(path, media, drop_last=True, num_workers=workers), tokenizer=tiny_tokenizer(), log=log)
+    with caplog.at_level(logging.WARNING, logger="msmm.data"):
+        epochs = [list(loader) for _ in range(3)]
+    for batches in epochs:
+        assert [len(b["input_ids"]) for b in batches] == [2, 2, 2, 2]
+        assert sorted(_answers(batches)) == sorted(f"answer {i}<|im_end|>" for i in range(8))
+    for epoch, so_far in ((0, 10), (1, 20), (2, 30)):
+        assert (f"epoch {epoch}: skipped 10 sample(s): malformed_json=1, bad_record=2, placeholder_mismatch=1, bad_path=1, missing_image=5; "
+                f"5 of them rejected when the annotation file was read; {so_far} skipped in all epochs so far") in caplog.text
+
+
+def test_partial_last_micro_batch_is_completed_under_drop_last(tmp_path):
+    path, media = _good_and_bad(tmp_path)
+    config = _config(path, media, drop_last=True, micro_batch_size=3, shuffle=False)
+    batches = list(build_dataloader(config, tokenizer=tiny_tokenizer(), log=BadInputLog()))
+    assert [len(b["input_ids"]) for b in batches] == [3, 3, 3]  # 8 good: the last one takes the first good again
+    assert _answers(batches)[-1] == _answers(batches)[0]
+    assert set(_answers(batches)) == {f"answer {i}<|im_end|>" for i in range(8)}
+    config = _config(path, media, drop_last=False, micro_batch_size=3, shuffle=False)
+    assert [len(b["input_ids"]) for b in build_dataloader(config, tokenizer=tiny_tokenizer(), log=BadInputLog())] == [3, 3, 2]
+
+
+def test_exact_resume_with_bad_records(tmp_path, caplog):
+    path, media = _good_and_bad(tmp_path)
+    config = lambda: _config(path, media, drop_last=True, micro_batch_size=3)  # noqa: E731
+    reference = build_dataloader(config(), tokenizer=tiny_tokenizer(), log=BadInputLog())
+    expected = list(reference) + list(reference)
+    first = build_dataloader(config(), tokenizer=tiny_tokenizer(), log=BadInputLog())
+    it = iter(first)
+    got = [next(it), next(it)]
+    state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
+    it.close()
+    resumed = build_dataloader(config(), tokenizer=tiny_tokenizer(), log=BadInputLog())
+    resumed.load_state_dict(state)
+    with caplog.at_level(logging.WARNING, logger="msmm.data"):
+        got += list(resumed)
+        got += list(resumed)
+    for a, b in zip(expected, got, strict=True):
+        _equal(a, b)
+    # the resumed epoch's summary still counts the bad records met before the checkpoint
+    assert "epoch 0: skipped 10 sample(s)" in caplog.text and "epoch 1: skipped 10 sample(s)" in caplog.text
+    assert "20 skipped in all epochs so far" in caplog.text
