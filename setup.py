@@ -30,6 +30,7 @@ setup(
         "mm-convert = msmm.convert.cli:main",
         "msmm-infer = msmm.infer.cli:infer_main",
         "msmm-chat = msmm.infer.cli:chat_main",
+        "msmm-eval = msmm.eval.cli:main",
         "msmm-train = msmm.train.cli:main",
     ]},
 )

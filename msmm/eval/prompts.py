@@ -1,0 +1,243 @@
+"""Each family's prompt for each benchmark, as VLMEvalKit builds it, framework-free.
+
+Text (``prompt_style="vlmevalkit"``, the default):
+
+- multiple choice, InternVL and LLaVA (VLMEvalKit's ``build_multi_choice_prompt``; MMMU too):
+  ``[hint\\n]question\\nA. ...\\nB. ...\\nAnswer with the option's letter from the given choices
+  directly.`` (``请直接回答选项字母。`` for a Chinese prompt); without options ``Answer the
+  question directly.``;
+- multiple choice, Qwen2-VL / Qwen2.5-VL (``Qwen2VLPromptMixin``): ``[Hint: hint\\n]Question:
+  question\\nOptions:\\nA. ...\\n`` then ``Please select the correct answer from the options
+  above.`` (MMMU: the same, with a trailing space then stripped; the Chinese line for Chinese
+  prompts outside MMMU);
+- ChartQA / DocVQA: ``question\\nAnswer the question using a single word or phrase.``
+  (InternVL, LLaVA); ``question\\nPlease try to answer the question with short words or phrases
+  if possible.`` (Qwen2-VL).
+
+``prompt_style="question"``: the question alone (a model fine-tuned on plain questions, e.g.
+the quickstart's). MMMU's ``<image N>`` references stay in the text, as in VLMEvalKit.
+
+Images: InternVL puts ``<image>\\n`` before the text for one image, ``Image-1: <image>\\nImage-2:
+<image>\\n`` for several; Qwen2-VL puts every image first and the text right after; LLaVA
+writes `` <image> `` per image, then the text (``USER:  <image> text ASSISTANT:``). The user turn
+then goes through the family's chat template (msmm.data.templates) with its default system
+prompt.
+
+Vision inputs: InternVL dynamic tiles with a thumbnail, at most ``max(1, min(max_tiles, 64 //
+images))`` tiles per image (``max_tiles``: 6 AI2D, 12 ChartQA and MMMU, 18 DocVQA), MMMU's first
+image upscaled 2x (bilinear) first; Qwen2-VL smart resize within ``min_pixels``..``max_pixels``;
+LLaVA pad to square with the mean colour, CLIP resize and crop.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from .datasets import DatasetSpec, Question
+
+FAMILIES = ("internvl", "qwen2_vl", "qwen2_5_vl", "llava")
+PROMPT_STYLES = ("vlmevalkit", "question")
+MCQ_EN = "Answer with the option's letter from the given choices directly."
+MCQ_CN = "请直接回答选项字母。"
+OPEN_EN = "Answer the question directly."
+OPEN_CN = "请直接回答问题。"
+QWEN_MCQ_EN = "Please select the correct answer from the options above."
+VQA_SHORT = "Answer the question using a single word or phrase."
+QWEN_VQA = "Please try to answer the question with short words or phrases if possible."
+TOTAL_MAX_TILES = 64  # InternVL: the tile budget of one question (VLMEvalKit's total_max_num)
+_CN = re.compile("[\u4e00-\u9fff]")
+
+
+def _options_block(q: Question) -> str:
+    return "".join(f"\n{k}. {v}" for k, v in q.options.items())
+
+
+def question_text(family: str, spec: DatasetSpec, q: Question, style: str = "vlmevalkit") -> str:
+    """The text of the user turn (without image markers)."""
+    if style == "question":
+        return q.question
+    if style != "vlmevalkit":
+        raise ValueError(f"prompt_style {style!r}: one of {PROMPT_STYLES}")
+    if spec.kind == "vqa":
+        return f"{q.question}\n{QWEN_VQA if family.startswith('qwen') else VQA_SHORT}"
+    if family.startswith("qwen"):
+        prompt = (f"Hint: {q.hint}\n" if q.hint else "") + f"Question: {q.question}\n"
+        if q.options:
+            prompt += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in q.options.items())
+            if spec.name == "mmmu_dev_val":
+                prompt += QWEN_MCQ_EN + " \n"
+            else:
+                prompt += MCQ_CN if _CN.search(prompt) else QWEN_MCQ_EN
+        return prompt.rstrip()
+    prompt = (f"{q.hint}\n" if q.hint else "") + q.question + _options_block(q)
+    if q.options:
+        return prompt + "\n" + (MCQ_CN if _CN.search(prompt) else MCQ_EN)
+    return prompt + "\n" + (OPEN_CN if _CN.search(prompt) else OPEN_EN)
+
+
+def user_content(family: str, text: str, images: int, placeholder: str = "<image>") -> str:
+    """The user turn with one ``placeholder`` per image where the family's VLMEvalKit wrapper
+    puts it."""
+    if family == "internvl":
+        if images == 1:
+            return f"{placeholder}\n{text}"
+        return "".join(f"Image-{k}: {placeholder}\n" for k in range(1, images + 1)) + text
+    if family == "llava":
+        return f" {placeholder} " * images + text
+    return placeholder * images + text  # Qwen2-VL: images first, text right after
+
+
+# ----------------------------------------------------------------------------- vision
+
+
+@dataclass
+class VisionSettings:
+    """What the family's preprocessing needs, from the model's config.json and the eval config."""
+
+    family: str
+    image_size: int = 448  # InternVL tile / LLaVA crop
+    patch_size: int = 14
+    downsample_ratio: float = 0.5  # InternVL
+    min_pixels: int = 56 * 56  # Qwen2-VL
+    max_pixels: int = 28 * 28 * 1280
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    max_tiles: Optional[int] = None  # InternVL: overrides the dataset's
+
+    @classmethod
+    def from_hf_config(cls, family: str, config: Dict[str, Any], **overrides: Any) -> "VisionSettings":
+        vision = config.get("vision_config", {}) or {}
+
+        def first(value, default):
+            if isinstance(value, (list, tuple)):
+                value = value[0]
+            return default if value is None else value
+
+        if family == "internvl":
+            size = config.get("force_image_size") or vision.get("image_size")
+            values = dict(image_size=int(first(size, 448)), patch_size=int(first(vision.get("patch_size"), 14)),
+                          downsample_ratio=float(config.get("downsample_ratio", 0.5)))
+        elif family == "llava":
+            values = dict(image_size=int(first(vision.get("image_size"), 336)),
+                          patch_size=int(first(vision.get("patch_size"), 14)))
+        else:
+            values = dict(patch_size=int(vision.get("patch_size", 14)), merge_size=int(vision.get("spatial_merge_size", 2)),
+                          temporal_patch_size=int(vision.get("temporal_patch_size", 2)))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(family, **values)
+
+
+class VisionProcessor:
+    """Images of one question -> the model's vision inputs and the embeddings per image."""
+
+    def __init__(self, settings: VisionSettings, spec: DatasetSpec) -> None:
+        from ..data.image_processing import CLIPImageTransform, InternVLImageTransform, Qwen2VLImageTransform
+
+        self.settings, self.spec = settings, spec
+        s = settings
+        if s.family == "internvl":
+            self.max_tiles = s.max_tiles or spec.max_tiles
+            self.transform = InternVLImageTransform(s.image_size, 1, self.max_tiles, True, True)
+            self.tokens_per_tile = int((s.image_size // s.patch_size) ** 2 * s.downsample_ratio ** 2)
+        elif s.family == "llava":
+            self.transform = CLIPImageTransform(s.image_size, s.image_size, pad_to_square=True)
+            self.tokens = (s.image_size // s.patch_size) ** 2
+        elif s.family in ("qwen2_vl", "qwen2_5_vl"):
+            self.transform = Qwen2VLImageTransform(s.min_pixels, s.max_pixels, s.patch_size, s.temporal_patch_size,
+                                                   s.merge_size)
+        else:
+            raise ValueError(f"family {s.family!r}: one of {FAMILIES}")
+
+    def __call__(self, images: Sequence[Image.Image]) -> Tuple[Dict[str, np.ndarray], List[int]]:
+        family = self.settings.family
+        if family == "internvl":
+            per_image = max(1, min(self.max_tiles, TOTAL_MAX_TILES // len(images)))
+            tiles = []
+            for k, image in enumerate(images):
+                if k == 0 and self.spec.name == "mmmu_dev_val":  # VLMEvalKit: MMMU's first image upscaled
+                    image = image.resize((image.width * 2, image.height * 2), Image.BILINEAR)
+                tiles.append(self.transform(image, max_tiles=per_image))
+            pixels = np.concatenate(tiles)
+            return ({"pixel_values": pixels, "image_flags": np.ones(len(pixels), np.int64)},
+                    [len(t) * self.tokens_per_tile for t in tiles])
+        if family == "llava":
+            return {"pixel_values": np.stack([self.transform(im) for im in images])}, [self.tokens] * len(images)
+        patches, grids = zip(*(self.transform(im) for im in images))
+        merge = self.settings.merge_size ** 2
+        return ({"pixel_values": np.concatenate(patches), "image_grid_thw": np.asarray(grids, np.int64)},
+                [int(np.prod(g)) // merge for g in grids])
+
+
+def concat_vision(parts: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """The vision inputs of a batch: each key's rows of every question, in order."""
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@dataclass
+class PromptTemplate:
+    """The chat template of the family (msmm.data.templates name) and optional system prompt."""
+
+    template: str
+    system: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+DEFAULT_TEMPLATE = {"internvl": "internvl2_5", "qwen2_vl": "qwen2vl", "qwen2_5_vl": "qwen2vl", "llava": "llava-v1"}
+VISION_TOKENS = {"internvl": "internvl", "qwen2_vl": "qwen2vl", "qwen2_5_vl": "qwen2vl", "llava": "llava"}
+
+
+def default_template(family: str, hf_config: Optional[Dict[str, Any]] = None) -> str:
+    """InternVL: the checkpoint's own ``template`` (remote-code configs name it), InternLM2 text
+    -> ``internlm2-chat``, else ``internvl2_5``; the other families have one template."""
+    if family == "internvl" and hf_config:
+        named = hf_config.get("template")
+        if named in ("internlm2-chat", "internvl2_5"):
+            return named
+        text = hf_config.get("llm_config") or hf_config.get("text_config") or {}
+        if "internlm2" in str(text.get("model_type", "")).lower() or any(
+                "InternLM2" in a for a in text.get("architectures", []) or []):
+            return "internlm2-chat"
+    return DEFAULT_TEMPLATE[family]
+
+
+class PromptEncoder:
+    """Question -> (input_ids [L], vision inputs) for one family and dataset."""
+
+    def __init__(self, family: str, spec: DatasetSpec, tokenizer, vision: VisionSettings,
+                 template: str, system: Optional[str] = None, style: str = "vlmevalkit") -> None:
+        from ..data.records import IMAGE_PLACEHOLDER
+        from ..data.templates import ConversationEncoder
+
+        if family not in FAMILIES:
+            raise ValueError(f"family {family!r}: one of {FAMILIES}")
+        if style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style {style!r}: one of {PROMPT_STYLES}")
+        self.family, self.spec, self.style = family, spec, style
+        self.placeholder = IMAGE_PLACEHOLDER
+        self.encoder = ConversationEncoder(tokenizer, template, VISION_TOKENS[family], system)
+        self.vision = VisionProcessor(vision, spec)
+
+    def text(self, q: Question) -> str:
+        return user_content(self.family, question_text(self.family, self.spec, q, self.style), len(q.images),
+                            self.placeholder)
+
+    def __call__(self, q: Question, images: Sequence[Image.Image]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        from ..data.records import Message
+
+        text = question_text(self.family, self.spec, q, self.style)
+        if self.placeholder in text or "<video>" in text:
+            raise ValueError(f"the question text holds a literal {self.placeholder!r} or '<video>'")
+        vision, tokens = self.vision(images)
+        ids = self.encoder.encode_prompt([Message("user", self.text(q))], tokens)
+        return ids, vision
+
+    def stop_token_ids(self) -> List[int]:
+        """The template's end-of-turn token when it is one token (``<|im_end|>``, ``</s>``)."""
+        tok = self.encoder.tokenizer
+        suffix = self.encoder.template.assistant_suffix.format(bos=tok.bos_token or "", eos=tok.eos_token or "").strip()
+        ids = tok.convert_tokens_to_ids([suffix]) if suffix else []
+        return [i for i in ids if i is not None and i != tok.unk_token_id]
