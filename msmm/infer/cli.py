@@ -47,30 +47,123 @@ class InferenceConfigError(ValueError):
     pass
 
 
-def load_inference_config(path: str) -> Dict[str, Any]:
+def load_inference_config(path: str, require_prompts: bool = False) -> Dict[str, Any]:
+    """Read and check an inference JSON; every error names the file and the key
+    (``require_prompts``: ``prompts`` must be a non-empty list, as ``msmm-infer`` needs)."""
     try:
         with open(path) as f:
             cfg = json.load(f)
+    except FileNotFoundError:
+        raise InferenceConfigError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise InferenceConfigError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from err
+    if not isinstance(cfg, dict):
+        raise InferenceConfigError(f"{path}: expected a json object, got {type(cfg).__name__}")
     for key in ("model", "tokenizer"):
-        if not isinstance(cfg.get(key), dict) or "from_pretrained" not in cfg[key]:
-            raise InferenceConfigError(f"{path}: {key}.from_pretrained is required")
+        if not isinstance(cfg.get(key), dict) or not isinstance(cfg[key].get("from_pretrained"), str):
+            raise InferenceConfigError(f"{path}: {key}.from_pretrained is required (a directory)")
     family = cfg["model"].get("family")
     if family not in FAMILIES:
         raise InferenceConfigError(f"{path}: model.family must be one of {FAMILIES}, got {family!r}")
-    for i, spec in enumerate(cfg.get("prompts", [])):
+    prompts = cfg.get("prompts")
+    if prompts is None and require_prompts:
+        raise InferenceConfigError(f"{path}: prompts: required (a list of prompts to answer)")
+    if prompts is not None and not (isinstance(prompts, list) and prompts):
+        raise InferenceConfigError(f"{path}: prompts: expected a non-empty list of prompts, got {json.dumps(prompts)[:40]}")
+    for i, spec in enumerate(prompts or []):
         try:
             _, images, videos = parse_prompt(spec, f"{path}: prompts[{i}]")
         except ValueError as err:
             raise InferenceConfigError(str(err)) from err
         if (images or videos) and "data" not in cfg:
             raise InferenceConfigError(f"{path}: prompts[{i}] has images or videos: set \"data\" to the training data.json")
+    gen = cfg.get("generation_config", {})
+    if not isinstance(gen, dict):
+        raise InferenceConfigError(f"{path}: generation_config: expected an object, got {type(gen).__name__}")
     known = {f.name for f in fields(GenerationConfig)}
-    for key in cfg.get("generation_config", {}):
+    for key in gen:
         if key not in known:
             raise InferenceConfigError(f"{path}: generation_config.{key}: unknown key; known: {sorted(known)}")
+    _check_generation_config(gen, path)
     return cfg
+
+
+def _check_generation_config(gen: Dict[str, Any], path: str) -> None:
+    """Types and ranges of ``generation_config``, so no bad value reaches the sampler."""
+    def fail(key: str, why: str) -> None:
+        raise InferenceConfigError(f"{path}: generation_config.{key}: {why}, got {json.dumps(gen[key])[:40]}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    if "max_new_tokens" in gen and not (is_int(gen["max_new_tokens"]) and gen["max_new_tokens"] >= 1):
+        fail("max_new_tokens", "expected an integer >= 1")
+    if "do_sample" in gen and not isinstance(gen["do_sample"], bool):
+        fail("do_sample", "expected true or false")
+    if "temperature" in gen:
+        if not (is_number(gen["temperature"]) and gen["temperature"] >= 0):
+            fail("temperature", "expected a number >= 0")
+        if gen["temperature"] == 0 and gen.get("do_sample"):
+            fail("temperature", "must be > 0 with do_sample true (it divides the logits); for greedy decoding set "
+                 "do_sample false")
+    if "top_k" in gen and not (is_int(gen["top_k"]) and gen["top_k"] >= 0):
+        fail("top_k", "expected an integer >= 0 (0: off)")
+    if "top_p" in gen and not (is_number(gen["top_p"]) and 0 < gen["top_p"] <= 1):
+        fail("top_p", "expected a number in (0, 1] (1: off)")
+    if "repetition_penalty" in gen and not (is_number(gen["repetition_penalty"]) and gen["repetition_penalty"] > 0):
+        fail("repetition_penalty", "expected a number > 0 (1: off)")
+    if "stop_token_ids" in gen and not (isinstance(gen["stop_token_ids"], list)
+                                        and all(is_int(t) and t >= 0 for t in gen["stop_token_ids"])):
+        fail("stop_token_ids", "expected a list of token ids")
+    if "pad_token_id" in gen and not (is_int(gen["pad_token_id"]) and gen["pad_token_id"] >= 0):
+        fail("pad_token_id", "expected a token id")
+    if gen.get("seed") is not None and not is_int(gen["seed"]):
+        fail("seed", "expected an integer or null")
+
+
+def model_context(model_dir: str) -> Optional[int]:
+    """The longest sequence the model takes (``max_position_embeddings`` of its config.json,
+    or of its ``text_config`` / ``llm_config``), None if it says nothing."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    for section in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
+        if isinstance(section, dict) and isinstance(section.get("max_position_embeddings"), int):
+            return section["max_position_embeddings"]
+    return None
+
+
+def prepare_prompts(cfg: Dict[str, Any], build: Callable, gen: GenerationConfig, source: str) -> List[PreparedPrompt]:
+    """Every prompt of ``cfg`` turned into model inputs before any is answered: an unreadable
+    image or video, or a prompt that with ``max_new_tokens`` exceeds the model's context, stops
+    here with the prompt's index (and the path)."""
+    context = model_context(cfg["model"]["from_pretrained"])
+    prepared = []
+    for i, spec in enumerate(cfg["prompts"]):
+        where = f"{source}: prompts[{i}]"
+        try:
+            prompt = build(spec, where)
+        except ValueError as err:  # PromptBuilder's errors name the prompt (and path)
+            raise InferenceConfigError(str(err)) from None
+        check_prompt_length(prompt, gen, context, where, cfg["model"]["from_pretrained"])
+        prepared.append(prompt)
+    return prepared
+
+
+def check_prompt_length(prompt: PreparedPrompt, gen: GenerationConfig, context: Optional[int], where: str,
+                        model_dir: str) -> None:
+    length = prompt.input_ids.shape[1]
+    if context is not None and length + gen.max_new_tokens > context:
+        raise InferenceConfigError(
+            f"{where}: {length} prompt tokens + generation_config.max_new_tokens {gen.max_new_tokens} = "
+            f"{length + gen.max_new_tokens} tokens, more than the model's context of {context} "
+            f"(max_position_embeddings in {os.path.join(model_dir, 'config.json')}); shorten the prompt or lower "
+            "max_new_tokens")
 
 
 def load_model(model_cfg: Dict[str, Any]):
@@ -122,18 +215,24 @@ def _stream(model, tokenizer, prompt: PreparedPrompt, gen: GenerationConfig) -> 
     return text
 
 
-def _setup(path: str):
+def _setup_inputs(path: str, require_prompts: bool = False):
+    """Config, tokenizer and generation config: everything but the model."""
     from transformers import AutoTokenizer
 
-    cfg = load_inference_config(path)
+    cfg = load_inference_config(path, require_prompts)
     tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"]["from_pretrained"])
     gen = dict(cfg.get("generation_config", {}))
     if "stop_token_ids" not in gen and tokenizer.eos_token_id is not None:
         gen["stop_token_ids"] = [tokenizer.eos_token_id]
-    return cfg, load_model(cfg["model"]), tokenizer, GenerationConfig(**gen)
+    return cfg, tokenizer, GenerationConfig(**gen)
 
 
-def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[[Any], PreparedPrompt]:
+def _setup(path: str):
+    cfg, tokenizer, gen = _setup_inputs(path)
+    return cfg, load_model(cfg["model"]), tokenizer, gen
+
+
+def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[..., PreparedPrompt]:
     """The chat template and image preprocessing of ``cfg["data"]``, or raw text without it."""
     if "data" in cfg:
         builder = PromptBuilder(cfg["data"], tokenizer, cfg.get("system"))
@@ -142,7 +241,7 @@ def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[[Any], PreparedP
                                        f"but model.family is {cfg['model']['family']}")
         return builder
 
-    def raw(spec: Any) -> PreparedPrompt:
+    def raw(spec: Any, where: str = "prompts") -> PreparedPrompt:
         return PreparedPrompt(spec, [], np.array([tokenizer(spec)["input_ids"]], np.int64))
 
     return raw
@@ -182,10 +281,14 @@ def infer(argv: Optional[List[str]] = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from tqdm import tqdm
 
-    cfg, model, tokenizer, gen = _setup(argv[0])
-    build = _prompt_builder(cfg, tokenizer)
-    for spec in tqdm(cfg.get("prompts", []), desc="msmm-infer", unit="prompt", file=sys.stderr, disable=sys.stdout.isatty()):
-        prompt = build(spec)
+    try:  # every input checked and prepared before the model is loaded and any prompt answered
+        cfg, tokenizer, gen = _setup_inputs(argv[0], require_prompts=True)
+        prompts = prepare_prompts(cfg, _prompt_builder(cfg, tokenizer), gen, argv[0])
+    except InferenceConfigError as err:
+        print(f"msmm-infer: {err}", file=sys.stderr)
+        return 2
+    model = load_model(cfg["model"])
+    for prompt in tqdm(prompts, desc="msmm-infer", unit="prompt", file=sys.stderr, disable=sys.stdout.isatty()):
         print(f">>> {''.join(f'[{p}] ' for p in prompt.images)}{prompt.text}")
         _stream(model, tokenizer, prompt, gen)
     return 0
@@ -199,6 +302,7 @@ def chat(argv: Optional[List[str]] = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     cfg, model, tokenizer, gen = _setup(argv[0])
     build = _prompt_builder(cfg, tokenizer)
+    context = model_context(cfg["model"]["from_pretrained"])
     while True:
         try:
             line = input("user> ").strip()
@@ -206,5 +310,11 @@ def chat(argv: Optional[List[str]] = None) -> int:
             return 0
         if not line:
             return 0
+        try:
+            prompt = build(line)
+            check_prompt_length(prompt, gen, context, "your prompt", cfg["model"]["from_pretrained"])
+        except ValueError as err:
+            print(f"msmm-chat: {err}", file=sys.stderr)
+            continue
         sys.stdout.write("assistant> ")
-        _stream(model, tokenizer, build(line), gen)
+        _stream(model, tokenizer, prompt, gen)

@@ -10,6 +10,7 @@ vision context tokens repeated to each image's / video's embeddings, then the as
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
@@ -54,10 +55,22 @@ class PromptBuilder:
         content = text
         if (images or videos) and IMAGE_PLACEHOLDER not in text and VIDEO_PLACEHOLDER not in text:
             content = IMAGE_PLACEHOLDER * len(images) + VIDEO_PLACEHOLDER * len(videos) + _SEPARATOR[self.family] + text
-        frames = [read_video(p, self.vision.frames, np.random.default_rng(0)) for p in videos]
-        vision, image_tokens, video_tokens = self.vision([load_image(p) for p in images], frames, None)
+        loaded = [_read(f"{where}.images[{j}]", p, load_image) for j, p in enumerate(images)]
+        frames = [_read(f"{where}.videos[{j}]", p, lambda q: read_video(q, self.vision.frames, np.random.default_rng(0)))
+                  for j, p in enumerate(videos)]
+        vision, image_tokens, video_tokens = self.vision(loaded, frames, None)
         ids = self.encoder.encode_prompt([Message("user", content)], image_tokens, video_tokens)
         return PreparedPrompt(text, images + videos, ids[None], vision if images or videos else {})
+
+
+def _read(where: str, path: str, read):
+    """``read(path)``, or a ValueError naming the prompt, the key and the path."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: {path}: file not found")
+    try:
+        return read(path)
+    except Exception as err:  # PIL and decord raise many kinds for a file they cannot decode
+        raise ValueError(f"{where}: {path}: cannot be decoded ({type(err).__name__}: {err})") from None
 
 
 def parse_prompt(spec: PromptSpec, where: str) -> tuple[str, List[str], List[str]]:
