@@ -8,6 +8,12 @@ All shapes are fixed per bucket: on MindSpore the prompt embeddings (vision incl
 prefill and the decode step are one compiled graph each, serving every prompt whose
 length falls in the same buckets.
 
+Generation calls model methods only: ``vision_token_ids``, ``embedding_inputs`` and
+``embed_inputs`` (the prompt embeddings with the vision features spliced in, as ``forward``
+computes them), ``prompt_position_ids`` (1D, or M-RoPE [3, B, L]) and ``get_decoder()``,
+whose ``init_kv_cache``, ``get_input_embeddings`` and ``forward_with_cache`` run the prefill
+and the decode steps. A text ``CausalLM`` and the VLMs of ``msmm.models`` have them all.
+
 The loop uses the ``torch`` the model was imported with (real PyTorch, or
 ``adapters.torch`` through the auto_convert hook). Greedy tokens are the graphs' argmax;
 sampling (temperature, top-k, top-p) and the repetition penalty run in numpy on the last
@@ -15,9 +21,10 @@ logits, with HF ``generate`` semantics.
 """
 from __future__ import annotations
 
-import sys
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from types import ModuleType
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -73,9 +80,11 @@ def choose(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generato
     return np.array([rng.choice(len(p), p=p) for p in probs])
 
 
-def _torch_of(model: Any):
-    """The ``torch`` module the model's file imported (real torch or adapters.torch)."""
-    return sys.modules[type(model).__module__].torch
+def torch_of(model: Any) -> ModuleType:
+    """The ``torch`` the model is built on: ``adapters.torch`` for a model of MindSpore Cells
+    (its file imported through the auto_convert hook), else real PyTorch."""
+    on_adapters = any(cls.__module__.startswith("adapters.torch") for cls in type(model).__mro__)
+    return importlib.import_module("adapters.torch" if on_adapters else "torch")
 
 
 def _numpy(t: Any) -> np.ndarray:
@@ -86,78 +95,39 @@ def _numpy(t: Any) -> np.ndarray:
 class Prompt:
     """What the decoder needs for the prompt: embeddings with vision spliced in, positions."""
 
-    decoder: Any  # CausalLM-like: .model (DecoderModel), .lm_head
+    decoder: Any  # the model's get_decoder(): forward_with_cache, init_kv_cache, get_input_embeddings
     embeds: Any  # [B, L, H]
-    position_ids: np.ndarray  # [B, L] or [3, B, L]
+    position_ids: np.ndarray  # [B, L] or [3, B, L] (M-RoPE)
     mrope: bool
 
 
 def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray, padded: Optional[int] = None,
                    **vision: Any) -> Prompt:
-    """Prompt embeddings and positions for InternVL, LLaVA, Qwen2-VL / 2.5-VL, or a text CausalLM.
-    With ``padded``, the embeddings are of the ids padded at the end to that length (with an id
-    that is no vision token); the positions cover the prompt only. Embedding, vision encoder
-    and splicing are one graph on MindSpore."""
-    torch = _torch_of(model)
+    """Prompt embeddings (``model.embed_inputs``) and positions (``model.prompt_position_ids``)
+    for InternVL, LLaVA, Qwen2-VL / 2.5-VL, or a text CausalLM. With ``padded``, the
+    embeddings are of the ids padded at the end to that length (with an id that is no vision
+    token); the positions cover the prompt only. With vision inputs, embedding, vision encoder
+    and splicing are one graph on MindSpore (one per set of vision input names)."""
+    torch = torch_of(model)
     b, l = input_ids.shape
-    vision_ids = [getattr(model, "image_token_id", None)]
-    if hasattr(model, "visual"):
-        vision_ids = [model.config.image_token_id, model.config.video_token_id]
-    filler = next(i for i in range(3) if i not in vision_ids)
+    filler = next(i for i in range(3) if i not in model.vision_token_ids)
     ids = torch.tensor(np.pad(input_ids, ((0, 0), (0, (padded or l) - l)), constant_values=filler))
-    if hasattr(model, "visual"):  # Qwen2-VL / Qwen2.5-VL
-        meta = model.prepare_metadata(input_ids, attention_mask, vision.get("image_grid_thw"),
-                                      vision.get("video_grid_thw"), vision.get("second_per_grid_ts"))
-        pixels = [vision[k] for k in ("pixel_values", "pixel_values_videos") if vision.get(k) is not None]
-        if not pixels:
-            return Prompt(model, model.model.embed_tokens(ids), meta["position_ids"], True)
-        n_image = 0 if vision.get("pixel_values") is None else vision["pixel_values"].shape[0] // model.visual.merge_unit
-        embed = _graph(model, "embed_prompt", _qwen_embeds(model, torch), torch)
-        embeds = embed(ids, torch.tensor(np.concatenate(pixels, 0)),
-                       tuple(torch.tensor(meta[k]) if k in meta else None for k in (
-                           "vision_position_ids", "vision_segment_ids", "vision_window_segment_ids",
-                           "vision_window_index", "vision_reverse_index")),
-                       n_image, vision.get("pixel_values") is not None, vision.get("pixel_values_videos") is not None)
-        return Prompt(model, embeds, meta["position_ids"], True)
-    if hasattr(model, "language_model"):  # InternVL, LLaVA
-        decoder = model.language_model
-        if vision.get("pixel_values") is not None:
-            flags = vision.get("image_flags")
-            embeds = _graph(model, "embed_prompt", _tile_embeds(model), torch)(
-                ids, torch.tensor(vision["pixel_values"]), None if flags is None else torch.tensor(flags))
-        else:
-            embeds = decoder.model.embed_tokens(ids)
-    else:  # a text CausalLM
-        decoder, embeds = model, model.model.embed_tokens(ids)
-    positions = np.maximum(np.cumsum(attention_mask, -1) - 1, 0)  # HF: left padding starts at 0
-    return Prompt(decoder, embeds, positions.astype(np.int64), False)
+    inputs = model.embedding_inputs(**vision)
+    if inputs:
+        keys = tuple(inputs)
 
+        def embed(ids, *tensors):
+            kwargs = {}
+            for key, tensor in zip(keys, tensors):
+                kwargs[key] = tensor
+            return model.embed_inputs(ids, **kwargs)
 
-def _qwen_embeds(model: Any, torch: Any) -> Callable:
-    """Qwen2-VL / 2.5-VL: token embeddings with the ViT's image then video features spliced in."""
-    splice = sys.modules[type(model).__module__].splice
-
-    def embed(ids, pixels, meta, n_image, has_image, has_video):
-        embeds = model.model.embed_tokens(ids)
-        features = model.visual(pixels, *meta)
-        if has_image:
-            embeds = splice(embeds, ids == model.config.image_token_id, features, 0)
-        if has_video:
-            embeds = splice(embeds, ids == model.config.video_token_id, features, n_image)
-        return embeds
-
-    return embed
-
-
-def _tile_embeds(model: Any) -> Callable:
-    """InternVL, LLaVA: token embeddings with the image features spliced in."""
-    splice_features = sys.modules[type(model).__module__].splice_features
-
-    def embed(ids, pixels, flags):
-        embeds = model.language_model.model.embed_tokens(ids)
-        return splice_features(embeds, ids == model.image_token_id, model.image_features(pixels), flags)
-
-    return embed
+        embed = _graph(model, f"embed_inputs({', '.join(keys)})", embed, torch)
+        embeds = embed(ids, *(torch.tensor(inputs[k]) for k in keys))
+    else:
+        embeds = model.embed_inputs(ids)
+    positions = model.prompt_position_ids(input_ids, attention_mask, **vision)
+    return Prompt(model.get_decoder(), embeds, positions, positions.ndim == 3)
 
 
 CACHE_BUCKET = 64  # cache lengths are rounded up to a multiple: one compiled decode step serves many prompts
@@ -207,9 +177,7 @@ def prefill_step(decoder: Any, torch: Any) -> Callable:
     them, so the result is exact and one graph per (Lp, Lmax) serves all prompt lengths."""
 
     def prefill(embeds, position, mask, caches, slots, last):
-        hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
-                                       caches=caches, slots=slots)
-        logits = decoder.lm_head(torch.index_select(hidden, 1, last)).float()[:, -1]
+        logits, caches = decoder.forward_with_cache(embeds, position, mask, caches, slots, last)
         return logits, torch.argmax(logits, -1, keepdim=True), caches
 
     return _graph(decoder, "prefill", prefill, torch, 3)
@@ -225,10 +193,7 @@ def decode_step(decoder: Any, torch: Any) -> Callable:
 
     def step(token, position, index, mask, caches):
         slot = (torch.arange(mask.shape[1]) == index).float().unsqueeze(0)  # [1, Lmax] one-hot
-        embeds = decoder.model.embed_tokens(token)
-        hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
-                                       caches=caches, slots=slot)
-        logits = decoder.lm_head(hidden).float()[:, -1]
+        logits, caches = decoder.forward_with_cache(decoder.get_input_embeddings()(token), position, mask, caches, slot)
         return logits, torch.argmax(logits, -1, keepdim=True), position + 1, index + 1, caches
 
     return _graph(decoder, "decode", step, torch, 4)
@@ -242,7 +207,7 @@ def _on_host(config: GenerationConfig) -> bool:
 def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
                     config: GenerationConfig = GenerationConfig(), **vision: Any) -> Iterator[np.ndarray]:
     """Yields the next token ids [B] one step at a time (rows that stopped yield pad)."""
-    torch = _torch_of(model)
+    torch = torch_of(model)
     input_ids = np.asarray(input_ids, np.int64)
     b, l = input_ids.shape
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int64)
@@ -256,11 +221,7 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
     with torch.no_grad():
         prompt = prepare_prompt(model, input_ids, attention_mask, padded, **vision)
         decoder = prompt.decoder
-        cfg = decoder.model.layers[0].self_attn
-        groups, head_dim = cfg.num_groups, cfg.head_dim
-        dtype = prompt.embeds.dtype
-        caches = tuple((torch.zeros(b, groups, total, head_dim, dtype=dtype),
-                        torch.zeros(b, groups, total, head_dim, dtype=dtype)) for _ in decoder.model.layers)
+        caches = decoder.init_kv_cache(b, total, prompt.embeds.dtype)
         mask = torch.tensor(np.concatenate([attention_mask, np.ones((b, total - l), np.int64)], 1))
         # the next position of each row: after the largest prompt position (over all three
         # M-RoPE components: new tokens share one position in all three)

@@ -28,13 +28,15 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Pattern, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Pattern, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from .core import TransformerConfig
 from .projectors import PixelShuffleProjector
+from .text import CausalLM
 from .vision.intern_vit import InternVisionEncoder, intern_vit_config_from_hf
 from .vision.vit import ViTConfig
 from .vlm import (
@@ -143,11 +145,48 @@ class InternVL(nn.Module):
         )
         self.language_model = build_text_decoder(config.text_family, config.text)
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    @property
+    def vision_token_ids(self) -> Tuple[int, ...]:
+        """Ids whose embeddings ``embed_inputs`` replaces: <IMG_CONTEXT>."""
+        return (self.image_token_id,)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The text decoder's token embedding table."""
+        return self.language_model.get_input_embeddings()
+
+    def get_decoder(self) -> CausalLM:
+        """The text decoder (a causal LM: ``forward_with_cache``, ``init_kv_cache``)."""
+        return self.language_model
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tiles [N, 3, H, W] -> LLM inputs [N, tokens_per_tile, text_hidden]."""
         hidden = self.vision_tower(pixel_values)  # [N, 1 + P, C]
         patches = torch.split(hidden, [1, hidden.shape[1] - 1], dim=1)[1]  # class token dropped
         return self.multi_modal_projector(patches)
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_flags: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Token embeddings [B, L, hidden] with the features of the real tiles (``image_flags``
+        1, or all without flags) at the <IMG_CONTEXT> tokens, in order."""
+        embeds = self.language_model.model.embed_tokens(input_ids)
+        if pixel_values is None:
+            return embeds
+        features = self.get_image_features(pixel_values)
+        return splice_features(embeds, input_ids == self.image_token_id, features, image_flags)
+
+    def embedding_inputs(self, pixel_values=None, image_flags=None, **unused: Any) -> Dict[str, np.ndarray]:
+        """The keyword inputs of ``embed_inputs`` besides ``input_ids`` (numpy), from the data
+        pipeline's vision inputs."""
+        inputs = {"pixel_values": pixel_values, "image_flags": image_flags}
+        return {k: np.asarray(v) for k, v in inputs.items() if v is not None}
+
+    def prompt_position_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, **vision: Any) -> np.ndarray:
+        """Position ids [B, L] of a left-padded prompt (the text decoder's)."""
+        return self.language_model.prompt_position_ids(input_ids, attention_mask)
 
     def forward(
         self,
@@ -157,18 +196,21 @@ class InternVL(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """input_ids [B, L] with ``tokens_per_tile`` <IMG_CONTEXT> ids per real tile;
         pixel_values [N, 3, H, W], the tiles of the whole batch in order; image_flags [N]
         (1 real tile, 0 padding tile that is skipped); attention_mask [B, L] (1 token,
-        0 padding); labels [B, L] with -100 where no loss is taken.
+        0 padding); labels [B, L] with -100 where no loss is taken; segment_ids [B, L] for
+        packed rows (tokens attend within their segment; position_ids restart at each).
         Returns logits [B, L, V], or (loss, logits) with labels."""
-        embeds = self.language_model.model.embed_tokens(input_ids)
-        if pixel_values is not None:
-            features = self.image_features(pixel_values)
-            embeds = splice_features(embeds, input_ids == self.image_token_id, features, image_flags)
+        embeds = self.embed_inputs(input_ids, pixel_values, image_flags)
         return self.language_model(
-            inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, labels=labels
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            segment_ids=segment_ids,
+            labels=labels,
         )
 
 

@@ -16,13 +16,15 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Pattern, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Pattern, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from .core import TransformerConfig
 from .projectors import MLPProjector
+from .text import CausalLM
 from .vision.clip_vit import CLIPVisionEncoder, clip_vit_config_from_hf
 from .vision.vit import ViTConfig
 from .vlm import (
@@ -100,12 +102,41 @@ class Llava(nn.Module):
         )
         self.language_model = build_text_decoder(config.text_family, config.text)
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    @property
+    def vision_token_ids(self) -> Tuple[int, ...]:
+        """Ids whose embeddings ``embed_inputs`` replaces: <image>."""
+        return (self.image_token_id,)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The text decoder's token embedding table."""
+        return self.language_model.get_input_embeddings()
+
+    def get_decoder(self) -> CausalLM:
+        """The text decoder (a causal LM: ``forward_with_cache``, ``init_kv_cache``)."""
+        return self.language_model
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, H, W] -> LLM inputs [N, tokens_per_image, text_hidden]."""
         hidden = self.vision_tower(pixel_values)  # [N, 1 + P, C]
         if self.drop_class_token:
             hidden = torch.split(hidden, [1, hidden.shape[1] - 1], dim=1)[1]
         return self.multi_modal_projector(hidden)
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings [B, L, hidden] with the image features at the <image> tokens, in order."""
+        embeds = self.language_model.model.embed_tokens(input_ids)
+        if pixel_values is None:
+            return embeds
+        return splice_features(embeds, input_ids == self.image_token_id, self.get_image_features(pixel_values))
+
+    def embedding_inputs(self, pixel_values=None, **unused: Any) -> Dict[str, np.ndarray]:
+        """The keyword inputs of ``embed_inputs`` besides ``input_ids`` (numpy), from the data
+        pipeline's vision inputs."""
+        return {} if pixel_values is None else {"pixel_values": np.asarray(pixel_values)}
+
+    def prompt_position_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, **vision: Any) -> np.ndarray:
+        """Position ids [B, L] of a left-padded prompt (the text decoder's)."""
+        return self.language_model.prompt_position_ids(input_ids, attention_mask)
 
     def forward(
         self,
@@ -114,17 +145,20 @@ class Llava(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """input_ids [B, L] with ``tokens_per_image`` <image> ids per image; pixel_values
         [N, 3, H, W], the images of the whole batch in order; attention_mask [B, L] (1 token,
-        0 padding); labels [B, L] with -100 where no loss is taken.
+        0 padding); labels [B, L] with -100 where no loss is taken; segment_ids [B, L] for
+        packed rows (tokens attend within their segment; position_ids restart at each).
         Returns logits [B, L, V], or (loss, logits) with labels."""
-        embeds = self.language_model.model.embed_tokens(input_ids)
-        if pixel_values is not None:
-            features = self.image_features(pixel_values)
-            embeds = splice_features(embeds, input_ids == self.image_token_id, features)
+        embeds = self.embed_inputs(input_ids, pixel_values)
         return self.language_model(
-            inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, labels=labels
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            segment_ids=segment_ids,
+            labels=labels,
         )
 
 

@@ -72,16 +72,22 @@ class Qwen2VL(CausalLM):
         self.config = config
         self.visual = QwenVisionTransformer(config.vision)
 
-    def prepare_metadata(
+    @property
+    def vision_token_ids(self) -> Tuple[int, ...]:
+        """Ids whose embeddings ``embed_inputs`` replaces: <|image_pad|>, <|video_pad|>."""
+        return self.config.image_token_id, self.config.video_token_id
+
+    def prompt_position_ids(
         self,
         input_ids,
         attention_mask=None,
         image_grid_thw=None,
         video_grid_thw=None,
         second_per_grid_ts=None,
-    ) -> Dict[str, np.ndarray]:
-        """The numpy metadata ``forward`` takes: ``position_ids`` [3, B, L] and the ViT's
-        ``vision_*`` inputs (absent without images/videos). Call it in the data pipeline."""
+        **pixels: Any,
+    ) -> np.ndarray:
+        """M-RoPE position ids [3, B, L] (numpy) of a (left-padded) prompt [B, L], from the
+        image / video grids, as HF's ``get_rope_index``; ``pixels`` are not needed."""
         vc = self.config.vision
         position_ids, _ = get_rope_index(
             _numpy(input_ids),
@@ -95,16 +101,106 @@ class Qwen2VL(CausalLM):
             second_per_grid_ts=_numpy(second_per_grid_ts),
             tokens_per_second=vc.tokens_per_second,
         )
-        meta = {"position_ids": position_ids}
+        return position_ids
+
+    def vit_metadata(self, image_grid_thw=None, video_grid_thw=None) -> Dict[str, np.ndarray]:
+        """The ViT's ``vision_*`` inputs (numpy) for all images then all videos; empty
+        without either."""
+        vc = self.config.vision
         grids = [g for g in (_numpy(image_grid_thw), _numpy(video_grid_thw)) if g is not None]
-        if grids:
-            meta.update(
-                vision_metadata(
-                    np.concatenate(grids), vc.spatial_merge_size, vc.window_size,
-                    vc.patch_size if vc.is_qwen2_5 else None,
-                )
+        if not grids:
+            return {}
+        return vision_metadata(
+            np.concatenate(grids), vc.spatial_merge_size, vc.window_size, vc.patch_size if vc.is_qwen2_5 else None
+        )
+
+    def prepare_metadata(
+        self,
+        input_ids,
+        attention_mask=None,
+        image_grid_thw=None,
+        video_grid_thw=None,
+        second_per_grid_ts=None,
+    ) -> Dict[str, np.ndarray]:
+        """The numpy metadata ``forward`` takes: ``position_ids`` [3, B, L] and the ViT's
+        ``vision_*`` inputs (absent without images/videos). Call it in the data pipeline."""
+        meta = {
+            "position_ids": self.prompt_position_ids(
+                input_ids, attention_mask, image_grid_thw, video_grid_thw, second_per_grid_ts
             )
+        }
+        meta.update(self.vit_metadata(image_grid_thw, video_grid_thw))
         return meta
+
+    def embedding_inputs(
+        self,
+        pixel_values=None,
+        image_grid_thw=None,
+        pixel_values_videos=None,
+        video_grid_thw=None,
+        **unused: Any,
+    ) -> Dict[str, np.ndarray]:
+        """The keyword inputs of ``embed_inputs`` besides ``input_ids`` (numpy): the pixels
+        and the ViT metadata of their grids."""
+        inputs = {"pixel_values": pixel_values, "pixel_values_videos": pixel_values_videos}
+        inputs = {k: np.asarray(v) for k, v in inputs.items() if v is not None}
+        if inputs:
+            inputs.update(self.vit_metadata(image_grid_thw, video_grid_thw))
+        return inputs
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_position_ids: torch.Tensor,
+        vision_segment_ids: torch.Tensor,
+        vision_window_segment_ids: Optional[torch.Tensor] = None,
+        vision_window_index: Optional[torch.Tensor] = None,
+        vision_reverse_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Patches [N, C*T*P*P] of images and/or videos (with the ``vision_*`` metadata of
+        their grids) -> LLM inputs [N / merge_unit, text_hidden]."""
+        return self.visual(
+            pixel_values,
+            vision_position_ids,
+            vision_segment_ids,
+            vision_window_segment_ids,
+            vision_window_index,
+            vision_reverse_index,
+        )
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: Optional[torch.Tensor] = None,
+        pixel_values_videos: Optional[torch.Tensor] = None,
+        vision_position_ids: Optional[torch.Tensor] = None,
+        vision_segment_ids: Optional[torch.Tensor] = None,
+        vision_window_segment_ids: Optional[torch.Tensor] = None,
+        vision_window_index: Optional[torch.Tensor] = None,
+        vision_reverse_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Token embeddings [B, L, hidden] with the image features, then the video features,
+        at the <|image_pad|> / <|video_pad|> tokens: all images and videos go through the
+        ViT in one call (image patches first)."""
+        embeds = self.model.embed_tokens(input_ids)
+        if pixel_values is None and pixel_values_videos is None:
+            return embeds
+        pixels = [p for p in (pixel_values, pixel_values_videos) if p is not None]
+        features = self.get_image_features(
+            torch.cat(pixels, dim=0) if len(pixels) > 1 else pixels[0],
+            vision_position_ids,
+            vision_segment_ids,
+            vision_window_segment_ids,
+            vision_window_index,
+            vision_reverse_index,
+        )
+        n_image_tokens = 0
+        if pixel_values is not None:
+            embeds = splice(embeds, input_ids == self.config.image_token_id, features, 0)
+            n_image_tokens = pixel_values.shape[0] // self.visual.merge_unit
+        if pixel_values_videos is not None:
+            embeds = splice(embeds, input_ids == self.config.video_token_id, features, n_image_tokens)
+        return embeds
 
     def forward(
         self,
@@ -142,24 +238,16 @@ class Qwen2VL(CausalLM):
                 vision_window_index = meta.get("vision_window_index")
                 vision_reverse_index = meta.get("vision_reverse_index")
 
-        embeds = self.model.embed_tokens(input_ids)
-        if has_vision:
-            pixels = [p for p in (pixel_values, pixel_values_videos) if p is not None]
-            features = self.visual(
-                torch.cat(pixels, dim=0) if len(pixels) > 1 else pixels[0],
-                vision_position_ids,
-                vision_segment_ids,
-                vision_window_segment_ids,
-                vision_window_index,
-                vision_reverse_index,
-            )
-            n_image_tokens = 0
-            if pixel_values is not None:
-                embeds = splice(embeds, input_ids == self.config.image_token_id, features, 0)
-                n_image_tokens = pixel_values.shape[0] // self.visual.merge_unit
-            if pixel_values_videos is not None:
-                embeds = splice(embeds, input_ids == self.config.video_token_id, features, n_image_tokens)
-
+        embeds = self.embed_inputs(
+            input_ids,
+            pixel_values,
+            pixel_values_videos,
+            vision_position_ids,
+            vision_segment_ids,
+            vision_window_segment_ids,
+            vision_window_index,
+            vision_reverse_index,
+        )
         hidden = self.model(
             inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, segment_ids=segment_ids
         )
@@ -167,3 +255,29 @@ class Qwen2VL(CausalLM):
         if labels is None:
             return logits
         return causal_lm_loss(logits, labels), logits
+
+
+def from_hf_config(hf: Mapping[str, Any], where: str = "config.json", image_token_id: Optional[int] = None) -> Qwen2VL:
+    """A Qwen2VL (random weights) from a Qwen2-VL / Qwen2.5-VL ``config.json`` dict."""
+    try:
+        config = Qwen2VLConfig.from_hf(hf)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from err
+    if image_token_id is not None:
+        config.image_token_id = image_token_id
+    return Qwen2VL(config)
+
+
+def from_model_json(config: ModelConfig) -> Qwen2VL:
+    """A Qwen2VL from a validated ``model.json`` (``qwen2_vit`` or ``qwen2_5_vit``, patch merger, Qwen2 text)."""
+    text = text_config(config)
+    encoder = config.sections[VISION_ENCODER]
+    where = f"{config.source}: {VISION_ENCODER}"
+    vision = construct(QwenViTConfig, encoder, where, out_hidden_size=text.hidden_size)
+    if encoder.model_id == "qwen2_5_vit" and vision.window_size is None:
+        raise ModelConfigError(f"{where}.window_size: required for model_id 'qwen2_5_vit'")
+    if encoder.model_id == "qwen2_vit" and vision.window_size is not None:
+        raise ModelConfigError(f"{where}.window_size: only 'qwen2_5_vit' has window attention")
+    if text.mrope_section is None:
+        raise ModelConfigError(f"{config.source}: text_decoder.mrope_section: required for {config.model_id}")
+    return Qwen2VL(Qwen2VLConfig(vision=vision, text=text, **config.options))

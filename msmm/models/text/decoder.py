@@ -1,8 +1,9 @@
 """Decoder-only language model (embeddings + transformer block) and the causal-LM head/loss."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -100,6 +101,60 @@ class CausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
             self.tied_weights = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    vision_token_ids: Tuple[int, ...] = ()  # ids whose embeddings ``embed_inputs`` replaces: none
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding table."""
+        return self.model.embed_tokens
+
+    def get_decoder(self) -> "CausalLM":
+        """The causal LM that decodes (itself): ``forward_with_cache`` and ``init_kv_cache``."""
+        return self
+
+    def embed_inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, L] -> the decoder's input embeddings [B, L, hidden]."""
+        return self.model.embed_tokens(input_ids)
+
+    def embedding_inputs(self, **vision: Any) -> Dict[str, np.ndarray]:
+        """The keyword inputs of ``embed_inputs`` besides ``input_ids``, from the data
+        pipeline's vision inputs (numpy): none for a text model."""
+        return {}
+
+    def prompt_position_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, **vision: Any) -> np.ndarray:
+        """Position ids [B, L] of a left-padded prompt (HF: the first real token is 0, padding 0)."""
+        return np.maximum(np.cumsum(attention_mask, -1) - 1, 0).astype(np.int64)
+
+    def init_kv_cache(self, batch_size: int, max_length: int, dtype: Any) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
+        """Zero (keys, values) [B, G, max_length, D] per layer for ``forward_with_cache``."""
+        attention = self.model.layers[0].self_attn
+        shape = (batch_size, attention.num_groups, max_length, attention.head_dim)
+        return tuple((torch.zeros(*shape, dtype=dtype), torch.zeros(*shape, dtype=dtype)) for _ in self.model.layers)
+
+    def forward_with_cache(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        kv_cache: Tuple[Tuple[torch.Tensor, torch.Tensor], ...],
+        slots: torch.Tensor,
+        logits_index: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Tuple[Tuple[torch.Tensor, torch.Tensor], ...]]:
+        """Incremental decoding: L new tokens through the decoder over the KV cache.
+
+        inputs_embeds [B, L, hidden]; position_ids [B, L] (or [3, B, L] for M-RoPE);
+        attention_mask [B, Lmax] over the whole cache; kv_cache as from ``init_kv_cache``;
+        slots [L, Lmax] one-hot, the cache positions of the new tokens. Returns (logits
+        [B, V] float32 of the last new token, or of the token at ``logits_index`` [1],
+        updated kv_cache).
+        """
+        hidden, kv_cache = self.model(
+            inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=attention_mask,
+            caches=kv_cache, slots=slots,
+        )
+        if logits_index is not None:
+            hidden = torch.index_select(hidden, 1, logits_index)
+        return self.lm_head(hidden).float()[:, -1], kv_cache
 
     def forward(
         self,
