@@ -51,23 +51,18 @@ def step_timers(model, prompt_len: int, new: int):
     """(compiled, pynative): each times one decode step of ``model``'s decoder in seconds
     (compiled: ``decode_step``; pynative: the same calls op by op), on fixed inputs of the
     benchmark's cache length."""
-    from msmm.infer.generate import CACHE_BUCKET, _torch_of, decode_step
+    from msmm.infer.generate import CACHE_BUCKET, decode_step, torch_of
 
-    ms_torch = _torch_of(model)
-    decoder = model.language_model
-    attn = decoder.model.layers[0].self_attn
+    ms_torch = torch_of(model)
+    decoder = model.get_decoder()
     total = -(-(prompt_len + new) // CACHE_BUCKET) * CACHE_BUCKET
-    caches = tuple((ms_torch.zeros(1, attn.num_groups, total, attn.head_dim),
-                    ms_torch.zeros(1, attn.num_groups, total, attn.head_dim)) for _ in decoder.model.layers)
+    caches = decoder.init_kv_cache(1, total, ms_torch.float32)
     args = (ms_torch.tensor(np.array([[5]])), ms_torch.tensor(np.array([[prompt_len]])),
             ms_torch.tensor(np.array([prompt_len])), ms_torch.tensor(np.ones((1, total), np.int64)))
     slot = ms_torch.tensor(np.eye(total, dtype=np.float32)[prompt_len: prompt_len + 1])
 
     def pynative(token, position, index, mask, caches):
-        embeds = decoder.model.embed_tokens(token)
-        hidden, caches = decoder.model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
-                                       caches=caches, slots=slot)
-        return decoder.lm_head(hidden).float()[:, -1], caches
+        return decoder.forward_with_cache(decoder.get_input_embeddings()(token), position, mask, caches, slot)
 
     timers = []
     for fn in (decode_step(decoder, ms_torch), pynative):
