@@ -138,7 +138,7 @@ def worker(run: str) -> dict:
     from auto_convert import hook
 
     hook.install(["msmm.models"])
-    from msmm.models.model_config import apply_lora_config, build_model, parse_model_config
+    from msmm.models import apply_lora_config, build_model, parse_model_config
     from msmm.train.trainer import TrainConfig, Trainer
 
     config = parse_model_config(model_json(run), source=f"benchmark:{run}")

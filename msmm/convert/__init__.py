@@ -1,7 +1,7 @@
-"""``mm-convert``: HF <-> MM checkpoints with tensor/pipeline-parallel splitting, LoRA merging, streamed."""
-from .converters import (CONVERTERS, HfConfig, HfToMmConfig, InternVLConverter, LlavaConverter, MergeLoraConfig,
-                         MmToHfConfig, Qwen2_5_VLConverter, Qwen2VLConverter, ResplitConfig)
-from .parallel import ParallelConfig
+"""``mm-convert``: HF <-> MM checkpoints with tensor/pipeline-parallel splitting, LoRA merging,
+streamed; the command line over ``msmm.checkpoint`` and the family registry."""
+from .converters import (CONVERTERS, Converter, HfConfig, HfToMmConfig, LlavaConverter, MergeLoraConfig,
+                         MmToHfConfig, ResplitConfig, converter)
 
-__all__ = ["CONVERTERS", "HfConfig", "HfToMmConfig", "InternVLConverter", "LlavaConverter", "MergeLoraConfig",
-           "MmToHfConfig", "ParallelConfig", "Qwen2_5_VLConverter", "Qwen2VLConverter", "ResplitConfig"]
+__all__ = ["CONVERTERS", "Converter", "HfConfig", "HfToMmConfig", "LlavaConverter", "MergeLoraConfig", "MmToHfConfig",
+           "ResplitConfig", "converter"]

@@ -12,7 +12,7 @@ import sys
 import typing
 from typing import Any, Dict, List, Optional
 
-from .converters import CONVERTERS, HfToMmConfig, MergeLoraConfig, MmToHfConfig, ResplitConfig
+from .converters import CONVERTERS, HfToMmConfig, MergeLoraConfig, MmToHfConfig, ResplitConfig, converter
 
 COMMANDS = {"hf_to_mm": HfToMmConfig, "mm_to_hf": MmToHfConfig, "resplit": ResplitConfig,
             "merge_lora": MergeLoraConfig}
@@ -112,7 +112,7 @@ def build(cls: type, raw: Dict[str, Any], prefix: str = "") -> Any:
 def usage(converter: Optional[str] = None, command: Optional[str] = None) -> str:
     if command is None:
         lines = ["usage: mm-convert <Converter> <command> --cfg.<key> <value> ...", "", "converters:"]
-        lines += [f"  {name:22s} {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in CONVERTERS.items()]
+        lines += [f"  {name:22s} {spec.title} ({spec.name})" for name, spec in CONVERTERS.items()]
         lines += ["", f"commands: {', '.join(COMMANDS)}  (mm-convert <Converter> <command> --help for its keys)"]
         return "\n".join(lines)
     lines = [f"usage: mm-convert {converter or '<Converter>'} {command} --cfg.<key> <value> ...", "", "keys:"]
@@ -153,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         cfg = build(COMMANDS[command], parse_args(argv))
-        out = getattr(CONVERTERS[name](), command)(cfg)
+        out = getattr(converter(name), command)(cfg)
     except UsageError as err:
         print(f"mm-convert {name} {command}: {err}\n\n{usage(name, command)}", file=sys.stderr)
         return 2

@@ -10,14 +10,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .checkpoints import (HF_CONFIG_DIR, check_complete, check_divisible, copy_side_files, load_config, parse_size,
-                          read_hf_tensors, read_mm, to_hf, to_mm, write_hf, write_mm)
-from .families import (FamilySpec, InternVLFamily, LlavaFamily, ModelInfo, Qwen2_5_VLFamily, Qwen2VLFamily,
-                       rename)
-from .lora import merge_tensors
-from .peft_adapter import read_adapter
-from .parallel import ParallelConfig
-from .safetensors_io import STORAGE, Tensor, open_file
+from ..checkpoint.hf import copy_side_files, load_config, parse_size, read_hf_tensors, write_hf
+from ..checkpoint.lora_merge import merge_tensors
+from ..checkpoint.mm import HF_CONFIG_DIR, ModelInfo, check_complete, check_divisible, read_mm, write_mm
+from ..checkpoint.parallel import ParallelConfig
+from ..checkpoint.peft import read_adapter
+from ..checkpoint.safetensors import STORAGE, Tensor, open_file
+from ..registry import FAMILIES, FamilySpec
 
 
 @dataclass
@@ -87,11 +86,19 @@ def _nested(a: str, b: str) -> bool:
     return os.path.commonpath([a, b]) in (a, b)
 
 
-class Converter(FamilySpec):
-    """hf_to_mm / mm_to_hf / resplit for one family."""
+class Converter:
+    """hf_to_mm / mm_to_hf / resplit / merge_lora for one family (its ``msmm.registry`` entry)."""
 
-    def layout_groups(self, config: dict, layout: str):
-        return self.groups(config, layout), self.family.unfuse.get(layout, [])
+    def __init__(self, spec: FamilySpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.converter
+
+    def info(self, config: dict, where: str) -> ModelInfo:
+        self.spec.check_hf_config(config, where)
+        return self.spec.hf_info(config, where)
 
     def read_source(self, hf: HfConfig) -> Tuple[dict, Dict[str, Tensor], str]:
         """(config.json dict, HF tensors, directory whose tokenizer files to keep)."""
@@ -104,14 +111,12 @@ class Converter(FamilySpec):
         where = os.path.join(side_dir, "config.json")
         _check_trust(config, where, cfg.trust_remote_code)
         info = self.info(config, where)
-        groups, unfuse = self.layout_groups(config, info.layout)
-        aliases = self.family.read_aliases.get(info.layout, [])
-        tensors = to_mm(hf_tensors, list(aliases) + list(groups), unfuse)
+        tensors = self.spec.naming.to_mm(hf_tensors, info.layout, self.spec.text_family(config, where))
         check_complete(tensors, info, side_dir)
         parallel = cfg.parallel_config.resolved(info.llm_layers, info.vit_layers)
         check_divisible(info, parallel.tp_size)
         os.makedirs(cfg.mm_dir, exist_ok=True)
-        out = write_mm(cfg.mm_dir, tensors, parallel, info, type(self).__name__)
+        out = write_mm(cfg.mm_dir, tensors, parallel, info, self.name)
         side = os.path.join(cfg.mm_dir, HF_CONFIG_DIR)
         shutil.rmtree(side, ignore_errors=True)
         copy_side_files(side_dir, side, with_code=False)
@@ -128,8 +133,7 @@ class Converter(FamilySpec):
         tensors, found, _ = read_mm(cfg.mm_dir)
         _check_expected(found, cfg.parallel_config, cfg.mm_dir)
         check_complete(tensors, info, cfg.mm_dir)
-        groups, unfuse = self.layout_groups(config, info.layout)
-        hf = to_hf(tensors, groups, unfuse, info)
+        hf = self.spec.naming.to_hf(tensors, info.layout, self.spec.text_family(config, where), info.tie_word_embeddings)
         os.makedirs(cfg.save_hf_dir, exist_ok=True)
         write_hf(cfg.save_hf_dir, hf, parse_size(cfg.max_shard_size))
         copy_side_files(source, cfg.save_hf_dir, with_code=cfg.trust_remote_code)
@@ -157,12 +161,11 @@ class Converter(FamilySpec):
             raise FileExistsError(f"save_hf_dir {cfg.save_hf_dir} exists and is not empty; remove it or pass "
                                   "--cfg.overwrite True")
         adapter = read_adapter(cfg.lora_dir)
-        groups = self.groups(config, info.layout)
-        aliases = self.family.read_aliases.get(info.layout, [])
+        naming, text_family = self.spec.naming, self.spec.text_family(config, where)
 
         def resolve(name: str) -> Optional[str]:  # in-memory name (transformers >= 4.52) -> saved name
-            mm = rename(name, aliases, to_mm=True)
-            return None if mm is None else rename(mm, groups, to_mm=False)
+            mm = naming.mm_name(name, info.layout, text_family)
+            return None if mm is None else naming.hf_name(mm, info.layout, text_family)
 
         merged = merge_tensors(read_hf_tensors(base_dir), adapter, resolve)
         size = parse_size(cfg.max_shard_size)
@@ -197,23 +200,11 @@ class Converter(FamilySpec):
         if info is not None:
             check_divisible(info, parallel.tp_size)
         os.makedirs(cfg.target_dir, exist_ok=True)
-        out = write_mm(cfg.target_dir, tensors, parallel, info, type(self).__name__, meta.get("vocab_size"))
+        out = write_mm(cfg.target_dir, tensors, parallel, info, self.name, meta.get("vocab_size"))
         side = os.path.join(cfg.source_dir, HF_CONFIG_DIR)
         if os.path.isdir(side):
             copy_side_files(side, os.path.join(cfg.target_dir, HF_CONFIG_DIR), with_code=False)
         return out
-
-
-class InternVLConverter(InternVLFamily, Converter):
-    """InternVL2 / 2.5 / 3: HF-native or original remote-code checkpoints; Qwen2, Llama or InternLM2 text."""
-
-
-class Qwen2VLConverter(Qwen2VLFamily, Converter):
-    """Qwen2-VL (2B / 7B / 72B)."""
-
-
-class Qwen2_5_VLConverter(Qwen2_5_VLFamily, Converter):
-    """Qwen2.5-VL (3B / 7B / 32B / 72B)."""
 
 
 _CLIP_TEXT_SIDE = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)")
@@ -245,7 +236,7 @@ def _read_projector(path: str) -> Dict[str, Tensor]:
     return out
 
 
-class LlavaConverter(LlavaFamily, Converter):
+class LlavaConverter(Converter):
     """LLaVA-1.5: an HF LLaVA checkpoint (hf_dir), or its pieces: an HF CLIP checkpoint
     (vision_dir), an HF Vicuna/Llama checkpoint (llm_dir) and the projector
     (projector_path, keys model.mm_projector.0/2.*)."""
@@ -287,4 +278,10 @@ class LlavaConverter(LlavaFamily, Converter):
         return config, tensors, hf.llm_dir
 
 
-CONVERTERS = {cls.__name__: cls for cls in (InternVLConverter, Qwen2VLConverter, Qwen2_5_VLConverter, LlavaConverter)}
+def converter(name: str) -> Converter:
+    """The converter ``mm-convert`` calls ``name`` (``Qwen2VLConverter``, ...)."""
+    spec = CONVERTERS[name]
+    return (LlavaConverter if spec.name == "llava" else Converter)(spec)
+
+
+CONVERTERS: Dict[str, FamilySpec] = {spec.converter: spec for spec in FAMILIES.values()}

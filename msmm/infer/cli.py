@@ -36,11 +36,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from ..registry import FAMILIES as FAMILIES_BY_NAME, get_family
 from .generate import GenerationConfig, generate_stream
 from .prompt import PreparedPrompt, PromptBuilder, parse_prompt
 
-FAMILIES = ("internvl", "llava", "qwen2_vl", "qwen2_5_vl")
-DATA_FAMILY = {"internvl": "internvl", "llava": "llava", "qwen2_vl": "qwen2vl", "qwen2_5_vl": "qwen2vl"}
+FAMILIES = tuple(FAMILIES_BY_NAME)
 
 
 class InferenceConfigError(ValueError):
@@ -167,34 +167,17 @@ def check_prompt_length(prompt: PreparedPrompt, gen: GenerationConfig, context: 
 
 
 def load_model(model_cfg: Dict[str, Any]):
-    family, path = model_cfg["family"], model_cfg["from_pretrained"]
-    if family == "internvl":
-        from ..models.internvl import load_internvl
+    """The model of ``model.from_pretrained`` (an HF directory or an MM checkpoint), with the
+    MM checkpoint ``model.ckpt_path`` on top if given, in eval mode. ``model.family`` must be
+    the checkpoint's (Qwen2-VL and Qwen2.5-VL are one family here)."""
+    from ..models import from_pretrained, pretrained_family
 
-        model = load_internvl(path)
-    elif family == "llava":
-        from ..models.llava import load_llava
-
-        model = load_llava(path)
-    else:
-        from ..models.checkpoint_io import load_hf_checkpoint
-        from ..models.qwen2_vl import Qwen2VL, Qwen2VLConfig
-
-        with open(f"{path}/config.json") as f:
-            model = Qwen2VL(Qwen2VLConfig.from_hf(json.load(f)))
-        load_hf_checkpoint(model, path, "qwen2_vl")
-    if model_cfg.get("ckpt_path"):
-        from ..convert.checkpoints import read_mm
-
-        tensors, _, _ = read_mm(model_cfg["ckpt_path"])
-        torch = sys.modules[type(model).__module__].torch
-        expected = model.state_dict()
-        unknown = sorted(set(tensors) - set(expected))
-        if unknown:
-            raise KeyError(f"{model_cfg['ckpt_path']}: unexpected key {unknown[0]!r} for a {family} model")
-        model.load_state_dict({k: torch.tensor(np.asarray(t.load()), dtype=expected[k].dtype)
-                               for k, t in tensors.items()}, strict=False)
-    return model.eval()
+    path = model_cfg["from_pretrained"]
+    found, given = pretrained_family(path), get_family(model_cfg["family"], "model.family")
+    if found.data_family != given.data_family:
+        raise InferenceConfigError(f"model.family is {model_cfg['family']!r}, but {path} holds a {found.title} "
+                                   f"checkpoint ({found.name!r})")
+    return from_pretrained(path, ckpt_path=model_cfg.get("ckpt_path")).eval()
 
 
 def _stream(model, tokenizer, prompt: PreparedPrompt, gen: GenerationConfig) -> str:
@@ -236,7 +219,7 @@ def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[..., PreparedPro
     """The chat template and image preprocessing of ``cfg["data"]``, or raw text without it."""
     if "data" in cfg:
         builder = PromptBuilder(cfg["data"], tokenizer, cfg.get("system"))
-        if builder.family != DATA_FAMILY[cfg["model"]["family"]]:
+        if builder.family != get_family(cfg["model"]["family"]).data_family:
             raise InferenceConfigError(f"{cfg['data']}: a data.json for {builder.family}, "
                                        f"but model.family is {cfg['model']['family']}")
         return builder

@@ -3,29 +3,12 @@
 
 Our parameter names are those of HF-native ``InternVLForConditionalGeneration``
 checkpoints (``vision_tower.*``, ``multi_modal_projector.*``, ``language_model.model.*``,
-``language_model.lm_head.*``). Two checkpoint layouts load:
-
-* ``"hf"``: the HF-native files, as saved (names unchanged) or in the in-memory names of
-  transformers >= 4.52 (``model.vision_tower.*`` -> ``vision_tower.*``,
-  ``model.multi_modal_projector.*`` -> ``multi_modal_projector.*``,
-  ``model.language_model.*`` -> ``language_model.model.*``, ``lm_head.*`` ->
-  ``language_model.lm_head.*``).
-* ``"remote"``: the original OpenGVLab remote-code files. ``vision_model.`` -> ``vision_tower.``
-  and below it ``embeddings.class_embedding`` -> ``embeddings.cls_token``,
-  ``embeddings.patch_embedding`` -> ``embeddings.patch_embeddings.projection``,
-  ``embeddings.position_embedding`` -> ``embeddings.position_embeddings``,
-  ``encoder.layers`` -> ``encoder.layer``, ``attn.proj`` -> ``attention.projection_layer``,
-  ``attn`` -> ``attention`` (q_norm, k_norm), ``norm1``/``norm2`` ->
-  ``layernorm_before``/``layernorm_after``, ``ls1``/``ls2`` -> ``lambda_1``/``lambda_2``, and
-  the packed ``attn.qkv`` [3C, C] is split into ``q_proj``, ``k_proj``, ``v_proj`` in that
-  order; ``mlp1.0``/``mlp1.1``/``mlp1.3`` -> ``multi_modal_projector.layer_norm``/``linear_1``/
-  ``linear_2``; ``language_model.*`` keeps its prefix and, for InternLM2, takes the
-  InternLM2 renames of ``checkpoint_io`` below it.
+``language_model.lm_head.*``). Checkpoints load in that layout or in the original OpenGVLab
+remote-code one (``vision_model.*``, ``mlp1.*``, packed ``attn.qkv``): the renames of both are
+the ``INTERNVL`` table of ``msmm.checkpoint.names``.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Pattern, Tuple, Union
@@ -34,38 +17,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from msmm.registry import TEXT_DECODER, VISION_ENCODER, VISION_PROJECTOR, text_family_of
+
 from .core import TransformerConfig
-from .projectors import PixelShuffleProjector
+from .model_config import ModelConfig, ModelConfigError, construct, text_config
+from .projectors import PixelShuffleMLPConfig, PixelShuffleProjector
 from .text import CausalLM
 from .vision.intern_vit import InternVisionEncoder, intern_vit_config_from_hf
 from .vision.vit import ViTConfig
-from .vlm import (
-    TEXT_DECODERS,
-    build_text_decoder,
-    load_mapped_checkpoint,
-    prefix_renamer,
-    splice_features,
-    split_fused_qkv,
-    text_family,
-    text_key_rules,
-)
+from .vlm import TEXT_DECODERS, build_text_decoder, splice_features
 
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
-LAYOUTS = ("hf", "remote")
-
-_REMOTE_VISION_RULES = [
-    (r"^embeddings\.class_embedding$", "embeddings.cls_token"),
-    (r"^embeddings\.patch_embedding\.", "embeddings.patch_embeddings.projection."),
-    (r"^embeddings\.position_embedding$", "embeddings.position_embeddings"),
-    (r"^encoder\.layers\.", "encoder.layer."),
-    (r"\.attn\.proj\.", ".attention.projection_layer."),
-    (r"\.attn\.", ".attention."),
-    (r"\.norm1\.", ".layernorm_before."),
-    (r"\.norm2\.", ".layernorm_after."),
-    (r"\.ls1$", ".lambda_1"),
-    (r"\.ls2$", ".lambda_2"),
-]
-_REMOTE_PROJECTOR_RULES = [(r"^0\.", "layer_norm."), (r"^1\.", "linear_1."), (r"^3\.", "linear_2.")]
 
 
 @dataclass
@@ -116,7 +78,7 @@ def internvl_config_from_hf(
         raise ValueError(f"{where}: missing 'vision_config'")
     if not isinstance(feature_layer, int):
         raise ValueError(f"{where}: vision feature layer {feature_layer!r}: only a single layer is supported")
-    family = text_family(text, where)
+    family = text_family_of(text, where)
     config = InternVLConfig(
         vision=intern_vit_config_from_hf(hf["vision_config"], feature_layer),
         text=TEXT_DECODERS[family][0](text),
@@ -214,52 +176,33 @@ class InternVL(nn.Module):
         )
 
 
-def _unused_keys(config: InternVLConfig) -> Optional[Pattern[str]]:
-    """Checkpoint keys of vision parts that are not built (layers after the feature layer)."""
+def from_hf_config(hf: Mapping[str, Any], where: str = "config.json", image_token_id: Optional[int] = None) -> InternVL:
+    """An InternVL (random weights) from a ``config.json`` dict of either layout."""
+    config, _ = internvl_config_from_hf(hf, image_token_id, where)
+    return InternVL(config)
+
+
+def from_model_json(config: ModelConfig) -> InternVL:
+    """An InternVL from a validated ``model.json`` (HF-native layout; Qwen2, InternLM2 or Llama text)."""
+    where = f"{config.source}: image_encoder"
+    vision = construct(ViTConfig, config.sections[VISION_ENCODER], f"{where}.vision_encoder")
+    shuffle = construct(PixelShuffleMLPConfig, config.sections[VISION_PROJECTOR], f"{where}.vision_projector")
+    if shuffle.ps_version not in ("v1", "v2"):
+        raise ModelConfigError(f"{where}.vision_projector.ps_version: must be 'v1' or 'v2', got {shuffle.ps_version!r}")
+    if (vision.grid_size * shuffle.downsample_ratio) % 1:
+        raise ModelConfigError(f"{where}.vision_projector.downsample_ratio: {shuffle.downsample_ratio} does not divide "
+                               f"the {vision.grid_size}x{vision.grid_size} patch grid evenly")
+    return InternVL(InternVLConfig(vision=vision, text=text_config(config),
+                                   text_family=config.sections[TEXT_DECODER].model_id,
+                                   downsample_ratio=shuffle.downsample_ratio, ps_version=shuffle.ps_version,
+                                   **config.options))
+
+
+def unused_checkpoint_keys(config: InternVLConfig) -> Optional[Pattern[str]]:
+    """MM names of checkpoint tensors of vision parts that are not built (layers after the
+    feature layer, and then the final LayerNorm)."""
     vision = config.vision
     skipped = [rf"encoder\.layer\.{i}\." for i in range(vision.layers_used, vision.num_layers)]
     if vision.final_layernorm and vision.layers_used < vision.num_layers:
         skipped.append(r"layernorm\.")
     return re.compile(r"^vision_tower\.(" + "|".join(skipped) + ")") if skipped else None
-
-
-def load_internvl_checkpoint(model: InternVL, path: str, layout: str = "hf") -> None:
-    """Load safetensors (a file, or a directory with one file or an index of shards) in the
-    given ``layout`` ("hf" or "remote", see the module docstring) into ``model``."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    config = model.config
-    text_rules = text_key_rules(config.text_family)
-    transforms = ()
-    if layout == "hf":
-        rename = prefix_renamer(
-            [
-                ("model.language_model.", "language_model.model.", []),
-                ("model.vision_tower.", "vision_tower.", []),
-                ("model.multi_modal_projector.", "multi_modal_projector.", []),
-                ("lm_head.", "language_model.lm_head.", []),
-                ("language_model.", "language_model.", text_rules),
-            ]
-        )
-    else:
-        rename = prefix_renamer(
-            [
-                ("vision_model.", "vision_tower.", _REMOTE_VISION_RULES),
-                ("mlp1.", "multi_modal_projector.", _REMOTE_PROJECTOR_RULES),
-                ("language_model.", "language_model.", text_rules),
-            ]
-        )
-        transforms = (lambda tensors: split_fused_qkv(tensors, "qkv", ("q_proj", "k_proj", "v_proj")),)
-    optional = ["language_model.lm_head.weight"] if config.text.tie_word_embeddings else []
-    load_mapped_checkpoint(model, path, rename, transforms, _unused_keys(config), optional)
-
-
-def load_internvl(path: str, image_token_id: Optional[int] = None) -> InternVL:
-    """Build an InternVL from a checkpoint directory (``config.json`` + safetensors, either
-    layout) and load its weights."""
-    config_file = os.path.join(path, "config.json")
-    with open(config_file) as f:
-        config, layout = internvl_config_from_hf(json.load(f), image_token_id, config_file)
-    model = InternVL(config)
-    load_internvl_checkpoint(model, path, layout)
-    return model

@@ -4,16 +4,13 @@ Llama/Vicuna, image features spliced at the ``<image>`` tokens.
 Our parameter names are those of HF ``LlavaForConditionalGeneration`` checkpoints with the
 CLIP wrapper level removed: ``vision_tower.vision_model.*`` -> ``vision_tower.*``;
 ``multi_modal_projector.*`` and ``language_model.model.*`` / ``language_model.lm_head.*``
-are unchanged. The in-memory names of transformers >= 4.52 also load
-(``model.vision_tower.vision_model.*``, ``model.multi_modal_projector.*``,
-``model.language_model.*`` -> ``language_model.model.*``, ``lm_head.*`` ->
-``language_model.lm_head.*``). CLIP's ``post_layernorm`` and the layers after the feature
-layer are not built; their checkpoint tensors are skipped.
+are unchanged (the ``LLAVA`` table of ``msmm.checkpoint.names``, which also reads the
+in-memory names of transformers >= 4.52). CLIP's ``post_layernorm`` and the layers after the
+feature layer are not built; their checkpoint tensors are skipped (``unused_checkpoint_keys``).
 """
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Pattern, Tuple, Union
@@ -22,20 +19,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from msmm.registry import TEXT_DECODER, VISION_ENCODER, VISION_PROJECTOR, text_family_of
+
 from .core import TransformerConfig
-from .projectors import MLPProjector
+from .model_config import ModelConfig, ModelConfigError, construct, text_config
+from .projectors import MLPProjector, MLPProjectorConfig
 from .text import CausalLM
-from .vision.clip_vit import CLIPVisionEncoder, clip_vit_config_from_hf
+from .vision.clip_vit import CLIPViTConfig, CLIPVisionEncoder, clip_vit_config_from_hf
 from .vision.vit import ViTConfig
-from .vlm import (
-    TEXT_DECODERS,
-    build_text_decoder,
-    load_mapped_checkpoint,
-    prefix_renamer,
-    splice_features,
-    text_family,
-    text_key_rules,
-)
+from .vlm import TEXT_DECODERS, build_text_decoder, splice_features
 
 IMAGE_TOKEN = "<image>"
 SELECT_STRATEGIES = ("default", "full")
@@ -77,7 +69,7 @@ def llava_config_from_hf(hf: Mapping[str, Any], where: str = "config.json") -> L
     token = hf.get("image_token_index", hf.get("image_token_id"))
     if token is None:
         raise ValueError(f"{where}: no image_token_index")
-    family = text_family(hf["text_config"], where)
+    family = text_family_of(hf["text_config"], where)
     return LlavaConfig(
         vision=clip_vit_config_from_hf(vision, feature_layer),
         text=TEXT_DECODERS[family][0](hf["text_config"]),
@@ -162,35 +154,33 @@ class Llava(nn.Module):
         )
 
 
-def _unused_keys(config: LlavaConfig) -> Pattern[str]:
-    """Checkpoint keys of CLIP parts that are not built."""
+def from_hf_config(hf: Mapping[str, Any], where: str = "config.json", image_token_id: Optional[int] = None) -> Llava:
+    """A Llava (random weights) from an HF LLaVA ``config.json`` dict."""
+    config = llava_config_from_hf(hf, where)
+    if image_token_id is not None:
+        config.image_token_id = image_token_id
+    return Llava(config)
+
+
+def from_model_json(config: ModelConfig) -> Llava:
+    """A Llava from a validated ``model.json`` (CLIP ViT, MLP projector, Llama or Qwen2 text)."""
+    where = f"{config.source}: image_encoder"
+    encoder = construct(CLIPViTConfig, config.sections[VISION_ENCODER], f"{where}.vision_encoder")
+    fields = {f.name for f in dataclasses.fields(ViTConfig)}
+    vision = ViTConfig(**{k: v for k, v in dataclasses.asdict(encoder).items() if k in fields})
+    projector = construct(MLPProjectorConfig, config.sections[VISION_PROJECTOR], f"{where}.vision_projector")
+    try:
+        llava = LlavaConfig(vision=vision, text=text_config(config), text_family=config.sections[TEXT_DECODER].model_id,
+                            select_strategy=encoder.select_strategy, projector_bias=projector.bias, **config.options)
+    except ValueError as err:
+        raise ModelConfigError(f"{where}.vision_encoder.select_strategy: {err}") from err
+    return Llava(llava)
+
+
+def unused_checkpoint_keys(config: LlavaConfig) -> Pattern[str]:
+    """MM names of checkpoint tensors of CLIP parts that are not built (layers after the
+    feature layer, ``post_layernorm``)."""
     vision = config.vision
     skipped = [rf"encoder\.layers\.{i}\." for i in range(vision.layers_used, vision.num_layers)]
     skipped.append(r"post_layernorm\.")
     return re.compile(r"^vision_tower\.(" + "|".join(skipped) + ")")
-
-
-def load_llava_checkpoint(model: Llava, path: str) -> None:
-    """Load HF LLaVA safetensors (a file, or a directory with one file or an index of shards)."""
-    text_rules = text_key_rules(model.config.text_family)
-    rename = prefix_renamer(
-        [
-            ("vision_tower.vision_model.", "vision_tower.", []),
-            ("model.vision_tower.vision_model.", "vision_tower.", []),
-            ("model.multi_modal_projector.", "multi_modal_projector.", []),
-            ("model.language_model.", "language_model.model.", []),
-            ("lm_head.", "language_model.lm_head.", []),
-            ("language_model.", "language_model.", text_rules),
-        ]
-    )
-    optional = ["language_model.lm_head.weight"] if model.config.text.tie_word_embeddings else []
-    load_mapped_checkpoint(model, path, rename, (), _unused_keys(model.config), optional)
-
-
-def load_llava(path: str) -> Llava:
-    """Build a Llava from an HF checkpoint directory (``config.json`` + safetensors) and load it."""
-    config_file = os.path.join(path, "config.json")
-    with open(config_file) as f:
-        model = Llava(llava_config_from_hf(json.load(f), config_file))
-    load_llava_checkpoint(model, path)
-    return model

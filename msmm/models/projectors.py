@@ -9,6 +9,8 @@ Parameter names follow HF's ``multi_modal_projector`` (layer_norm, linear_1, lin
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,6 +18,26 @@ import torch.nn.functional as F
 from .core import ColumnParallelLinear, RowParallelLinear
 
 PS_VERSIONS = ("v1", "v2")
+
+
+@dataclass
+class PatchMergerConfig:
+    """The Qwen 2x2 patch merger; its output width is the text decoder's hidden_size."""
+
+
+@dataclass
+class PixelShuffleMLPConfig:
+    """InternVL's projector: pixel shuffle by ``downsample_ratio``, then LayerNorm-Linear-GELU-Linear."""
+
+    downsample_ratio: float = 0.5
+    ps_version: str = "v2"  # "v1" (InternVL 1.x remote code) or "v2"
+
+
+@dataclass
+class MLPProjectorConfig:
+    """LLaVA-1.5's projector: Linear-GELU-Linear."""
+
+    bias: bool = True
 
 
 def pixel_shuffle(x: torch.Tensor, ratio: float = 0.5, ps_version: str = "v2") -> torch.Tensor:

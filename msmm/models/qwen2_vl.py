@@ -15,7 +15,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from msmm.registry import VISION_ENCODER
+
 from .core import TransformerConfig
+from .model_config import ModelConfig, ModelConfigError, construct, text_config
 from .qwen2_vl_meta import get_rope_index, vision_metadata
 from .text import CausalLM, causal_lm_loss, qwen2_config_from_hf
 from .text.qwen2 import qwen2_layer_spec

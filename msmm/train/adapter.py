@@ -1,4 +1,4 @@
-"""The LoRA adapter of a training run in HF PEFT's layout (``msmm.convert.peft_adapter``):
+"""The LoRA adapter of a training run in HF PEFT's layout (``msmm.checkpoint.peft``):
 written at every save, and read back into a model to continue training (``--lora-load``)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from msmm.convert.peft_adapter import (ADAPTER_WEIGHTS, LORA_KEY, PREFIX, AdapterNaming, LoRAModule, read_adapter,
+from msmm.checkpoint.peft import (ADAPTER_WEIGHTS, LORA_KEY, PREFIX, AdapterNaming, LoRAModule, read_adapter,
                                        write_adapter)
 
 LORA_PARAMS = ("lora_A.weight", "lora_B.weight")

@@ -13,7 +13,8 @@ import mindspore
 import numpy as np
 from mindspore import Tensor, nn
 
-from . import checkpoint as ckpt
+from msmm.checkpoint import train_state as ckpt
+
 from .distributed import World
 from .host_pipeline import ENV as HOST_BLOCKING_ENV, async_queue_threads
 from .logger import TrainLogger, peak_memory_mb

@@ -20,10 +20,10 @@ from safetensors.torch import load_file as load_torch, save_file as save_torch
 
 import tiny_hf
 from test_mm_convert import assert_same_tensors, convert, convert_error
-from msmm.convert.checkpoints import read_hf_tensors, write_hf
+from msmm.checkpoint.hf import read_hf_tensors, write_hf
 from msmm.convert.cli import main
-from msmm.convert.lora import merge_tensors
-from msmm.convert.peft_adapter import read_adapter
+from msmm.checkpoint.lora_merge import merge_tensors
+from msmm.checkpoint.peft import read_adapter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))  # test_internvl's remote layout
 

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 import tiny_hf
 from msmm.convert.cli import main
-from msmm.train.checkpoint import CheckpointState, save_checkpoint
+from msmm.checkpoint.train_state import CheckpointState, save_checkpoint
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))  # test_internvl's remote layout
 

@@ -50,21 +50,9 @@ def llava_inputs(rng) -> dict:
 
 
 def load_msmm(family: str, directory: str):
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        from msmm.models.checkpoint_io import load_hf_checkpoint
-        from msmm.models.qwen2_vl import Qwen2VL, Qwen2VLConfig
+    from msmm.models import from_pretrained
 
-        with open(os.path.join(directory, "config.json")) as f:
-            model = Qwen2VL(Qwen2VLConfig.from_hf(json.load(f)))
-        load_hf_checkpoint(model, directory, "qwen2_vl")
-        return model.eval()
-    if family == "internvl":
-        from msmm.models.internvl import load_internvl
-
-        return load_internvl(directory).eval()
-    from msmm.models.llava import load_llava
-
-    return load_llava(directory).eval()
+    return from_pretrained(directory).eval()
 
 
 CASES = {

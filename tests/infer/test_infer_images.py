@@ -38,7 +38,7 @@ def test_msmm_infer_image_prompt_matches_generate(tmp_path, capsys):
     from transformers import InternVLForConditionalGeneration
 
     from msmm.infer.cli import infer
-    from msmm.models.internvl import load_internvl
+    from msmm.models import from_pretrained
 
     hf_dir = str(tmp_path / "hf")
     tokenizer = assets.write_tokenizer(hf_dir)
@@ -64,7 +64,7 @@ def test_msmm_infer_image_prompt_matches_generate(tmp_path, capsys):
 
     tokens = (assets.IMAGE_SIZE // assets.PATCH_SIZE) ** 2 // 4
     ids, pixels = hand_made_inputs(tokenizer, image_path, question, tokens)
-    ours = generate(load_internvl(hf_dir).eval(), ids, None, GenerationConfig(max_new_tokens=NEW),
+    ours = generate(from_pretrained(hf_dir).eval(), ids, None, GenerationConfig(max_new_tokens=NEW),
                     pixel_values=pixels)
     ref = InternVLForConditionalGeneration.from_pretrained(hf_dir).eval()
     with torch.no_grad():

@@ -5,7 +5,7 @@ bound to ``adapters.torch``) into a per-process cache directory. The real-torch 
 the same names, which the torch tests import, are set aside while the hook imports and put
 back afterwards, so both stacks live side by side in one pytest session:
 ``converted_models()`` hands back the MindSpore-bound modules by short name
-(``ms.qwen2_vl.Qwen2VL``, ``ms.internvl.load_internvl``, ...). MindSpore's graph compiler
+(``ms.qwen2_vl.Qwen2VL``, ``ms.pretrained.from_pretrained``, ...). MindSpore's graph compiler
 finds a function's globals through ``sys.modules[fn.__module__]``, so ``run`` puts the
 converted modules back in ``sys.modules`` while it runs (``converted_in_sys_modules``).
 
@@ -34,7 +34,7 @@ from parity_utils import RunResult
 MODES = ("pynative", "graph")
 PACKAGE = "msmm.models"
 MODULES = (
-    "checkpoint_io", "internvl", "llava", "lora", "quant", "qwen2_vl", "text",
+    "internvl", "llava", "lora", "pretrained", "quant", "qwen2_vl", "text",
     "text.decoder", "text.internlm2", "text.llama", "text.qwen2",
 )
 

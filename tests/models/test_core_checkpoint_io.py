@@ -10,7 +10,9 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import save_file as save_torch_file
 
-from msmm.models.checkpoint_io import checkpoint_files, load_hf_checkpoint, read_safetensors_file
+from msmm.checkpoint.hf import weight_files as checkpoint_files
+from msmm.checkpoint.safetensors import read_arrays as read_safetensors_file
+from msmm.models import load_hf_weights as load_hf_checkpoint
 from msmm.models.text import Qwen2Decoder, qwen2_config_from_hf
 from test_text_decoders import BASE, hf_model
 

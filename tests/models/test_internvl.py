@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from msmm.models.internvl import InternVL, internvl_config_from_hf, load_internvl
+from msmm.models import from_pretrained
+from msmm.models.internvl import InternVL, internvl_config_from_hf
 from parity_utils import RunResult, torch_grads
 from test_text_decoders import pack_llama_as_internlm2, unpack_internlm2_grads
 from vlm_parity_utils import assert_vlm_parity
@@ -232,7 +233,7 @@ def test_internvl_matches_hf(vision_variant, samples, tmp_path, rng):
     batch = make_batch(rng, samples)
     ref = hf_run(ref_model, batch)
 
-    ours = msmm_run(load_internvl(str(tmp_path)), batch)
+    ours = msmm_run(from_pretrained(str(tmp_path)), batch)
     errs = assert_vlm_parity(ours, ref, valid=batch["attention_mask"])
     print(vision_variant, len(samples), errs)
 
@@ -248,7 +249,7 @@ def test_image_flags_skip_padding_tiles(tmp_path, rng):
     padding = rng.standard_normal((2, 3, TILE, TILE)).astype(np.float32)
     padded = dict(batch, pixel_values=np.concatenate([real[:1], padding[:1], real[1:], padding[1:]]))
     flags = np.array([1, 0] + [1] * (len(real) - 1) + [0])
-    ours = msmm_run(load_internvl(str(tmp_path)), padded, image_flags=flags)
+    ours = msmm_run(from_pretrained(str(tmp_path)), padded, image_flags=flags)
     print("image_flags", assert_vlm_parity(ours, ref, valid=batch["attention_mask"]))
 
 
@@ -265,7 +266,7 @@ def test_remote_code_layout_loads_like_hf_native(vision_variant, tmp_path, rng):
     )
     assert any(k.endswith("attn.qkv.weight") for k in saved_tensors(remote_dir))
 
-    native, remote = load_internvl(native_dir), load_internvl(remote_dir, image_token_id=IMG)
+    native, remote = from_pretrained(native_dir), from_pretrained(remote_dir, image_token_id=IMG)
     native_state, remote_state = native.state_dict(), remote.state_dict()
     assert native_state.keys() == remote_state.keys()
     for key in native_state:
@@ -293,7 +294,7 @@ def test_remote_code_layout_with_internlm2_text(tmp_path, rng):
     batch = make_batch(rng, SEVERAL_IMAGES)
     ref = hf_run(ref_model, batch)
 
-    model = load_internvl(remote_dir, image_token_id=IMG)
+    model = from_pretrained(remote_dir, image_token_id=IMG)
     assert model.config.text_family == "internlm2"
     ours = msmm_run(model, batch)
     ours.grads = unpack_internlm2_grads(ours.grads, TEXT)
@@ -314,4 +315,4 @@ def test_bad_checkpoints_and_configs_name_the_problem(tmp_path):
     del tensors["mlp1.3.bias"]
     broken = write_remote_checkpoint(os.path.join(tmp_path, "broken"), tensors, config)
     with pytest.raises(KeyError, match=r"multi_modal_projector\.linear_2\.bias"):
-        load_internvl(broken, image_token_id=IMG)
+        from_pretrained(broken, image_token_id=IMG)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from msmm.models.llava import Llava, llava_config_from_hf, load_llava
+from msmm.models import from_pretrained
+from msmm.models.llava import Llava, llava_config_from_hf
 from parity_utils import RunResult, torch_grads
 from vlm_parity_utils import assert_vlm_parity
 
@@ -143,7 +144,7 @@ def test_llava_matches_hf(samples, feature_layer, strategy, tmp_path, rng):
     batch = make_batch(rng, samples, strategy)
     ref = hf_run(ref_model, batch)
 
-    model = load_llava(str(tmp_path))
+    model = from_pretrained(str(tmp_path))
     assert len(model.vision_tower.encoder.layers) == 3 + 1 + feature_layer
     ours = msmm_run(model, batch)
     errs = assert_vlm_parity(ours, ref, valid=batch["attention_mask"])

@@ -19,10 +19,10 @@ import torch
 
 import ms_backend
 from msmm.config.lora_config import LoRAConfig
-from msmm.convert.peft_adapter import AdapterNaming, LoRAModule, read_adapter, write_adapter
+from msmm.checkpoint.peft import AdapterNaming, LoRAModule, read_adapter, write_adapter
 from msmm.models import lora as torch_lora
 from msmm.models import quant
-from msmm.models.internvl import load_internvl
+from msmm.models import from_pretrained
 from msmm.train.adapter import AdapterWriter
 from msmm.train.trainer import unique_parameter_names
 from parity_utils import RunResult, rel_err
@@ -97,7 +97,7 @@ def assert_lora_parity(ours: RunResult, ref: RunResult, valid: np.ndarray) -> di
 
 
 def torch_lora_model(path, weights, quantize=None):
-    model = load_internvl(path)
+    model = from_pretrained(path)
     apply_msmm_lora(model, torch_lora, quantize)
     for p in model.multi_modal_projector.parameters():
         p.requires_grad = True
@@ -107,7 +107,7 @@ def torch_lora_model(path, weights, quantize=None):
 
 def ms_lora_model(path, weights, quantize=None):
     ms = ms_backend.converted_models()
-    model = ms.internvl.load_internvl(path)
+    model = ms.pretrained.from_pretrained(path)
     apply_msmm_lora(model, ms.lora, quantize)
     for p in model.multi_modal_projector.parameters():
         p.requires_grad = True
@@ -200,7 +200,7 @@ def test_adapter_written_by_peft_loads_into_msmm(reference, tmp_path):
                                        r"in full .*multi_modal_projector"):
         load_adapter(torch_lora_model(path, {}), str(no_projector), naming)
     with pytest.raises(ValueError, match=r"has r=2, lora_alpha=6.*has r=4"):
-        model = load_internvl(path)
+        model = from_pretrained(path)
         torch_lora.apply_lora(model, [model.language_model, model.vision_tower], TEXT_LORA)
         load_adapter(model, str(tmp_path), naming)
 
@@ -315,7 +315,7 @@ def test_write_adapter_is_atomic_and_mm_convert_is_framework_free(tmp_path, monk
     import subprocess
     import sys
 
-    import msmm.convert.peft_adapter as peft_adapter
+    import msmm.checkpoint.peft as peft_adapter
 
     module = LoRAModule("language_model.model.layers.0.self_attn.q_proj", 2, 4.0, 0.0,
                         np.ones((2, 8), np.float32), np.ones((8, 2), np.float32))
@@ -355,7 +355,7 @@ def test_write_adapter_is_atomic_and_mm_convert_is_framework_free(tmp_path, monk
 # ---- configuration: model.json lora blocks, msmm-train --lora-*, --save-total-limit ----------
 
 def test_model_json_lora_blocks_and_errors_name_the_key(tmp_path):
-    from msmm.models.model_config import ModelConfigError, apply_lora_config, build_model, parse_model_config
+    from msmm.models import ModelConfigError, apply_lora_config, build_model, parse_model_config
 
     def model_json(text_lora=None, vision_lora=None, projector_extra=None):
         vision = {"model_id": "intern_vit", "num_layers": 1, "hidden_size": 32, "num_attention_heads": 4,
@@ -430,7 +430,7 @@ def test_train_args_lora_and_save_total_limit():
 
 
 def test_prune_checkpoints_keeps_the_newest_and_the_tracked(tmp_path):
-    from msmm.train.checkpoint import TRACKER, prune_checkpoints
+    from msmm.checkpoint.train_state import TRACKER, prune_checkpoints
 
     for i in (3, 6, 9, 12):
         os.makedirs(tmp_path / f"iter_{i:07d}")

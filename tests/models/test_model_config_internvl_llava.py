@@ -12,7 +12,7 @@ import torch
 
 import test_internvl
 import test_llava
-from msmm.models.model_config import ModelConfigError, build_model, load_model_config, load_pretrained, parse_model_config
+from msmm.models import ModelConfigError, build_model, load_model_config, load_pretrained, parse_model_config
 
 TEXT = {"num_layers": 2, "hidden_size": 48, "num_attention_heads": 4, "num_query_groups": 2, "ffn_hidden_size": 96,
         "vocab_size": 128, "rotary_base": 10000.0}

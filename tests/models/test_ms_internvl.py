@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ms_backend
-from msmm.models.internvl import load_internvl as torch_load_internvl
+from msmm.models import from_pretrained as torch_from_pretrained
 from parity_utils import RunResult
 from test_internvl import (
     IMG,
@@ -61,11 +61,11 @@ def case(request, checkpoints):
     batch = make_batch(np.random.default_rng(0), samples)
     return ms_backend.Case(
         name=f"internvl/{request.param}",
-        model=ms_backend.converted_models().internvl.load_internvl(path),
+        model=ms_backend.converted_models().pretrained.from_pretrained(path),
         inputs=batch,
         valid=batch["attention_mask"],
         hf=hf_run(ref_model, batch),
-        torch=msmm_run(torch_load_internvl(path), batch),
+        torch=msmm_run(torch_from_pretrained(path), batch),
     )
 
 
@@ -88,8 +88,8 @@ def test_remote_code_layout_loads_like_hf_native(variant, checkpoints, tmp_path)
         str(tmp_path / "remote"), to_remote_layout(saved_tensors(native_dir)),
         remote_config(ref_model.config, llm_config),
     )
-    load_internvl = ms_backend.converted_models().internvl.load_internvl
-    native, remote = load_internvl(native_dir), load_internvl(remote_dir, image_token_id=IMG)
+    from_pretrained = ms_backend.converted_models().pretrained.from_pretrained
+    native, remote = from_pretrained(native_dir), from_pretrained(remote_dir, image_token_id=IMG)
     native_state, remote_state = native.state_dict(), remote.state_dict()
     assert native_state.keys() == remote_state.keys()
     for key in native_state:
@@ -114,7 +114,7 @@ def internlm2_case(tmp_path_factory):
     remote_dir = write_remote_checkpoint(
         os.path.join(root, "remote"), remote, remote_config(ref_model.config, llm_config)
     )
-    model = ms_backend.converted_models().internvl.load_internvl(remote_dir, image_token_id=IMG)
+    model = ms_backend.converted_models().pretrained.from_pretrained(remote_dir, image_token_id=IMG)
     assert model.config.text_family == "internlm2"
     batch = make_batch(np.random.default_rng(0), SEVERAL_IMAGES)
     return ms_backend.Case(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ms_backend
-from msmm.models.llava import load_llava as torch_load_llava
+from msmm.models import from_pretrained as torch_from_pretrained
 from test_llava import ONE_IMAGE, SEVERAL_IMAGES, hf_llava, hf_run, make_batch, msmm_run
 from vlm_parity_utils import assert_vlm_parity
 
@@ -30,11 +30,11 @@ def case(request, checkpoint):
     batch = make_batch(np.random.default_rng(0), CASES[request.param], "default")
     return ms_backend.Case(
         name=f"llava/{request.param}",
-        model=ms_backend.converted_models().llava.load_llava(path),
+        model=ms_backend.converted_models().pretrained.from_pretrained(path),
         inputs=batch,
         valid=batch["attention_mask"],
         hf=hf_run(ref_model, batch),
-        torch=msmm_run(torch_load_llava(path), batch),
+        torch=msmm_run(torch_from_pretrained(path), batch),
     )
 
 

@@ -29,7 +29,7 @@ def checkpoint(request, tmp_path_factory):
     ms = ms_backend.converted_models()
     with open(os.path.join(path, "config.json")) as f:
         model = ms.qwen2_vl.Qwen2VL(ms.qwen2_vl.Qwen2VLConfig.from_hf(json.load(f)))
-    ms.checkpoint_io.load_hf_checkpoint(model, path, "qwen2_vl")
+    ms.pretrained.load_hf_weights(model, path, "qwen2_vl")
     return family, ref_model, path, model
 
 

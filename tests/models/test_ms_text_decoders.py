@@ -37,7 +37,7 @@ def case(tmp_path_factory):
 
     ms = ms_backend.converted_models()
     model = ms.text.InternLM2Decoder(ms.text.internlm2_config_from_hf(INTERNLM2_CONFIG))
-    ms.checkpoint_io.load_hf_checkpoint(model, path, "internlm2")
+    ms.pretrained.load_hf_weights(model, path, "internlm2")
     torch_run = msmm_run(msmm_model("internlm2", INTERNLM2_CONFIG, path), input_ids, attention_mask, labels)
     return ms_backend.Case(
         name="internlm2",

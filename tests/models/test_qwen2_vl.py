@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from msmm.models.checkpoint_io import KEY_MAPPINGS, checkpoint_files, load_hf_checkpoint, map_key
+from msmm.checkpoint.hf import weight_files
+from msmm.checkpoint.names import QWEN2_VL
+from msmm.models import load_hf_weights
 from msmm.models.qwen2_vl import Qwen2VL, Qwen2VLConfig
 from parity_utils import RunResult, assert_parity, torch_grads
 
@@ -124,8 +126,8 @@ def hf_run(model, batch: dict) -> RunResult:
     model.zero_grad()
     out = model(**{k: torch.tensor(v) for k, v in batch.items()}, use_cache=False)
     out.loss.backward()
-    rules = KEY_MAPPINGS["qwen2_vl"]  # HF's in-memory names -> checkpoint (= our) names
-    grads = {map_key(k, rules): v for k, v in torch_grads(model).items()}
+    # HF's in-memory names -> checkpoint (= our) names
+    grads = {QWEN2_VL.mm_name(k): v for k, v in torch_grads(model).items()}
     return RunResult(out.logits.detach().numpy(), float(out.loss.detach()), grads)
 
 
@@ -134,7 +136,7 @@ def hf_run(model, batch: dict) -> RunResult:
 def msmm_model(checkpoint: str) -> Qwen2VL:
     with open(os.path.join(checkpoint, "config.json")) as f:
         model = Qwen2VL(Qwen2VLConfig.from_hf(json.load(f)))
-    load_hf_checkpoint(model, checkpoint, "qwen2_vl")
+    load_hf_weights(model, checkpoint, "qwen2_vl")
     return model
 
 
@@ -174,14 +176,13 @@ def test_matches_hf(checkpoint, case, rng):
 
 def test_sharded_checkpoint_is_read_whole(checkpoint):
     family, ref_model, path = checkpoint
-    files = checkpoint_files(path)
+    files = weight_files(path)
     if family == "qwen2_5_vl":
         assert len(files) > 1 and os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
     model = msmm_model(path)
     ours = model.state_dict()
-    rules = KEY_MAPPINGS["qwen2_vl"]
     for name, tensor in ref_model.state_dict().items():
-        assert torch.equal(ours[map_key(name, rules)], tensor), name
+        assert torch.equal(ours[QWEN2_VL.mm_name(name)], tensor), name
 
 
 def test_forward_computes_metadata_when_not_given(checkpoint, rng):

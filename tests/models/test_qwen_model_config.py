@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 
-from msmm.models.checkpoint_io import load_hf_checkpoint
-from msmm.models.model_config import ModelConfigError, build_model, load_model_config, parse_model_config
+from msmm.models import ModelConfigError, build_model, load_hf_weights, load_model_config, parse_model_config
 from test_qwen2_vl import CASES, IMAGE, VIDEO, VISION_START, hf_model, make_inputs
 
 MODEL_JSON = {
@@ -54,7 +53,7 @@ def test_model_json_builds_the_hf_architecture(tmp_path, rng):
     path = tmp_path / "model.json"
     path.write_text(json.dumps(MODEL_JSON))
     model = build_model(load_model_config(str(path)))
-    load_hf_checkpoint(model, str(tmp_path), "qwen2_vl")  # strict: names and shapes must all match
+    load_hf_weights(model, str(tmp_path), "qwen2_vl")  # strict: names and shapes must all match
 
     batch = make_inputs(rng, CASES["one_image"])
     with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from msmm.models.checkpoint_io import load_hf_checkpoint
+from msmm.models import load_hf_weights
 from msmm.models.text import (
     InternLM2Decoder,
     LlamaDecoder,
@@ -84,7 +84,7 @@ MSMM = {
 def msmm_model(family: str, hf_config: dict, checkpoint: str):
     model_cls, config_fn = MSMM[family]
     model = model_cls(config_fn(hf_config))
-    load_hf_checkpoint(model, checkpoint, family)
+    load_hf_weights(model, checkpoint, family)
     return model
 
 

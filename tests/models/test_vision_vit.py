@@ -13,7 +13,10 @@ from safetensors.torch import save_file
 from msmm.models.projectors import pixel_shuffle
 from msmm.models.vision.clip_vit import CLIPVisionEncoder, clip_vit_config_from_hf
 from msmm.models.vision.intern_vit import InternVisionEncoder, intern_vit_config_from_hf
-from msmm.models.vlm import load_mapped_checkpoint, prefix_renamer, splice_features
+from msmm.checkpoint.hf import read_hf_tensors
+from msmm.checkpoint.names import to_mm
+from msmm.models.pretrained import load_tensors
+from msmm.models.vlm import splice_features
 from parity_utils import torch_grads
 from vlm_parity_utils import assert_grads
 
@@ -63,7 +66,7 @@ def hf_intern_vit_run(model, pixels: np.ndarray):
 
 def msmm_intern_vit_run(hf_vision_config: dict, checkpoint: str, pixels: np.ndarray):
     model = InternVisionEncoder(intern_vit_config_from_hf(hf_vision_config))
-    load_mapped_checkpoint(model, checkpoint, lambda key: key)
+    load_tensors(model, read_hf_tensors(checkpoint), checkpoint)
     out = model(torch.tensor(pixels))
     (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
     return out.detach().numpy(), model
@@ -127,9 +130,8 @@ def msmm_clip_run(hf_vision_config: dict, checkpoint: str, pixels: np.ndarray, f
     config = clip_vit_config_from_hf(hf_vision_config, feature_layer)
     model = CLIPVisionEncoder(config)
     unused = "|".join([r"post_layernorm\."] + [rf"encoder\.layers\.{i}\." for i in range(config.layers_used, 2)])
-    load_mapped_checkpoint(
-        model, checkpoint, prefix_renamer([("vision_model.", "", [])]), unused=re.compile(rf"^({unused})")
-    )
+    tensors = to_mm(read_hf_tensors(checkpoint), [("vision_model.", "", [])], [], strict=False)
+    load_tensors(model, tensors, checkpoint, unused=re.compile(rf"^({unused})"))
     out = model(torch.tensor(pixels))
     (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
     return out.detach().numpy(), model

@@ -27,7 +27,7 @@ from auto_convert import hook  # noqa: E402
 hook.install(["msmm.models"])
 
 from ms_worker import ListSource  # noqa: E402
-from msmm.models.model_config import build_model, parse_model_config  # noqa: E402
+from msmm.models import build_model, parse_model_config  # noqa: E402
 from msmm.train.cli import apply_recompute  # noqa: E402
 from msmm.train.trainer import InputBuilder, TrainConfig, Trainer  # noqa: E402
 from tiny_models import IMG_CONTEXT, INTERN_VOCAB, TILE  # noqa: E402

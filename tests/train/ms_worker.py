@@ -46,17 +46,9 @@ class ListSource:
 
 
 def build_model(family, checkpoint):
-    if family == "qwen2_vl":
-        from msmm.models.checkpoint_io import load_hf_checkpoint
-        from msmm.models.qwen2_vl import Qwen2VL, Qwen2VLConfig
+    from msmm.models import from_pretrained
 
-        with open(os.path.join(checkpoint, "config.json")) as f:
-            model = Qwen2VL(Qwen2VLConfig.from_hf(json.load(f)))
-        load_hf_checkpoint(model, checkpoint, "qwen2_vl")
-        return model
-    from msmm.models.internvl import load_internvl
-
-    return load_internvl(checkpoint)
+    return from_pretrained(checkpoint)
 
 
 def main(spec_path):

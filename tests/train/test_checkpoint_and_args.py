@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from msmm.config.train_args import TrainArgsError, parse_train_args
-from msmm.train import checkpoint as ckpt
+from msmm.checkpoint import train_state as ckpt
 from msmm.train.schedules import LRSchedule
 
 
@@ -51,7 +51,7 @@ def test_failure_inside_the_writer_leaves_the_previous_checkpoint(tmp_path, monk
 KILLED_WRITER = """
 import sys, time, numpy as np
 sys.path.insert(0, {repo!r})
-from msmm.train import checkpoint as ckpt
+from msmm.checkpoint import train_state as ckpt
 real = ckpt.save_file
 def slow(tensors, path, metadata=None):
     real(tensors, path, metadata=metadata)
@@ -139,7 +139,7 @@ def test_adapter_layout_on_resume_of_a_checkpoint_without_lora(tmp_path):
     from the HF directory the first run loaded, or it is an error, never a silent 'hf'."""
     import json
 
-    from msmm.models.model_config import load_model_config
+    from msmm.models import load_model_config
     from msmm.train.cli import adapter_writer
 
     root = os.path.join(os.path.dirname(__file__), "..", "..")

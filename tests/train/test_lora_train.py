@@ -76,7 +76,7 @@ def run(tmp_path_factory):
 def msmm_torch_model(run, iteration_dir: str):
     """msmm's InternVL on real torch: model.json, the HF base, LoRA, then the checkpoint's weights."""
     from msmm.config.lora_config import LoRAConfig
-    from msmm.models.model_config import apply_lora_config, build_model, load_model_config, load_pretrained
+    from msmm.models import apply_lora_config, build_model, load_model_config, load_pretrained
 
     config = load_model_config(os.path.join(run["assets"], "model.json"))
     config.sections["text_decoder"].lora = LoRAConfig(r=8, lora_alpha=16)  # the script's --lora-*
@@ -89,7 +89,7 @@ def msmm_torch_model(run, iteration_dir: str):
 
 
 def test_lora_run_trains_adapters_only_and_prunes_checkpoints(run):
-    from msmm.models.model_config import build_model, load_model_config, load_pretrained
+    from msmm.models import build_model, load_model_config, load_pretrained
 
     log = records(run["save"])
     print("\nLoRA losses:", [round(r["loss"], 4) for r in log])
@@ -199,7 +199,7 @@ def test_merge_lora_remote_code_layout_of_the_run(run, tmp_path):
     from transformers import InternVLConfig
 
     from msmm.convert.cli import main as mm_convert
-    from msmm.convert.peft_adapter import AdapterNaming
+    from msmm.checkpoint.peft import AdapterNaming
     from msmm.train.adapter import AdapterWriter
 
     sys.path.insert(0, os.path.join(REPO, "tests", "models"))

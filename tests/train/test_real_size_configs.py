@@ -28,7 +28,8 @@ from msmm.config.data_config import load_data_config
 from msmm.config.train_args import parse_train_args
 from msmm.models.internvl import internvl_config_from_hf
 from msmm.models.llava import llava_config_from_hf
-from msmm.models.model_config import ModelConfigError, build_model, check_text_decoder, load_model_config
+from msmm.models import ModelConfigError, build_model, load_model_config
+from msmm.models.pretrained import check_text_decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

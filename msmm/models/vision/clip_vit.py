@@ -11,6 +11,7 @@ Parameter names equal the HF ``CLIPVisionModel`` keys below ``vision_model.``
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -18,6 +19,18 @@ import torch.nn as nn
 
 from ..core import MLP
 from .vit import ViTConfig, ViTSelfAttention, resize_position_embedding
+
+
+@dataclass
+class CLIPViTConfig(ViTConfig):
+    """The LLaVA-1.5 CLIP tower: ``ViTConfig`` with CLIP's defaults (LayerNorm eps 1e-5,
+    quick-GELU, penultimate layer) and which tokens reach the projector: ``"default"``
+    drops the class token, ``"full"`` keeps it."""
+
+    layernorm_epsilon: float = 1e-5
+    activation: str = "quick_gelu"
+    feature_layer: int = -2
+    select_strategy: str = "default"
 
 
 def clip_vit_config_from_hf(vision: Mapping[str, Any], feature_layer: int = -2) -> ViTConfig:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from ..config.checkpoint_layout import METADATA, PAYLOAD, TRACKER, iteration_dir, resolve_load_dir
+from .layout import METADATA, PAYLOAD, TRACKER, iteration_dir, read_json, resolve_load_dir
+from .safetensors import open_file
 
 
 @dataclass
@@ -125,16 +126,7 @@ def prune_checkpoints(root: str, keep: int) -> List[str]:
 
 def read_metadata(path: str) -> Dict[str, Any]:
     """metadata.json of the checkpoint ``--load path`` points at (no tensors read)."""
-    with open(os.path.join(resolve_load_dir(path), "mp_rank_00", METADATA)) as f:
-        return json.load(f)
-
-
-def is_msmm_checkpoint(path: str) -> bool:
-    try:
-        resolve_load_dir(path)
-        return True
-    except (FileNotFoundError, ValueError):
-        return False
+    return read_json(os.path.join(resolve_load_dir(path), "mp_rank_00", METADATA))
 
 
 def load_checkpoint(path: str) -> CheckpointState:
@@ -142,15 +134,16 @@ def load_checkpoint(path: str) -> CheckpointState:
     directory = resolve_load_dir(path)
     shard = os.path.join(directory, "mp_rank_00")
     payload = os.path.join(shard, PAYLOAD)
-    with open(os.path.join(shard, METADATA)) as f:
-        meta = json.load(f)
-    tensors = load_file(payload)
+    meta = read_json(os.path.join(shard, METADATA))
     groups: Dict[str, Dict[str, np.ndarray]] = {"model": {}, "optimizer": {}, "rng": {}}
-    for key, value in tensors.items():
+    for key, tensor in open_file(payload).items():
         head, _, rest = key.partition(".")
         if head not in groups:
             raise ValueError(f"{payload}: unexpected tensor {key!r}")
+        value = tensor.numpy() if tensor.dtype == "BF16" else np.array(tensor.load())
         groups[head][rest if head != "optimizer" else key] = value
+    if not isinstance(meta.get("iteration"), int):
+        raise ValueError(f"{os.path.join(shard, METADATA)}: 'iteration' must be an integer, got {meta.get('iteration')!r}")
     extra = {k: v for k, v in meta.items() if k not in ("iteration", "data", "python_rng", "has_optimizer", "has_rng")}
     return CheckpointState(meta["iteration"], groups["model"], groups["optimizer"], groups["rng"],
                            meta.get("python_rng"), meta.get("data"), extra)

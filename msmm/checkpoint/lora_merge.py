@@ -1,4 +1,4 @@
-"""LoRA adapters (read by ``msmm.convert.peft_adapter.read_adapter``) merged into the base
+"""LoRA adapters (read by ``msmm.checkpoint.peft.read_adapter``) merged into the base
 checkpoint's tensors.
 
 An adapter directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` whose
@@ -20,8 +20,8 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ..config.lora_config import suffix_matches
-from .peft_adapter import ADAPTER_WEIGHTS, LORA_KEY, PREFIX, LoraAdapter
-from .safetensors_io import FLOAT_CODES, Tensor, from_float, to_float
+from .peft import ADAPTER_WEIGHTS, LORA_KEY, PREFIX, LoraAdapter
+from .safetensors import FLOAT_CODES, Tensor, from_float, to_float
 
 
 def merge_tensors(base: Mapping[str, Tensor], adapter: LoraAdapter,

@@ -1,9 +1,5 @@
-"""Reading and writing the two checkpoint layouts, one tensor at a time.
-
-HF: ``config.json`` + ``model.safetensors`` or ``model-0000i-of-0000N.safetensors`` with
-``model.safetensors.index.json``, plus tokenizer/processor files.
-
-MM (what ``msmm-train`` reads and writes)::
+"""MM checkpoints (what ``msmm-train`` and ``mm-convert`` read and write), split for tensor
+and pipeline parallelism, one tensor at a time::
 
     MM_DIR/
       latest_checkpointed_iteration.txt          "release" (or an iteration number)
@@ -21,192 +17,33 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
 from tqdm import tqdm
 
-from ..config.checkpoint_layout import METADATA, PAYLOAD, TRACKER
-from .families import (LLM_LAYER, LLM_POST, LLM_PRE, VIT_LAYER, VIT_POST, VIT_PRE, Group, ModelInfo, Unfuse,
-                       rename, tp_kind)
-from .parallel import VOCAB, ParallelConfig, layer_stages, merge, padded_vocab, split, split_shape, stage_order
-from .safetensors_io import Entry, ShardedWriter, Tensor, open_file
+from .layout import METADATA, PAYLOAD, RELEASE, TRACKER, read_json, resolve_load_dir, shard_dirs, shard_name
+from .parallel import (LLM_LAYER, LLM_POST, LLM_PRE, VIT_LAYER, VIT_POST, VIT_PRE, VOCAB, ParallelConfig,
+                       layer_stages, merge, padded_vocab, split, split_shape, stage_order, tp_kind)
+from .safetensors import Entry, ShardedWriter, Tensor, open_file
 
-INDEX_FILE = "model.safetensors.index.json"
 HF_CONFIG_DIR = "hf_config"
-IGNORED = re.compile(r"rotary_emb\.inv_freq$")
-_WEIGHTS = re.compile(r"(\.(safetensors|bin|pt|pth|ckpt|msgpack|h5)|\.index\.json)$")
-_SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+
 _MM_KEY = re.compile(r"^model(\d*)\.(.+)$")
 
 
-# ---- HF side -------------------------------------------------------------------------------------
+@dataclass
+class ModelInfo:
+    """What conversion needs from config.json (read by the family's ``hf_info`` in ``msmm.registry``)."""
 
-def hf_weight_files(hf_dir: str) -> List[str]:
-    index = os.path.join(hf_dir, INDEX_FILE)
-    if os.path.isfile(index):
-        with open(index) as f:
-            try:
-                names = sorted(set(json.load(f)["weight_map"].values()))
-            except (KeyError, json.JSONDecodeError) as err:
-                raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({err})") from err
-        files = [os.path.join(hf_dir, n) for n in names]
-        for file in files:
-            if not os.path.isfile(file):
-                raise FileNotFoundError(f"{index} names shard {os.path.basename(file)}, which does not exist")
-        return files
-    files = sorted(os.path.join(hf_dir, n) for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
-    if not files:
-        bins = [n for n in os.listdir(hf_dir) if n.endswith(".bin")]
-        hint = f" (found {bins[0]}: convert it to safetensors first; pickles are not read)" if bins else ""
-        raise FileNotFoundError(f"{hf_dir}: no {INDEX_FILE} and no *.safetensors{hint}")
-    return files
-
-
-def read_hf_tensors(hf_dir: str) -> Dict[str, Tensor]:
-    out: Dict[str, Tensor] = {}
-    for file in hf_weight_files(hf_dir):
-        for key, tensor in open_file(file).items():
-            if key in out:
-                raise ValueError(f"{file}: tensor {key!r} also in {out[key].source}")
-            out[key] = tensor
-    return out
-
-
-def load_config(directory: str) -> dict:
-    path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{directory}: no config.json")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from err
-
-
-def copy_side_files(src: str, dst: str, with_code: bool) -> List[str]:
-    """Config, tokenizer and processor files (not weights; ``*.py`` only ``with_code``)."""
-    os.makedirs(dst, exist_ok=True)
-    copied = []
-    for name in sorted(os.listdir(src)):
-        path = os.path.join(src, name)
-        if not os.path.isfile(path) or _WEIGHTS.search(name) or (name.endswith(".py") and not with_code):
-            continue
-        shutil.copyfile(path, os.path.join(dst, name))
-        copied.append(name)
-    return copied
-
-
-def parse_size(size: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(size), re.IGNORECASE)
-    if match is None:
-        raise ValueError(f"max_shard_size: expected a size like '5GB' or '500MB', got {size!r}")
-    unit = (match.group(2) or "B").upper()
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
-    return int(float(match.group(1)) * scale)
-
-
-def write_hf(save_dir: str, tensors: Dict[str, Tensor], max_shard_size: int, desc: str = "mm_to_hf") -> List[str]:
-    """HF safetensors: one file, or shards of at most ``max_shard_size`` bytes plus the index."""
-    groups: List[List[str]] = [[]]
-    size = 0
-    for name, t in tensors.items():
-        if groups[-1] and size + t.nbytes > max_shard_size:
-            groups.append([])
-            size = 0
-        groups[-1].append(name)
-        size += t.nbytes
-    n = len(groups)
-    files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    plan = {os.path.join(save_dir, f): [Entry(k, tensors[k].dtype, tensors[k].shape) for k in g]
-            for f, g in zip(files, groups)}
-    writer = ShardedWriter(plan, metadata={"format": "pt"})
-    try:
-        with tqdm(total=len(tensors), desc=desc, unit="tensor") as bar:
-            for path, entries in plan.items():
-                for e in entries:
-                    writer.write(path, e.name, tensors[e.name].load())
-                    bar.update()
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    if n > 1:
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-                 "weight_map": {k: f for f, g in zip(files, groups) for k in g}}
-        with open(os.path.join(save_dir, INDEX_FILE), "w") as f:
-            json.dump(index, f, indent=2)
-    return files
-
-
-# ---- HF names <-> MM names -----------------------------------------------------------------------
-
-def to_mm(tensors: Dict[str, Tensor], groups: Sequence[Group], unfuse: Sequence[Unfuse]) -> Dict[str, Tensor]:
-    out: Dict[str, Tensor] = {}
-
-    def add(name: str, t: Tensor, key: str) -> None:
-        if name in out:
-            raise ValueError(f"{t.source}: {key!r} maps to {name!r}, which {out[name].source} also maps to")
-        out[name] = t
-
-    for key, t in tensors.items():
-        if IGNORED.search(key):
-            continue
-        name = rename(key, groups, to_mm=True)
-        if name is None:
-            raise KeyError(f"{t.source}: unexpected key {key!r} (expected names under "
-                           f"{sorted({g[0] for g in groups})})")
-        rule = next((u for u in unfuse if u.mm.match(name)), None)
-        if rule is None:
-            add(name, t, key)
-            continue
-        stem, param = rule.mm.match(name).groups()
-        k = len(rule.parts)
-        if t.shape[0] % k:
-            raise ValueError(f"{t.source}: fused {key!r} rows {t.shape[0]} do not split into {k} parts")
-        rows = t.shape[0] // k
-        for i, part in enumerate(rule.parts):
-            load = (lambda t=t, i=i: t.load()[i * rows:(i + 1) * rows])
-            add(f"{stem}.{part}.{param}", Tensor(t.dtype, (rows,) + t.shape[1:], load, t.source), key)
-    return out
-
-
-def to_hf(tensors: Dict[str, Tensor], groups: Sequence[Group], unfuse: Sequence[Unfuse],
-          info: ModelInfo) -> Dict[str, Tensor]:
-    out: Dict[str, Tensor] = {}
-    consumed = set()
-    for name, t in tensors.items():
-        if name in consumed or (info.tie_word_embeddings and re.search(r"(^|\.)lm_head\.weight$", name)):
-            continue
-        for rule in unfuse:
-            fused = _fused_name(name, rule)
-            if fused is not None:
-                stem, param = fused
-                names = [f"{stem}.{p}.{param}" for p in rule.parts]
-                missing = [n for n in names if n not in tensors]
-                if missing:
-                    raise KeyError(f"{t.source}: missing key {missing[0]!r} (fused with {name!r})")
-                consumed.update(names)
-                parts = [tensors[n] for n in names]
-                load = (lambda parts=parts: np.concatenate([p.load() for p in parts], axis=0))
-                rows = sum(p.shape[0] for p in parts)
-                name, t = f"{stem}.qkv.{param}", Tensor(t.dtype, (rows,) + t.shape[1:], load, t.source)
-                break
-        key = rename(name, groups, to_mm=False)
-        if key is None:
-            raise KeyError(f"{t.source}: unexpected key {name!r}")
-        out[key] = t
-    return out
-
-
-def _fused_name(name: str, rule: Unfuse) -> Optional[Tuple[str, str]]:
-    for part in rule.parts:
-        match = re.match(rf"^(.+)\.{re.escape(part)}\.(weight|bias)$", name)
-        if match and rule.mm.match(f"{match.group(1)}.qkv.{match.group(2)}"):
-            return match.group(1), match.group(2)
-    return None
+    llm_layers: int
+    vit_layers: int
+    llm_heads: int
+    llm_kv_heads: int
+    vit_heads: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    layout: str  # which HF naming the checkpoint uses ("hf" or "remote")
 
 
 # ---- checks --------------------------------------------------------------------------------------
@@ -254,10 +91,6 @@ def check_divisible(info: ModelInfo, tp: int) -> None:
 
 # ---- MM side -------------------------------------------------------------------------------------
 
-def shard_name(tp_rank: int, pp_rank: int, pp_size: int) -> str:
-    return f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "")
-
-
 def _placement(name: str, parallel: ParallelConfig, where: str) -> Tuple[int, int, str]:
     """(virtual chunk, stage, name with the stage-local layer index) of an MM name."""
     for pattern, pp_layers in ((LLM_LAYER, parallel.llm_pp_layers), (VIT_LAYER, parallel.vit_pp_layers)):
@@ -282,7 +115,7 @@ def write_mm(mm_dir: str, tensors: Dict[str, Tensor], parallel: ParallelConfig, 
     """Split ``tensors`` (full MM tensors, global layer indices) into the MM layout under
     ``mm_dir/release`` and point the tracker at it."""
     tp, pp, vpp = parallel.tp_size, parallel.pp_size, parallel.vpp_size
-    final = os.path.join(mm_dir, "release")
+    final = os.path.join(mm_dir, RELEASE)
     tmp = os.path.join(mm_dir, ".release.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     plan: Dict[str, List[Entry]] = {}
@@ -327,47 +160,21 @@ def write_mm(mm_dir: str, tensors: Dict[str, Tensor], parallel: ParallelConfig, 
         shutil.rmtree(final)
     os.replace(tmp, final)
     with open(os.path.join(mm_dir, TRACKER), "w") as f:
-        f.write("release")
+        f.write(RELEASE)
     return final
-
-
-def resolve_iteration_dir(mm_dir: str) -> str:
-    """The directory holding ``mp_rank_*``: named by the tracker file, or ``mm_dir`` itself."""
-    tracker = os.path.join(mm_dir, TRACKER)
-    if os.path.isfile(tracker):
-        with open(tracker) as f:
-            text = f.read().strip()
-        if text != "release" and not text.isdigit():
-            raise ValueError(f"{tracker}: expected an iteration number or 'release', got {text!r}")
-        directory = os.path.join(mm_dir, "release" if text == "release" else f"iter_{int(text):07d}")
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{tracker} names {text!r}, but {directory} does not exist")
-        return directory
-    if os.path.isdir(mm_dir) and any(_SHARD_DIR.match(n) for n in os.listdir(mm_dir)):
-        return mm_dir
-    raise FileNotFoundError(f"{mm_dir}: no {TRACKER} and no mp_rank_* directories")
 
 
 def read_mm(mm_dir: str) -> Tuple[Dict[str, Tensor], ParallelConfig, dict]:
     """Full MM tensors (global layer indices, TP pieces merged on load), the parallel
     layout found on disk, and the ``mm_convert`` metadata (empty for a trainer checkpoint)."""
-    directory = resolve_iteration_dir(mm_dir)
-    shards = {}
-    for n in os.listdir(directory):
-        m = _SHARD_DIR.match(n)
-        if m:
-            shards[(int(m.group(1)), int(m.group(2) or 0))] = os.path.join(directory, n)
+    directory = resolve_load_dir(mm_dir)
+    shards = shard_dirs(directory)
     tp = max(r for r, _ in shards) + 1
     pp = max(s for _, s in shards) + 1
-    for r in range(tp):
-        for s in range(pp):
-            if (r, s) not in shards:
-                raise FileNotFoundError(f"{directory}: missing {shard_name(r, s, pp)} (found tp={tp}, pp={pp})")
     meta_file = os.path.join(shards[(0, 0)], METADATA)
     meta = {}
     if os.path.isfile(meta_file):
-        with open(meta_file) as f:
-            meta = json.load(f).get("mm_convert") or {}
+        meta = read_json(meta_file).get("mm_convert") or {}
     # (chunk, stage, tp rank) -> {local name: Tensor}
     local: Dict[Tuple[int, int, int], Dict[str, Tensor]] = {}
     for (rank, stage), path in shards.items():

@@ -9,7 +9,7 @@
                                    base_model.model.<HF parameter>             (modules_to_save)
 
 ``<HF module>`` is the module's name in the checkpoint layout the base was loaded from
-(``msmm.convert.families``: e.g. InternVL HF-native ``language_model.model.layers.0.self_attn.q_proj``
+(``msmm.checkpoint.names``: e.g. InternVL HF-native ``language_model.model.layers.0.self_attn.q_proj``
 or remote-code ``vision_model.encoder.layers.0.attn.qkv``). The delta of a module is
 ``(lora_alpha / r) * lora_B @ lora_A`` with the module's ``r`` / ``lora_alpha`` from
 ``rank_pattern`` / ``alpha_pattern`` when listed there (PEFT's rule: pattern ``p`` applies to
@@ -42,9 +42,9 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from ..config.lora_config import suffix_matches
-from ..config.checkpoint_layout import resolve_load_dir
-from .families import FamilySpec, Group, InternVLFamily, LlavaFamily, Qwen2_5_VLFamily, Qwen2VLFamily, rename
-from .safetensors_io import FLOAT_CODES, Tensor, open_file, to_float
+from .layout import resolve_load_dir
+from .names import Group, rename
+from .safetensors import FLOAT_CODES, Tensor, open_file, to_float
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -61,8 +61,6 @@ UNSUPPORTED_FIELDS = {
 }
 # init_lora_weights that change the base weights: the adapter only fits the modified base
 BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-FAMILIES: Dict[str, FamilySpec] = {"qwen2_vl": Qwen2VLFamily(), "qwen2_5_vl": Qwen2_5_VLFamily(),
-                                   "internvl": InternVLFamily(), "llava": LlavaFamily()}
 QKV_PARTS = ("q_proj", "k_proj", "v_proj")
 
 
@@ -82,16 +80,14 @@ class AdapterNaming:
     """msmm names -> the HF checkpoint names of one family and layout."""
 
     def __init__(self, model_id: str, layout: str = "hf", text_model_id: Optional[str] = None) -> None:
-        if model_id not in FAMILIES:
-            raise ValueError(f"no PEFT naming for model_id {model_id!r}; known: {sorted(FAMILIES)}")
-        spec = FAMILIES[model_id]
-        if layout not in spec.family.groups:
-            raise ValueError(f"model_id {model_id!r} has no checkpoint layout {layout!r}; "
-                             f"known: {sorted(spec.family.groups)}")
-        cfg = {"llm_config": {"model_type": text_model_id}} if text_model_id else {}
-        self.groups: List[Group] = spec.groups(cfg, layout)
-        self.aliases: List[Group] = spec.family.read_aliases.get(layout, [])
-        self.unfuse = spec.family.unfuse.get(layout, [])
+        from ..registry import get_family  # the registry names its tables from this package
+
+        naming = get_family(model_id, "PEFT naming").naming
+        if layout not in naming.layouts:
+            raise ValueError(f"model_id {model_id!r} has no checkpoint layout {layout!r}; known: {sorted(naming.layouts)}")
+        self.groups: List[Group] = naming.groups(layout, text_model_id)
+        self.aliases: List[Group] = list(naming.aliases.get(layout, []))
+        self.unfuse = naming.unfused(layout)
         self.model_id, self.layout = model_id, layout
 
     def parameter(self, name: str) -> str:

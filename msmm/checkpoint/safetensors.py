@@ -1,5 +1,6 @@
-"""Streaming safetensors: read tensors lazily from memory-mapped files, write files whose
-header is planned up front and whose tensors are written one at a time.
+"""The one safetensors reader and writer: tensors read lazily from memory-mapped files after
+the header is validated, files written with a header planned up front and tensors written
+one at a time.
 
 Tensors keep their stored dtype bit for bit; BF16 (which numpy lacks) is carried as its
 raw 16-bit words (``uint16``) together with the dtype code, so a conversion never rounds.
@@ -11,7 +12,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,31 +37,89 @@ class Tensor:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(STORAGE[self.dtype]).itemsize
 
+    def numpy(self) -> np.ndarray:
+        """The values in memory: floats as float32 (float64 kept; BF16 and F16 widened
+        exactly), other dtypes as stored."""
+        return np.array(to_float(self.load(), self.dtype) if self.dtype in FLOAT_CODES else self.load())
+
+
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+class SafetensorsError(ValueError):
+    """A file that is not a valid safetensors file; the message names the file."""
+
 
 def read_header(path: str) -> Tuple[Dict[str, dict], Dict[str, str], int]:
-    """(tensor entries, __metadata__, byte offset where the data starts) of a safetensors file."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (length,) = struct.unpack("<Q", raw)
-        try:
-            header = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a safetensors file (bad header: {err})") from err
+    """(tensor entries, __metadata__, byte offset where the data starts) of a safetensors file.
+
+    Everything the loaders rely on is checked before a byte of data is read: the header
+    length fits the file, the header is a JSON object of entries with a known dtype, a
+    shape and ``data_offsets`` whose size is ``prod(shape) * itemsize``, and the entries
+    cover the data section exactly once, without overlaps or gaps (as the format requires).
+    Errors name the file and the tensor."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise SafetensorsError(f"{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)")
+            (length,) = struct.unpack("<Q", raw)
+            if length > MAX_HEADER_BYTES or 8 + length > size:
+                raise SafetensorsError(f"{path}: not a safetensors file or truncated (header length {length}, "
+                                       f"file size {size} bytes)")
+            text = f.read(length)
+    except OSError as err:
+        raise SafetensorsError(f"{path}: cannot read ({err.strerror or err})") from err
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise SafetensorsError(f"{path}: not a safetensors file (bad header: {err})") from err
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: not a safetensors file (the header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
-    return header, metadata, 8 + length
+    start = 8 + length
+    _check_entries(path, header, size - start)
+    return header, metadata, start
+
+
+def _check_entries(path: str, header: Dict[str, Any], data_size: int) -> None:
+    spans = []
+    for key, info in header.items():
+        where = f"{path}: tensor {key!r}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise SafetensorsError(f"{where}: a header entry needs dtype, shape and data_offsets, got {info!r}")
+        if info["dtype"] not in STORAGE:
+            raise SafetensorsError(f"{where} has unsupported dtype {info['dtype']!r}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                for n in shape)):
+            raise SafetensorsError(f"{where}: bad shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise SafetensorsError(f"{where}: bad data_offsets {offsets!r}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(STORAGE[info["dtype"]]).itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise SafetensorsError(f"{where}: data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes, "
+                                   f"{info['dtype']}{shape} needs {nbytes}")
+        if offsets[1] > data_size:
+            raise SafetensorsError(f"{where}: data_offsets {offsets} reach past the end of the file (truncated? "
+                                   f"{data_size} data bytes)")
+        spans.append((offsets[0], offsets[1], key))
+    end = 0
+    for begin, stop, key in sorted(spans):
+        if begin != end:
+            what = "overlaps the previous tensor" if begin < end else f"leaves a gap of {begin - end} bytes"
+            raise SafetensorsError(f"{path}: tensor {key!r} (data_offsets [{begin}, {stop}]) {what}")
+        end = stop
 
 
 def open_file(path: str) -> Dict[str, Tensor]:
     """The tensors of one file, each loaded (as a read-only memory-mapped view) when asked."""
     header, _, start = read_header(path)
-    out: Dict[str, Tensor] = {}
-    for key, info in header.items():
-        if info["dtype"] not in STORAGE:
-            raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-        out[key] = Tensor(info["dtype"], tuple(info["shape"]), _loader(path, start, info), f"{path}:{key}")
-    return out
+    return {key: Tensor(info["dtype"], tuple(info["shape"]), _loader(path, start, info), f"{path}:{key}")
+            for key, info in header.items()}
 
 
 def _loader(path: str, start: int, info: dict) -> Callable[[], np.ndarray]:
@@ -94,6 +153,12 @@ def from_float(array: np.ndarray, code: str) -> np.ndarray:
     bits = np.ascontiguousarray(array, np.float32).view(np.uint32)
     rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
     return np.where(np.isnan(array), np.uint16(0x7FC0), rounded)
+
+
+def read_arrays(path: str) -> Dict[str, np.ndarray]:
+    """Every tensor of one file as a numpy array in memory: floats as float32 (float64 kept;
+    BF16 and F16 widened exactly), other dtypes as stored."""
+    return {key: t.numpy() for key, t in open_file(path).items()}
 
 
 @dataclass

@@ -21,6 +21,7 @@ locally in each stage, as Megatron does.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -137,3 +138,37 @@ def layer_stages(pp_layers: List[List[int]]) -> List[Tuple[int, int, int]]:
 def stage_order(pp_layers: List[List[int]]) -> List[Tuple[int, int]]:
     """(chunk, stage) slots holding at least one layer, in model order."""
     return [(c, s) for c, counts in enumerate(pp_layers) for s, n in enumerate(counts) if n]
+
+
+# ---- what every MM name is: pipeline placement and tensor-parallel split ---------------------
+
+LLM_LAYER = re.compile(r"^((?:language_model\.)?model\.layers\.)(\d+)(\..+)$")
+VIT_LAYER = re.compile(r"^((?:vision_tower\.encoder\.layers?|visual\.blocks)\.)(\d+)(\..+)$")
+VIT_POST = re.compile(r"^(multi_modal_projector\.|visual\.merger\.|vision_tower\.(post_layernorm|layernorm)\.)")
+VIT_PRE = re.compile(r"^(vision_tower|visual)\.")
+LLM_PRE = re.compile(r"^(language_model\.)?model\.embed_tokens\.weight$")
+LLM_POST = re.compile(r"^(language_model\.)?(model\.norm\.weight|lm_head\.weight)$")
+
+_NORMS = (r"input_layernorm|post_attention_layernorm|norm|norm1|norm2|layer_norm1|layer_norm2|layernorm_before|"
+          r"layernorm_after|layer_norm|ln_q|pre_layrnorm|post_layernorm|layernorm")
+_ROW = r"o_proj|down_proj|wo|w2|out_proj|projection_layer|fc2|attn\.proj|linear_2|mlp\.2"
+_COLUMN = r"q_proj|k_proj|v_proj|q_norm|k_norm|gate_proj|up_proj|w1|w3|wqkv|fc1|linear_1|mlp\.0"
+TP_RULES: List[Tuple[re.Pattern, str]] = [
+    (re.compile(r"(^|\.)(embed_tokens|lm_head)\.weight$"), VOCAB),
+    (re.compile(r"\.attn\.qkv\.(weight|bias)$"), FUSED_QKV),
+    (re.compile(rf"\.({_ROW})\.weight$"), ROW),
+    (re.compile(rf"\.({_ROW})\.bias$"), REPLICATED),
+    (re.compile(rf"\.({_COLUMN})\.(weight|bias)$"), COLUMN),
+    (re.compile(rf"\.({_NORMS})\.(weight|bias)$"), REPLICATED),
+    (re.compile(r"\.embeddings\.(cls_token|class_embedding|position_embeddings|position_embedding\.weight|"
+                r"patch_embedding\.(weight|bias)|patch_embeddings\.projection\.(weight|bias))$"), REPLICATED),
+    (re.compile(r"\.patch_embed\.proj\.(weight|bias)$"), REPLICATED),
+    (re.compile(r"\.lambda_[12]$"), REPLICATED),
+]
+
+
+def tp_kind(name: str, where: str) -> str:
+    for pattern, kind in TP_RULES:
+        if pattern.search(name):
+            return kind
+    raise KeyError(f"{where}: unexpected key {name!r} (no tensor-parallel rule knows it)")
