@@ -31,10 +31,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from msmm.registry import data_families
+
 logger = logging.getLogger("msmm.config")
 
 TEMPLATES = ("internvl2_5", "internlm2-chat", "qwen2vl", "llava-v1", "plain")
-MODEL_FAMILIES = ("internvl", "qwen2vl", "llava")
+MODEL_FAMILIES = data_families()  # data.json model_name values: the registry's data families
 _FAMILY_OF_TEMPLATE = {
     "internvl2_5": "internvl",
     "internlm2-chat": "internvl",
