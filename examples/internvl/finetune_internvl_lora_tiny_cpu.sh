@@ -21,9 +21,10 @@ SAVE_PATH=${SAVE_PATH:-save_dir/internvl_lora_tiny}
 TRAIN_ITERS=${TRAIN_ITERS:-9}
 GLOBAL_BATCH=${GLOBAL_BATCH:-4}
 LOAD_ARGS=${LOAD_ARGS:-}  # e.g. "--load path/to/hf_checkpoint" (then the adapter names follow its layout)
+ASSET_ARGS=${ASSET_ARGS:-}  # e.g. --missing-images 2 --strict (make_tiny_assets.py)
 EXTRA_ARGS=${EXTRA_ARGS:-}
 python examples/tiny/make_tiny_assets.py --family internvl --vision-lora --vision-lora-dropout ${LORA_DROPOUT:-0.05} \
-    --out "$TINY_DIR"
+    --out "$TINY_DIR" $ASSET_ARGS
 MM_DATA="$TINY_DIR/data.json"
 MM_MODEL="$TINY_DIR/model.json"
 
@@ -67,6 +68,7 @@ OUTPUT_ARGS="
     --save-total-limit 2
 "
 export PYTHONPATH=$PWD:$PYTHONPATH  # run from the repository root
+status=0  # msrun's; the workers' warnings and errors are printed from their logs below
 msrun $DISTRIBUTED_ARGS msmm/train/cli.py \
     $GPT_ARGS \
     $LORA_ARGS \
@@ -74,5 +76,6 @@ msrun $DISTRIBUTED_ARGS msmm/train/cli.py \
     $OUTPUT_ARGS \
     --save $SAVE_PATH \
     $LOAD_ARGS \
-    $EXTRA_ARGS
-cat $SAVE_PATH/msrun_log/worker_0.log | grep -E "LoRA|iteration|saved|removed|average" || true
+    $EXTRA_ARGS || status=$?
+python -m msmm.train.msrun_report "$SAVE_PATH/msrun_log" --status $status --show "LoRA|iteration|saved|removed|average"
+exit $status

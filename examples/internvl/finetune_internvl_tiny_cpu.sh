@@ -17,8 +17,9 @@ TINY_DIR=${TINY_DIR:-tiny_assets/internvl}
 SAVE_PATH=${SAVE_PATH:-save_dir/internvl_tiny}
 TRAIN_ITERS=${TRAIN_ITERS:-6}
 GLOBAL_BATCH=${GLOBAL_BATCH:-4}
+ASSET_ARGS=${ASSET_ARGS:-}  # e.g. --missing-images 2 --strict (make_tiny_assets.py)
 EXTRA_ARGS=${EXTRA_ARGS:-}  # e.g. --calculate-per-token-loss
-python examples/tiny/make_tiny_assets.py --family internvl --out "$TINY_DIR"
+python examples/tiny/make_tiny_assets.py --family internvl --out "$TINY_DIR" $ASSET_ARGS
 MM_DATA="$TINY_DIR/data.json"
 MM_MODEL="$TINY_DIR/model.json"
 
@@ -58,10 +59,12 @@ OUTPUT_ARGS="
     --log-tps
 "
 export PYTHONPATH=$PWD:$PYTHONPATH  # run from the repository root
+status=0  # msrun's; the workers' warnings and errors are printed from their logs below
 msrun $DISTRIBUTED_ARGS msmm/train/cli.py \
     $GPT_ARGS \
     $MM_ARGS \
     $OUTPUT_ARGS \
     --save $SAVE_PATH \
-    $EXTRA_ARGS
-cat $SAVE_PATH/msrun_log/worker_0.log | grep -E "iteration|saved|average" || true
+    $EXTRA_ARGS || status=$?
+python -m msmm.train.msrun_report "$SAVE_PATH/msrun_log" --status $status --show "iteration|saved|average"
+exit $status

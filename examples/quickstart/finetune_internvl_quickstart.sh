@@ -59,8 +59,11 @@ OUTPUT_ARGS="
     --save-interval $TRAIN_ITERS
 "
 export PYTHONPATH=$PWD:$PYTHONPATH
+status=0  # msrun's; the workers' warnings and errors are printed from their logs below
 msrun $DISTRIBUTED_ARGS msmm/train/cli.py \
     $GPT_ARGS \
     $MM_ARGS \
     $OUTPUT_ARGS \
-    --save $SAVE_PATH
+    --save $SAVE_PATH || status=$?
+python -m msmm.train.msrun_report "$SAVE_PATH/msrun_log" --status $status
+exit $status

@@ -216,11 +216,22 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--vision-lora", action="store_true", help="add a lora block to the vision encoder (internvl)")
     parser.add_argument("--vision-lora-dropout", type=float, default=VISION_LORA["lora_dropout"])
+    parser.add_argument("--missing-images", type=int, default=0,
+                        help="append records whose image does not exist (bad input, for the bad-input tests)")
+    parser.add_argument("--strict", action="store_true", help="data.json: stop at the first bad input")
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     ids = write_tokenizer(os.path.join(out, "tokenizer"), args.family)
     annotation = write_data(out, args.samples, np.random.default_rng(0), args.family)
+    if args.missing_images:
+        if args.family != "internvl":
+            parser.error("--missing-images: only for --family internvl (a jsonl annotation file)")
+        with open(annotation, "a") as f:
+            for k in range(args.missing_images):
+                f.write(json.dumps({"id": f"missing{k}", "image": f"images/missing_{k}.png", "conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is the square in the picture?"},
+                    {"from": "gpt", "value": "The square is red."}]}) + "\n")
     model_json, data_json = FAMILIES[args.family]
     model = model_json(ids)
     if args.vision_lora:
@@ -230,7 +241,9 @@ def main() -> None:
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump(model, f, indent=2)
     with open(os.path.join(out, "data.json"), "w") as f:
-        json.dump(data_json(out, annotation), f, indent=2)
+        data = data_json(out, annotation)
+        data["dataset_param"]["basic_parameters"]["strict"] = args.strict
+        json.dump(data, f, indent=2)
     print(f"tiny {args.family} assets in {out}")
 
 

@@ -24,7 +24,7 @@ def test_cutoff_len_above_seq_length_stops_at_start_up(tmp_path, capsys):
     path = _write(tmp_path, DATA)
     assert main(ARGS + ["--mm-data", path]) == 2  # before model.json (which does not exist) is read
     err = capsys.readouterr().err
-    assert f"{path}: dataset_param.basic_parameters.cutoff_len: 211 is more than --seq-length 128" in err
+    assert f"msmm-train: {path}: dataset_param.basic_parameters.cutoff_len: 211 is more than --seq-length 128" in err
 
 
 def test_cutoff_len_unset_becomes_seq_length():
@@ -43,7 +43,7 @@ def test_data_json_typo_stops_unless_allowed(tmp_path, capsys):
     path = _write(tmp_path, raw)
     assert main(ARGS + ["--mm-data", path]) == 2
     err = capsys.readouterr().err
-    assert f"{path}: dataset_param.basic_parameters.strcit: unknown key (did you mean 'strict'?)" in err
+    assert f"msmm-train: {path}: dataset_param.basic_parameters.strcit: unknown key (did you mean 'strict'?)" in err
     # --allow-unknown-keys: a warning, and the config loads
     config = load_checked_data_config(parse_train_args(ARGS + ["--mm-data", path, "--allow-unknown-keys"]))
     assert config.dataset_param.basic_parameters.strict is False
