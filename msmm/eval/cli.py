@@ -10,9 +10,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .config import EvalConfigError, load_eval_config
-from .datasets import EvalDataError
-from .results import ResumeMismatch
+from msmm.eval.config import EvalConfigError, load_eval_config
+from msmm.eval.datasets import EvalDataError
+from msmm.eval.results import ResumeMismatch
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -36,7 +36,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def run(argv: Optional[List[str]] = None) -> int:
     """``msmm-eval`` with whatever ``msmm.models`` is imported (the console script binds MindSpore first)."""
-    from .run import evaluate, join_world
+    from msmm.eval.run import evaluate, join_world
 
     args = parse_args(argv)
     overrides = {k: v for k, v in (("dataset_path", args.dataset_path), ("result_output_path", args.result_output_path),
@@ -54,7 +54,7 @@ def run(argv: Optional[List[str]] = None) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``msmm-eval``: on MindSpore."""
-    from .run import start_runtime
+    from msmm.eval.run import start_runtime
 
     start_runtime()
     return run(argv)

@@ -20,6 +20,7 @@ import base64
 import binascii
 import csv
 import io
+import re
 import string
 import sys
 from dataclasses import dataclass, field
@@ -215,7 +216,8 @@ def decode_image(data: str) -> Image.Image:
             image.load()
             return image.convert("RGB")
     except (binascii.Error, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"undecodable image ({type(err).__name__}: {err})") from None
+        message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(err))  # no address: stable
+        raise ValueError(f"undecodable image ({type(err).__name__}: {message})") from None
 
 
 def decode_images(question: Question) -> List[Image.Image]:
