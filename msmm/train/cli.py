@@ -36,32 +36,27 @@ def apply_recompute(model, granularity: Optional[str]) -> int:
     return count
 
 
-def hf_layout(model_config, hf_dir: str) -> str:
-    """The checkpoint layout of the HF directory ``hf_dir``: InternVL ``remote`` (remote code,
-    ``llm_config``) or ``hf``."""
-    if model_config.model_id != "internvl":
-        return "hf"
-    with open(os.path.join(hf_dir, "config.json")) as f:
-        return "remote" if "llm_config" in json.load(f) else "hf"
-
-
 def adapter_writer(model, model_config, hf_dir: Optional[str], resumed: Optional[dict], load: Optional[str] = None):
     """The PEFT adapter writer of a LoRA run: names in the layout of the HF checkpoint the
     base came from (``--load`` HF directory; on resume, what the first LoRA run recorded, or
     for a checkpoint trained without LoRA, the HF directory its run was ``--load``-ed from)."""
-    from msmm.convert.peft_adapter import AdapterNaming
+    from msmm.checkpoint.hf import load_config
+    from msmm.checkpoint.peft import AdapterNaming
+    from msmm.registry import get_family
     from msmm.train.adapter import AdapterWriter
+
+    spec = get_family(model_config.model_id)
 
     if resumed is not None and "lora_layout" in resumed:
         base, layout = resumed.get("lora_base"), resumed["lora_layout"]
     else:
         base = hf_dir if resumed is None else resumed.get("load")
         has_config = base is not None and os.path.isfile(os.path.join(base, "config.json"))
-        if resumed is not None and model_config.model_id == "internvl" and not has_config:
+        if resumed is not None and len(spec.naming.layouts) > 1 and not has_config:
             raise ValueError(f"--load {load}: this checkpoint was trained without LoRA and records no HF checkpoint "
-                             f"directory (its --load was {base!r}), so the layout (HF-native or remote code) to name "
-                             "the InternVL adapter in is unknown; start LoRA from the HF checkpoint instead")
-        layout = hf_layout(model_config, base) if has_config else "hf"
+                             f"directory (its --load was {base!r}), so the layout ({' or '.join(spec.naming.layouts)}) "
+                             f"to name the {spec.title} adapter in is unknown; start LoRA from the HF checkpoint instead")
+        layout = spec.hf_layout(load_config(base)) if has_config else "hf"
     naming = AdapterNaming(model_config.model_id, layout, model_config.sections["text_decoder"].model_id)
     return AdapterWriter(model, naming, base)
 
@@ -91,10 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     hook.install(["msmm.models"])
     from msmm.config.data_config import load_data_config
     from msmm.data.build import build_dataloader
-    from msmm.models.model_config import (ModelConfigError, apply_lora_config, build_model, load_model_config,
-                                          load_pretrained)
-
-    from msmm.train.checkpoint import is_msmm_checkpoint, read_metadata
+    from msmm.checkpoint.layout import is_mm_checkpoint
+    from msmm.checkpoint.train_state import read_metadata
+    from msmm.models import ModelConfigError, apply_lora_config, build_model, load_model_config, load_pretrained
     from msmm.train.distributed import init_world
     from msmm.train.trainer import TrainConfig, Trainer
 
@@ -110,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    "decoder; give one")
         text.lora = args.lora
     model = build_model(model_config)
-    resume = args.load is not None and is_msmm_checkpoint(args.load)
+    resume = args.load is not None and is_mm_checkpoint(args.load)
     if args.load and not resume:
         if not os.path.isfile(os.path.join(args.load, "config.json")):
             raise FileNotFoundError(f"--load {args.load}: neither an msmm checkpoint (latest_checkpointed_iteration.txt) "
