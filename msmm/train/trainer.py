@@ -145,10 +145,17 @@ def pad_tiles(batch: Batch, tile_shape: tuple) -> Batch:
     return out
 
 
+# Batch keys of the data pipeline that repeat what another key gives: a packed batch's
+# ``cu_seqlens`` (segment boundaries over the flattened rows, for varlen attention kernels) are
+# the boundaries of its ``segment_ids``. Left out for a model whose ``forward`` takes no such input.
+REDUNDANT_BATCH_KEYS = ("cu_seqlens",)
+
+
 class InputBuilder:
     """numpy batch -> the model's keyword tensors: Qwen2-VL metadata added, InternVL tiles
-    padded to a bucket (``pad_tiles``), keys the model's ``forward`` does not take dropped,
-    floating inputs cast to ``dtype``."""
+    padded to a bucket (``pad_tiles``), floating inputs cast to ``dtype``. Every batch key
+    must be an input of the model's ``forward`` (or ``labels``, or one of
+    ``REDUNDANT_BATCH_KEYS``): any other is an error that names it, never dropped."""
 
     def __init__(self, model: nn.Cell, dtype=mindspore.float32, seq_length: Optional[int] = None,
                  bucket_tiles: bool = True) -> None:
@@ -160,6 +167,10 @@ class InputBuilder:
             self.tile_shape = (vision.num_channels, vision.image_size, vision.image_size)
 
     def __call__(self, batch: Batch) -> Dict[str, Tensor]:
+        unknown = [k for k in batch if k not in self.accepted and k not in REDUNDANT_BATCH_KEYS]
+        if unknown:
+            raise ValueError(f"batch key {unknown[0]!r}: {type(self.model).__name__}.forward takes no such input "
+                             f"(it takes {', '.join(sorted(self.accepted))})")
         if self.seq_length is not None:
             batch = pad_batch(batch, self.seq_length)
         if self.tile_shape is not None:
@@ -176,7 +187,7 @@ class InputBuilder:
         out = {}
         for key, value in batch.items():
             if key not in self.accepted:
-                continue
+                continue  # one of REDUNDANT_BATCH_KEYS
             tensor = Tensor(value)
             out[key] = tensor.astype(self.dtype) if np.issubdtype(value.dtype, np.floating) else tensor
         return out
