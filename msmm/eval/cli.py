@@ -7,8 +7,13 @@ the workers. See docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
+
+if __name__ == "__main__":  # run as a script (msrun): its folder must not shadow packages (datasets, ...)
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 from msmm.eval.config import EvalConfigError, load_eval_config
 from msmm.eval.datasets import EvalDataError
