@@ -5,7 +5,8 @@
 #   3. fine-tune through msrun (examples/quickstart/finetune_internvl_quickstart.sh); the trainer
 #      writes the loss curve to WORK_DIR/save/loss_curve.png
 #   4. mm-convert InternVLConverter mm_to_hf
-#   5. answer the held-out questions with msmm-infer (on MindSpore); print question / expected / answer and the accuracy
+#   5. answer the held-out questions with msmm-eval (on MindSpore; written as a multiple-choice TSV in
+#      VLMEvalKit's format); print question / expected / answer and the accuracy
 # WORK_DIR (default out/quickstart) holds everything; TRAIN_ITERS sets the training length.
 set -e
 WORK_DIR=${WORK_DIR:-out/quickstart}
@@ -29,8 +30,8 @@ step "4/5 mm-convert InternVLConverter mm_to_hf"
 mm-convert InternVLConverter mm_to_hf --cfg.mm_dir "$WORK_DIR/save" --cfg.save_hf_dir "$WORK_DIR/hf_finetuned" \
     --cfg.hf_config.hf_dir "$WORK_DIR/hf"
 
-step "5/5 msmm-infer on the held-out questions"
-python examples/quickstart/evaluate.py prompts "$WORK_DIR"
-msmm-infer "$WORK_DIR/inference.json" > "$WORK_DIR/answers.txt"
+step "5/5 msmm-eval on the held-out questions"
+python examples/quickstart/evaluate.py dataset "$WORK_DIR"
+msmm-eval "$WORK_DIR/evaluate.json" > "$WORK_DIR/eval.log"
 python examples/quickstart/evaluate.py score "$WORK_DIR"
 echo "done in $(( SECONDS / 60 ))m$(( SECONDS % 60 ))s; everything is in $WORK_DIR"

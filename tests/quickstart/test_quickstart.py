@@ -1,6 +1,6 @@
 """``make quickstart``'s script, ``examples/quickstart/run.sh``, run for real at full length
 (~3-4 min on 2 cores): data, tokenizer and tiny InternVL -> hf_to_mm -> msrun fine-tune ->
-mm_to_hf -> msmm-infer on MindSpore -> score. The held-out accuracy it prints must reach 90%
+mm_to_hf -> msmm-eval on MindSpore (the held-out questions as a multiple-choice TSV) -> score. The held-out accuracy it prints must reach 90%
 (guessing: 25% for colours, 33% for shapes) and the loss-curve PNG it names must be a PNG."""
 from __future__ import annotations
 
@@ -55,5 +55,5 @@ def test_quickstart_reaches_90_percent_held_out(tmp_path):
     assert match, out[-2000:]
     assert match[1] == os.path.join(work, "save", "loss_curve.png")
     assert_valid_png(match[1])
-    assert "msmm-infer: 100%" in proc.stderr  # the progress bar over the held-out prompts
+    assert "msmm-eval: 100%" in proc.stderr  # the progress bar over the held-out questions
     assert re.search(r"^done in \d+m\d+s; everything is in ", out, re.M)
