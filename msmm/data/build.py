@@ -38,10 +38,15 @@ def build_dataloader(
     rank: int = 0,
     world_size: int = 1,
     log: Optional[BadInputLog] = None,
+    global_batch_size: Optional[int] = None,
 ) -> DataLoader:
-    """Everything the trainer needs to read the data of ``config``.
+    """Everything the trainer needs to read the data of ``config``, for data-parallel rank
+    ``rank`` of ``world_size``.
 
     ``tokenizer`` defaults to ``AutoTokenizer.from_pretrained(tokenizer_config.from_pretrained)``.
+    With ``group_by_length``, samples are grouped by length within mega-batches of
+    ``global_batch_size`` (default: one micro-batch per rank), so the grouping, like the
+    sampler's split, does not depend on the data-parallel size.
     """
     if tokenizer is None:
         from transformers import AutoTokenizer
@@ -73,9 +78,10 @@ def build_dataloader(
         seed=loader_param.seed,
         shuffle=loader_param.shuffle,
         lengths=dataset.modality_lengths() if loader_param.group_by_length else None,
-        group_batch_size=loader_param.micro_batch_size,
+        group_batch_size=global_batch_size or loader_param.micro_batch_size * world_size,
         rank=rank,
         world_size=world_size,
         drop_last=loader_param.drop_last,
+        micro_batch_size=loader_param.micro_batch_size,
     )
     return DataLoader(dataset, sampler, collate, loader_param.micro_batch_size, loader_param.num_workers, loader_param.drop_last, log)

@@ -34,11 +34,14 @@ def length_grouped_indices(lengths: np.ndarray, group_batch_size: int, rng: np.r
 
 
 class EpochSampler:
-    """The indices one rank reads in an epoch.
+    """The indices one rank reads in an epoch, split as Megatron's data sampler splits them.
 
-    The global order (a permutation, length-grouped if ``lengths`` is given, or ``0..n-1``
-    without shuffle) is padded by wrapping around to a multiple of ``world_size`` (or cut,
-    with ``drop_last``); rank ``r`` takes every ``world_size``-th index from ``r``.
+    The global order (a permutation, length-grouped in mega-batches of ``group_batch_size``
+    if ``lengths`` is given, or ``0..n-1`` without shuffle) is padded by wrapping around to a
+    multiple of ``micro_batch_size * world_size`` (or cut, with ``drop_last``) and read in
+    blocks of that size; rank ``r`` takes the ``r``-th run of ``micro_batch_size`` indices of
+    every block. So the micro-batches of a global batch hold the same samples whatever the
+    data-parallel size: one worker's micro-batch ``k`` is the micro-batch some rank reads.
     """
 
     def __init__(
@@ -51,24 +54,29 @@ class EpochSampler:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        micro_batch_size: int = 1,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
         self.lengths, self.group_batch_size = lengths, group_batch_size
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.micro_batch_size = micro_batch_size
 
     def indices(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         if self.lengths is not None:
-            order = length_grouped_indices(self.lengths, self.group_batch_size * self.world_size, rng)
+            order = length_grouped_indices(self.lengths, self.group_batch_size, rng)
         elif self.shuffle:
             order = rng.permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
+        block = self.micro_batch_size * self.world_size
         if self.drop_last:
-            order = order[: len(order) - len(order) % self.world_size]
-        elif len(order) % self.world_size:
-            extra = self.world_size - len(order) % self.world_size
-            order = np.concatenate([order, np.resize(order, extra)])
-        return order[self.rank :: self.world_size]
+            order = order[: len(order) - len(order) % block]
+        elif len(order) % block:
+            order = np.concatenate([order, np.resize(order, block - len(order) % block)])
+        runs = order.reshape(-1, self.world_size, self.micro_batch_size)  # [blocks, ranks, micro-batch]
+        return runs[:, self.rank].reshape(-1)

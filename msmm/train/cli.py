@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 import mindspore
 import numpy as np
 
+from msmm import runtime
+
 
 def apply_recompute(model, granularity: Optional[str]) -> int:
     """Mark each transformer layer (``full``) or its attention (``selective``) for
@@ -77,13 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataConfigError as err:
         print(f"msmm-train: {err}", file=sys.stderr)
         return 2
-    os.environ.setdefault("MSMM_DEVICE", mindspore.get_context("device_target"))
-    from msmm.train.host_pipeline import configure as configure_host_pipeline
-
-    configure_host_pipeline(mindspore.get_context("device_target"))  # before the first MindSpore op
-    from auto_convert import hook
-
-    hook.install(["msmm.models"])
+    runtime.start()  # before the first MindSpore op and before msmm.models is imported
     from msmm.config.data_config import load_data_config
     from msmm.data.build import build_dataloader
     from msmm.checkpoint.layout import is_mm_checkpoint
@@ -118,7 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data_config.dataloader_param.micro_batch_size = args.micro_batch_size
     if args.num_workers is not None:
         data_config.dataloader_param.num_workers = args.num_workers
-    loader = build_dataloader(data_config, rank=world.rank, world_size=world.size)
+    loader = build_dataloader(data_config, rank=world.rank, world_size=world.size,
+                              global_batch_size=args.global_batch_size)
 
     config = TrainConfig(
         train_iters=args.train_iters, global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,

@@ -282,3 +282,23 @@ def test_exact_resume_with_bad_records(tmp_path, caplog):
     # the resumed epoch's summary still counts the bad records met before the checkpoint
     assert "epoch 0: skipped 10 sample(s)" in caplog.text and "epoch 1: skipped 10 sample(s)" in caplog.text
     assert "20 skipped in all epochs so far" in caplog.text
+
+
+@pytest.mark.parametrize("micro_batch_size, world_size, drop_last", [(2, 2, False), (2, 4, True), (3, 2, False), (1, 3, True)])
+def test_micro_batches_hold_the_same_samples_whatever_the_data_parallel_size(micro_batch_size, world_size, drop_last):
+    """Megatron's split: a rank reads runs of micro_batch_size from each block of
+    micro_batch_size x world_size, so the micro-batches of one worker are exactly those the
+    ranks read together (the premise of data parallel = one worker)."""
+    def micro_batches(world: int):
+        out = []
+        for rank in range(world):
+            order = EpochSampler(23, seed=5, rank=rank, world_size=world, drop_last=drop_last,
+                                 micro_batch_size=micro_batch_size).indices(epoch=2)
+            out += [tuple(order[i:i + micro_batch_size]) for i in range(0, len(order), micro_batch_size)]
+        return out
+
+    one, many = micro_batches(1), micro_batches(world_size)
+    assert all(len(b) == micro_batch_size for b in many)
+    block = micro_batch_size * world_size
+    per_block = 23 // block if drop_last else -(-23 // block)
+    assert sorted(many) == sorted(one[: per_block * world_size])
