@@ -88,6 +88,15 @@ def _text_config(cfg: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return text
 
 
+def text_section(cfg: Mapping[str, Any]) -> Tuple[str, Mapping[str, Any]]:
+    """(key prefix, dict) of the text model's numbers in a config.json: ``text_config``
+    (HF-native), ``llm_config`` (InternVL remote code) or the top level (Qwen2-VL)."""
+    for key in ("text_config", "llm_config"):
+        if isinstance(cfg.get(key), dict):
+            return key + ".", cfg[key]
+    return "", cfg
+
+
 def _internvl_info(cfg: Mapping[str, Any], where: str) -> ModelInfo:
     vision = _require(cfg, "vision_config", where)
     return ModelInfo(vit_layers=_require(vision, "num_hidden_layers", where),

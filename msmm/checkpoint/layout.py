@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 TRACKER = "latest_checkpointed_iteration.txt"
 PAYLOAD = "model_optim_rng.safetensors"
 METADATA = "metadata.json"
 RELEASE = "release"
 SHARD_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?$")
+ITERATION_DIR = re.compile(r"^iter_\d{7}$")
 
 
 def iteration_dir(root: str, iteration: int) -> str:
@@ -49,20 +50,51 @@ def resolve_load_dir(path: str) -> str:
         text = read_tracker(path)
         directory = os.path.join(path, RELEASE) if text == RELEASE else iteration_dir(path, int(text))
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{os.path.join(path, TRACKER)} names iteration {text}, but {directory} "
-                                    "does not exist")
+            raise FileNotFoundError(f"{os.path.join(path, TRACKER)} names iteration {text}, but {directory} does not "
+                                    f"exist ({_what_is_there(path, os.path.basename(directory))})")
         return directory
     if os.path.isdir(path) and any(SHARD_DIR.match(n) for n in os.listdir(path)):
         return path
     raise FileNotFoundError(f"{path}: not an MM checkpoint (no {TRACKER} and no mp_rank_* directories)")
 
 
+def _what_is_there(root: str, missing: str) -> str:
+    """For an error about ``root/missing``: the iterations ``root`` holds, and where an
+    interrupted save left the missing one."""
+    names = sorted(os.listdir(root))
+    aside = [n for n in names if n.startswith(missing + ".old-")]
+    saved = [n for n in names if ITERATION_DIR.match(n)] + ([RELEASE] if RELEASE in names else [])
+    text = f"{root} holds {', '.join(saved)}" if saved else f"{root} holds no iteration directory"
+    if aside:
+        text += (f"; {aside[0]} is the iteration an interrupted save moved aside: rename it to {missing} (the next "
+                 "msmm-train save does that)")
+    return text
+
+
 def is_mm_checkpoint(path: str) -> bool:
-    try:
-        resolve_load_dir(path)
+    """Whether ``path`` is meant as an MM checkpoint: it has the tracker file or ``mp_rank_*``
+    directories (whether it is complete is for :func:`resolve_load_dir` to say)."""
+    if os.path.isfile(os.path.join(path, TRACKER)):
         return True
-    except (FileNotFoundError, ValueError):
-        return False
+    return os.path.isdir(path) and any(SHARD_DIR.match(n) for n in os.listdir(path))
+
+
+def training_checkpoint_in(directory: str) -> Optional[str]:
+    """What makes ``directory`` hold a training checkpoint (a tracker naming an iteration,
+    ``iter_*`` directories), or None: what ``mm-convert`` must never write into."""
+    if not os.path.isdir(directory):
+        return None
+    found = []
+    tracker = os.path.join(directory, TRACKER)
+    if os.path.isfile(tracker):
+        with open(tracker, "rb") as f:
+            text = f.read(64).decode("utf-8", "replace").strip()
+        if text != RELEASE:
+            found.append(f"{TRACKER} names iteration {text!r}")
+    iterations = sorted(n for n in os.listdir(directory) if n.startswith("iter_"))
+    if iterations:
+        found.append(", ".join(iterations[:3]) + (f" and {len(iterations) - 3} more" if len(iterations) > 3 else ""))
+    return "; ".join(found) or None
 
 
 def shard_dirs(directory: str) -> Dict[Tuple[int, int], str]:

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -80,6 +80,70 @@ def check_complete(tensors: Iterable[str], info: ModelInfo, where: str) -> None:
     for pattern, what in required:
         if not any(pattern.search(n) for n in names):
             raise KeyError(f"{where}: missing key: {what}")
+
+
+_LAYER_SHAPES = (  # MM name suffix of a text decoder layer tensor -> its dims, in config.json terms
+    (r"self_attn\.q_proj\.weight", ("q", "hidden")), (r"self_attn\.[kv]_proj\.weight", ("kv", "hidden")),
+    (r"self_attn\.(o_proj|wo)\.weight", ("hidden", "q")), (r"self_attn\.wqkv\.weight", ("qkv", "hidden")),
+    (r"mlp\.(gate_proj|up_proj|w1|w3)\.weight", ("ffn", "hidden")), (r"mlp\.(down_proj|w2)\.weight", ("hidden", "ffn")),
+    (r"(input_layernorm|post_attention_layernorm)\.weight", ("hidden",)),
+)
+
+
+def check_text_shapes(tensors: Mapping[str, Tensor], text: Mapping[str, Any], prefix: str, top: Mapping[str, Any],
+                      where: str) -> None:
+    """config.json's text decoder numbers (``text``, found under ``prefix``: ``text_config.``,
+    ``llm_config.`` or the top level ``top``) against the shapes of the text tensors (MM names):
+    the embedding and output head ``[vocab_size, hidden_size]``, the final and layer norms
+    ``[hidden_size]``, q/k/v/o (and InternLM2's ``wqkv``) ``num_attention_heads`` /
+    ``num_key_value_heads`` times ``head_dim`` (default ``hidden_size / num_attention_heads``),
+    the MLP ``intermediate_size``. A key the config leaves out is not checked. Errors name the
+    config.json key and the tensor (file and key), before anything is written."""
+    def number(key: str, top_level: bool = False) -> Optional[Tuple[int, str]]:
+        value, name = text.get(key), prefix + key
+        if value is None and top_level:
+            value, name = top.get(key), key
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
+        return value, name
+
+    hidden, heads, vocab = number("hidden_size"), number("num_attention_heads"), number("vocab_size", True)
+    kv, ffn, head_dim = number("num_key_value_heads") or heads, number("intermediate_size"), number("head_dim")
+    if head_dim is None and hidden and heads and heads[0] > 0 and hidden[0] % heads[0] == 0:
+        head_dim = (hidden[0] // heads[0], f"head_dim ({hidden[1]} / {heads[1]})")
+    dims: Dict[str, Optional[Tuple[int, str]]] = {"hidden": hidden, "vocab": vocab, "ffn": ffn}
+    if head_dim is not None:
+        for what, parts in (("q", [heads]), ("kv", [kv]), ("qkv", [heads, kv, kv])):
+            if all(p is not None for p in parts):
+                count = sum(p[0] for p in parts)
+                names = " + ".join(p[1] for p in parts) if len(parts) == 1 else \
+                    f"({parts[0][1]} + 2 * {parts[1][1]})"
+                dims[what] = (count * head_dim[0], f"{names} * {head_dim[1]} = {count} * {head_dim[0]}")
+    checks = []
+    for name, t in tensors.items():
+        if LLM_PRE.match(name):  # the embedding first: it shows vocab_size and hidden_size
+            checks.append((0, name, ("vocab", "hidden")))
+        elif re.search(r"(^|\.)lm_head\.weight$", name):
+            checks.append((1, name, ("vocab", "hidden")))
+        elif LLM_POST.match(name):
+            checks.append((1, name, ("hidden",)))
+        else:
+            m = LLM_LAYER.match(name)
+            for pattern, layer_dims in _LAYER_SHAPES if m else ():
+                if re.fullmatch(r"\." + pattern, m.group(3)):
+                    checks.append((2 + int(m.group(2)), name, layer_dims))
+    for _, name, layer_dims in sorted(checks):
+        t = tensors[name]
+        if len(t.shape) != len(layer_dims):
+            continue
+        for axis, (size, what) in enumerate(zip(t.shape, layer_dims)):
+            want = dims.get(what)
+            if want is not None and want[0] != size:
+                file, _, key = t.source.rpartition(":")
+                raise ValueError(f"{where}: {want[1]} = {want[0]}, but tensor {key!r} in {file} has shape "
+                                 f"{list(t.shape)} (dim {axis} is {size}); config.json and the weights disagree")
 
 
 def check_divisible(info: ModelInfo, tp: int) -> None:

@@ -33,7 +33,8 @@ _DOCS = {  # key -> help text
     "trust_remote_code": "confirm a checkpoint that ships code (auto_map) is trusted; its code is never run",
     "lora_dir": "LoRA adapter in HF PEFT's layout (adapter_config.json, adapter_model.safetensors), "
                 "or an msmm-train checkpoint whose iteration directory holds adapter/",
-    "overwrite": "replace an existing non-empty save_hf_dir",
+    "overwrite": "replace an existing output: a non-empty save_hf_dir, or a previous mm-convert output in "
+                 "mm_dir / target_dir (a directory holding a training checkpoint or other files is never replaced)",
 }
 
 

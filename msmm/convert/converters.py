@@ -6,17 +6,19 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..checkpoint.hf import copy_side_files, load_config, parse_size, read_hf_tensors, write_hf
 from ..checkpoint.lora_merge import merge_tensors
-from ..checkpoint.mm import HF_CONFIG_DIR, ModelInfo, check_complete, check_divisible, read_mm, write_mm
+from ..checkpoint.layout import RELEASE, TRACKER, training_checkpoint_in
+from ..checkpoint.mm import (HF_CONFIG_DIR, ModelInfo, check_complete, check_divisible, check_text_shapes, read_mm,
+                             write_mm)
 from ..checkpoint.parallel import ParallelConfig
 from ..checkpoint.peft import read_adapter
 from ..checkpoint.safetensors import STORAGE, Tensor, open_file
-from ..registry import FAMILIES, FamilySpec
+from ..registry import FAMILIES, FamilySpec, text_section
 
 
 @dataclass
@@ -34,6 +36,7 @@ class HfToMmConfig:
     hf_config: HfConfig = field(default_factory=HfConfig)
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     trust_remote_code: bool = False  # required for checkpoints that ship code (config.json auto_map); never run
+    overwrite: bool = False  # replace a previous mm-convert output in mm_dir
 
 
 @dataclass
@@ -44,6 +47,7 @@ class MmToHfConfig:
     parallel_config: Optional[ParallelConfig] = None  # if given, must match the checkpoint's split
     max_shard_size: str = "5GB"
     trust_remote_code: bool = False  # also copy *.py files of hf_dir (remote-code checkpoints)
+    overwrite: bool = False  # replace an existing non-empty save_hf_dir
 
 
 @dataclass
@@ -52,6 +56,7 @@ class ResplitConfig:
     target_dir: str
     target_parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
     source_parallel_config: Optional[ParallelConfig] = None  # if given, must match the source's split
+    overwrite: bool = False  # replace a previous mm-convert output in target_dir
 
 
 @dataclass
@@ -86,6 +91,67 @@ def _nested(a: str, b: str) -> bool:
     return os.path.commonpath([a, b]) in (a, b)
 
 
+# what an mm-convert output directory holds (".release.tmp": left by an older mm-convert)
+MM_OUTPUT = (TRACKER, RELEASE, HF_CONFIG_DIR, ".release.tmp")
+
+
+def output_dir(key: str, path: str, overwrite: bool, inputs: Mapping[str, Optional[str]], mm_output: bool) -> str:
+    """The real path of the output directory ``path`` (``--cfg.<key>``), checked before
+    anything is read or written: it may not be, contain or lie inside any of ``inputs``
+    ({key: path}, compared as real paths); it is never a directory holding a training
+    checkpoint (tracker naming an iteration, ``iter_*``), and for an MM output (``mm_output``)
+    nothing but a previous mm-convert output (tracker ``release``, ``release/``, ``hf_config/``);
+    a non-empty one is replaced only with ``overwrite``."""
+    out = os.path.realpath(path)
+    for name, source in inputs.items():
+        if source is not None and _nested(os.path.realpath(source), out):
+            raise ValueError(f"{key} {path} and {name} {source} are the same directory or one contains the other; "
+                             f"write to another {key}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"{key} {path} exists and is not a directory")
+    if not os.path.isdir(out) or not os.listdir(out):
+        return out
+    training = training_checkpoint_in(out)
+    if training is not None:
+        raise FileExistsError(f"{key} {path} holds a training checkpoint ({training}); mm-convert never writes into "
+                              f"one (not even with --cfg.overwrite True): choose another {key}")
+    unrelated = sorted(n for n in os.listdir(out) if n not in MM_OUTPUT) if mm_output else []
+    if unrelated:
+        raise FileExistsError(f"{key} {path} holds {os.path.join(path, unrelated[0])}, which is not part of an "
+                              f"mm-convert output ({TRACKER} 'release', {RELEASE}/, {HF_CONFIG_DIR}/): choose another "
+                              f"{key}")
+    if not overwrite:
+        what = "a previous mm-convert output" if mm_output else "not empty"
+        raise FileExistsError(f"{key} {path} exists and is {what}; remove it or pass --cfg.overwrite True")
+    return out
+
+
+def publish(out: str, write: Callable[[str], None]) -> None:
+    """``write(directory)`` into ``out.tmp-<pid>``, then rename that to ``out``: an existing
+    ``out`` is renamed aside first, removed once the new one is in place, and put back if
+    that rename fails. On any failure the temporary directory is removed and ``out`` is as it
+    was."""
+    tmp = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        write(tmp)
+        if os.path.isdir(out):
+            old = f"{out}.old-{os.getpid()}"
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 class Converter:
     """hf_to_mm / mm_to_hf / resplit / merge_lora for one family (its ``msmm.registry`` entry)."""
 
@@ -107,25 +173,35 @@ class Converter:
         return load_config(hf.hf_dir), read_hf_tensors(hf.hf_dir), hf.hf_dir
 
     def hf_to_mm(self, cfg: HfToMmConfig) -> str:
-        config, hf_tensors, side_dir = self.read_source(cfg.hf_config)
+        hf_cfg = cfg.hf_config
+        out_dir = output_dir("mm_dir", cfg.mm_dir, cfg.overwrite, {
+            "hf_config.hf_dir": hf_cfg.hf_dir, "hf_config.vision_dir": hf_cfg.vision_dir,
+            "hf_config.llm_dir": hf_cfg.llm_dir, "hf_config.projector_path": hf_cfg.projector_path}, mm_output=True)
+        config, hf_tensors, side_dir = self.read_source(hf_cfg)
         where = os.path.join(side_dir, "config.json")
         _check_trust(config, where, cfg.trust_remote_code)
         info = self.info(config, where)
         tensors = self.spec.naming.to_mm(hf_tensors, info.layout, self.spec.text_family(config, where))
         check_complete(tensors, info, side_dir)
+        prefix, text = text_section(config)
+        check_text_shapes(tensors, text, prefix, config, where)
         parallel = cfg.parallel_config.resolved(info.llm_layers, info.vit_layers)
         check_divisible(info, parallel.tp_size)
-        os.makedirs(cfg.mm_dir, exist_ok=True)
-        out = write_mm(cfg.mm_dir, tensors, parallel, info, self.name)
-        side = os.path.join(cfg.mm_dir, HF_CONFIG_DIR)
-        shutil.rmtree(side, ignore_errors=True)
-        copy_side_files(side_dir, side, with_code=False)
-        with open(os.path.join(side, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        return out
+
+        def write(directory: str) -> None:
+            write_mm(directory, tensors, parallel, info, self.name)
+            side = os.path.join(directory, HF_CONFIG_DIR)
+            copy_side_files(side_dir, side, with_code=False)
+            with open(os.path.join(side, "config.json"), "w") as f:
+                json.dump(config, f, indent=2)
+
+        publish(out_dir, write)
+        return os.path.join(cfg.mm_dir, RELEASE)
 
     def mm_to_hf(self, cfg: MmToHfConfig) -> str:
         source = cfg.hf_config.hf_dir or os.path.join(cfg.mm_dir, HF_CONFIG_DIR)
+        out_dir = output_dir("save_hf_dir", cfg.save_hf_dir, cfg.overwrite,
+                             {"mm_dir": cfg.mm_dir, "hf_config.hf_dir": source}, mm_output=False)
         config = load_config(source)
         where = os.path.join(source, "config.json")
         _check_trust(config, where, cfg.trust_remote_code)
@@ -133,10 +209,16 @@ class Converter:
         tensors, found, _ = read_mm(cfg.mm_dir)
         _check_expected(found, cfg.parallel_config, cfg.mm_dir)
         check_complete(tensors, info, cfg.mm_dir)
+        prefix, text = text_section(config)
+        check_text_shapes(tensors, text, prefix, config, where)
         hf = self.spec.naming.to_hf(tensors, info.layout, self.spec.text_family(config, where), info.tie_word_embeddings)
-        os.makedirs(cfg.save_hf_dir, exist_ok=True)
-        write_hf(cfg.save_hf_dir, hf, parse_size(cfg.max_shard_size))
-        copy_side_files(source, cfg.save_hf_dir, with_code=cfg.trust_remote_code)
+        size = parse_size(cfg.max_shard_size)
+
+        def write(directory: str) -> None:
+            write_hf(directory, hf, size)
+            copy_side_files(source, directory, with_code=cfg.trust_remote_code)
+
+        publish(out_dir, write)
         return cfg.save_hf_dir
 
     def merge_lora(self, cfg: MergeLoraConfig) -> str:
@@ -152,14 +234,8 @@ class Converter:
         where = os.path.join(base_dir, "config.json")
         _check_trust(config, where, cfg.trust_remote_code)
         info = self.info(config, where)
-        out_dir = os.path.realpath(cfg.save_hf_dir)
-        for name, path in (("hf_config.hf_dir", base_dir), ("lora_dir", cfg.lora_dir)):
-            if _nested(os.path.realpath(path), out_dir):
-                raise ValueError(f"save_hf_dir {cfg.save_hf_dir} and {name} {path} are the same directory or one "
-                                 "contains the other; write the merged checkpoint elsewhere")
-        if os.path.isdir(out_dir) and os.listdir(out_dir) and not cfg.overwrite:
-            raise FileExistsError(f"save_hf_dir {cfg.save_hf_dir} exists and is not empty; remove it or pass "
-                                  "--cfg.overwrite True")
+        out_dir = output_dir("save_hf_dir", cfg.save_hf_dir, cfg.overwrite,
+                             {"hf_config.hf_dir": base_dir, "lora_dir": cfg.lora_dir}, mm_output=False)
         adapter = read_adapter(cfg.lora_dir)
         naming, text_family = self.spec.naming, self.spec.text_family(config, where)
 
@@ -169,29 +245,17 @@ class Converter:
 
         merged = merge_tensors(read_hf_tensors(base_dir), adapter, resolve)
         size = parse_size(cfg.max_shard_size)
-        tmp = f"{out_dir}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        try:
-            write_hf(tmp, merged, size, desc="merge_lora")
-            copy_side_files(base_dir, tmp, with_code=cfg.trust_remote_code)
-            if os.path.isdir(out_dir):
-                old = f"{out_dir}.old-{os.getpid()}"
-                os.replace(out_dir, old)
-                try:
-                    os.replace(tmp, out_dir)
-                except BaseException:
-                    os.replace(old, out_dir)
-                    raise
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        def write(directory: str) -> None:
+            write_hf(directory, merged, size, desc="merge_lora")
+            copy_side_files(base_dir, directory, with_code=cfg.trust_remote_code)
+
+        publish(out_dir, write)
         return cfg.save_hf_dir
 
     def resplit(self, cfg: ResplitConfig) -> str:
+        out_dir = output_dir("target_dir", cfg.target_dir, cfg.overwrite, {"source_dir": cfg.source_dir},
+                             mm_output=True)
         tensors, found, meta = read_mm(cfg.source_dir)
         _check_expected(found, cfg.source_parallel_config, cfg.source_dir)
         info = ModelInfo(**meta["model"]) if meta.get("model") else None
@@ -199,12 +263,15 @@ class Converter:
         parallel = cfg.target_parallel_config.resolved(llm_layers, vit_layers)
         if info is not None:
             check_divisible(info, parallel.tp_size)
-        os.makedirs(cfg.target_dir, exist_ok=True)
-        out = write_mm(cfg.target_dir, tensors, parallel, info, self.name, meta.get("vocab_size"))
         side = os.path.join(cfg.source_dir, HF_CONFIG_DIR)
-        if os.path.isdir(side):
-            copy_side_files(side, os.path.join(cfg.target_dir, HF_CONFIG_DIR), with_code=False)
-        return out
+
+        def write(directory: str) -> None:
+            write_mm(directory, tensors, parallel, info, self.name, meta.get("vocab_size"))
+            if os.path.isdir(side):
+                copy_side_files(side, os.path.join(directory, HF_CONFIG_DIR), with_code=False)
+
+        publish(out_dir, write)
+        return os.path.join(cfg.target_dir, RELEASE)
 
 
 _CLIP_TEXT_SIDE = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)")
