@@ -79,8 +79,8 @@ class PixelShuffleProjector(nn.Module):
         self.ps_version = ps_version
         folded = vision_hidden * int(round(1 / downsample_ratio)) ** 2
         self.layer_norm = nn.LayerNorm(folded, eps=layernorm_epsilon)
-        self.linear_1 = ColumnParallelLinear(folded, text_hidden, True, 1, init_method_std)
-        self.linear_2 = RowParallelLinear(text_hidden, text_hidden, True, 1, init_method_std)
+        self.linear_1 = ColumnParallelLinear(folded, text_hidden, True, init_method_std)
+        self.linear_2 = RowParallelLinear(text_hidden, text_hidden, True, init_method_std)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         n, p, c = features.shape
@@ -97,8 +97,8 @@ class MLPProjector(nn.Module):
 
     def __init__(self, vision_hidden: int, text_hidden: int, bias: bool = True, init_method_std: float = 0.02) -> None:
         super().__init__()
-        self.linear_1 = ColumnParallelLinear(vision_hidden, text_hidden, bias, 1, init_method_std)
-        self.linear_2 = RowParallelLinear(text_hidden, text_hidden, bias, 1, init_method_std)
+        self.linear_1 = ColumnParallelLinear(vision_hidden, text_hidden, bias, init_method_std)
+        self.linear_2 = RowParallelLinear(text_hidden, text_hidden, bias, init_method_std)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.gelu(self.linear_1(features)))

@@ -66,13 +66,34 @@ def test_quick_gelu_matches_definition():
     torch.testing.assert_close(quick_gelu(x), x * torch.sigmoid(1.702 * x), atol=1e-6, rtol=1e-6)
 
 
-def test_parallel_linear_layout_and_tp_guard():
+def test_parallel_linear_layout():
     col, row = ColumnParallelLinear(8, 12, bias=True), RowParallelLinear(12, 8)
     assert col.weight.shape == (12, 8) and col.bias.shape == (12,) and row.bias is None
     x = torch.randn(3, 8)
     torch.testing.assert_close(col(x), x @ col.weight.T + col.bias)
-    with pytest.raises(NotImplementedError, match="tensor_model_parallel_size=2"):
-        ColumnParallelLinear(8, 12, tp_size=2)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_tensor_parallel_shards_are_mm_converts_split_of_the_same_initialisation(rank, monkeypatch):
+    """A rank's shard is what mm-convert's split (msmm.checkpoint.parallel) gives that rank
+    from the weight one process initialises with the same seed: same numbers at any TP."""
+    from msmm.checkpoint.parallel import COLUMN, FUSED_QKV, ROW, VOCAB, split
+    from msmm.models.core import tensor_parallel
+
+    def build():
+        torch.manual_seed(0)
+        return (ColumnParallelLinear(8, 12), RowParallelLinear(12, 8), ColumnParallelLinear(8, 24, fused_parts=3),
+                ColumnParallelLinear(8, 7, padded_out=tensor_parallel.padded_vocab_size(7)),
+                tensor_parallel.VocabParallelEmbedding(7, 8))
+
+    full = [m.weight.detach().numpy() for m in build()]
+    monkeypatch.setattr(tensor_parallel._STATE, "size", 2)
+    monkeypatch.setattr(tensor_parallel._STATE, "rank", rank)
+    shards = [m.weight.detach().numpy() for m in build()]
+    for kind, whole, shard in zip((COLUMN, ROW, FUSED_QKV, VOCAB, VOCAB), full, shards):
+        np.testing.assert_array_equal(shard, split(kind, whole, 2, padded=8 if kind == VOCAB else None)[rank])
+    with pytest.raises(ValueError, match=r"out_features \(9\) is not divisible by the tensor-parallel size \(2\)"):
+        ColumnParallelLinear(8, 9)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .config import TransformerConfig
 from .parallel_linear import ColumnParallelLinear, RowParallelLinear
 from .rotary import apply_rotary
+from .tensor_parallel import divide
 
 
 def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -121,8 +122,9 @@ class SelfAttention(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_groups = config.num_query_groups
+        # this rank's heads and key/value groups (all of them without tensor parallelism)
+        self.num_heads = divide(config.num_attention_heads, "num_attention_heads")
+        self.num_groups = divide(config.num_query_groups, "num_query_groups")
         self.head_dim = config.kv_channels
         self.dropout = config.attention_dropout
         self._build_projections(config)
@@ -134,12 +136,12 @@ class SelfAttention(nn.Module):
         self.rotate_half = torch.tensor(rotation)
 
     def _build_projections(self, config: TransformerConfig) -> None:
-        h, tp, std = config.hidden_size, config.tensor_model_parallel_size, config.init_method_std
-        q_out, kv_out = self.num_heads * self.head_dim, self.num_groups * self.head_dim
-        self.q_proj = ColumnParallelLinear(h, q_out, config.add_qkv_bias, tp, std)
-        self.k_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, tp, std)
-        self.v_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, tp, std)
-        self.o_proj = RowParallelLinear(q_out, h, config.add_bias_linear, tp, std)
+        h, std = config.hidden_size, config.init_method_std
+        q_out, kv_out = config.num_attention_heads * self.head_dim, config.num_query_groups * self.head_dim
+        self.q_proj = ColumnParallelLinear(h, q_out, config.add_qkv_bias, std)
+        self.k_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, std)
+        self.v_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, std)
+        self.o_proj = RowParallelLinear(q_out, h, config.add_bias_linear, std)
 
     def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, L, hidden] -> q [B, L, H, D], k and v [B, L, G, D]."""

@@ -31,7 +31,6 @@ class TransformerConfig:
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
-    tensor_model_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.num_query_groups is None:

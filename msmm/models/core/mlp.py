@@ -20,10 +20,10 @@ class SwiGLUMLP(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         h, f = config.hidden_size, config.ffn_hidden_size
-        tp, std, bias = config.tensor_model_parallel_size, config.init_method_std, config.add_bias_linear
-        self.gate_proj = ColumnParallelLinear(h, f, bias, tp, std)
-        self.up_proj = ColumnParallelLinear(h, f, bias, tp, std)
-        self.down_proj = RowParallelLinear(f, h, bias, tp, std)
+        std, bias = config.init_method_std, config.add_bias_linear
+        self.gate_proj = ColumnParallelLinear(h, f, bias, std)
+        self.up_proj = ColumnParallelLinear(h, f, bias, std)
+        self.down_proj = RowParallelLinear(f, h, bias, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -43,10 +43,10 @@ class MLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         h, f = config.hidden_size, config.ffn_hidden_size
-        tp, std = config.tensor_model_parallel_size, config.init_method_std
+        std = config.init_method_std
         self.activation = activation
-        self.fc1 = ColumnParallelLinear(h, f, True, tp, std)
-        self.fc2 = RowParallelLinear(f, h, True, tp, std)
+        self.fc1 = ColumnParallelLinear(h, f, True, std)
+        self.fc2 = RowParallelLinear(f, h, True, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))

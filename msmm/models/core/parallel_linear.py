@@ -1,62 +1,80 @@
 """Megatron-style linear layers; weights are stored [out, in] like torch.nn.Linear and HF.
 
-Tensor parallelism shards ColumnParallelLinear along ``out`` and RowParallelLinear along
-``in``. The collectives that go with the shards (identity-forward/all-reduce-backward
-before a column layer, all-reduce after a row layer) arrive with the parallel issue; until
-then only ``tp_size=1`` is accepted, so a model built here is already shaped for TP.
+With tensor parallelism (``tensor_parallel.initialize_tensor_parallel``) a
+``ColumnParallelLinear`` holds this rank's rows of the weight (output features; its input
+passes ``copy_to_tensor_parallel_region``) and a ``RowParallelLinear`` its columns (input
+features; the partial outputs are summed by ``reduce_from_tensor_parallel_region``, then the
+unsplit bias is added). Shards are taken as mm-convert takes them (``msmm.checkpoint.parallel``:
+contiguous chunks; a fused q/k/v weight [q; k; v] by chunks of each part), and the full
+weight is initialised first and then sharded, so a model draws the same numbers at any
+tensor-parallel size.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _check_tp(tp_size: int, dim: int, what: str) -> int:
-    if tp_size != 1:
-        raise NotImplementedError(
-            f"tensor_model_parallel_size={tp_size}: only 1 is supported until the "
-            f"tensor-parallel collectives land"
-        )
-    if dim % tp_size:
-        raise ValueError(f"{what} ({dim}) is not divisible by tensor_model_parallel_size ({tp_size})")
-    return dim // tp_size
+from .tensor_parallel import (copy_to_tensor_parallel_region, divide, reduce_from_tensor_parallel_region, shard_rows,
+                              tensor_parallel_size)
 
 
-class _ParallelLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, init_std: float) -> None:
+def _init_full(out_features: int, in_features: int, init_std: float) -> torch.Tensor:
+    weight = torch.empty(out_features, in_features)
+    nn.init.normal_(weight, mean=0.0, std=init_std)
+    return weight
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x W^T + b with W (and b) split by rows (output features) across the
+    tensor-parallel ranks; ``fused_parts`` > 1 for a fused weight [part_1; ...; part_n]
+    split part by part (the Qwen ViT's qkv). The output stays split (each rank has its
+    features). ``padded_out``: zero rows appended after initialisation up to that many
+    output features (a vocabulary padded for the split; the same numbers are drawn)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, init_std: float = 0.02,
+                 fused_parts: int = 1, padded_out: Optional[int] = None) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        nn.init.normal_(self.weight, mean=0.0, std=init_std)
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features))
-        else:
-            self.bias = None
+        full = _init_full(out_features, in_features, init_std)
+        if padded_out is not None and padded_out > out_features:
+            full = torch.cat([full, torch.zeros(padded_out - out_features, in_features, dtype=full.dtype)], dim=0)
+            out_features = padded_out
+        divide(out_features // fused_parts, "out_features" + (" per fused part" if fused_parts > 1 else ""))
+        self.in_features, self.out_features = in_features, out_features
+        self.tp_size = tensor_parallel_size()
+        self.weight = nn.Parameter(shard_rows(full, fused_parts))
+        self.bias = nn.Parameter(torch.zeros(out_features // self.tp_size)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(copy_to_tensor_parallel_region(x), self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+                + (f", tp_size={self.tp_size}" if self.tp_size > 1 else ""))
 
 
-class ColumnParallelLinear(_ParallelLinear):
-    """y = x W^T + b with W split by rows (output features) across ``tp_size`` ranks."""
+class RowParallelLinear(nn.Module):
+    """y = x W^T + b with W split by columns (input features) across the tensor-parallel
+    ranks: x arrives split (each rank its features), the partial products are summed
+    over the ranks, then the bias (not split) is added."""
 
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool = False, tp_size: int = 1, init_std: float = 0.02
-    ) -> None:
-        super().__init__(in_features, _check_tp(tp_size, out_features, "out_features"), bias, init_std)
-        self.tp_size = tp_size
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, init_std: float = 0.02) -> None:
+        super().__init__()
+        divide(in_features, "in_features")
+        self.in_features, self.out_features = in_features, out_features
+        self.tp_size = tensor_parallel_size()
+        full = _init_full(out_features, in_features, init_std)
+        self.weight = nn.Parameter(full if self.tp_size == 1 else shard_rows(full.t()).t().contiguous())
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return F.linear(x, self.weight, self.bias)
+        out = reduce_from_tensor_parallel_region(F.linear(x, self.weight))
+        return out if self.bias is None else out + self.bias
 
-class RowParallelLinear(_ParallelLinear):
-    """y = x W^T + b with W split by columns (input features) across ``tp_size`` ranks."""
-
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool = False, tp_size: int = 1, init_std: float = 0.02
-    ) -> None:
-        super().__init__(_check_tp(tp_size, in_features, "in_features"), out_features, bias, init_std)
-        self.tp_size = tp_size
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+                + (f", tp_size={self.tp_size}" if self.tp_size > 1 else ""))

@@ -17,6 +17,7 @@ from ..core import (
     cached_attention_mask,
     causal_attention_mask,
 )
+from ..core.tensor_parallel import VocabParallelEmbedding, padded_vocab_size
 
 IGNORE_INDEX = -100
 
@@ -43,8 +44,8 @@ class DecoderModel(TransformerBlock):
 
     def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec) -> None:
         super().__init__(config, layer_spec)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=config.init_method_std)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, config.pad_token_id,
+                                                   config.init_method_std)
         self.rotary_emb = RotaryEmbedding(config.kv_channels, config.rotary_base, config.mrope_section)
         self.uses_mrope = config.mrope_section is not None
 
@@ -94,9 +95,9 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = DecoderModel(config, layer_spec)
-        self.lm_head = ColumnParallelLinear(
-            config.hidden_size, config.vocab_size, False, config.tensor_model_parallel_size, config.init_method_std
-        )
+        # vocab-parallel logits: a rank computes those of its (padded) vocabulary rows
+        self.lm_head = ColumnParallelLinear(config.hidden_size, config.vocab_size, False, config.init_method_std,
+                                            padded_out=padded_vocab_size(config.vocab_size))
         self.tied_weights = {}
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -29,11 +29,12 @@ from .decoder import CausalLM
 
 class InternLM2Attention(SelfAttention):
     def _build_projections(self, config: TransformerConfig) -> None:
-        h, tp, std = config.hidden_size, config.tensor_model_parallel_size, config.init_method_std
+        h, std = config.hidden_size, config.init_method_std
         self.queries_per_group = self.num_heads // self.num_groups
-        qkv_out = self.num_groups * (self.queries_per_group + 2) * self.head_dim
-        self.wqkv = ColumnParallelLinear(h, qkv_out, config.add_qkv_bias, tp, std)
-        self.wo = RowParallelLinear(self.num_heads * self.head_dim, h, config.add_bias_linear, tp, std)
+        # grouped rows: a contiguous shard holds whole key/value groups
+        qkv_out = config.num_query_groups * (self.queries_per_group + 2) * self.head_dim
+        self.wqkv = ColumnParallelLinear(h, qkv_out, config.add_qkv_bias, std)
+        self.wo = RowParallelLinear(config.num_attention_heads * self.head_dim, h, config.add_bias_linear, std)
 
     def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, l, r = x.shape[0], x.shape[1], self.queries_per_group
@@ -51,10 +52,10 @@ class InternLM2MLP(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         h, f = config.hidden_size, config.ffn_hidden_size
-        tp, std = config.tensor_model_parallel_size, config.init_method_std
-        self.w1 = ColumnParallelLinear(h, f, False, tp, std)
-        self.w3 = ColumnParallelLinear(h, f, False, tp, std)
-        self.w2 = RowParallelLinear(f, h, False, tp, std)
+        std = config.init_method_std
+        self.w1 = ColumnParallelLinear(h, f, False, std)
+        self.w3 = ColumnParallelLinear(h, f, False, std)
+        self.w2 = RowParallelLinear(f, h, False, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core import MLP, RMSNorm, RowParallelLinear, TransformerConfig, build_norm
+from ..core.tensor_parallel import ShardedRMSNorm, tensor_parallel_size
 from .vit import ViTConfig, ViTSelfAttention, resize_position_embedding
 
 _NORMS = {"layer_norm": "LayerNorm", "rms_norm": "RMSNorm"}
@@ -106,12 +107,12 @@ class InternVisionAttention(ViTSelfAttention):
     def __init__(self, config: TransformerConfig, qk_layernorm: bool) -> None:
         super().__init__(config)
         h, eps = config.hidden_size, config.layernorm_epsilon
-        self.q_norm = RMSNorm(h, eps) if qk_layernorm else nn.Identity()
-        self.k_norm = RMSNorm(h, eps) if qk_layernorm else nn.Identity()
+        norm = RMSNorm if tensor_parallel_size() == 1 else ShardedRMSNorm  # over all heads, of all ranks
+        self.q_norm = norm(h, eps) if qk_layernorm else nn.Identity()
+        self.k_norm = norm(h, eps) if qk_layernorm else nn.Identity()
 
     def _build_output(self, config: TransformerConfig) -> None:
-        tp, std = config.tensor_model_parallel_size, config.init_method_std
-        self.projection_layer = RowParallelLinear(config.hidden_size, config.hidden_size, True, tp, std)
+        self.projection_layer = RowParallelLinear(config.hidden_size, config.hidden_size, True, config.init_method_std)
 
     def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.q_norm(self.q_proj(x)), self.k_norm(self.k_proj(x)), self.v_proj(x)

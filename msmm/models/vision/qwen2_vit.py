@@ -30,6 +30,7 @@ from ..core import (
     dot_product_attention,
     segment_mask,
 )
+from ..core.tensor_parallel import divide
 
 NORM_EPS = 1e-6
 
@@ -121,10 +122,10 @@ class VisionAttention(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         h, std = config.hidden_size, config.init_method_std
-        self.num_heads = config.num_attention_heads
+        self.num_heads = divide(config.num_attention_heads, "the ViT's num_attention_heads")  # this rank's heads
         self.head_dim = config.kv_channels
-        self.qkv = ColumnParallelLinear(h, 3 * h, True, config.tensor_model_parallel_size, std)
-        self.proj = RowParallelLinear(h, h, True, config.tensor_model_parallel_size, std)
+        self.qkv = ColumnParallelLinear(h, 3 * h, True, std, fused_parts=3)  # a rank holds [q_r; k_r; v_r]
+        self.proj = RowParallelLinear(h, h, True, std)
 
     def forward(self, x: torch.Tensor, rotary, mask: torch.Tensor) -> torch.Tensor:
         """x [N, dim]; rotary (cos, sin) [N, head_dim]; mask bool [1, 1, N, N]."""

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core import ColumnParallelLinear, RowParallelLinear, TransformerConfig, dot_product_attention
+from ..core.tensor_parallel import divide
 
 
 @dataclass
@@ -79,18 +80,17 @@ class ViTSelfAttention(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        h, tp, std = config.hidden_size, config.tensor_model_parallel_size, config.init_method_std
-        self.num_heads = config.num_attention_heads
+        h, std = config.hidden_size, config.init_method_std
+        self.num_heads = divide(config.num_attention_heads, "the ViT's num_attention_heads")  # this rank's heads
         self.head_dim = config.kv_channels
         self.dropout = config.attention_dropout
-        self.q_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, tp, std)
-        self.k_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, tp, std)
-        self.v_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, tp, std)
+        self.q_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std)
+        self.k_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std)
+        self.v_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std)
         self._build_output(config)
 
     def _build_output(self, config: TransformerConfig) -> None:
-        tp, std = config.tensor_model_parallel_size, config.init_method_std
-        self.out_proj = RowParallelLinear(config.hidden_size, config.hidden_size, True, tp, std)
+        self.out_proj = RowParallelLinear(config.hidden_size, config.hidden_size, True, config.init_method_std)
 
     def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)

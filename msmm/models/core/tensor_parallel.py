@@ -1,0 +1,174 @@
+"""Megatron's tensor parallelism for the torch-style model code: this rank's tensor-parallel
+group, the conjugate collectives around sharded layers, and the layers whose shards need
+one (vocabulary-parallel embedding, RMSNorm over a sharded hidden dimension).
+
+The regions are ``torch.autograd.Function``s over ``torch.distributed``: on MindSpore
+(auto_convert + adapters) they are Cells with a custom ``bprop`` and the collectives are
+MindSpore's (HCCL on Ascend, exact CPU fallbacks on mccl), in PyNative and graph mode.
+
+* ``copy_to_tensor_parallel_region``: identity forward, all-reduce of the gradient (before
+  a column-parallel layer: every rank's input gradient is a partial sum);
+* ``reduce_from_tensor_parallel_region``: all-reduce forward, identity backward (after a
+  row-parallel layer: the partial products of the ranks add up);
+* ``all_reduce_tensor_parallel``: all-reduce forward and backward (a sum whose result
+  feeds rank-specific computation, e.g. the variance of a sharded RMSNorm).
+
+``initialize_tensor_parallel(groups)`` is called once, before a model is built, with the
+rank lists of every tensor-parallel group (msmm-train does it from its rank layout);
+layers read the size and rank at construction. Without it, everything is one rank.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _State:
+    group = None  # this rank's tensor-parallel group (torch.distributed ProcessGroup)
+    size = 1
+    rank = 0
+
+
+_STATE = _State()
+
+
+def initialize_tensor_parallel(groups: Sequence[Sequence[int]]) -> None:
+    """Create the tensor-parallel groups (every process passes all of them, as
+    ``torch.distributed.new_group`` requires) and remember the one holding this rank."""
+    me = dist.get_rank()
+    for ranks in groups:
+        group = dist.new_group(list(ranks))
+        if me in ranks:
+            _STATE.group, _STATE.size, _STATE.rank = group, len(ranks), list(ranks).index(me)
+
+
+def reset_tensor_parallel() -> None:
+    _STATE.group, _STATE.size, _STATE.rank = None, 1, 0
+
+
+def tensor_parallel_size() -> int:
+    return _STATE.size
+
+
+def tensor_parallel_rank() -> int:
+    return _STATE.rank
+
+
+def divide(total: int, what: str) -> int:
+    """``total`` / tensor-parallel size; an error naming ``what`` when it does not divide."""
+    if total % _STATE.size:
+        raise ValueError(f"{what} ({total}) is not divisible by the tensor-parallel size ({_STATE.size})")
+    return total // _STATE.size
+
+
+class _CopyToRegion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromRegion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _AllReduceRegion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def copy_to_tensor_parallel_region(x: torch.Tensor) -> torch.Tensor:
+    return x if _STATE.size == 1 else _CopyToRegion.apply(x, _STATE.group)
+
+
+def reduce_from_tensor_parallel_region(x: torch.Tensor) -> torch.Tensor:
+    return x if _STATE.size == 1 else _ReduceFromRegion.apply(x, _STATE.group)
+
+
+def all_reduce_tensor_parallel(x: torch.Tensor) -> torch.Tensor:
+    return x if _STATE.size == 1 else _AllReduceRegion.apply(x, _STATE.group)
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 1) -> int:
+    """The vocabulary rounded up to a multiple of ``multiple`` x tensor-parallel size (the
+    rows mm-convert pads with zeros; their logits are left out of the loss)."""
+    step = multiple * _STATE.size
+    return -(-vocab_size // step) * step
+
+
+def shard_rows(full: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    """This rank's rows of ``full``: its contiguous chunk, or with ``parts`` (a fused q/k/v
+    weight [parts * n, ...]) its chunk of each part, concatenated (mm-convert's split)."""
+    if _STATE.size == 1:
+        return full
+    pieces = [torch.chunk(p, _STATE.size, dim=0)[_STATE.rank] for p in torch.chunk(full, parts, dim=0)]
+    return (pieces[0] if parts == 1 else torch.cat(pieces, dim=0)).contiguous()
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Token embeddings with the (padded) vocabulary split in contiguous row blocks: each
+    rank looks up the ids it holds, zeros the others, and the ranks' rows are summed.
+    Initialised as ``nn.Embedding(vocab_size, dim)`` followed by ``normal_(std)`` on the full
+    table, then sharded, so a model draws the same numbers whatever the split."""
+
+    def __init__(self, vocab_size: int, embedding_dim: int, padding_idx: Optional[int] = None,
+                 init_std: float = 0.02, make_vocab_size_divisible_by: int = 1) -> None:
+        super().__init__()
+        full = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx).weight.data
+        nn.init.normal_(full, mean=0.0, std=init_std)
+        padded = padded_vocab_size(vocab_size, make_vocab_size_divisible_by)
+        if padded > vocab_size:
+            full = torch.cat([full, torch.zeros(padded - vocab_size, embedding_dim, dtype=full.dtype)], dim=0)
+        self.vocab_size, self.padding_idx = vocab_size, padding_idx
+        self.rows = padded // _STATE.size
+        self.vocab_start = _STATE.rank * self.rows
+        self.weight = nn.Parameter(shard_rows(full))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if _STATE.size == 1:
+            return F.embedding(input_ids, self.weight, self.padding_idx)
+        local = input_ids - self.vocab_start
+        outside = (local < 0) | (local >= self.rows)
+        embeds = F.embedding(torch.where(outside, torch.zeros_like(local), local), self.weight)
+        embeds = torch.where(outside.unsqueeze(-1), torch.zeros_like(embeds), embeds)
+        return reduce_from_tensor_parallel_region(embeds)
+
+
+class ShardedRMSNorm(nn.Module):
+    """RMSNorm over a hidden dimension that is split across the tensor-parallel ranks
+    (InternViT-6B's q/k norms over all heads): the sum of squares is all-reduced."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.hidden_size, self.eps = hidden_size, eps
+        self.weight = nn.Parameter(torch.ones(divide(hidden_size, "the normalised hidden size")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        variance = all_reduce_tensor_parallel(x.pow(2).sum(-1, keepdim=True)) / self.hidden_size
+        return self.weight * (x * torch.rsqrt(variance + self.eps)).to(dtype)
