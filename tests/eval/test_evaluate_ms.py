@@ -62,6 +62,7 @@ def test_multiple_choice_formats_end_to_end(tiny):
             assert not skipped and record["questions"] == 5
         scored = [q for q in data.questions if q.index not in skipped]
         assert [r["index"] for r in rows] == [q.index for q in scored]
+        assert any(r["prediction"] for r in rows)  # the tiny model says something
         hits = []
         for q, r in zip(scored, rows):  # the score record equals the predictions scored independently
             options, gold = (q.options, q.answers[0]) if q.options else ({"A": q.answers[0], "B": "Other Answers"}, "A")
