@@ -9,6 +9,9 @@
 #   with SRC_ms/auto_convert_report.json,
 # - exports PYTHONPATH, MSMM_AUTO_CONVERT=1 and MindSpore logging defaults.
 #
+# A script that imports msmm.models then calls msmm.runtime.start() first (device, inline host
+# pipeline, and the import hook for msmm.models and MSMM_AUTO_CONVERT_PACKAGES).
+#
 # Sourcing it again is harmless. On an error it reports and returns non-zero; it never
 # exits the calling shell. Set MSMM_PYTHON to choose the interpreter (default: python).
 

@@ -55,11 +55,11 @@ def torch_step(x, ws):
 
 def mindspore_step(x, ws, grad: bool):
     sys.path.insert(0, REPO)
-    import msmm.train  # noqa: F401  before any MindSpore op (host pipeline setting)
+    from msmm import runtime
+
+    runtime.start("CPU", convert_models=False)  # before any MindSpore op (host pipeline setting)
     import mindspore
     from mindspore import Parameter, Tensor, nn, ops
-
-    mindspore.set_device("CPU")
 
     class MLP(nn.Cell):
         def __init__(self):

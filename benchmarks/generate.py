@@ -104,9 +104,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ref = build(args.layers, args.hidden)  # real torch: imported before the hook
 
-    from msmm.infer.cli import load_model, use_mindspore
+    from msmm import runtime
+    from msmm.infer.cli import load_model
 
-    use_mindspore()
+    runtime.start()
     if args.ms_threads:
         import mindspore
 

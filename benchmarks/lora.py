@@ -130,14 +130,13 @@ def timed_run(run: str, step, counts: dict) -> dict:
 
 def worker(run: str) -> dict:
     os.environ.setdefault("GLOG_v", "3")
+    from msmm import runtime
+
+    runtime.start("CPU")  # before any MindSpore op and before msmm.models is imported
     import mindspore
     import numpy as np
 
-    mindspore.set_device("CPU")
     mindspore.set_seed(0)
-    from auto_convert import hook
-
-    hook.install(["msmm.models"])
     from msmm.models import apply_lora_config, build_model, parse_model_config
     from msmm.train.trainer import TrainConfig, Trainer
 

@@ -10,7 +10,7 @@ ratio is the median of the per-round ratios (torch.compile runs once); the ratio
 per step (``time.process_time``, all threads) is reported too, being less sensitive to other
 processes than wall time. ``--compare-async`` adds an msmm run per round with MindSpore's
 asynchronous host pipeline (``MS_DEV_HOST_BLOCKING_RUN=0``, msmm's behaviour before
-``msmm.train.host_pipeline``), to measure what running it inline buys in the same run.
+``msmm.runtime``), to measure what running it inline buys in the same run.
 
     python benchmarks/train_step.py --compare-async    # writes benchmarks/train_step.json
 """
@@ -109,17 +109,16 @@ def run_torch(name: str, compiled: bool) -> dict:
 
 
 def run_msmm(name: str) -> dict:
+    sys.path.insert(0, REPO)
+    from msmm import runtime
+
+    runtime.start("CPU")  # keeps the msmm_async worker's MS_DEV_HOST_BLOCKING_RUN=0
     import mindspore
 
-    mindspore.set_device("CPU")
     mindspore.set_context(mode=mindspore.PYNATIVE_MODE)
     mindspore.set_context(runtime_num_threads=THREADS)  # plus OMP_NUM_THREADS from the parent
-    sys.path.insert(0, REPO)
-    from auto_convert import hook
-
-    hook.install(["msmm.models"])
     from msmm.models.qwen2_vl import Qwen2VL, Qwen2VLConfig
-    from msmm.train.host_pipeline import async_queue_threads
+    from msmm.runtime import async_queue_threads
     from msmm.train.trainer import InputBuilder, TrainConfig, Trainer
 
     mindspore.set_seed(0)
@@ -149,7 +148,7 @@ def run_msmm(name: str) -> dict:
         t1 = time.perf_counter()
         step.forward_backward(tensors)
         t2 = time.perf_counter()
-        norm = step.grad_norm(mindspore.Tensor(1.0, mindspore.float32)).asnumpy()
+        norm = step.grad_norm(1.0)
         t3 = time.perf_counter()
         step.update(1e-5, min(1.0, 1.0 / (float(norm) + 1e-6)))
         step.optimizer.step.asnumpy()

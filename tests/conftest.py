@@ -1,11 +1,11 @@
-"""Session-wide test setup: one torch thread, MindSpore on CPU, fixed seeds."""
+"""Session-wide test setup: one torch thread, MindSpore started on CPU, fixed seeds.
+
+``msmm.runtime.start`` runs before any MindSpore op (inline host pipeline), without the
+import hook: the tests run ``msmm.models`` on real torch and convert them themselves
+(``tests/models/ms_backend.py``)."""
 import os
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
-os.environ.setdefault("MSMM_DEVICE", "CPU")
-# MindSpore runs its host pipeline inline (no busy-waiting queue threads: msmm/train/host_pipeline.py);
-# it reads this once, at the first op, so it is set before mindspore is imported.
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
 
 import numpy as np
 import pytest
@@ -17,9 +17,9 @@ try:  # the reference stack is a test extra; tests that need it import it themse
 except ImportError:  # pragma: no cover
     torch = None
 
-import mindspore
+from msmm import runtime
 
-mindspore.set_device("CPU")
+runtime.start(os.environ.get("MSMM_DEVICE", "CPU"), convert_models=False)
 
 
 @pytest.fixture

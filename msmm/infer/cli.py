@@ -22,9 +22,10 @@ model was trained with; InternVL, Qwen2-VL / Qwen2.5-VL or LLaVA) each prompt go
 that config's chat template and image / video preprocessing, as in training
 (``msmm/infer/prompt.py``); paths are relative to the current directory.
 
-The console scripts run the models on MindSpore: they install the ``auto_convert`` hook
-before ``msmm.models`` is imported, as ``msmm-train`` does. ``infer`` / ``chat`` run with
-whatever ``msmm.models`` is imported (real torch unless the hook is installed).
+The console scripts run the models on MindSpore: they call ``msmm.runtime.start()`` (device,
+inline host pipeline, the ``auto_convert`` hook) before ``msmm.models`` is imported, as
+``msmm-train`` does. ``infer`` / ``chat`` run with whatever ``msmm.models`` is imported (real
+torch unless the hook is installed).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from .. import runtime
 from ..registry import FAMILIES as FAMILIES_BY_NAME, get_family
 from .generate import GenerationConfig, generate_stream
 from .prompt import PreparedPrompt, PromptBuilder, parse_prompt
@@ -230,28 +232,15 @@ def _prompt_builder(cfg: Dict[str, Any], tokenizer) -> Callable[..., PreparedPro
     return raw
 
 
-def use_mindspore() -> None:
-    """Bind ``msmm.models`` to ``adapters.torch`` (MindSpore) for the rest of the process."""
-    import mindspore
-
-    from auto_convert import hook
-    from msmm.train.host_pipeline import configure as configure_host_pipeline
-
-    device = mindspore.get_context("device_target")
-    configure_host_pipeline(device)  # before the first MindSpore op: no busy-waiting host queues on CPU
-    os.environ.setdefault("MSMM_DEVICE", device)
-    hook.install(["msmm.models"])
-
-
 def infer_main(argv: Optional[List[str]] = None) -> int:
     """``msmm-infer``: ``infer`` on MindSpore."""
-    use_mindspore()
+    runtime.start()
     return infer(argv)
 
 
 def chat_main(argv: Optional[List[str]] = None) -> int:
     """``msmm-chat``: ``chat`` on MindSpore."""
-    use_mindspore()
+    runtime.start()
     return chat(argv)
 
 

@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
+from msmm import runtime
+
 
 @dataclass
 class GenerationConfig:
@@ -132,9 +134,9 @@ def prepare_prompt(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray
 
 CACHE_BUCKET = 64  # cache lengths are rounded up to a multiple: one compiled decode step serves many prompts
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)  # prompts are padded to one of these (then multiples of 1024)
-# (id(owner), name) -> (owner, graph). Both live as long as the process: MindSpore caches
-# compiled graphs by the callable's id(), and a freed callable's id reused by a new one would
-# find its graph.
+# (id(owner), name) -> (owner, graph): one graph per model and step, found again by the owner's
+# id(), so the owner lives as long as the process too (a freed model's id reused by a new one
+# would find its graph; runtime.jit keeps the compiled callables themselves).
 _GRAPHS: Dict[Tuple[int, str], Tuple[Any, Callable]] = {}
 
 
@@ -147,8 +149,8 @@ def prompt_bucket(length: int) -> int:
 
 
 def _graph(owner: Any, name: str, fn: Callable, torch: Any, mutable_at: Optional[int] = None) -> Callable:
-    """``fn`` as one ``mindspore.jit`` graph when ``torch`` is adapters.torch (compiled on
-    first use per input shapes, kept alive with ``owner``), else ``fn`` itself. Argument
+    """``fn`` as one ``mindspore.jit`` graph (``runtime.jit``) when ``torch`` is adapters.torch
+    (compiled on first use per input shapes, kept alive with ``owner``), else ``fn`` itself. Argument
     ``mutable_at`` (the KV caches) goes in as ``mindspore.mutable``: a plain tuple of the
     previous call's outputs is taken for new constants and the graph recompiles every call."""
     key = (id(owner), name)
@@ -157,7 +159,7 @@ def _graph(owner: Any, name: str, fn: Callable, torch: Any, mutable_at: Optional
     if torch.__name__.startswith("adapters"):
         import mindspore
 
-        jitted = mindspore.jit(fn)
+        jitted = runtime.jit(fn)
 
         def fn(*args):
             if mutable_at is not None:

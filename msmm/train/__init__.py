@@ -1,7 +1,4 @@
-"""The MindSpore-native trainer. Importing it configures MindSpore's host pipeline for the
-device (``host_pipeline``): do so before running any MindSpore op."""
-import mindspore as _mindspore
+"""The MindSpore-native trainer (call ``msmm.runtime.start()`` before the first MindSpore op)."""
+from .step import compiled_value_and_grad
 
-from .host_pipeline import configure as _configure_host_pipeline
-
-_configure_host_pipeline(_mindspore.get_context("device_target"))
+__all__ = ["compiled_value_and_grad"]

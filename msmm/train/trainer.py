@@ -14,9 +14,9 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from msmm.checkpoint import train_state as ckpt
+from msmm.runtime import HOST_BLOCKING_ENV, async_queue_threads
 
 from .distributed import World
-from .host_pipeline import ENV as HOST_BLOCKING_ENV, async_queue_threads
 from .logger import TrainLogger, peak_memory_mb
 from .loss import IGNORE_INDEX
 from .optimizer import AdamW
@@ -216,7 +216,7 @@ class Trainer:
         if mindspore.get_context("device_target") == "CPU" and async_queue_threads():
             warnings.warn(f"MindSpore's host pipeline threads ({', '.join(async_queue_threads())}) are running: "
                           f"the training step will be several times slower on CPU; set {HOST_BLOCKING_ENV}=1 "
-                          "(or import msmm.train) before the first MindSpore op (docs/training.md)", stacklevel=2)
+                          "(msmm.runtime.start() does) before the first MindSpore op (docs/training.md)", stacklevel=2)
         self.adapter_writer = adapter_writer  # writes PEFT adapter files into each checkpoint
         self.stream = MicroBatchStream(source)
         self.inputs = inputs or InputBuilder(model, seq_length=config.seq_length)

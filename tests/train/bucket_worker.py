@@ -16,15 +16,13 @@ import sys
 os.environ.setdefault("GLOG_v", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from msmm import runtime  # noqa: E402
+
+runtime.start("CPU")  # before any MindSpore op and before msmm.models is imported
+
 import mindspore  # noqa: E402
 import numpy as np  # noqa: E402
 from mindspore.graph import api as graph_api  # noqa: E402
-
-mindspore.set_device("CPU")
-
-from auto_convert import hook  # noqa: E402
-
-hook.install(["msmm.models"])
 
 from ms_worker import ListSource  # noqa: E402
 from msmm.models import build_model, parse_model_config  # noqa: E402

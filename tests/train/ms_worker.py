@@ -14,16 +14,13 @@ import sys
 os.environ.setdefault("GLOG_v", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from msmm import runtime  # noqa: E402
+
+runtime.start("CPU")  # before any MindSpore op and before msmm.models is imported
+
 import mindspore  # noqa: E402
 import numpy as np  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
-
-mindspore.set_device("CPU")
-
-import msmm.train  # noqa: E402,F401  before any MindSpore op: runs MindSpore's host pipeline inline
-from auto_convert import hook  # noqa: E402
-
-hook.install(["msmm.models"])
 
 
 class ListSource:
