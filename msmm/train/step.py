@@ -6,8 +6,7 @@ Three graphs (``mindspore.jit``, AST capture), each compiled once per input shap
   trainable parameters only (``value_and_grad`` with ``weights=``; frozen parameters get no
   gradient), each gradient written (first micro-batch of a step: ``ops.assign``, so no
   zeroing pass is needed) or added (``ops.assign_add``) in-graph into its fp32 buffer;
-* ``grad_sumsq(scale)``: the squared L2 norms of the (scaled) accumulated gradients, of
-  tensor-parallel shards and of the rest (the trainer sums the first over the ranks);
+* ``grad_norm(scale)``: the global L2 norm of the (scaled) accumulated gradients;
 * ``apply(lr, coef)``: one AdamW update from the gradients times ``coef`` (coef = 1/denominator
   times the clip factor).
 
@@ -31,7 +30,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from msmm import runtime
 
-from .loss import REDUCTIONS, VocabParallelCrossEntropy, reduce_loss, token_losses
+from .loss import REDUCTIONS, reduce_loss, token_losses
 from .optimizer import AdamW
 
 
@@ -79,17 +78,13 @@ class TrainStep(nn.Cell):
     """Owns the gradient buffer and the compiled graphs for ``model`` and ``optimizer``."""
 
     def __init__(self, model: nn.Cell, optimizer: AdamW, reduction: str = "micro_batch",
-                 clip_grad: float = 0.0, vocab_parallel: Optional[VocabParallelCrossEntropy] = None,
-                 sharded: Optional[Sequence[bool]] = None) -> None:
+                 clip_grad: float = 0.0) -> None:
         super().__init__(auto_prefix=False)
         if reduction not in REDUCTIONS:
             raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.model, self.optimizer = model, optimizer
         self.reduction, self.clip_grad = reduction, float(clip_grad)
         self.weights = optimizer.params
-        self.vocab_parallel = vocab_parallel  # the loss over vocab-parallel logits (tensor parallel), or None
-        # which gradients are shards of a tensor-parallel parameter (their squares are summed over the ranks)
-        self.sharded = tuple(sharded) if sharded is not None else (False,) * len(self.weights)
         self.grad_acc = mindspore.ParameterTuple([
             Parameter(ops.zeros(p.shape, mindspore.float32), name=f"grad_acc.{name}", requires_grad=False)
             for name, p in zip(optimizer.names, self.weights)])
@@ -97,14 +92,14 @@ class TrainStep(nn.Cell):
         self._grad_fn = mindspore.value_and_grad(self._loss, None, self.weights, has_aux=True)
         self.micro_step_first = runtime.jit(self._micro_step_first)
         self.micro_step = runtime.jit(self._micro_step)
-        self.grad_sumsq = runtime.jit(self._grad_sumsq)
+        self.grad_norm = runtime.jit(self._grad_norm)
         self.apply = runtime.jit(self._apply)
         self.sync_master = runtime.jit(self._sync_master)
         self.sync_master()
 
     def _loss(self, labels: Tensor, inputs: Dict[str, Tensor]):
         logits = self.model(**inputs)
-        losses, mask = token_losses(logits, labels, self.vocab_parallel)
+        losses, mask = token_losses(logits, labels)
         numerator, denominator = reduce_loss(losses, mask, self.reduction)
         return numerator, denominator, mask.sum()
 
@@ -120,27 +115,9 @@ class TrainStep(nn.Cell):
             ops.assign_add(self.grad_acc[k], grads[k].astype(mindspore.float32))
         return numerator, denominator, tokens
 
-    def _grad_sumsq(self, scale: Tensor) -> Tensor:
-        """[2]: the sums of squares of the (scaled) accumulated gradients that are shards of
-        tensor-parallel parameters, and of the others. The global norm is the square root of
-        the first summed over the tensor-parallel ranks plus the second."""
-        sums = []
-        for part in (True, False):
-            grads = [g.reshape(-1) for g, sharded in zip(self.grad_acc, self.sharded) if sharded == part]
-            if grads:
-                flat = ops.concat(grads) * scale
-                sums.append((flat * flat).sum())
-            else:
-                sums.append(ops.zeros((), mindspore.float32))
-        return ops.concat([x.reshape(1) for x in sums])
-
-    def grad_norm(self, scale: float, sum_over_tensor_parallel: Optional[Callable[[Tensor], Tensor]] = None) -> float:
-        """The global L2 norm of the accumulated gradients times ``scale``; the squares of
-        sharded gradients go through ``sum_over_tensor_parallel`` (the all-reduce over the
-        tensor-parallel group) first."""
-        sums = self.grad_sumsq(Tensor(scale, mindspore.float32))
-        sharded = sums[0:1] if sum_over_tensor_parallel is None else sum_over_tensor_parallel(sums[0:1])
-        return math.sqrt(float(sharded.asnumpy()[0]) + float(sums.asnumpy()[1]))
+    def _grad_norm(self, scale: Tensor) -> Tensor:
+        flat = ops.concat([g.reshape(-1) for g in self.grad_acc]) * scale
+        return ops.sqrt((flat * flat).sum())
 
     def _apply(self, lr: Tensor, coef: Tensor) -> Tensor:
         return self.optimizer(self.grad_acc, lr, coef)
