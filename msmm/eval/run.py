@@ -34,16 +34,9 @@ CONVERTERS = {"internvl": "InternVLConverter", "qwen2_vl": "Qwen2VLConverter", "
 
 def start_runtime() -> None:
     """Bind msmm.models to MindSpore for this process (before msmm.models is imported)."""
-    try:
-        from msmm import runtime  # the shared runtime start, once it exists
-    except ImportError:
-        runtime = None
-    if runtime is not None and hasattr(runtime, "start"):
-        runtime.start()
-    else:
-        from msmm.infer.cli import use_mindspore
+    from msmm import runtime
 
-        use_mindspore()
+    runtime.start()
 
 
 def join_world() -> Tuple[int, int]:
@@ -72,8 +65,8 @@ def _merged_hf_dir(cfg: EvalConfig, scratch: str) -> str:
 
 
 def load_model(cfg: EvalConfig):
-    """The model of ``cfg`` (HF dir, MM checkpoint over it, or PEFT adapter merged in), in eval mode.
-    TODO(lead): msmm.models.from_pretrained(path, ...) replaces this body once it exists."""
+    """The model of ``cfg`` (HF dir, MM checkpoint over it, or PEFT adapter merged in), in eval
+    mode, through ``msmm.models.from_pretrained`` (msmm-infer's loader: the family is checked)."""
     from msmm.infer.cli import load_model as infer_load_model
 
     if cfg.adapter:
