@@ -133,10 +133,14 @@ class DataLoader:
 
     def _fill(self, results, order: np.ndarray, epoch: int) -> Iterator[Batch]:
         pending, consumed = [], self.position
+        first = {}  # index -> its first position in the order: a padding repeat is not reported twice
+        for p, i in enumerate(order.tolist()):
+            first.setdefault(i, p)
         for item in results:
             consumed += 1
             if isinstance(item, BadInput):
-                self.log.report(item)
+                if first[int(order[consumed - 1])] == consumed - 1:
+                    self.log.report(item)
                 continue
             pending.append(unshare_batch(item))
             if len(pending) == self.batch_size:

@@ -37,8 +37,9 @@ class EpochSampler:
     """The indices one rank reads in an epoch, split as Megatron's data sampler splits them.
 
     The global order (a permutation, length-grouped in mega-batches of ``group_batch_size``
-    if ``lengths`` is given, or ``0..n-1`` without shuffle) is padded by wrapping around to a
-    multiple of ``micro_batch_size * world_size`` (or cut, with ``drop_last``) and read in
+    if ``lengths`` is given, or ``0..n-1`` without shuffle) is, with several ranks, padded by
+    wrapping around to a multiple of ``micro_batch_size * world_size`` (never cut:
+    ``drop_last`` is the loader's, applied to micro-batches of good samples) and read in
     blocks of that size; rank ``r`` takes the ``r``-th run of ``micro_batch_size`` indices of
     every block. So the micro-batches of a global batch hold the same samples whatever the
     data-parallel size: one worker's micro-batch ``k`` is the micro-batch some rank reads.
@@ -73,10 +74,13 @@ class EpochSampler:
             order = rng.permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
+        if self.world_size == 1:
+            return order
+        # Padded by wrapping around, never cut, also with drop_last: the loader fills
+        # micro-batches with good samples and applies drop_last to them (a cut here would drop
+        # records before anyone knows which are bad: issue 15 item 7).
         block = self.micro_batch_size * self.world_size
-        if self.drop_last:
-            order = order[: len(order) - len(order) % block]
-        elif len(order) % block:
+        if len(order) % block:
             order = np.concatenate([order, np.resize(order, block - len(order) % block)])
         runs = order.reshape(-1, self.world_size, self.micro_batch_size)  # [blocks, ranks, micro-batch]
         return runs[:, self.rank].reshape(-1)

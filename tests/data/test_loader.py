@@ -289,16 +289,39 @@ def test_micro_batches_hold_the_same_samples_whatever_the_data_parallel_size(mic
     """Megatron's split: a rank reads runs of micro_batch_size from each block of
     micro_batch_size x world_size, so the micro-batches of one worker are exactly those the
     ranks read together (the premise of data parallel = one worker)."""
-    def micro_batches(world: int):
+    block = micro_batch_size * world_size
+    full = 23 // block  # the blocks before the wrap-around padding of the ranks' order
+
+    def micro_batches(world: int, per_rank: int):
         out = []
         for rank in range(world):
             order = EpochSampler(23, seed=5, rank=rank, world_size=world, drop_last=drop_last,
                                  micro_batch_size=micro_batch_size).indices(epoch=2)
-            out += [tuple(order[i:i + micro_batch_size]) for i in range(0, len(order), micro_batch_size)]
+            if world > 1:  # padded, never cut: the loader applies drop_last to good samples
+                assert len(order) == -(-23 // block) * micro_batch_size
+            out += [tuple(order[i:i + micro_batch_size]) for i in range(0, per_rank * micro_batch_size, micro_batch_size)]
         return out
 
-    one, many = micro_batches(1), micro_batches(world_size)
+    one, many = micro_batches(1, full * world_size), micro_batches(world_size, full)
     assert all(len(b) == micro_batch_size for b in many)
-    block = micro_batch_size * world_size
-    per_block = 23 // block if drop_last else -(-23 // block)
-    assert sorted(many) == sorted(one[: per_block * world_size])
+    assert sorted(many) == sorted(one)
+
+
+def test_two_ranks_pad_instead_of_dropping_and_report_a_bad_record_once(tmp_path):
+    """With 2 ranks the sampler pads the 13 loadable records to 16 by wrapping around (never
+    cuts, even with drop_last), so every good record trains on some rank; a bad record the
+    padding repeats on a rank is reported there once."""
+    path, media = _good_and_bad(tmp_path)
+    answers, bad = [], 0
+    for rank in range(2):
+        log = BadInputLog()
+        loader = build_dataloader(_config(path, media, drop_last=True), tokenizer=tiny_tokenizer(), log=log,
+                                  rank=rank, world_size=2)
+        order = loader.sampler.indices(0)
+        assert len(order) == 8
+        answers += _answers(list(loader))
+        loaded_bad = {i for i in order.tolist() if loader.dataset.records[i].images[0].endswith(tuple(f"gone{k}.png" for k in range(5)))}
+        assert log.total["missing_image"] == len(loaded_bad)
+        bad += len(loaded_bad)
+    assert set(answers) == {f"answer {i}<|im_end|>" for i in range(8)}
+    assert bad >= 5
