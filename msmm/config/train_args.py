@@ -15,8 +15,7 @@ from typing import List, Optional, Sequence
 # accepted for launch-script compatibility; msmm chooses these itself
 NO_EFFECT_FLAGS = (
     "--use-mcore-models", "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu",
-    "--use-fused-rotary-pos-emb", "--use-distributed-optimizer", "--overlap-grad-reduce",
-    "--overlap-param-gather", "--sequence-parallel", "--unaligned-linear", "--swiglu",
+    "--use-fused-rotary-pos-emb", "--overlap-grad-reduce", "--overlap-param-gather", "--swiglu",
     "--no-masked-softmax-fusion", "--no-gradient-accumulation-fusion", "--no-bias-swiglu-fusion",
     "--use-flash-attn", "--disable-bias-linear", "--add-qkv-bias", "--no-rope-fusion",
     "--use-rotary-position-embeddings", "--untie-embeddings-and-output-weights",
@@ -27,11 +26,19 @@ NO_EFFECT_VALUES = (
     "--tokenizer-model", "--attention-softmax-in-fp32", "--initial-loss-scale", "--eval-iters",
     "--eval-interval", "--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
     "--max-position-embeddings", "--group-query-attention", "--num-query-groups", "--make-vocab-size-divisible-by",
-    "--padded-vocab-size", "--context-parallel-algo", "--init-method-std", "--attention-dropout", "--hidden-dropout",
+    "--padded-vocab-size", "--init-method-std", "--attention-dropout", "--hidden-dropout",
     "--rotary-base", "--norm-epsilon",
 )
 PARALLEL_SIZES = ("--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--context-parallel-size",
-                  "--virtual-pipeline-model-parallel-size", "--expert-model-parallel-size")
+                  "--virtual-pipeline-model-parallel-size", "--num-layers-per-virtual-pipeline-stage",
+                  "--expert-model-parallel-size")
+# MindSpeed's context-parallel algorithms (--dry-run plans megatron_cp_algo and ulysses_cp_algo)
+CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo", "adaptive_cp_algo", "hybrid_adaptive_cp_algo")
+# parallel features the training runtime does not implement yet: a run (not --dry-run) stops on them
+NOT_IMPLEMENTED = (("--pipeline-model-parallel-size", "pipeline parallelism"),
+                   ("--virtual-pipeline-model-parallel-size", "virtual pipeline stages"),
+                   ("--num-layers-per-virtual-pipeline-stage", "virtual pipeline stages"),
+                   ("--context-parallel-size", "context parallelism"))
 
 
 class TrainArgsError(ValueError):
@@ -107,8 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     for flag in NO_EFFECT_VALUES:
         g.add_argument(flag, help=argparse.SUPPRESS)
-    for flag in PARALLEL_SIZES:
-        g.add_argument(flag, type=int, default=1, help=argparse.SUPPRESS)
+    g = p.add_argument_group("parallelism (Megatron's rank order: TP fastest, then CP, DP, PP; docs/parallel.md)")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP: ranks sharing each layer's weights")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1,
+                   help="PP: pipeline stages (model.json pipeline_num_layers places the layers)")
+    g.add_argument("--virtual-pipeline-model-parallel-size", type=int, help="virtual (interleaved) chunks per stage")
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int,
+                   help="Megatron's other spelling: virtual size = text num_layers / PP / this")
+    g.add_argument("--context-parallel-size", type=int, default=1, help="CP: ranks sharing each sequence")
+    g.add_argument("--context-parallel-algo", choices=CP_ALGOS, default="megatron_cp_algo")
+    g.add_argument("--expert-model-parallel-size", type=int, default=1, help=argparse.SUPPRESS)
+    g.add_argument("--sequence-parallel", action="store_true", help="shard norms/dropout activations over TP ranks")
+    g.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="shard the fp32 optimizer state over the data-parallel ranks")
+    g.add_argument("--unaligned-linear", action="store_true", help="uneven TP head splits (refused: not implemented)")
+    g = p.add_argument_group("planning without devices")
+    g.add_argument("--dry-run", action="store_true",
+                   help="validate everything, build the model shape-only and print the layout and per-device memory")
+    g.add_argument("--world-size", type=int, help="--dry-run: devices of the planned job (default: msrun's, else 1)")
+    g.add_argument("--device-memory-gb", type=float, default=64.0, help="--dry-run: memory per device, GiB")
     return p
 
 
@@ -154,8 +178,21 @@ def _validate(args: argparse.Namespace, argv: List[str]) -> None:
         fail("--log-dir and --tensorboard-dir name different directories; give one")
     for flag in PARALLEL_SIZES:
         value = getattr(args, flag[2:].replace("-", "_"))
-        if value != 1:
-            fail(f"{flag} {value}: only data parallelism is implemented (tensor/pipeline/context parallel sizes must be 1)")
+        if value is not None and value < 1:
+            fail(f"{flag} must be positive, got {value}")
+    if args.expert_model_parallel_size != 1:
+        fail(f"--expert-model-parallel-size {args.expert_model_parallel_size}: msmm's models have no experts; it must be 1")
+    if args.world_size is not None and (args.world_size < 1 or not args.dry_run):
+        fail(f"--world-size {args.world_size}: a positive number of devices, for --dry-run only (a run takes its world "
+             "size from msrun)")
+    if args.device_memory_gb <= 0:
+        fail(f"--device-memory-gb must be positive, got {args.device_memory_gb}")
+    if not args.dry_run:
+        for flag, what in NOT_IMPLEMENTED:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            if value is not None and (value > 1 or flag == "--num-layers-per-virtual-pipeline-stage"):
+                fail(f"{flag} {value}: not implemented yet ({what}; data and tensor parallelism are); "
+                     "--dry-run plans this layout")
     if (args.recompute_method or args.recompute_num_layers) and args.recompute_granularity != "full":
         fail("--recompute-method / --recompute-num-layers need --recompute-granularity full")
     if args.save_total_limit is not None and (args.save_total_limit <= 0 or not args.save):

@@ -48,10 +48,31 @@ class Section:
     freeze: bool
     config: Dict[str, Any]  # validated keyword arguments of the section's dataclass
     lora: Optional[LoRAConfig] = None  # the section's ``lora`` block (LoRA on its linear layers)
+    # MindSpeed-MM's ``pipeline_num_layers`` (text_decoder, image_encoder.vision_encoder): layers per
+    # pipeline stage, one inner tuple per virtual chunk ([6, 8, 8, 6] -> ((6, 8, 8, 6),)); checked
+    # against the parallel sizes by msmm.train.parallel.validate
+    pipeline_num_layers: Optional[Tuple[Tuple[int, ...], ...]] = None
 
 
 # sections that take a ``lora`` block (XTuner's llm_lora and visual_encoder_lora)
 LORA_SECTIONS = (TEXT_DECODER, VISION_ENCODER)
+# sections that take MindSpeed-MM's ``pipeline_num_layers``
+PIPELINE_SECTIONS = (TEXT_DECODER, VISION_ENCODER)
+
+
+def parse_pipeline_num_layers(raw: Any, where: str) -> Tuple[Tuple[int, ...], ...]:
+    """``[6, 8, 8, 6]`` (one count per pipeline stage) or ``[[2, 2], [2, 2]]`` (per virtual
+    chunk, per stage) -> tuple of tuples; errors name ``where.pipeline_num_layers``."""
+    where = f"{where}.pipeline_num_layers"
+    nested = isinstance(raw, list) and bool(raw) and all(isinstance(c, list) for c in raw)
+    chunks = raw if nested else [raw]
+    if not (isinstance(raw, list) and raw and all(isinstance(c, list) and c for c in chunks)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for c in chunks for n in c)):
+        raise ModelConfigError(f"{where}: expected a list of layer counts per pipeline stage (e.g. [6, 8, 8, 6]) or "
+                               f"one such list per virtual pipeline chunk (e.g. [[2, 2], [2, 2]]), got {raw!r}")
+    return tuple(tuple(c) for c in chunks)
+
+
 _LORA_KEYS = {f.name for f in dataclasses.fields(LoRAConfig)}
 
 
@@ -159,8 +180,14 @@ def _parse_section(path: str, raw: Any, source: str) -> Section:
             raise ModelConfigError(f"{where}.lora: LoRA is configured on {' and '.join(LORA_SECTIONS)} only")
         raw_lora = body.pop("lora")
         lora = None if raw_lora is None else parse_lora_block(raw_lora, where)
+    pipeline = None
+    if "pipeline_num_layers" in body:
+        if path not in PIPELINE_SECTIONS:
+            raise ModelConfigError(f"{where}.pipeline_num_layers: only {' and '.join(PIPELINE_SECTIONS)} are split "
+                                   "over pipeline stages")
+        pipeline = parse_pipeline_num_layers(body.pop("pipeline_num_layers"), where)
     cls, skip = choices[model_id]
-    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip), lora)
+    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip), lora, pipeline)
 
 
 def parse_model_config(data: Any, source: str = "model.json") -> ModelConfig:

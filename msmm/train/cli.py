@@ -79,6 +79,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataConfigError as err:
         print(f"msmm-train: {err}", file=sys.stderr)
         return 2
+    if args.dry_run:  # the layout and per-device memory, shape-only: no MindSpore, weights or data (plan.py)
+        from msmm.train.plan import dry_run
+
+        return dry_run(args, data_config)
+    # the parallel layout against model.json before anything is built (issue 13; parallel/validate.py)
+    from msmm.train.parallel.layout import LayoutError
+    from msmm.train.plan import check_run_layout
+
+    try:
+        check_run_layout(args)
+    except (LayoutError, ValueError) as err:
+        print(f"msmm-train: {err}", file=sys.stderr)
+        return 2
     runtime.start()  # before the first MindSpore op and before msmm.models is imported
     from msmm.config.data_config import load_data_config
     from msmm.data.build import build_dataloader

@@ -145,6 +145,69 @@ def test_model_json_matches_upstream_and_published_size(name):
     assert abs(count - published) / published < 0.02, f"{name}: {count / 1e9:.3f}B parameters vs {published / 1e9}B"
 
 
+# Qwen2-VL / Qwen2.5-VL config.json numbers (top-level text keys, vision_config in HF spelling) and
+# what their size was published as. Sources: the Qwen2-VL-72B-Instruct config.json (copies on the HF
+# hub, e.g. OPEA/Qwen2-VL-72B-Instruct-int4-sym-inc: 80 x 8192, 64 heads / 8 kv, 29568, vocab 152064,
+# rope 1e6, eps 1e-6, mrope [16, 24, 24]; its vision_config is Qwen2VLVisionConfig's defaults but
+# hidden_size 8192 = the LLM width), = MindSpeed-MM examples/qwen2vl/model_72b.json; Qwen/Qwen2.5-VL-
+# 72B-Instruct-AWQ config.json (vision_config: intermediate_size 3456, out_hidden_size 8192,
+# tokens_per_second 2; its text intermediate_size 29696 is the AWQ padding of 29568, which MindSpeed-MM
+# examples/qwen2.5vl/model_72b.json and Qwen2.5-72B have); Qwen/Qwen2.5-VL-7B-Instruct-AWQ config.json
+# (28 x 3584, 28 / 4, 18944, vocab 152064; vision_config hidden 1280, tokens_per_second 2, the rest
+# Qwen2_5_VLVisionConfig's defaults: depth 32, 16 heads, intermediate 3420, window 112, full attention
+# in blocks 7/15/23/31), = MindSpeed-MM examples/qwen2.5vl/model_7b.json.
+_QWEN_TEXT_7B = {"hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28, "num_hidden_layers": 28,
+                 "num_key_value_heads": 4, "vocab_size": 152064}
+_QWEN_TEXT_72B = {"hidden_size": 8192, "intermediate_size": 29568, "num_attention_heads": 64, "num_hidden_layers": 80,
+                  "num_key_value_heads": 8, "vocab_size": 152064}
+_QWEN_COMMON = {"rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": False,
+                "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "image_token_id": 151655,
+                "video_token_id": 151656, "vision_start_token_id": 151652}
+_QWEN25_VISION = {"depth": 32, "hidden_size": 1280, "num_heads": 16, "patch_size": 14, "spatial_merge_size": 2,
+                  "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+                  "tokens_per_second": 2}
+QWEN_UPSTREAM = {
+    # published: the text model is Qwen2-72B's, listed with "params": 72.706 (billions) by the Open LLM
+    # Leaderboard (open-llm-leaderboard/requests Qwen/Qwen2-72B-Instruct): checked to the 3 decimals given
+    "qwen2vl/model_72b.json": (
+        dict(_QWEN_COMMON, model_type="qwen2_vl", **_QWEN_TEXT_72B,
+             vision_config={"depth": 32, "embed_dim": 1280, "hidden_size": 8192, "mlp_ratio": 4, "num_heads": 16,
+                            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}),
+        ("text", 72.706e9, 0.0005e9)),
+    # published: "73B" on its HF hub listing (rounded to whole billions)
+    "qwen2.5vl/model_72b.json": (
+        dict(_QWEN_COMMON, model_type="qwen2_5_vl", **_QWEN_TEXT_72B,
+             vision_config=dict(_QWEN25_VISION, intermediate_size=3456, out_hidden_size=8192)),
+        ("total", 73e9, 0.5e9)),
+    # published: "8B" on the HF hub listing of a Qwen2.5-VL-7B-Instruct copy (rounded to whole billions)
+    "qwen2.5vl/model_7b.json": (
+        dict(_QWEN_COMMON, model_type="qwen2_5_vl", **_QWEN_TEXT_7B,
+             vision_config=dict(_QWEN25_VISION, intermediate_size=3420, out_hidden_size=3584)),
+        ("total", 8e9, 0.5e9)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QWEN_UPSTREAM))
+def test_qwen_model_json_matches_upstream_and_published_size(name):
+    from msmm.models.qwen2_vl import Qwen2VLConfig
+
+    hf, (part, published, tolerance) = QWEN_UPSTREAM[name]
+    config = load_model_config(os.path.join(ROOT, "examples", name))
+    with torch.device("meta"):
+        model = build_model(config)
+    reference = Qwen2VLConfig.from_hf(hf)
+    assert _architecture(model.config.vision) == _architecture(reference.vision)
+    assert _architecture(model.config.text) == _architecture(reference.text)
+    assert (model.config.image_token_id, model.config.video_token_id, model.config.vision_start_token_id) == \
+        (reference.image_token_id, reference.video_token_id, reference.vision_start_token_id)
+    check_text_decoder(config, hf, name)  # what --load of the checkpoint checks
+    if part == "text":
+        counted = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("visual."))
+    else:
+        counted = sum(p.numel() for p in model.parameters())
+    assert abs(counted - published) <= tolerance, f"{name}: {part} {counted / 1e9:.3f}B vs {published / 1e9}B"
+
+
 def test_text_decoder_checked_against_top_level_qwen2_vl_config():
     """Qwen2-VL / Qwen2.5-VL config.json keep the text numbers at the top level (no text_config)."""
     config = load_model_config(os.path.join(ROOT, "examples", "qwen2vl", "model_7b.json"))
