@@ -74,13 +74,15 @@ class VisionTokens:
     video: str  # one temporal group (Qwen2-VL) or one frame (InternVL: "Frame{index}: ...")
     video_context: str
     video_frame_sep: str = ""  # between the frames' markers
+    text_sep: str = ""  # between leading <image>/<video> placeholders and the text, as in the family's data
 
 
 VISION_TOKENS = {
-    "internvl": VisionTokens("<img><IMG_CONTEXT></img>", "<IMG_CONTEXT>", "Frame{index}: <img><IMG_CONTEXT></img>", "<IMG_CONTEXT>", "\n"),
+    "internvl": VisionTokens("<img><IMG_CONTEXT></img>", "<IMG_CONTEXT>", "Frame{index}: <img><IMG_CONTEXT></img>", "<IMG_CONTEXT>", "\n",
+                             text_sep="\n"),
     "qwen2vl": VisionTokens("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>",
                             "<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>"),
-    "llava": VisionTokens("<image>", "<image>", "<image>", "<image>"),
+    "llava": VisionTokens("<image>", "<image>", "<image>", "<image>", text_sep="\n"),
 }
 
 _PLACEHOLDER = re.compile(f"{re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)}")

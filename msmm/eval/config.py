@@ -26,6 +26,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
+from ..registry import FAMILIES as REGISTRY
 from .datasets import DATASETS, DatasetSpec
 from .prompts import FAMILIES, PROMPT_STYLES
 
@@ -79,26 +80,29 @@ class EvalConfig:
         return out
 
 
+def _family_named(name: str) -> Optional[str]:
+    """The registry family whose name or alias (lower case) starts ``name``, the longest such:
+    ``internvl2_8b`` -> internvl, ``qwen2vl_7b`` / ``qwen2_vl_7b`` -> qwen2_vl,
+    ``qwen2_5_vl_7b`` -> qwen2_5_vl, ``llava_1_5`` -> llava."""
+    matches = [(len(spelling), spec.name) for spec in REGISTRY.values()
+               for spelling in (spec.name.lower(),) + tuple(a.lower() for a in spec.aliases) if name.startswith(spelling)]
+    return max(matches)[1] if matches else None
+
+
 def _family(cfg: Dict[str, Any], where: str) -> str:
     explicit = (cfg.get("model") or {}).get("family") or cfg.get("family")
     if explicit:
         if explicit not in FAMILIES:
             raise EvalConfigError(f"{where}: model.family must be one of {FAMILIES}, got {explicit!r}")
         return explicit
+    qwen2_5_text = str((cfg.get("text_decoder") or {}).get("model_id", "")) == "qwen2_5_lm"
     name = str(cfg.get("evaluation_model", "")).lower().replace(".", "_").replace("-", "_")
-    for prefix, family in (("internvl", "internvl"), ("qwen2_5_vl", "qwen2_5_vl"), ("qwen2vl", "qwen2_vl"),
-                           ("qwen2_vl", "qwen2_vl"), ("llava", "llava")):
-        if name.startswith(prefix):
-            if family == "qwen2_vl" and str((cfg.get("text_decoder") or {}).get("model_id", "")) == "qwen2_5_lm":
-                return "qwen2_5_vl"  # MindSpeed-MM's Qwen2.5-VL json names its model qwen2_vl_7b
-            return family
-    model_id = str(cfg.get("model_id", "")).lower()
-    if model_id.startswith("internvl"):
-        return "internvl"
-    if model_id.startswith("qwen2vl"):
-        return "qwen2_5_vl" if str((cfg.get("text_decoder") or {}).get("model_id", "")) == "qwen2_5_lm" else "qwen2_vl"
-    if model_id.startswith("llava"):
-        return "llava"
+    # then MindSpeed-MM's pipeline model_id (InternVLPipeline, Qwen2VlPipeline, llava)
+    family = _family_named(name) or _family_named(str(cfg.get("model_id", "")).lower())
+    if family == "qwen2_vl" and qwen2_5_text:
+        return "qwen2_5_vl"  # MindSpeed-MM's Qwen2.5-VL json names its model qwen2_vl_7b / Qwen2VlPipeline
+    if family is not None:
+        return family
     raise EvalConfigError(f"{where}: cannot tell the model family: set model.family to one of {FAMILIES} "
                           f"(evaluation_model {cfg.get('evaluation_model')!r}, model_id {cfg.get('model_id')!r})")
 

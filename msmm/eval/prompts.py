@@ -37,9 +37,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..registry import FAMILIES as _REGISTRY, get_family
 from .datasets import DatasetSpec, Question
 
-FAMILIES = ("internvl", "qwen2_vl", "qwen2_5_vl", "llava")
+FAMILIES = tuple(_REGISTRY)  # msmm.registry's names; the prompt style follows a family's data_family
 PROMPT_STYLES = ("vlmevalkit", "question")
 MCQ_EN = "Answer with the option's letter from the given choices directly."
 MCQ_CN = "请直接回答选项字母。"
@@ -52,6 +53,14 @@ TOTAL_MAX_TILES = 64  # InternVL: the tile budget of one question (VLMEvalKit's 
 _CN = re.compile("[\u4e00-\u9fff]")
 
 
+def _style(family: str) -> str:
+    """The VLMEvalKit wrapper a family's prompts follow, named by its data family
+    (``internvl``, ``qwen2vl``, ``llava``: ``msmm.registry`` ``FamilySpec.data_family``)."""
+    if family not in _REGISTRY:
+        raise ValueError(f"family {family!r}: one of {FAMILIES}")
+    return _REGISTRY[family].data_family
+
+
 def _options_block(q: Question) -> str:
     return "".join(f"\n{k}. {v}" for k, v in q.options.items())
 
@@ -62,9 +71,10 @@ def question_text(family: str, spec: DatasetSpec, q: Question, style: str = "vlm
         return q.question
     if style != "vlmevalkit":
         raise ValueError(f"prompt_style {style!r}: one of {PROMPT_STYLES}")
+    qwen = _style(family) == "qwen2vl"
     if spec.kind == "vqa":
-        return f"{q.question}\n{QWEN_VQA if family.startswith('qwen') else VQA_SHORT}"
-    if family.startswith("qwen"):
+        return f"{q.question}\n{QWEN_VQA if qwen else VQA_SHORT}"
+    if qwen:
         prompt = (f"Hint: {q.hint}\n" if q.hint else "") + f"Question: {q.question}\n"
         if q.options:
             prompt += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in q.options.items())
@@ -82,11 +92,12 @@ def question_text(family: str, spec: DatasetSpec, q: Question, style: str = "vlm
 def user_content(family: str, text: str, images: int, placeholder: str = "<image>") -> str:
     """The user turn with one ``placeholder`` per image where the family's VLMEvalKit wrapper
     puts it."""
-    if family == "internvl":
+    style = _style(family)
+    if style == "internvl":
         if images == 1:
             return f"{placeholder}\n{text}"
         return "".join(f"Image-{k}: {placeholder}\n" for k in range(1, images + 1)) + text
-    if family == "llava":
+    if style == "llava":
         return f" {placeholder} " * images + text
     return placeholder * images + text  # Qwen2-VL: images first, text right after
 
@@ -117,11 +128,12 @@ class VisionSettings:
                 value = value[0]
             return default if value is None else value
 
-        if family == "internvl":
+        style = _style(family)
+        if style == "internvl":
             size = config.get("force_image_size") or vision.get("image_size")
             values = dict(image_size=int(first(size, 448)), patch_size=int(first(vision.get("patch_size"), 14)),
                           downsample_ratio=float(config.get("downsample_ratio", 0.5)))
-        elif family == "llava":
+        elif style == "llava":
             values = dict(image_size=int(first(vision.get("image_size"), 336)),
                           patch_size=int(first(vision.get("patch_size"), 14)))
         else:
@@ -139,22 +151,22 @@ class VisionProcessor:
 
         self.settings, self.spec = settings, spec
         s = settings
-        if s.family == "internvl":
+        self.style = style = _style(s.family)
+        if style == "internvl":
             self.max_tiles = s.max_tiles or spec.max_tiles
             self.transform = InternVLImageTransform(s.image_size, 1, self.max_tiles, True, True)
             self.tokens_per_tile = int((s.image_size // s.patch_size) ** 2 * s.downsample_ratio ** 2)
-        elif s.family == "llava":
+        elif style == "llava":
             self.transform = CLIPImageTransform(s.image_size, s.image_size, pad_to_square=True)
             self.tokens = (s.image_size // s.patch_size) ** 2
-        elif s.family in ("qwen2_vl", "qwen2_5_vl"):
+        elif style == "qwen2vl":
             self.transform = Qwen2VLImageTransform(s.min_pixels, s.max_pixels, s.patch_size, s.temporal_patch_size,
                                                    s.merge_size)
         else:
-            raise ValueError(f"family {s.family!r}: one of {FAMILIES}")
+            raise ValueError(f"family {s.family!r}: no VLMEvalKit preprocessing for its data family {style!r}")
 
     def __call__(self, images: Sequence[Image.Image]) -> Tuple[Dict[str, np.ndarray], List[int]]:
-        family = self.settings.family
-        if family == "internvl":
+        if self.style == "internvl":
             per_image = max(1, min(self.max_tiles, TOTAL_MAX_TILES // len(images)))
             tiles = []
             for k, image in enumerate(images):
@@ -164,7 +176,7 @@ class VisionProcessor:
             pixels = np.concatenate(tiles)
             return ({"pixel_values": pixels, "image_flags": np.ones(len(pixels), np.int64)},
                     [len(t) * self.tokens_per_tile for t in tiles])
-        if family == "llava":
+        if self.style == "llava":
             return {"pixel_values": np.stack([self.transform(im) for im in images])}, [self.tokens] * len(images)
         patches, grids = zip(*(self.transform(im) for im in images))
         merge = self.settings.merge_size ** 2
@@ -186,22 +198,20 @@ class PromptTemplate:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-DEFAULT_TEMPLATE = {"internvl": "internvl2_5", "qwen2_vl": "qwen2vl", "qwen2_5_vl": "qwen2vl", "llava": "llava-v1"}
-VISION_TOKENS = {"internvl": "internvl", "qwen2_vl": "qwen2vl", "qwen2_5_vl": "qwen2vl", "llava": "llava"}
-
-
 def default_template(family: str, hf_config: Optional[Dict[str, Any]] = None) -> str:
     """InternVL: the checkpoint's own ``template`` (remote-code configs name it), InternLM2 text
-    -> ``internlm2-chat``, else ``internvl2_5``; the other families have one template."""
-    if family == "internvl" and hf_config:
+    -> ``internlm2-chat``, else the registry's ``chat_template`` (``internvl2_5``); the other
+    families have one template (the registry's)."""
+    if _style(family) == "internvl" and hf_config:
         named = hf_config.get("template")
         if named in ("internlm2-chat", "internvl2_5"):
             return named
-        text = hf_config.get("llm_config") or hf_config.get("text_config") or {}
-        if "internlm2" in str(text.get("model_type", "")).lower() or any(
-                "InternLM2" in a for a in text.get("architectures", []) or []):
-            return "internlm2-chat"
-    return DEFAULT_TEMPLATE[family]
+        try:
+            if get_family(family).text_family(hf_config) == "internlm2":
+                return "internlm2-chat"
+        except (KeyError, ValueError):  # no text config, or a text model msmm does not build
+            pass
+    return get_family(family).chat_template
 
 
 class PromptEncoder:
@@ -212,13 +222,12 @@ class PromptEncoder:
         from ..data.records import IMAGE_PLACEHOLDER
         from ..data.templates import ConversationEncoder
 
-        if family not in FAMILIES:
-            raise ValueError(f"family {family!r}: one of {FAMILIES}")
+        vision_tokens = _style(family)
         if style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style {style!r}: one of {PROMPT_STYLES}")
         self.family, self.spec, self.style = family, spec, style
         self.placeholder = IMAGE_PLACEHOLDER
-        self.encoder = ConversationEncoder(tokenizer, template, VISION_TOKENS[family], system)
+        self.encoder = ConversationEncoder(tokenizer, template, vision_tokens, system)
         self.vision = VisionProcessor(vision, spec)
 
     def text(self, q: Question) -> str:

@@ -22,14 +22,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..registry import get_family
 from .config import EvalConfig
 from .datasets import Dataset, EvalDataError, Question, decode_images, read_tsv
 from .prompts import PromptEncoder, VisionSettings, concat_vision, default_template
 from .results import (PartWriter, check_run_record, finalize, missing, output_prefix, parts_dir, read_parts,
                       summary_lines)
-
-CONVERTERS = {"internvl": "InternVLConverter", "qwen2_vl": "Qwen2VLConverter", "qwen2_5_vl": "Qwen2_5_VLConverter",
-              "llava": "LlavaConverter"}
 
 
 def start_runtime() -> None:
@@ -55,7 +53,7 @@ def _merged_hf_dir(cfg: EvalConfig, scratch: str) -> str:
     from msmm.convert.cli import main as mm_convert
 
     out = os.path.join(scratch, "merged_hf")
-    argv = [CONVERTERS[cfg.family], "merge_lora", "--cfg.hf_config.hf_dir", cfg.hf_dir, "--cfg.lora_dir", cfg.adapter,
+    argv = [get_family(cfg.family).converter, "merge_lora", "--cfg.hf_config.hf_dir", cfg.hf_dir, "--cfg.lora_dir", cfg.adapter,
             "--cfg.save_hf_dir", out]
     if cfg.trust_remote_code:
         argv += ["--cfg.trust_remote_code", "True"]

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from .. import runtime
-from ..registry import FAMILIES as FAMILIES_BY_NAME, get_family
+from ..registry import FAMILIES as FAMILIES_BY_NAME, get_family, text_section
 from .generate import GenerationConfig, generate_stream
 from .prompt import PreparedPrompt, PromptBuilder, parse_prompt
 
@@ -134,8 +134,10 @@ def model_context(model_dir: str) -> Optional[int]:
             config = json.load(f)
     except (OSError, ValueError):
         return None
-    for section in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
-        if isinstance(section, dict) and isinstance(section.get("max_position_embeddings"), int):
+    if not isinstance(config, dict):
+        return None
+    for section in (config, text_section(config)[1]):
+        if isinstance(section.get("max_position_embeddings"), int):
             return section["max_position_embeddings"]
     return None
 

@@ -32,10 +32,6 @@ class PreparedPrompt:
     vision: Dict[str, np.ndarray] = field(default_factory=dict)  # the model's pixel_values, grids, flags
 
 
-# what goes between the placeholders and the text, as in each family's training data
-_SEPARATOR = {"internvl": "\n", "llava": "\n", "qwen2vl": ""}
-
-
 class PromptBuilder:
     """Prompt specs -> model inputs, through the data pipeline of a training ``data.json``."""
 
@@ -54,7 +50,7 @@ class PromptBuilder:
             raise ValueError(f"{where}.videos: a {self.family} model takes no video")
         content = text
         if (images or videos) and IMAGE_PLACEHOLDER not in text and VIDEO_PLACEHOLDER not in text:
-            content = IMAGE_PLACEHOLDER * len(images) + VIDEO_PLACEHOLDER * len(videos) + _SEPARATOR[self.family] + text
+            content = IMAGE_PLACEHOLDER * len(images) + VIDEO_PLACEHOLDER * len(videos) + self.encoder.vision.text_sep + text
         loaded = [_read(f"{where}.images[{j}]", p, load_image) for j, p in enumerate(images)]
         frames = [_read(f"{where}.videos[{j}]", p, lambda q: read_video(q, self.vision.frames, np.random.default_rng(0)))
                   for j, p in enumerate(videos)]

@@ -75,6 +75,24 @@ def test_published_internvl_pickle_is_refused_and_families_from_names(tmp_path):
     assert load_eval_config(write(tmp_path, llava)).family == "llava"
 
 
+@pytest.mark.parametrize("names, family", [
+    ({"evaluation_model": "InternVL2-8B"}, "internvl"),
+    ({"evaluation_model": "qwen2vl_7b"}, "qwen2_vl"),
+    ({"evaluation_model": "Qwen2.5-VL-7B"}, "qwen2_5_vl"),
+    ({"evaluation_model": "m", "model_id": "Qwen2VlPipeline"}, "qwen2_vl"),
+    ({"evaluation_model": "m", "model_id": "Qwen2VlPipeline", "text_decoder": {"model_id": "qwen2_5_lm"}}, "qwen2_5_vl"),
+    ({"evaluation_model": "llava-1.5-7b"}, "llava"),
+])
+def test_family_from_names_follows_the_registry(tmp_path, names, family):
+    """Without model.family, the longest registry name or alias (msmm.registry) that starts
+    evaluation_model, else MindSpeed-MM's model_id, names the family."""
+    from msmm.registry import get_family
+
+    cfg = {"dataset_path": "x.tsv", "evaluation_dataset": "ai2d_test", "result_output_path": "out",
+           "tokenizer": {"from_pretrained": hf_dir(tmp_path / "hf")}, **names}
+    assert load_eval_config(write(tmp_path, cfg)).family == get_family(family).name == family
+
+
 @pytest.mark.parametrize("change, message", [
     ({"evaluation_dataset": "mmbench"}, "evaluation_dataset must be one of"),
     ({"dataset_path": None}, "dataset_path is required"),
