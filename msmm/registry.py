@@ -130,6 +130,7 @@ class FamilySpec:
     converter: str  # mm-convert's name for it
     hf_layout: Callable[[Mapping[str, Any]], str] = lambda cfg: "hf"  # checkpoint layout of a config.json
     hf_marker_keys: Tuple[str, ...] = ()  # config.json keys only this family has (configs without model_type)
+    mrope: bool = False  # text positions are M-RoPE (model.json text_decoder.mrope_section)
 
     def text_family(self, cfg: Mapping[str, Any], where: str = "config.json") -> Optional[str]:
         """The text decoder family of a config.json of this family (None: its own decoder)."""
@@ -150,7 +151,7 @@ _QWEN2_VL = dict(
     scalars={"image_token_id": int, "video_token_id": int, "vision_start_token_id": int},
     freeze={VISION_ENCODER: ("visual.patch_embed", "visual.blocks"), VISION_PROJECTOR: ("visual.merger",),
             TEXT_DECODER: ("model", "lm_head")},
-    naming=QWEN2_VL, hf_info=_qwen2_vl_info, data_family="qwen2vl", chat_template="qwen2vl",
+    naming=QWEN2_VL, hf_info=_qwen2_vl_info, data_family="qwen2vl", chat_template="qwen2vl", mrope=True,
 )
 _VLM_FREEZE = {VISION_ENCODER: ("vision_tower",), VISION_PROJECTOR: ("multi_modal_projector",),
                TEXT_DECODER: ("language_model",)}

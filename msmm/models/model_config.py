@@ -256,6 +256,7 @@ def construct(cls: type, section: Section, where: str, **extra: Any) -> Any:
 def text_config(config: ModelConfig) -> TransformerConfig:
     """The ``text_decoder`` section's TransformerConfig; M-RoPE only for the families that use it."""
     text = construct(TransformerConfig, config.sections[TEXT_DECODER], f"{config.source}: {TEXT_DECODER}")
-    if text.mrope_section is not None and config.model_id not in ("qwen2_vl", "qwen2_5_vl"):
-        raise ModelConfigError(f"{config.source}: text_decoder.mrope_section: only Qwen2-VL / Qwen2.5-VL use M-RoPE")
+    if text.mrope_section is not None and not get_family(config.model_id).mrope:
+        users = " / ".join(spec.title for spec in FAMILIES.values() if spec.mrope)
+        raise ModelConfigError(f"{config.source}: text_decoder.mrope_section: only {users} use M-RoPE")
     return text

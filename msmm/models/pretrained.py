@@ -12,6 +12,7 @@ only turns the checked arrays into the ``torch`` the model files bind (real torc
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Dict, List, Mapping, Optional, Pattern
 
@@ -24,15 +25,16 @@ from msmm.checkpoint.load import match_state
 from msmm.checkpoint.mm import HF_CONFIG_DIR, read_mm
 from msmm.checkpoint.names import TEXT_NAMINGS
 from msmm.checkpoint.safetensors import Tensor
-from msmm.registry import FAMILIES, TEXT_DECODER, FamilySpec, family_of_hf_config, get_family
+from msmm.registry import FAMILIES, TEXT_DECODER, FamilySpec, family_of_hf_config, get_family, text_section
 
-from . import internvl, llava, qwen2_vl
 from .core import TransformerConfig
 from .lora import apply_lora
 from .model_config import ModelConfig, ModelConfigError
 
-# the model file of each registry entry (``FamilySpec.model_module``)
-MODEL_FILES = {module.__name__.rsplit(".", 1)[-1]: module for module in (internvl, llava, qwen2_vl)}
+# the model file of each registry entry (``FamilySpec.model_module``), imported with this
+# package (so under the auto_convert hook, or adapters.meta_torch, it binds the same torch)
+MODEL_FILES = {spec.model_module: importlib.import_module(f".{spec.model_module}", __package__)
+               for spec in FAMILIES.values()}
 
 
 def model_file(spec: FamilySpec) -> Any:
@@ -90,8 +92,7 @@ def check_text_decoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -
     ``text_config`` (HF-native), ``llm_config`` (InternVL remote code) or, without either, the
     top level (Qwen2-VL / Qwen2.5-VL ``config.json``) that ``config.json`` has. Keys the
     checkpoint leaves to its defaults are not checked."""
-    section = next((key for key in ("text_config", "llm_config") if isinstance(hf.get(key), dict)), None)
-    text = hf if section is None else hf[section]
+    prefix, text = text_section(hf)
     if TEXT_DECODER not in config.sections:
         return
     ours = TransformerConfig(**config.sections[TEXT_DECODER].config)
@@ -101,7 +102,7 @@ def check_text_decoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -
         mine, theirs = getattr(ours, field), text[key]
         if abs(float(mine) - float(theirs)) > 1e-9 * max(abs(float(theirs)), 1.0):
             raise ModelConfigError(f"{config.source}: text_decoder.{field} is {mine}, but {where} has "
-                                   f"{key if section is None else f'{section}.{key}'} = {theirs}; make model.json match the checkpoint")
+                                   f"{prefix}{key} = {theirs}; make model.json match the checkpoint")
 
 
 def load_pretrained(model: nn.Module, config: ModelConfig, path: str) -> None:
