@@ -9,10 +9,11 @@ import re
 import shutil
 from typing import Any, Dict, List
 
+import numpy as np
 from tqdm import tqdm
 
 from .layout import read_json
-from .safetensors import Entry, ShardedWriter, Tensor, open_file
+from .safetensors import STORAGE, Entry, ShardedWriter, Tensor, open_file
 
 INDEX_FILE = "model.safetensors.index.json"
 _WEIGHTS = re.compile(r"(\.(safetensors|bin|pt|pth|ckpt|msgpack|h5)|\.index\.json)$")
@@ -53,6 +54,29 @@ def read_hf_tensors(path: str) -> Dict[str, Tensor]:
             if key in out:
                 raise ValueError(f"{file}: tensor {key!r} also in {out[key].source}")
             out[key] = tensor
+    return out
+
+
+def read_weights_file(path: str) -> Dict[str, Tensor]:
+    """One weights file: safetensors, or a torch pickle such as LLaVA's ``mm_projector.bin``
+    read with ``torch.load(weights_only=True)`` (tensors only, no code; needs torch, the only
+    place msmm reads a pickle)."""
+    if path.endswith(".safetensors"):
+        return open_file(path)
+    try:
+        import torch
+    except ImportError as err:
+        raise ValueError(f"{path}: reading a .bin needs torch (torch.load(weights_only=True)); "
+                         "or convert it to .safetensors") from err
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    out = {}
+    for key, value in state.items():
+        if value.dtype == torch.bfloat16:
+            array, code = value.view(torch.int16).numpy().view(np.uint16), "BF16"
+        else:
+            array = value.numpy()
+            code = next(c for c, d in STORAGE.items() if c != "BF16" and np.dtype(d) == array.dtype)
+        out[key] = Tensor(code, tuple(array.shape), (lambda a=array: a), f"{path}:{key}")
     return out
 
 

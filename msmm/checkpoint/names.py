@@ -239,6 +239,34 @@ LLAVA = Naming(  # LLaVA-1.5: HF's names without the CLIP wrapper level
     text_group="language_model.",
 )
 
+# LLaVA-1.5 from its pieces (mm-convert LlavaConverter without hf_dir): an HF CLIP checkpoint,
+# an HF Llama/Vicuna checkpoint and LLaVA's projector file, named as one HF LLaVA checkpoint
+_CLIP_TEXT_SIDE = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)")
+LLAVA_PROJECTOR_KEYS = {"model.mm_projector.0.weight": "multi_modal_projector.linear_1.weight",
+                        "model.mm_projector.0.bias": "multi_modal_projector.linear_1.bias",
+                        "model.mm_projector.2.weight": "multi_modal_projector.linear_2.weight",
+                        "model.mm_projector.2.bias": "multi_modal_projector.linear_2.bias"}
+
+
+def llava_from_pieces(clip: Mapping[str, Tensor], llm: Mapping[str, Tensor], projector: Mapping[str, Tensor],
+                      projector_path: str) -> Dict[str, Tensor]:
+    """The HF LLaVA names of the pieces' tensors (CLIP's text side dropped); an unexpected key
+    is an error naming its file."""
+    tensors: Dict[str, Tensor] = {}
+    for key, t in clip.items():
+        if key.startswith("vision_model."):
+            tensors["vision_tower." + key] = t
+        elif not _CLIP_TEXT_SIDE.match(key) and not key.endswith("position_ids"):
+            raise KeyError(f"{t.source}: unexpected key {key!r} in a CLIP checkpoint")
+    for key, t in llm.items():
+        tensors["language_model." + key] = t
+    for key, t in projector.items():
+        if key not in LLAVA_PROJECTOR_KEYS:
+            raise KeyError(f"{projector_path}: unexpected key {key!r} (expected {sorted(LLAVA_PROJECTOR_KEYS)})")
+        tensors[LLAVA_PROJECTOR_KEYS[key]] = t
+    return tensors
+
+
 # a text decoder's own checkpoint (a CausalLM: model.*, lm_head.*)
 TEXT_NAMINGS: Dict[str, Naming] = {family: Naming(layouts={"hf": [("", "", rules)]})
                                    for family, rules in TEXT_RULES.items()}

@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-import numpy as np
-
-from ..checkpoint.hf import copy_side_files, load_config, parse_size, read_hf_tensors, write_hf
+from ..checkpoint.hf import copy_side_files, load_config, parse_size, read_hf_tensors, read_weights_file, write_hf
 from ..checkpoint.lora_merge import merge_tensors
 from ..checkpoint.layout import RELEASE, TRACKER, training_checkpoint_in
 from ..checkpoint.mm import (HF_CONFIG_DIR, ModelInfo, check_complete, check_divisible, check_text_shapes, read_mm,
                              write_mm)
 from ..checkpoint.parallel import ParallelConfig
 from ..checkpoint.peft import read_adapter
-from ..checkpoint.safetensors import STORAGE, Tensor, open_file
+from ..checkpoint.names import llava_from_pieces
+from ..checkpoint.safetensors import Tensor
 from ..registry import FAMILIES, FamilySpec, text_section
 
 
@@ -274,35 +272,6 @@ class Converter:
         return os.path.join(cfg.target_dir, RELEASE)
 
 
-_CLIP_TEXT_SIDE = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)")
-_PROJECTOR_KEYS = {"model.mm_projector.0.weight": "multi_modal_projector.linear_1.weight",
-                   "model.mm_projector.0.bias": "multi_modal_projector.linear_1.bias",
-                   "model.mm_projector.2.weight": "multi_modal_projector.linear_2.weight",
-                   "model.mm_projector.2.bias": "multi_modal_projector.linear_2.bias"}
-
-
-def _read_projector(path: str) -> Dict[str, Tensor]:
-    """``mm_projector.bin``-style keys from safetensors, or from a torch pickle read with
-    ``torch.load(weights_only=True)`` (tensors only, no code); without torch only safetensors."""
-    if path.endswith(".safetensors"):
-        return open_file(path)
-    try:
-        import torch
-    except ImportError as err:
-        raise ValueError(f"{path}: reading a .bin needs torch (torch.load(weights_only=True)); "
-                         "or convert it to .safetensors") from err
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    out = {}
-    for key, value in state.items():
-        if value.dtype == torch.bfloat16:
-            array, code = value.view(torch.int16).numpy().view(np.uint16), "BF16"
-        else:
-            array = value.numpy()
-            code = next(c for c, d in STORAGE.items() if c != "BF16" and np.dtype(d) == array.dtype)
-        out[key] = Tensor(code, tuple(array.shape), (lambda a=array: a), f"{path}:{key}")
-    return out
-
-
 class LlavaConverter(Converter):
     """LLaVA-1.5: an HF LLaVA checkpoint (hf_dir), or its pieces: an HF CLIP checkpoint
     (vision_dir), an HF Vicuna/Llama checkpoint (llm_dir) and the projector
@@ -317,18 +286,8 @@ class LlavaConverter(Converter):
         if any(p is None for p in pieces):
             raise ValueError("LlavaConverter needs hf_config.hf_dir, or all of hf_config.vision_dir, "
                              "hf_config.llm_dir and hf_config.projector_path")
-        tensors: Dict[str, Tensor] = {}
-        for key, t in read_hf_tensors(hf.vision_dir).items():
-            if key.startswith("vision_model."):
-                tensors["vision_tower." + key] = t
-            elif not _CLIP_TEXT_SIDE.match(key) and not key.endswith("position_ids"):
-                raise KeyError(f"{t.source}: unexpected key {key!r} in a CLIP checkpoint")
-        for key, t in read_hf_tensors(hf.llm_dir).items():
-            tensors["language_model." + key] = t
-        for key, t in _read_projector(hf.projector_path).items():
-            if key not in _PROJECTOR_KEYS:
-                raise KeyError(f"{hf.projector_path}: unexpected key {key!r} (expected {sorted(_PROJECTOR_KEYS)})")
-            tensors[_PROJECTOR_KEYS[key]] = t
+        tensors = llava_from_pieces(read_hf_tensors(hf.vision_dir), read_hf_tensors(hf.llm_dir),
+                                    read_weights_file(hf.projector_path), hf.projector_path)
         vision_cfg = load_config(hf.vision_dir)
         text_cfg = load_config(hf.llm_dir)
         config = {
@@ -345,10 +304,13 @@ class LlavaConverter(Converter):
         return config, tensors, hf.llm_dir
 
 
+# converters that read more than an HF directory (FamilySpec.converter -> class); the rest are ``Converter``
+CONVERTER_CLASSES: Dict[str, type] = {cls.__name__: cls for cls in (LlavaConverter,)}
+
+
 def converter(name: str) -> Converter:
     """The converter ``mm-convert`` calls ``name`` (``Qwen2VLConverter``, ...)."""
-    spec = CONVERTERS[name]
-    return (LlavaConverter if spec.name == "llava" else Converter)(spec)
+    return CONVERTER_CLASSES.get(name, Converter)(CONVERTERS[name])
 
 
 CONVERTERS: Dict[str, FamilySpec] = {spec.converter: spec for spec in FAMILIES.values()}
