@@ -1216,8 +1216,11 @@ def _build_modules() -> Dict[str, types.ModuleType]:
     """The module objects that stand in for ``torch`` and its submodules."""
     this = sys.modules[__name__]
     names = ["torch", "torch.nn", "torch.nn.functional", "torch.nn.init", "torch.nn.parameter", "torch.nn.modules",
-             "torch.autograd", "torch.distributed", "torch.utils", "torch.utils.checkpoint", "torch.types"]
+             "torch.autograd", "torch.distributed", "torch.distributed.nn", "torch.distributed.nn.functional",
+             "torch.utils", "torch.utils.checkpoint", "torch.types"]
     mods = {name: types.ModuleType(name, f"shape-only {name} ({HERE})") for name in names}
+    for module in mods.values():
+        module.__path__ = []  # packages: their other submodules come from _StubFinder
     torch_ = mods["torch"]
     exported = {k: v for k, v in vars(this).items() if not k.startswith("_") and k not in (
         "annotations", "builtins", "contextlib", "math", "sys", "types", "np", "Any", "Callable", "Dict", "Iterator",
@@ -1257,6 +1260,9 @@ def _build_modules() -> Dict[str, types.ModuleType]:
     dist.ReduceOp = types.SimpleNamespace(SUM="sum", MAX="max", MIN="min", PRODUCT="product", AVG="avg")
     dist.ProcessGroup = type("ProcessGroup", (), {})
     dist.__getattr__ = _missing("torch.distributed")
+    dist.nn = mods["torch.distributed.nn"]
+    dist.nn.functional = mods["torch.distributed.nn.functional"]
+    dist.nn.functional.__getattr__ = _missing("torch.distributed.nn.functional")
     mods["torch.utils.checkpoint"].__getattr__ = _missing("torch.utils.checkpoint")
     mods["torch.utils"].checkpoint = mods["torch.utils.checkpoint"]
     mods["torch.types"].__getattr__ = _missing("torch.types")
@@ -1280,6 +1286,27 @@ def _is_under(name: str, package: str) -> builtins.bool:
     return name == package or name.startswith(package + ".")
 
 
+class _StubFinder:
+    """Any other ``torch.*`` module a model file imports (``torch.distributed.nn.functional``, ...)
+    is made on demand: importing works, calling what it holds raises :class:`MetaTorchError`."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if not _is_under(fullname, "torch") or fullname in modules():
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        module = types.ModuleType(spec.name, f"shape-only {spec.name} ({HERE}): a stand-in")
+        module.__path__ = []
+        module.__getattr__ = _missing(spec.name)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        return None
+
+
 @contextlib.contextmanager
 def models_on_meta(package: str = "msmm.models") -> Iterator[types.ModuleType]:
     """Import a fresh ``package`` with ``torch`` bound to this shape-only torch; yields it.
@@ -1298,12 +1325,15 @@ def models_on_meta(package: str = "msmm.models") -> Iterator[types.ModuleType]:
         del sys.modules[name]
     for f in hooks:
         sys.meta_path.remove(f)
+    stubs = _StubFinder()
+    sys.meta_path.insert(0, stubs)
     sys.modules.update(modules())
     try:
         import importlib
 
         yield importlib.import_module(package)
     finally:
+        sys.meta_path.remove(stubs)
         for name in [n for n in sys.modules if _is_under(n, "torch") or _is_under(n, package)]:
             del sys.modules[name]
         sys.modules.update(saved)

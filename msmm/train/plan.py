@@ -24,8 +24,10 @@ parallelism by the same functions (``msmm.checkpoint.mm._placement``,
 * gradients: 4 bytes per trainable parameter (msmm-train accumulates each gradient in an fp32
   buffer, ``step.TrainStep``);
 * optimizer: AdamW's two fp32 moments (8 bytes) plus an fp32 master copy (4 bytes) for 16-bit
-  parameters, per trainable parameter; divided by data-parallel x context-parallel size with
-  ``--use-distributed-optimizer`` (Megatron's distributed optimizer shards exactly these);
+  parameters, per trainable parameter (``optimizer.AdamW``); with ``--use-distributed-optimizer``
+  master and moments of every trainable parameter (12 bytes) divided by the data-parallel size
+  (x context-parallel size, Megatron's group for it) (``distributed_optimizer.DistributedAdamW``,
+  ZeRO-1: the fp32 gradient buffers stay whole);
 * activations: Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
   Transformer Models" (arXiv:2205.05198), per layer, generalised from its GPT layer
   (``sbh(34 + 5as/h)``) to the layer at hand and counted in the activation dtype (2 bytes with
@@ -34,22 +36,30 @@ parallelism by the same functions (``msmm.checkpoint.mm._placement``,
   what fits in ``--seq-length``), hidden ``h``, ``a`` heads of dim ``d``, ``g`` KV groups, FFN ``f``,
   TP ``t`` (``r = 1/t`` with --sequence-parallel, else 1):
 
-      stored  = n e [4 h r + (2 a d + 2 g d + c_mlp f) / t] + n (a / t) A
-      c_mlp   = 4 (SwiGLU: gate, up, act, product) or 2 (GELU MLP: fc1 out, act out)
-      A       = 64 bytes with flash attention (Ascend's FlashAttentionScore keeps 8 fp32 softmax
-                max and sum per head and token; used for 16-bit inputs), else e x S (the softmax
-                output over the attention span S: the sequence, a tile or the micro-batch's patches)
+      stored  = n e [2 h r + L 2 h r + (2 a d + 2 g d) / t + c_mlp f / t] + n (a / t) A
+      2 h r   the inputs of the two norms
+      L 2 h r the inputs of the QKV projection and the MLP (L = 1 when the layer's weights train,
+              LoRA included; 0 for a frozen layer the gradient only passes through: a frozen
+              linear layer's backward needs its weight, not its input)
+      2ad+2gd Q, K, V and the attention output (flash attention's backward needs all four)
+      c_mlp   4 (SwiGLU: gate, up, act, product) or 2 (GELU MLP: fc1 out, act out) when trained;
+              3 or 1 when frozen (the product / act output only feed a frozen linear)
+      A       64 bytes with flash attention (Ascend's FlashAttentionScore keeps 8 fp32 softmax
+              max and sum per head and token; used for 16-bit inputs), else e x S (the softmax
+              output over the attention span S: the sequence, a tile or the micro-batch's patches)
 
-  (Korthikanti's 34 = 4 (two norm inputs) + 2 x 2 (QKV and MLP inputs) + 11 - 2 + 19 - 1 with
-  ``f = 4h``, dropout masks and the ``2 as`` dropout output dropped: every model here runs
-  without dropout.) InternViT-6B's q/k norms add ``n e (a d + g d) / t``. With
+  (With ``f = 4h``, ``a d = g d = h``, a GELU MLP and no flash this is Korthikanti's
+  ``sbh (34 + 5 as / h)`` without the dropout terms, ``2 sbh + 3 as^2 b`` (two 1-byte masks of
+  the layer outputs, the attention-probability mask and dropout output): every model here trains
+  without dropout. Per TP rank the norm and linear inputs stay whole unless sequence parallel,
+  the rest divides by ``t``, as the paper's ``sbh (10 + 24 / t + 5 as / (h t))``.) InternViT-6B's q/k norms add ``n e (a d + g d) / t``. With
   ``--recompute-granularity full`` (msmm recomputes every transformer layer) a layer keeps only its
-  input, ``n e h r``; ``selective`` (msmm recomputes each attention block) keeps
-  ``n e [4 h r + c_mlp f / t]``; the recomputed part of one layer is added once as working
-  memory. Activations are kept only where a gradient flows: a frozen vision encoder keeps none
-  (one layer's working memory), a frozen text decoder in front of a trained projector keeps its
-  own. The projector keeps its inputs and hidden activations; the last stage adds the logits
-  ``n V / t (e + 8)`` (the logits, fp32 log-probabilities and their gradient).
+  input, ``n e h r``; ``selective`` (msmm recomputes each attention block from its input) keeps the
+  norm, linear and MLP terms; the recomputed part of one layer is added once as working memory.
+  Activations are kept only where a gradient flows: a frozen vision encoder keeps none (one
+  layer's working memory), a frozen text decoder in front of a trained projector keeps its
+  frozen-layer share. The projector keeps its inputs and hidden activations; the last stage adds
+  the logits ``n V / t (e + 8)`` (the logits, fp32 log-probabilities and their gradient).
   Pipeline: Megatron's 1F1B schedule keeps ``min(PP - stage, micro-batches)`` micro-batches in
   flight on a stage; interleaved (VPP) ``min((PP - stage - 1) 2 + (VPP - 1) PP + 1,
   micro-batches x VPP)`` chunk passes (Korthikanti's ``L (1 + (p - 1) / (p m))`` on the first
@@ -202,21 +212,23 @@ class ActivationSettings:
     recompute: Optional[str]  # None, "full", "selective"
 
 
-def layer_activation_bytes(layer: LayerShape, s: ActivationSettings) -> Tuple[int, int, int]:
+def layer_activation_bytes(layer: LayerShape, s: ActivationSettings, trained: bool = True) -> Tuple[int, int, int]:
     """(stored without recompute, stored with the run's recompute, working memory of one
-    recomputed layer) in bytes, per the formula in the module docstring."""
+    recomputed layer) in bytes, per the formula in the module docstring. ``trained``: the layer
+    has trained weights (LoRA counts); False for a frozen layer that gradients pass through."""
     t, e, n = s.tp, s.elem, layer.tokens
     r = 1.0 / t if s.sequence_parallel else 1.0
     q, kv = layer.heads * layer.head_dim, layer.groups * layer.head_dim
-    mlp = (4 if layer.swiglu else 2) * layer.ffn / t
-    attention = (2 * q + 2 * kv) / t + ((q + kv) / t if layer.qk_norm else 0)
+    norms = 2 * layer.hidden * r  # the inputs of the two norms
+    linear_inputs = 2 * layer.hidden * r if trained else 0  # QKV and MLP inputs: for the weight gradients
+    attention = (2 * q + 2 * kv) / t + ((q + kv) / t if layer.qk_norm else 0)  # Q, K, V, output (q/k norm inputs)
+    mlp = ((4 if layer.swiglu else 2) if trained else (3 if layer.swiglu else 1)) * layer.ffn / t
     scores = n * (layer.heads / t) * (FLASH_STATS_BYTES if s.flash else e * layer.span)
-    norms_inputs = 4 * layer.hidden * r
-    full = n * e * (norms_inputs + attention + mlp) + scores
+    full = n * e * (norms + linear_inputs + attention + mlp) + scores
     if s.recompute == "full":
         return int(full), int(n * e * layer.hidden * r), int(full)
-    if s.recompute == "selective":
-        kept = n * e * (norms_inputs + mlp)
+    if s.recompute == "selective":  # the attention block is recomputed from its input
+        kept = n * e * (norms + (linear_inputs if trained else layer.hidden * r) + mlp)
         return int(full), int(kept), int(full - kept)
     return int(full), int(full), 0
 
@@ -381,8 +393,8 @@ def make_plan(models: Any, config: Any, args: argparse.Namespace, checked: Valid
     vis = vision_input(config, data_config, seq, args.micro_batch_size)
     text_layer = _text_layer(config, plan_args, cp)
     vision_layer = _vision_layer(config, vis, args.micro_batch_size)
-    text_act = layer_activation_bytes(text_layer, settings)
-    vision_act = layer_activation_bytes(vision_layer, settings)
+    text_act = layer_activation_bytes(text_layer, settings, trained=True)
+    vision_act = layer_activation_bytes(vision_layer, settings, trained=True)
     projector_act = _projector_bytes(config, vis, args.micro_batch_size, settings)
 
     spec = get_family(config.model_id)
@@ -392,6 +404,8 @@ def make_plan(models: Any, config: Any, args: argparse.Namespace, checked: Valid
     keep_vision = by_section[VISION_ENCODER]
     keep_projector = keep_vision or by_section[VISION_PROJECTOR]
     keep_text = keep_projector or by_section[TEXT_DECODER]
+    if keep_text and not by_section[TEXT_DECODER]:  # frozen, but the projector's gradients pass through it
+        text_act = layer_activation_bytes(text_layer, settings, trained=False)
     vocab = config.sections[TEXT_DECODER].config.get("vocab_size", 0)
     logits = int(text_layer.tokens * padded_vocab(vocab, tp, 1) / tp * (elem + 8))
 
@@ -436,7 +450,7 @@ def make_plan(models: Any, config: Any, args: argparse.Namespace, checked: Valid
             per_chunk.append(kept)
         flight = _in_flight(s, pp, vpp, checked.num_microbatches)
         kept_total = sum(per_chunk[(k // pp) % vpp] for k in range(flight)) if vpp > 1 else flight * per_chunk[0]
-        master = 4 if elem == 2 else 0
+        master = 4 if elem == 2 or distributed else 0  # the distributed optimizer keeps a master for every param
         stages.append(StagePlan(
             s, contents, share.params, share.trainable, share.weight_bytes, 4 * share.trainable,
             int(share.trainable * (8 + master) / optimizer_shards), kept_total + working, flight))
@@ -600,15 +614,16 @@ def check_run_layout(args: argparse.Namespace) -> ValidatedLayout:
     return checked
 
 
-def dry_run(args: argparse.Namespace, data_config: Any = None, out: TextIO = sys.stdout) -> int:
-    """``msmm-train --dry-run``: print the plan; 0 valid and fits, 2 invalid, 3 does not fit."""
+def dry_run(args: argparse.Namespace, data_config: Any = None, out: Optional[TextIO] = None) -> int:
+    """``msmm-train --dry-run``: print the plan (to ``out``, default stdout); 0 valid and fits,
+    2 invalid, 3 does not fit."""
     try:
         plan = build_plan(args, data_config)
     except (LayoutError, ValueError, KeyError) as err:  # ModelConfigError is a ValueError (of the meta binding)
         message = str(err) if not isinstance(err, KeyError) else err.args[0]
         print(f"msmm-train: {message}", file=sys.stderr)
         return EXIT_INVALID
-    print(format_plan(plan, args), file=out)
+    print(format_plan(plan, args), file=out or sys.stdout)
     return 0 if plan.fits else EXIT_DOES_NOT_FIT
 
 

@@ -113,14 +113,24 @@ def _divisors_of_all(counts: Sequence[int], limit: int) -> List[int]:
     return [d for d in range(1, max(limit, 1) + 1) if all(c % d == 0 for c in counts)]
 
 
+def tensor_parallel_counts(config) -> List[Tuple[str, int]]:
+    """(model.json key, count) of everything tensor parallelism splits into equal shares."""
+    text, vision = _section_numbers(config, TEXT_DECODER), _section_numbers(config, VISION_ENCODER)
+    return [(f"{TEXT_DECODER}.num_attention_heads", text["num_attention_heads"]),
+            (f"{TEXT_DECODER}.num_query_groups", text["num_query_groups"]),
+            (f"{TEXT_DECODER}.ffn_hidden_size", text["ffn_hidden_size"]),
+            (f"{VISION_ENCODER}.num_attention_heads", vision["num_attention_heads"]),
+            (f"{VISION_ENCODER}.ffn_hidden_size", vision["ffn_hidden_size"])]
+
+
+def tensor_parallel_sizes(config, limit: int) -> List[int]:
+    """The TP sizes up to ``limit`` that divide every count of :func:`tensor_parallel_counts`."""
+    return _divisors_of_all([n for _, n in tensor_parallel_counts(config)], limit)
+
+
 def _check_tensor_parallel(args: argparse.Namespace, config, tp: int, world: int) -> None:
     """Every count TP splits divides by TP (errors name the model.json key and --tensor-model-parallel-size)."""
-    text, vision = _section_numbers(config, TEXT_DECODER), _section_numbers(config, VISION_ENCODER)
-    counts = [(f"{TEXT_DECODER}.num_attention_heads", text["num_attention_heads"]),
-              (f"{TEXT_DECODER}.num_query_groups", text["num_query_groups"]),
-              (f"{TEXT_DECODER}.ffn_hidden_size", text["ffn_hidden_size"]),
-              (f"{VISION_ENCODER}.num_attention_heads", vision["num_attention_heads"]),
-              (f"{VISION_ENCODER}.ffn_hidden_size", vision["ffn_hidden_size"])]
+    counts = tensor_parallel_counts(config)
     if tp > 1 and getattr(args, "unaligned_linear", False):
         raise LayoutError(
             f"--unaligned-linear with --tensor-model-parallel-size {tp}: unaligned tensor parallelism (uneven head "
@@ -308,4 +318,4 @@ def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List
 
 
 __all__ = ["CP_ALGOS", "LayoutError", "SectionPlacement", "ValidatedLayout", "WORLD_ENV", "runtime_refusals",
-           "validate_layout", "world_size_of"]
+           "tensor_parallel_counts", "tensor_parallel_sizes", "validate_layout", "world_size_of"]
