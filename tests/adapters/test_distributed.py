@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLLECTIVES = ["all_reduce_sum", "all_reduce_avg", "all_reduce_max", "all_gather_list", "all_gather_into_tensor",
+COLLECTIVES = ["all_reduce_sum", "functional_all_reduce", "all_reduce_avg", "all_reduce_max", "all_gather_list", "all_gather_into_tensor",
                "broadcast_from_last", "reduce_scatter_tensor"]
 WORLD = 2
 
@@ -34,6 +34,7 @@ if __name__ != "__main__":
     import mindspore as ms
     import pytest
     import torch
+    import torch.distributed.nn.functional  # noqa: F401 - torch loads this submodule on request only
 
     import adapters.torch as torch_ms
     from tests.adapters.harness import MODES, check, load_cases, randn
@@ -96,7 +97,7 @@ if __name__ != "__main__":
             for rank in range(WORLD):
                 got = np.load(tmp_path / f"rank{rank}_{mode}.npz")
                 chunk = total.shape[0] // WORLD
-                want = {"all_reduce_sum": total, "all_reduce_avg": total / WORLD,
+                want = {"all_reduce_sum": total, "functional_all_reduce": total, "all_reduce_avg": total / WORLD,
                         "all_reduce_max": np.maximum(*xs), "all_gather_list": np.concatenate(xs),
                         "all_gather_into_tensor": np.concatenate(xs), "broadcast_from_last": xs[-1],
                         "reduce_scatter_tensor": total[rank * chunk:(rank + 1) * chunk]}

@@ -37,7 +37,9 @@ like any sub-Cell. Two execution paths:
   ``needs_input_grad`` (True for tensor arguments) and the no-ops
   ``mark_non_differentiable``, ``set_materialize_grads``, ``mark_dirty`` (MindSpore
   always materializes output grads as tensors); ``ctx`` itself cannot be passed on to
-  other functions.
+  other functions. A backward that reads no ``ctx`` state does not re-run forward (its side
+  effects, such as a collective, would run again in the backward pass, unordered with the
+  backward's own collectives).
 
 ``bprop`` must have a fixed arity in graph mode, so there is one bprop Cell per number
 of ``apply`` arguments (1 to 8). Inputs that are not tensors (Python scalars, process
@@ -160,10 +162,12 @@ def _compile(tree: ast.FunctionDef, fn: Callable, label: str) -> Callable:
     return namespace[tree.name]
 
 
-def _graph_pair(cls: type) -> Tuple[Callable, Callable]:
-    """``(forward, backward)`` of ``cls`` rewritten to carry ctx state explicitly:
+def _graph_pair(cls: type) -> Tuple[Callable, Callable, int]:
+    """``(forward, backward, state size)`` of ``cls`` rewritten to carry ctx state explicitly:
     ``forward(ctx, needs_input_grad, *args) -> (out, state)``,
-    ``backward(ctx, state, *grads) -> grads``."""
+    ``backward(ctx, state, *grads) -> grads``. The size is 0 when backward reads no ctx
+    state: then bprop does not re-run forward (whose side effects, e.g. a collective,
+    would otherwise run again in the backward pass, unordered with the others)."""
     forward, backward = cls.__dict__["forward"], cls.__dict__["backward"]
     forward = getattr(forward, "__func__", forward)
     backward = getattr(backward, "__func__", backward)
@@ -187,15 +191,18 @@ def _graph_pair(cls: type) -> Tuple[Callable, Callable]:
 
     bwd = _source_tree(backward, f"{label}.backward")
     bwd.args.args.insert(1, ast.arg(_STATE))
-    unpack = [_set_local(name, ast.Subscript(ast.Name(_STATE, ast.Load()), ast.Constant(i), ast.Load()))
-              for i, name in enumerate(state)]
     brewrite = _CtxToLocals(bwd.args.args[0].arg)
-    bwd.body = unpack + [brewrite.visit(stmt) for stmt in bwd.body]
+    body = [brewrite.visit(stmt) for stmt in bwd.body]
     unknown = [n for n in brewrite.names if n not in state]
     if unknown:
         raise TypeError(f"autograd.Function {label}: backward reads ctx.{unknown[0]}, "
                         f"which forward never sets")
-    return _compile(fwd, forward, f"{label}.forward"), _compile(bwd, backward, f"{label}.backward")
+    reads_state = bool(brewrite.names)
+    unpack = [_set_local(name, ast.Subscript(ast.Name(_STATE, ast.Load()), ast.Constant(i), ast.Load()))
+              for i, name in enumerate(state)] if reads_state else []
+    bwd.body = unpack + body
+    return (_compile(fwd, forward, f"{label}.forward"), _compile(bwd, backward, f"{label}.backward"),
+            len(state) if reads_state else 0)
 
 
 # ---- graph-mode Cells ----------------------------------------------------------------------
@@ -224,9 +231,10 @@ class _Bprop(nn.Cell):
     """Runs the rewritten forward; ``bprop`` (one fixed arity per subclass) recomputes it
     and runs the rewritten backward."""
 
-    def __init__(self, forward: Callable, backward: Callable):
+    def __init__(self, forward: Callable, backward: Callable, state_size: int):
         super().__init__()
         self.forward_fn, self.backward_fn = forward, backward
+        self.state_size = state_size  # 0: backward reads no ctx state, forward is not re-run
         # made here, not in the graph: an object created inside a graph is a runtime
         # Python object, whose uses would cut the gradient
         self.ctx = FunctionCtx()
@@ -236,7 +244,10 @@ class _Bprop(nn.Cell):
         return out
 
     def _bprop(self, args: tuple, out, dout) -> tuple:
-        _, state = self.forward_fn(self.ctx, _needs_input_grad(args), *args)
+        if self.state_size:
+            _, state = self.forward_fn(self.ctx, _needs_input_grad(args), *args)
+        else:
+            state = ()
         if isinstance(out, tuple):
             grads = self.backward_fn(self.ctx, state, *dout)
         else:
@@ -297,11 +308,11 @@ class _Apply(nn.Cell):
         self.native = type(function.__name__, (_Function,), {
             "forward": function.__dict__["forward"], "backward": function.__dict__["backward"]})
         try:
-            forward, backward = _graph_pair(function)
+            forward, backward, state_size = _graph_pair(function)
         except (TypeError, SyntaxError) as error:  # e.g. defined in an interactive session
             self.graph_cells, self.graph_error = None, str(error)
         else:
-            self.graph_cells = nn.CellList([cls(forward, backward) for cls in _BPROP_BY_ARITY[1:]])
+            self.graph_cells = nn.CellList([cls(forward, backward, state_size) for cls in _BPROP_BY_ARITY[1:]])
             self.graph_error = ""
 
     def __call__(self, *args, **kwargs):

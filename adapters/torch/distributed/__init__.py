@@ -14,13 +14,14 @@ do these (``Tensor.copy_``, which MindSpore honours in PyNative and in graph mod
 they also return that tensor (torch returns None). ``async_op=True`` runs the collective
 at once and returns a completed work handle (``wait()`` is a no-op).
 """
+from . import nn
 from .collectives import (ReduceOp, all_gather, all_gather_into_tensor, all_reduce, barrier, broadcast,
                           reduce_scatter, reduce_scatter_tensor)
 from .group import (GroupMember, ProcessGroup, destroy_process_group, get_backend, get_process_group_ranks,
                     get_rank, get_world_size, group, init_process_group, is_available, is_initialized,
                     new_group)
 
-__all__ = ["ReduceOp", "all_gather", "all_gather_into_tensor", "all_reduce", "barrier", "broadcast",
+__all__ = ["nn", "ReduceOp", "all_gather", "all_gather_into_tensor", "all_reduce", "barrier", "broadcast",
            "reduce_scatter", "reduce_scatter_tensor", "GroupMember", "ProcessGroup", "destroy_process_group",
            "get_backend", "get_process_group_ranks", "get_rank", "get_world_size", "group",
            "init_process_group", "is_available", "is_initialized", "new_group"]

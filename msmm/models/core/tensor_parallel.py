@@ -2,7 +2,8 @@
 group, the conjugate collectives around sharded layers, and the layers whose shards need
 one (vocabulary-parallel embedding, RMSNorm over a sharded hidden dimension).
 
-The regions are ``torch.autograd.Function``s over ``torch.distributed``: on MindSpore
+The regions are ``torch.autograd.Function``s over ``torch.distributed`` (its functional
+all-reduce: nothing is written in place, which graph mode does not honour everywhere): on MindSpore
 (auto_convert + adapters) they are Cells with a custom ``bprop`` and the collectives are
 MindSpore's (HCCL on Ascend, exact CPU fallbacks on mccl), in PyNative and graph mode.
 
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_reduce  # returns the sum (never writes into its argument)
 
 
 class _State:
@@ -73,31 +75,16 @@ class _CopyToRegion(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        return all_reduce(grad, group=ctx.group), None
 
 
 class _ReduceFromRegion(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
-        dist.all_reduce(x, group=group)
-        return x
+        return all_reduce(x, group=group)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
-
-
-class _AllReduceRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        dist.all_reduce(x, group=group)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        dist.all_reduce(grad, group=ctx.group)
         return grad, None
 
 
@@ -110,7 +97,8 @@ def reduce_from_tensor_parallel_region(x: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_tensor_parallel(x: torch.Tensor) -> torch.Tensor:
-    return x if _STATE.size == 1 else _AllReduceRegion.apply(x, _STATE.group)
+    """All-reduce forward and backward: the two regions in turn."""
+    return reduce_from_tensor_parallel_region(copy_to_tensor_parallel_region(x))
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 1) -> int:
