@@ -15,17 +15,15 @@ from typing import Any, Dict, Mapping, Optional, Pattern, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from msmm.registry import TEXT_DECODER, VISION_ENCODER, VISION_PROJECTOR, text_family_of
 
 from .core import TransformerConfig
 from .model_config import ModelConfig, ModelConfigError, construct, text_config
 from .projectors import PixelShuffleMLPConfig, PixelShuffleProjector
-from .text import CausalLM
 from .vision.intern_vit import InternVisionEncoder, intern_vit_config_from_hf
 from .vision.vit import ViTConfig
-from .vlm import TEXT_DECODERS, build_text_decoder, splice_features
+from .vlm import TEXT_DECODERS, VisionTowerLM, build_text_decoder, splice_features
 
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
@@ -90,7 +88,7 @@ def internvl_config_from_hf(
     return config, layout
 
 
-class InternVL(nn.Module):
+class InternVL(VisionTowerLM):
     """InternVL chat model: tiles [N, 3, H, W] and token ids -> logits (and loss)."""
 
     def __init__(self, config: InternVLConfig) -> None:
@@ -106,19 +104,6 @@ class InternVL(nn.Module):
             init_method_std=config.text.init_method_std,
         )
         self.language_model = build_text_decoder(config.text_family, config.text)
-
-    @property
-    def vision_token_ids(self) -> Tuple[int, ...]:
-        """Ids whose embeddings ``embed_inputs`` replaces: <IMG_CONTEXT>."""
-        return (self.image_token_id,)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        """The text decoder's token embedding table."""
-        return self.language_model.get_input_embeddings()
-
-    def get_decoder(self) -> CausalLM:
-        """The text decoder (a causal LM: ``forward_with_cache``, ``init_kv_cache``)."""
-        return self.language_model
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tiles [N, 3, H, W] -> LLM inputs [N, tokens_per_tile, text_hidden]."""
@@ -145,10 +130,6 @@ class InternVL(nn.Module):
         pipeline's vision inputs."""
         inputs = {"pixel_values": pixel_values, "image_flags": image_flags}
         return {k: np.asarray(v) for k, v in inputs.items() if v is not None}
-
-    def prompt_position_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, **vision: Any) -> np.ndarray:
-        """Position ids [B, L] of a left-padded prompt (the text decoder's)."""
-        return self.language_model.prompt_position_ids(input_ids, attention_mask)
 
     def forward(
         self,

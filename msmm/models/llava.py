@@ -17,17 +17,15 @@ from typing import Any, Dict, Mapping, Optional, Pattern, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from msmm.registry import TEXT_DECODER, VISION_ENCODER, VISION_PROJECTOR, text_family_of
 
 from .core import TransformerConfig
 from .model_config import ModelConfig, ModelConfigError, construct, text_config
 from .projectors import MLPProjector, MLPProjectorConfig
-from .text import CausalLM
 from .vision.clip_vit import CLIPViTConfig, CLIPVisionEncoder, clip_vit_config_from_hf
 from .vision.vit import ViTConfig
-from .vlm import TEXT_DECODERS, build_text_decoder, splice_features
+from .vlm import TEXT_DECODERS, VisionTowerLM, build_text_decoder, splice_features
 
 IMAGE_TOKEN = "<image>"
 SELECT_STRATEGIES = ("default", "full")
@@ -80,7 +78,7 @@ def llava_config_from_hf(hf: Mapping[str, Any], where: str = "config.json") -> L
     )
 
 
-class Llava(nn.Module):
+class Llava(VisionTowerLM):
     """LLaVA-1.5: images [N, 3, H, W] and token ids -> logits (and loss)."""
 
     def __init__(self, config: LlavaConfig) -> None:
@@ -93,19 +91,6 @@ class Llava(nn.Module):
             config.vision.hidden_size, config.text.hidden_size, config.projector_bias, config.text.init_method_std
         )
         self.language_model = build_text_decoder(config.text_family, config.text)
-
-    @property
-    def vision_token_ids(self) -> Tuple[int, ...]:
-        """Ids whose embeddings ``embed_inputs`` replaces: <image>."""
-        return (self.image_token_id,)
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        """The text decoder's token embedding table."""
-        return self.language_model.get_input_embeddings()
-
-    def get_decoder(self) -> CausalLM:
-        """The text decoder (a causal LM: ``forward_with_cache``, ``init_kv_cache``)."""
-        return self.language_model
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, H, W] -> LLM inputs [N, tokens_per_image, text_hidden]."""
@@ -125,10 +110,6 @@ class Llava(nn.Module):
         """The keyword inputs of ``embed_inputs`` besides ``input_ids`` (numpy), from the data
         pipeline's vision inputs."""
         return {} if pixel_values is None else {"pixel_values": np.asarray(pixel_values)}
-
-    def prompt_position_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, **vision: Any) -> np.ndarray:
-        """Position ids [B, L] of a left-padded prompt (the text decoder's)."""
-        return self.language_model.prompt_position_ids(input_ids, attention_mask)
 
     def forward(
         self,

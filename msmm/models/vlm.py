@@ -1,10 +1,13 @@
-"""What every vision-language composition shares: the text decoders it can carry, and
-splicing vision features into the text embeddings with static shapes."""
+"""What every vision-language composition shares: the text decoders it can carry,
+splicing vision features into the text embeddings with static shapes, and the methods of a
+vision tower + projector + ``language_model`` model (``VisionTowerLM``)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
+import torch.nn as nn
 
 from .core import TransformerConfig
 from .text import (
@@ -27,6 +30,30 @@ TEXT_DECODERS: Dict[str, Tuple[Callable[[Mapping[str, Any]], TransformerConfig],
 
 def build_text_decoder(family: str, config: TransformerConfig) -> CausalLM:
     return TEXT_DECODERS[family][1](config)
+
+
+class VisionTowerLM(nn.Module):
+    """A vision tower, a projector and a text decoder ``language_model`` (a ``CausalLM``) with
+    one image token ``image_token_id`` (InternVL, LLaVA): the methods generation calls that
+    such a model answers through its decoder. A subclass builds the three modules and defines
+    ``get_image_features``, ``embed_inputs``, ``embedding_inputs`` and ``forward``."""
+
+    @property
+    def vision_token_ids(self) -> Tuple[int, ...]:
+        """Ids whose embeddings ``embed_inputs`` replaces: the image token."""
+        return (self.image_token_id,)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The text decoder's token embedding table."""
+        return self.language_model.get_input_embeddings()
+
+    def get_decoder(self) -> CausalLM:
+        """The text decoder (a causal LM: ``forward_with_cache``, ``init_kv_cache``)."""
+        return self.language_model
+
+    def prompt_position_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray, **vision: Any) -> np.ndarray:
+        """Position ids [B, L] of a left-padded prompt (the text decoder's)."""
+        return self.language_model.prompt_position_ids(input_ids, attention_mask)
 
 
 def splice_features(
