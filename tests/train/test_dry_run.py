@@ -69,6 +69,11 @@ def test_dry_run_of_every_recipe_and_layout(recipe, layout, tmp_path, monkeypatc
     assert (lay.pp > 1) == any("pipeline parallelism is not implemented yet" in r for r in plan.refusals)
 
 
+def test_docs_tables_are_the_planners():
+    """docs/parallel.md's tables are what tools/parallel_plans.py generates from the planner now."""
+    assert parallel_plans.main(["--check"]) == 0, "rerun: python tools/parallel_plans.py"
+
+
 def test_dry_run_allocates_no_weights_and_starts_no_device(tmp_path):
     """InternVL3-78B (157 GB of bf16 weights) in a subprocess that would fail if MindSpore were
     started on the Ascend device this machine lacks: exit 3 (does not fit on 8), small peak RSS."""
