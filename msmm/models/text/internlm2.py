@@ -1,7 +1,7 @@
 """InternLM2 text decoder: packed ``wqkv`` in grouped layout and ``w1/w3/w2`` SwiGLU.
 
 Our module tree uses the shared layer names (self_attn, mlp, input_layernorm, ...) with
-InternLM2's own projection names inside; checkpoint_io's "internlm2" key mapping renames
+InternLM2's own projection names inside; ``msmm.checkpoint.names.INTERNLM2_RULES`` renames
 the remaining InternLM2 keys (tok_embeddings, attention, feed_forward, attention_norm,
 ffn_norm, output).
 
