@@ -74,7 +74,8 @@ RECIPES = [
     ]),
     Recipe("InternVL2-8B", "internvl2/finetune_internvl2_8B.sh", [
         Layout("script", 8, source="the launch script"),
-        Layout("script + distributed optimizer", 8, [DIST], source="the launch script with --use-distributed-optimizer"),
+        Layout("script + distributed optimizer", 8, [DIST],
+               source="the launch script with --use-distributed-optimizer"),
         Layout("MindSpeed-MM PP 4", 8, tp_pp(1, 4, DIST) + gbs(64 * 2),
                {TEXT: [6, 9, 9, 8], VISION: [24, 0, 0, 0]},
                f"{MSMM} examples/internvl2 finetune_internvl2_8B.sh + model_8B.json (GRAD_ACC_STEP 64)"),
@@ -104,7 +105,8 @@ RECIPES = [
     ]),
     Recipe("Qwen2-VL-7B", "qwen2vl/finetune_qwen2vl_7b.sh", [
         Layout("script", 8, source="the launch script"),
-        Layout("script + distributed optimizer", 8, [DIST], source="the launch script with --use-distributed-optimizer"),
+        Layout("script + distributed optimizer", 8, [DIST],
+               source="the launch script with --use-distributed-optimizer"),
         Layout("MindSpeed-MM PP 4", 8, tp_pp(1, 4, DIST) + gbs(96 * 2), {TEXT: [1, 10, 10, 7], VISION: VIT_FIRST[4]},
                f"{MSMM} examples/qwen2vl finetune_qwen2vl_7b.sh + model_7b.json (GRAD_ACC_STEP 96)"),
     ]),
@@ -287,7 +289,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     new = f"{head}{BEGIN}\n{generate()}{END}{tail}"
     if opts.check:
         if new != doc:
-            print(f"{DOC}: the tables differ from what tools/parallel_plans.py generates now; rerun it", file=sys.stderr)
+            print(f"{DOC}: the tables differ from what tools/parallel_plans.py generates now; rerun it",
+                  file=sys.stderr)
             return 1
         return 0
     DOC.write_text(new)

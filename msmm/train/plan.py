@@ -52,7 +52,8 @@ parallelism by the same functions (``msmm.checkpoint.mm._placement``,
   ``sbh (34 + 5 as / h)`` without the dropout terms, ``2 sbh + 3 as^2 b`` (two 1-byte masks of
   the layer outputs, the attention-probability mask and dropout output): every model here trains
   without dropout. Per TP rank the norm and linear inputs stay whole unless sequence parallel,
-  the rest divides by ``t``, as the paper's ``sbh (10 + 24 / t + 5 as / (h t))``.) InternViT-6B's q/k norms add ``n e (a d + g d) / t``. With
+  the rest divides by ``t``, as the paper's ``sbh (10 + 24 / t + 5 as / (h t))``.) InternViT-6B's q/k
+  norms add ``n e (a d + g d) / t``. With
   ``--recompute-granularity full`` (msmm recomputes every transformer layer) a layer keeps only its
   input, ``n e h r``; ``selective`` (msmm recomputes each attention block from its input) keeps the
   norm, linear and MLP terms; the recomputed part of one layer is added once as working memory.

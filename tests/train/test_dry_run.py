@@ -159,7 +159,8 @@ BAD = [
      ["--pipeline-model-parallel-size", "4", "--virtual-pipeline-model-parallel-size", "8", "--global-batch-size", "8"],
      "text_decoder.num_layers 28 (", False),
     ("vpp_per_stage", M8, (None, None, None), 8,
-     ["--pipeline-model-parallel-size", "4", "--num-layers-per-virtual-pipeline-stage", "3", "--global-batch-size", "8"],
+     ["--pipeline-model-parallel-size", "4", "--num-layers-per-virtual-pipeline-stage", "3",
+      "--global-batch-size", "8"],
      "--num-layers-per-virtual-pipeline-stage 3: text_decoder.num_layers 28 / --pipeline-model-parallel-size 4 = 7 "
      "layers per stage, which is not a multiple of 3", False),
     ("vpp_both", M8, (None, None, None), 8,

@@ -7,7 +7,6 @@ The plan places and splits the tensors of the model built on the shape-only torc
 of the safetensors files mm-convert wrote is the independent side."""
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import math

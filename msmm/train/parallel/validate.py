@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from msmm.registry import TEXT_DECODER, VISION_ENCODER
 
