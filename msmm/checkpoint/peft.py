@@ -43,7 +43,6 @@ from safetensors.numpy import save_file
 
 from ..config.lora_config import suffix_matches
 from .layout import resolve_load_dir
-from .names import Group, rename
 from .safetensors import FLOAT_CODES, Tensor, open_file, to_float
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -85,13 +84,13 @@ class AdapterNaming:
         naming = get_family(model_id, "PEFT naming").naming
         if layout not in naming.layouts:
             raise ValueError(f"model_id {model_id!r} has no checkpoint layout {layout!r}; known: {sorted(naming.layouts)}")
-        self.groups: List[Group] = naming.groups(layout, text_model_id)
-        self.aliases: List[Group] = list(naming.aliases.get(layout, []))
+        naming.groups(layout, text_model_id)  # an unknown text family fails here, not at the first name
+        self.naming, self.text_family = naming, text_model_id
         self.unfuse = naming.unfused(layout)
         self.model_id, self.layout = model_id, layout
 
     def parameter(self, name: str) -> str:
-        hf = rename(name, self.groups, to_mm=False)
+        hf = self.naming.hf_name(name, self.layout, self.text_family)
         if hf is None:
             raise KeyError(f"{name!r} has no name in the {self.model_id} {self.layout!r} checkpoint layout")
         return hf
@@ -102,7 +101,7 @@ class AdapterNaming:
     def msmm_parameter(self, hf: str) -> Optional[str]:
         """The msmm name of an adapter's parameter name (the saved checkpoint name, or the
         transformers >= 4.52 in-memory name PEFT writes), or None."""
-        return rename(hf, self.aliases, to_mm=True) or rename(hf, self.groups, to_mm=True)
+        return self.naming.mm_name(hf, self.layout, self.text_family)
 
     def fused_qkv(self, name: str) -> Optional[Tuple[str, str]]:
         """(stem, part) when ``name`` (stem.q_proj / k_proj / v_proj) is stored fused as stem.qkv."""
