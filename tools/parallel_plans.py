@@ -230,7 +230,7 @@ def render(outcomes: List[Outcome]) -> str:
                    "| total GiB |")
         out.append("|---|---|---|---|---|---|---|---|")
         for s in p.stages:
-            out.append(f"| {s.stage} | {', '.join(s.contents)} | {s.params / 1e9:.3f}B | {_gib(s.weights)} | "
+            out.append(f"| {s.stage} | {s.holds} | {s.params / 1e9:.3f}B | {_gib(s.weights)} | "
                        f"{_gib(s.grads)} | {_gib(s.optimizer)} | {_gib(s.activations)} ({s.in_flight}) | "
                        f"{_gib(s.total)} |")
         out.append("")

@@ -327,6 +327,10 @@ class StagePlan:
     in_flight: int  # micro-batches (chunk passes with VPP) whose activations are kept
 
     @property
+    def holds(self) -> str:
+        return "; ".join(self.contents)
+
+    @property
     def total(self) -> int:
         return self.weights + self.grads + self.optimizer + self.activations
 
@@ -363,6 +367,10 @@ def _in_flight(stage: int, pp: int, vpp: int, micro_batches: int) -> int:
     if vpp == 1:
         return min(pp - stage, micro_batches)
     return min((pp - stage - 1) * 2 + (vpp - 1) * pp + 1, micro_batches * vpp)
+
+
+def _layers(what: str, span: Tuple[int, int]) -> str:
+    return f"{what} layer {span[0]}" if span[0] == span[1] else f"{what} layers {span[0]}-{span[1]}"
 
 
 def _ranges(placement: Any, stage: int, chunk: int) -> Optional[Tuple[int, int]]:
@@ -421,10 +429,10 @@ def make_plan(models: Any, config: Any, args: argparse.Namespace, checked: Valid
         working = 0
         for c in range(vpp):
             kept = 0
-            where = f"chunk {c}: " if vpp > 1 else ""
+            parts: List[str] = []
             v = _ranges(checked.vision, s, c)
             if v:
-                contents.append(f"{where}vision layers {v[0]}-{v[1]}")
+                parts.append(_layers("vision", v))
                 count = v[1] - v[0] + 1
                 if keep_vision:
                     kept += count * vision_act[1]
@@ -432,13 +440,13 @@ def make_plan(models: Any, config: Any, args: argparse.Namespace, checked: Valid
                 else:
                     working = max(working, vision_act[0])  # forward only: one layer at a time
             if vision_slots and (c, s) == vision_slots[-1]:
-                contents.append(f"{where}projector")
+                parts.append("projector")
                 kept += projector_act if keep_projector else 0
             if text_slots and (c, s) == text_slots[0]:
-                contents.append(f"{where}embed_tokens")
+                parts.append("embed_tokens")
             t = _ranges(checked.text, s, c)
             if t:
-                contents.append(f"{where}text layers {t[0]}-{t[1]}")
+                parts.append(_layers("text", t))
                 count = t[1] - t[0] + 1
                 if keep_text:
                     kept += count * text_act[1]
@@ -446,9 +454,11 @@ def make_plan(models: Any, config: Any, args: argparse.Namespace, checked: Valid
                 else:
                     working = max(working, text_act[0])
             if text_slots and (c, s) == text_slots[-1]:
-                contents.append(f"{where}final norm, lm_head, loss")
+                parts.append("final norm, lm_head, loss")
                 working = max(working, logits)
             per_chunk.append(kept)
+            if parts:
+                contents.append(f"chunk {c}: {', '.join(parts)}" if vpp > 1 else ", ".join(parts))
         flight = _in_flight(s, pp, vpp, checked.num_microbatches)
         kept_total = sum(per_chunk[(k // pp) % vpp] for k in range(flight)) if vpp > 1 else flight * per_chunk[0]
         master = 4 if elem == 2 or distributed else 0  # the distributed optimizer keeps a master for every param
@@ -496,7 +506,7 @@ def format_plan(plan: Plan, args: argparse.Namespace) -> str:
     lines.append("")
     lines.append("stage | holds | params / TP rank | trainable / TP rank")
     for s in plan.stages:
-        lines.append(f"{s.stage} | {', '.join(s.contents)} | {s.params:,} | {s.trainable:,}")
+        lines.append(f"{s.stage} | {s.holds} | {s.params:,} | {s.trainable:,}")
     lines.append("")
     lines.append(f"tensor parallel (TP {lay.tp}): " + tp_summary(plan))
     lines.append("")

@@ -61,7 +61,7 @@ def test_dry_run_of_every_recipe_and_layout(recipe, layout, tmp_path, monkeypatc
     assert code == (0 if plan.fits else 3), err
     assert f"world {layout.world} (--world-size)" in out
     for stage in plan.stages:
-        assert f"\n{stage.stage} | {', '.join(stage.contents)} | {stage.params:,} |" in out
+        assert f"\n{stage.stage} | {stage.holds} | {stage.params:,} |" in out
     lay = plan.checked.layout
     if lay.tp == 1:  # every parameter on exactly one stage
         assert sum(s.params for s in plan.stages) == plan.total_params
