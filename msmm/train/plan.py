@@ -607,18 +607,27 @@ def build_plan(args: argparse.Namespace, data_config: Any = None,
     return plan
 
 
-def check_run_layout(args: argparse.Namespace) -> ValidatedLayout:
+def check_run_layout(args: argparse.Namespace) -> Optional[ValidatedLayout]:
     """A real run's start-up check: ``model.json`` parsed on the shape-only torch (before
     MindSpore starts), the layout validated on msrun's world size, and what the runtime does not
-    implement yet refused; raises LayoutError / ValueError (model.json) naming flags and keys."""
+    implement yet refused; raises LayoutError / ValueError (model.json) naming flags and keys.
+    If the shape-only torch cannot import the model files (a torch API their module level uses
+    that ``adapters/meta_torch.py`` lacks), the run is not blocked: a warning, and None."""
     from adapters.meta_torch import models_on_meta
 
     world, source = world_size_of(args)
-    with models_on_meta() as models:
-        config = models.load_model_config(args.mm_model)
-        if getattr(args, "lora", None) is not None:
-            config.sections[TEXT_DECODER].lora = args.lora
-        checked = validate_layout(args, config, world, source)
+    try:
+        with models_on_meta() as models:
+            config = models.load_model_config(args.mm_model)
+            if getattr(args, "lora", None) is not None:
+                config.sections[TEXT_DECODER].lora = args.lora
+            checked = validate_layout(args, config, world, source)
+    except (LayoutError, ValueError):  # model.json or the layout: the user's to fix
+        raise
+    except Exception as err:  # noqa: BLE001 - the planning shim must never stop a run
+        print(f"msmm-train: warning: the start-up layout check could not import the model files on the shape-only "
+              f"torch ({type(err).__name__}: {err}); the layout is checked when the model is built", file=sys.stderr)
+        return None
     refusals = runtime_refusals(args, checked)
     if refusals:
         raise LayoutError(refusals[0])
@@ -628,11 +637,16 @@ def check_run_layout(args: argparse.Namespace) -> ValidatedLayout:
 def dry_run(args: argparse.Namespace, data_config: Any = None, out: Optional[TextIO] = None) -> int:
     """``msmm-train --dry-run``: print the plan (to ``out``, default stdout); 0 valid and fits,
     2 invalid, 3 does not fit."""
+    from adapters.meta_torch import MetaTorchError
+
     try:
         plan = build_plan(args, data_config)
     except (LayoutError, ValueError, KeyError) as err:  # ModelConfigError is a ValueError (of the meta binding)
         message = str(err) if not isinstance(err, KeyError) else err.args[0]
         print(f"msmm-train: {message}", file=sys.stderr)
+        return EXIT_INVALID
+    except MetaTorchError as err:  # a model's __init__ uses a torch API the shape-only torch lacks
+        print(f"msmm-train: --dry-run cannot build the model shape-only: {err}", file=sys.stderr)
         return EXIT_INVALID
     print(format_plan(plan, args), file=out or sys.stdout)
     return 0 if plan.fits else EXIT_DOES_NOT_FIT

@@ -267,3 +267,27 @@ def test_first_stage_keeps_korthikanti_pipeline_share(pp, vpp):
     kept = _in_flight(0, pp, vpp, micro_batches=1000) * per_pass
     assert kept == pytest.approx(layers * (1 + (pp - 1) / (pp * vpp)) if vpp > 1 else layers)
     assert _in_flight(pp - 1, pp, 1, 1000) == 1 and _in_flight(0, pp, 1, 2) == 2  # fewer micro-batches than stages
+
+
+def test_a_shape_only_torch_gap_never_blocks_a_run(monkeypatch, capsys):
+    """If the model files use a torch API the shape-only torch lacks, a real run warns and goes on
+    (its layout is checked when the model is built); the dry run says it cannot plan (exit 2)."""
+    import contextlib
+
+    import adapters.meta_torch as meta
+    from msmm.config.train_args import parse_train_args
+    from msmm.train.plan import check_run_layout
+
+    @contextlib.contextmanager
+    def broken(package="msmm.models"):
+        raise meta.MetaTorchError("torch.nn.functional.frobnicate: not available on the shape-only torch")
+        yield  # pragma: no cover
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(meta, "models_on_meta", broken)
+    monkeypatch.delenv("MS_WORKER_NUM", raising=False)
+    argv = ["--mm-model", M8] + BASE + ["--global-batch-size", "1"]
+    assert check_run_layout(parse_train_args(argv)) is None
+    assert "warning: the start-up layout check could not import the model files" in capsys.readouterr().err
+    assert main(argv + ["--dry-run"]) == 2
+    assert "--dry-run cannot build the model shape-only: torch.nn.functional.frobnicate" in capsys.readouterr().err
