@@ -12,12 +12,18 @@ A save writes ``SAVE/.iter_0000100.tmp-<pid>/`` completely (files fsynced), rena
 ``iter_0000100`` and only then replaces ``latest_checkpointed_iteration.txt`` (temporary
 file + rename). A process killed at any point leaves the previous checkpoint and the
 tracker file intact. Nothing is unpickled: tensors are safetensors, the rest is JSON.
+
+What a killed save leaves (``.iter_N.tmp-<pid>``, ``iter_N.old-<pid>`` when an iteration was
+being re-saved, ``.latest_checkpointed_iteration.txt.tmp-<pid>``) is cleaned by the next save,
+unless process ``<pid>`` is alive (another run writing to the same directory); an
+``iter_N.old-<pid>`` whose ``iter_N`` is missing is renamed back, never deleted.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -25,8 +31,10 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 from safetensors.numpy import save_file
 
-from .layout import METADATA, PAYLOAD, TRACKER, iteration_dir, read_json, resolve_load_dir
-from .safetensors import open_file
+from .hf import load_config, weight_files
+from .layout import (METADATA, PAYLOAD, TRACKER, is_mm_checkpoint, iteration_dir, read_json, resolve_load_dir,
+                     shard_dirs)
+from .safetensors import open_file, read_header
 
 
 @dataclass
@@ -63,9 +71,7 @@ def save_checkpoint(root: str, state: CheckpointState, write_extra: Optional[Cal
     name (the LoRA adapter files), so they are part of the same atomic save."""
     os.makedirs(root, exist_ok=True)
     final = iteration_dir(root, state.iteration)
-    for name in os.listdir(root):  # what an interrupted save left behind
-        if name.startswith(".iter_") and ".tmp-" in name:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    clean_leftovers(root)
     tmp = os.path.join(root, f".{os.path.basename(final)}.tmp-{os.getpid()}")
     shard = os.path.join(tmp, "mp_rank_00")
     os.makedirs(shard)
@@ -106,6 +112,46 @@ def save_checkpoint(root: str, state: CheckpointState, write_extra: Optional[Cal
     return final
 
 
+# what an interrupted save leaves: (pattern with the pid as the last group, kind)
+_LEFTOVERS = ((re.compile(r"^\.iter_\d+\.tmp-(\d+)$"), "tmp"), (re.compile(r"^(iter_\d+)\.old-(\d+)$"), "old"),
+              (re.compile(rf"^\.{re.escape(TRACKER)}\.tmp-(\d+)$"), "tmp"))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` (another one than this) is running; this process's own
+    leftovers come from an earlier save that failed, so they count as dead."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_leftovers(root: str) -> List[str]:
+    """Remove what interrupted saves of dead processes left in ``root``; an
+    ``iter_N.old-<pid>`` whose ``iter_N`` is missing (killed between the two renames of a
+    re-save) is renamed back to ``iter_N``. Returns what was removed or restored."""
+    done = []
+    for name in sorted(os.listdir(root)):
+        for pattern, kind in _LEFTOVERS:
+            match = pattern.match(name)
+            if match is None or _alive(int(match.groups()[-1])):
+                continue
+            path = os.path.join(root, name)
+            if kind == "old" and not os.path.exists(os.path.join(root, match.group(1))):
+                os.rename(path, os.path.join(root, match.group(1)))
+            elif os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            done.append(path)
+    return done
+
+
 def prune_checkpoints(root: str, keep: int) -> List[str]:
     """Delete all but the newest ``keep`` ``iter_*`` directories (``--save-total-limit``);
     the one the tracker file names is always kept. Returns the deleted directories."""
@@ -127,6 +173,32 @@ def prune_checkpoints(root: str, keep: int) -> List[str]:
 def read_metadata(path: str) -> Dict[str, Any]:
     """metadata.json of the checkpoint ``--load path`` points at (no tensors read)."""
     return read_json(os.path.join(resolve_load_dir(path), "mp_rank_00", METADATA))
+
+
+def check_load_path(path: str) -> Optional[Dict[str, Any]]:
+    """What ``msmm-train`` checks of ``--load path`` at start-up, before anything is built:
+    an MM checkpoint (tracker or ``mp_rank_*``) must resolve to an iteration whose every
+    shard has a readable ``metadata.json`` and a valid safetensors header (returns
+    mp_rank_00's metadata); an HF directory must have a readable ``config.json`` and valid
+    safetensors headers (returns None). Errors (``ValueError``, ``OSError``) name the file."""
+    if is_mm_checkpoint(path):
+        directory = resolve_load_dir(path)
+        metadata = None
+        for (tp, pp), shard in sorted(shard_dirs(directory).items()):
+            meta = read_json(os.path.join(shard, METADATA))
+            metadata = meta if (tp, pp) == (0, 0) else metadata
+            payload = os.path.join(shard, PAYLOAD)
+            if not os.path.isfile(payload):
+                raise FileNotFoundError(f"{shard}: no {PAYLOAD}")
+            read_header(payload)
+        return metadata
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: neither an msmm checkpoint ({TRACKER}) nor an HF checkpoint (config.json + "
+                                "safetensors)")
+    load_config(path)
+    for file in weight_files(path):
+        read_header(file)
+    return None
 
 
 def load_checkpoint(path: str) -> CheckpointState:

@@ -260,3 +260,81 @@ def text_config(config: ModelConfig) -> TransformerConfig:
         users = " / ".join(spec.title for spec in FAMILIES.values() if spec.mrope)
         raise ModelConfigError(f"{config.source}: text_decoder.mrope_section: only {users} use M-RoPE")
     return text
+
+
+# ---- the model.json a checkpoint was saved with ----------------------------------------------
+
+# keys that may differ between the model.json a checkpoint was saved with and the one a run
+# resumes it with, and why: they do not change what the trained model computes
+NOT_ARCHITECTURE = {
+    "freeze": "which parameters train, not what the model computes",
+    "init_method_std": "initialization only; the weights come from the checkpoint",
+    "attention_dropout": "regularization while training",
+    "hidden_dropout": "regularization while training",
+    "lora_dropout": "regularization while training",
+    "tensor_model_parallel_size": "how the same model is split across devices",
+}
+
+
+def model_config_record(config: ModelConfig) -> Dict[str, Any]:
+    """The parsed model.json as JSON (stored in every checkpoint's metadata.json as
+    ``model_config``): model.json's nesting, each section with its ``model_id``, ``freeze``,
+    ``lora`` block (or null) and every field of its dataclass, defaults filled in, so two
+    records compare field by field whatever each model.json left out."""
+    out: Dict[str, Any] = {"model_id": config.model_id, **config.options}
+    for path, section in config.sections.items():
+        cls, skip = COMPONENTS[path][section.model_id]
+        values: Dict[str, Any] = {"model_id": section.model_id, "freeze": section.freeze,
+                                  "lora": dataclasses.asdict(section.lora) if section.lora is not None else None}
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            if f.name in section.config:
+                values[f.name] = section.config[f.name]
+            elif f.default is not dataclasses.MISSING:
+                values[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                values[f.name] = f.default_factory()
+        node = out
+        for part in path.split(".")[:-1]:
+            node = node.setdefault(part, {})
+        node[path.split(".")[-1]] = values
+    return json.loads(json.dumps(out))
+
+
+def _flat(record: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and key != "lora":
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif key == "lora" and isinstance(value, dict):
+            out[f"{prefix}lora"] = True  # a block is there; its keys follow
+            out.update(_flat(value, f"{prefix}lora."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_architecture(saved: Mapping[str, Any], config: ModelConfig, where: str) -> None:
+    """Resuming: ``config`` (this run's model.json) must describe the model the checkpoint
+    ``where`` was saved with (``saved``, its ``model_config_record``). Every key must be equal
+    except those of ``NOT_ARCHITECTURE``; a ``lora`` block may be added to a section that had
+    none (LoRA started on a checkpoint trained without it); keys only one side's schema has
+    (a newer or older msmm) are not compared. The error names each differing key and both
+    values."""
+    ours, theirs = _flat(model_config_record(config)), _flat(saved)
+    differing = []
+    for key in ours:
+        if key not in theirs or key.rsplit(".", 1)[-1] in NOT_ARCHITECTURE:
+            continue
+        if key.endswith(".lora"):  # True: a block (its keys compared below), None: none
+            if ours[key] is None and theirs[key] is not None:
+                differing.append(f"{key}: the checkpoint was trained with a LoRA block, this model.json has none")
+            continue  # equal, or LoRA added on resume
+        if ours[key] != theirs[key]:
+            differing.append(f"{key} is {ours[key]!r} here, {theirs[key]!r} in the checkpoint")
+    if differing:
+        raise ModelConfigError(
+            f"{config.source}: does not describe the model {where} was saved with (its metadata.json "
+            f"model_config): {'; '.join(differing)}. Only {', '.join(sorted(NOT_ARCHITECTURE))} may differ on "
+            "resume (and a lora block be added)")

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from msmm.checkpoint.hf import load_config, read_hf_tensors
-from msmm.checkpoint.layout import is_mm_checkpoint
+from msmm.checkpoint.layout import is_mm_checkpoint, resolve_load_dir
 from msmm.checkpoint.load import match_state
 from msmm.checkpoint.mm import HF_CONFIG_DIR, read_mm
 from msmm.checkpoint.names import TEXT_NAMINGS
@@ -29,7 +29,7 @@ from msmm.registry import FAMILIES, TEXT_DECODER, FamilySpec, family_of_hf_confi
 
 from .core import TransformerConfig
 from .lora import apply_lora
-from .model_config import ModelConfig, ModelConfigError
+from .model_config import ModelConfig, ModelConfigError, check_same_architecture
 
 # the model file of each registry entry (``FamilySpec.model_module``), imported with this
 # package (so under the auto_convert hook, or adapters.meta_torch, it binds the same torch)
@@ -116,6 +116,25 @@ def load_pretrained(model: nn.Module, config: ModelConfig, path: str) -> None:
     hf = load_config(path)
     check_text_decoder(config, hf, config_path)
     load_hf_weights(model, path, config.model_id, get_family(config.model_id).hf_layout(hf))
+
+
+def check_checkpoint_config(config: ModelConfig, path: str, metadata: Mapping[str, Any]) -> Optional[str]:
+    """``--load path`` of an MM checkpoint (``metadata``: its mp_rank_00 metadata.json) against
+    this run's model.json, before the model is built: a training checkpoint's stored
+    ``model_config`` must describe the same architecture (``check_same_architecture``); an
+    ``mm-convert`` output's text numbers must equal its ``hf_config/config.json``
+    (``check_text_decoder``). Returns a warning when neither can be checked (a checkpoint of an
+    older msmm that stored no model config)."""
+    directory = resolve_load_dir(path)
+    if isinstance(metadata.get("model_config"), dict):
+        check_same_architecture(metadata["model_config"], config, directory)
+        return None
+    config_dir = os.path.join(os.path.dirname(os.path.normpath(directory)), HF_CONFIG_DIR)
+    if os.path.isfile(os.path.join(config_dir, "config.json")):
+        check_text_decoder(config, load_config(config_dir), os.path.join(config_dir, "config.json"))
+        return None
+    return (f"--load {path}: {directory} records no model config (saved by an older msmm) and has no "
+            f"{HF_CONFIG_DIR}/config.json: {config.source} is not checked against it")
 
 
 def _tied_names(model: nn.Module) -> List[str]:

@@ -79,6 +79,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataConfigError as err:
         print(f"msmm-train: {err}", file=sys.stderr)
         return 2
+    # --load checked before anything is built: a missing iteration, a corrupt metadata.json or
+    # safetensors header is one line naming the file (issue 15)
+    from msmm.checkpoint.train_state import check_load_path
+
+    saved = None
+    if args.load is not None:
+        try:
+            saved = check_load_path(args.load)
+        except (OSError, ValueError) as err:
+            print(f"msmm-train: --load {args.load}: {err}", file=sys.stderr)
+            return 1
     if args.dry_run:  # the layout and per-device memory, shape-only: no MindSpore, weights or data (plan.py)
         from msmm.train.plan import dry_run
 
@@ -105,13 +116,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     random.seed(args.seed)
     np.random.seed(args.seed)
     mindspore.set_seed(args.seed)
-    model_config = load_model_config(args.mm_model)
-    if args.lora is not None:
-        text = model_config.sections["text_decoder"]
-        if text.lora is not None:
-            raise ModelConfigError(f"{args.mm_model}: text_decoder.lora and --lora-r both configure LoRA on the text "
-                                   "decoder; give one")
-        text.lora = args.lora
+    from msmm.models.model_config import model_config_record
+    from msmm.models.pretrained import check_checkpoint_config
+
+    try:
+        model_config = load_model_config(args.mm_model)
+        if args.lora is not None:
+            text = model_config.sections["text_decoder"]
+            if text.lora is not None:
+                raise ModelConfigError(f"{args.mm_model}: text_decoder.lora and --lora-r both configure LoRA on the "
+                                       "text decoder; give one")
+            text.lora = args.lora
+        note = check_checkpoint_config(model_config, args.load, saved) if saved is not None else None
+    except ModelConfigError as err:  # model.json, or model.json against the --load checkpoint
+        print(f"msmm-train: {err}", file=sys.stderr)
+        return 2
+    if note:
+        print(f"msmm-train: warning: {note}", file=sys.stderr)
     model = build_model(model_config)
     resume = args.load is not None and is_mm_checkpoint(args.load)
     if args.load and not resume:
@@ -156,7 +177,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from msmm.train.adapter import load_adapter
 
         loaded = load_adapter(model, args.lora_load, writer.naming)
-    trainer = Trainer(model, config, loader, world, arguments=arguments, adapter_writer=writer)
+    trainer = Trainer(model, config, loader, world, arguments=arguments, adapter_writer=writer,
+                      model_config=model_config_record(model_config))
     if adapted:
         trainable = sum(int(np.prod(p.shape)) for _, p in trainer.named)
         total = sum(int(np.prod(p.shape)) for _, p in model.named_parameters())

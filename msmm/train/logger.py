@@ -27,6 +27,44 @@ class TrainLogger:
 
             self._tb = SummaryWriter(os.path.join(log_dir, "tensorboard"))
 
+    def resume_at(self, iteration: int) -> int:
+        """A run resumed at ``iteration``: drop the records of later iterations from
+        ``train_log.jsonl`` (the interrupted run logged them, this one logs them again),
+        rewriting it atomically (temporary file + rename); a torn last line of a killed run
+        goes too. TensorBoard hides the later events (``purge_step``). Returns how many
+        records were dropped."""
+        if not self._jsonl:
+            return 0
+        path = self._jsonl.name
+        self._jsonl.close()
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines(keepends=True)
+        kept, dropped = [], 0
+        for line in lines:
+            if not line.endswith("\n"):
+                continue  # torn write
+            try:
+                logged = json.loads(line).get("iteration")
+            except (ValueError, AttributeError):
+                logged = None
+            if isinstance(logged, int) and logged > iteration:
+                dropped += 1
+            else:
+                kept.append(line)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._jsonl = open(path, "a")
+        if self._tb:
+            from tensorboardX import SummaryWriter
+
+            self._tb.close()
+            self._tb = SummaryWriter(os.path.join(self.log_dir, "tensorboard"), purge_step=iteration + 1)
+        return dropped
+
     def info(self, message: str) -> None:
         if self.enabled:
             print(message, flush=True)

@@ -211,7 +211,8 @@ class Trainer:
     def __init__(self, model: nn.Cell, config: TrainConfig, source: BatchSource, world: World = World(),
                  inputs: Optional[Callable[[Batch], Dict[str, Tensor]]] = None,
                  arguments: Optional[Dict[str, Any]] = None,
-                 adapter_writer: Optional[Callable[[str], Any]] = None) -> None:
+                 adapter_writer: Optional[Callable[[str], Any]] = None,
+                 model_config: Optional[Dict[str, Any]] = None) -> None:
         self.model, self.config, self.world = model, config, world
         if mindspore.get_context("device_target") == "CPU" and async_queue_threads():
             warnings.warn(f"MindSpore's host pipeline threads ({', '.join(async_queue_threads())}) are running: "
@@ -230,6 +231,7 @@ class Trainer:
         self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad)
         self.iteration = 0
         self.arguments = arguments or {}
+        self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
         self.logger = TrainLogger(config.log_dir, enabled=world.rank == 0, log_tps=config.log_tps)
 
     # ---- one optimizer step ----------------------------------------------------------------
@@ -304,7 +306,8 @@ class Trainer:
             rng={**ckpt.capture_numpy_rng(), "mindspore": mindspore.get_rng_state().asnumpy()} if c.save_rng else {},
             python_rng=ckpt.capture_python_rng() if c.save_rng else None,
             data=self.stream.state_dict(),
-            extra={"arguments": self.arguments, "train_config": asdict(c), "world_size": self.world.size},
+            extra={"arguments": self.arguments, "train_config": asdict(c), "world_size": self.world.size,
+                   "model_config": self.model_config},
         )
         path = ckpt.save_checkpoint(c.save, state, self.adapter_writer)
         self.logger.info(f"saved checkpoint at iteration {self.iteration} to {path}"
@@ -334,6 +337,7 @@ class Trainer:
                 ckpt.restore_python_rng(state.python_rng)
         if not fresh_run:
             self.iteration = state.iteration  # continue the count, the LR schedule and the data
+            self.logger.resume_at(state.iteration)  # train_log.jsonl: one record per iteration
             if state.data is not None:
                 self.stream.load_state_dict(state.data)
         self.logger.info(f"loaded checkpoint {where} (iteration {state.iteration})")

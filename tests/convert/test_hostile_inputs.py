@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import torch
 import tiny_hf
 from msmm.checkpoint.train_state import CheckpointState, save_checkpoint
 from msmm.convert.cli import main
+from tests.corrupt_safetensors import CORRUPT
 
 CONVERTER = "Qwen2VLConverter"
 
@@ -196,27 +196,6 @@ def test_config_json_that_contradicts_the_tensors_is_refused(tmp_path, hf, capsy
 
 
 # ---- item 4: corrupt safetensors files ---------------------------------------------------------
-
-def safetensors_bytes(header, data: bytes) -> bytes:
-    blob = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return struct.pack("<Q", len(blob)) + blob + data
-
-
-A = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
-CORRUPT = {  # name -> (file content, what the error says)
-    "overlap": (safetensors_bytes({"a": A, "b": {"dtype": "F32", "shape": [3], "data_offsets": [8, 20]}}, bytes(28)),
-                "tensor 'b' (data_offsets [8, 20]) overlaps the previous tensor"),
-    "gap": (safetensors_bytes({"a": A, "b": {"dtype": "F32", "shape": [3], "data_offsets": [20, 32]}}, bytes(32)),
-            "tensor 'b' (data_offsets [20, 32]) leaves a gap of 4 bytes"),
-    "truncated": (safetensors_bytes({"a": A, "b": {"dtype": "F32", "shape": [3], "data_offsets": [16, 28]}}, bytes(24)),
-                  "tensor 'b': data_offsets [16, 28] reach past the end of the file (truncated? 24 data bytes)"),
-    "huge_header": (struct.pack("<Q", 2**62) + b"{}", "not a safetensors file or truncated (header length "
-                                                      f"{2**62}, file size 10 bytes)"),
-    "empty": (b"", "not a safetensors file (0 bytes, shorter than its 8-byte header length)"),
-    "garbage_header": (safetensors_bytes(b"\xff\xfe{garbage", b""), "not a safetensors file (bad header:"),
-    "not_an_object": (safetensors_bytes([1, 2, 3], b""), "not a safetensors file (the header is not a JSON object)"),
-}
-
 
 @pytest.mark.parametrize("case", sorted(CORRUPT))
 def test_corrupt_safetensors_is_an_error_naming_the_file(tmp_path, capsys, case):

@@ -129,7 +129,9 @@ def test_defaults_and_reductions():
 
 
 def test_next_save_removes_what_an_interrupted_save_left(tmp_path):
-    (tmp_path / ".iter_0000020.tmp-12345" / "mp_rank_00").mkdir(parents=True)
+    writer = subprocess.Popen(["true"])  # a writer that is gone (a live one's leftovers stay)
+    writer.wait()
+    (tmp_path / f".iter_0000020.tmp-{writer.pid}" / "mp_rank_00").mkdir(parents=True)
     ckpt.save_checkpoint(str(tmp_path), _state(30, 3.0))
     assert sorted(os.listdir(tmp_path)) == ["iter_0000030", "latest_checkpointed_iteration.txt"]
 
