@@ -29,6 +29,7 @@ from msmm.registry import FAMILIES, TEXT_DECODER, FamilySpec, family_of_hf_confi
 
 from .core import TransformerConfig
 from .lora import apply_lora
+from .text.decoder import HF_TEXT_KEYS
 from .model_config import ModelConfig, ModelConfigError, check_same_architecture
 
 # the model file of each registry entry (``FamilySpec.model_module``), imported with this
@@ -80,12 +81,6 @@ def apply_lora_config(model: nn.Module, config: ModelConfig) -> Dict[str, list]:
     return adapted
 
 
-# text_decoder field -> the HF text config key holding the same number
-_TEXT_KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "num_attention_heads": "num_attention_heads",
-              "num_query_groups": "num_key_value_heads", "ffn_hidden_size": "intermediate_size",
-              "vocab_size": "vocab_size", "layernorm_epsilon": "rms_norm_eps", "rotary_base": "rope_theta"}
-
-
 def check_text_decoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -> None:
     """The text numbers that loading cannot catch (a wrong RoPE base or norm epsilon loads
     fine) must equal the checkpoint's: each ``text_decoder`` field against the key of the
@@ -96,7 +91,7 @@ def check_text_decoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -
     if TEXT_DECODER not in config.sections:
         return
     ours = TransformerConfig(**config.sections[TEXT_DECODER].config)
-    for field, key in _TEXT_KEYS.items():
+    for field, key in HF_TEXT_KEYS.items():
         if text.get(key) is None:
             continue
         mine, theirs = getattr(ours, field), text[key]

@@ -1,7 +1,7 @@
 """Decoder-only language model (embeddings + transformer block) and the causal-LM head/loss."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,6 +20,23 @@ from ..core import (
 from ..core.tensor_parallel import VocabParallelEmbedding, padded_vocab_size
 
 IGNORE_INDEX = -100
+
+# TransformerConfig field -> the key of an HF causal-LM config.json (Qwen2, Llama, InternLM2) that holds it
+HF_TEXT_KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
+                "num_attention_heads": "num_attention_heads", "num_query_groups": "num_key_value_heads",
+                "ffn_hidden_size": "intermediate_size", "vocab_size": "vocab_size",
+                "layernorm_epsilon": "rms_norm_eps", "rotary_base": "rope_theta"}
+
+
+def hf_text_fields(hf: Mapping[str, Any]) -> Dict[str, Any]:
+    """The TransformerConfig fields every HF causal-LM config.json msmm reads spells alike
+    (a family's ``*_config_from_hf`` adds its own)."""
+    heads = hf["num_attention_heads"]
+    return dict(num_layers=hf["num_hidden_layers"], hidden_size=hf["hidden_size"], num_attention_heads=heads,
+                num_query_groups=hf.get("num_key_value_heads") or heads, ffn_hidden_size=hf["intermediate_size"],
+                vocab_size=hf["vocab_size"], layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
+                rotary_base=hf.get("rope_theta", 10000.0), tie_word_embeddings=hf.get("tie_word_embeddings", False),
+                pad_token_id=hf.get("pad_token_id"), init_method_std=hf.get("initializer_range", 0.02))
 
 
 def causal_lm_loss(

@@ -24,7 +24,7 @@ from ..core import (
     TransformerConfig,
     gpt_layer_spec,
 )
-from .decoder import CausalLM
+from .decoder import CausalLM, hf_text_fields
 
 
 class InternLM2Attention(SelfAttention):
@@ -70,21 +70,7 @@ def internlm2_config_from_hf(hf: Mapping[str, Any]) -> TransformerConfig:
     if hf.get("rope_scaling"):
         raise ValueError(f"InternLM2 config: rope_scaling={hf['rope_scaling']!r} is not supported, only plain RoPE")
     bias = hf.get("bias", False)
-    return TransformerConfig(
-        num_layers=hf["num_hidden_layers"],
-        hidden_size=hf["hidden_size"],
-        num_attention_heads=hf["num_attention_heads"],
-        num_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        ffn_hidden_size=hf["intermediate_size"],
-        vocab_size=hf["vocab_size"],
-        layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
-        add_qkv_bias=bias,
-        add_bias_linear=bias,
-        rotary_base=hf.get("rope_theta", 10000.0),
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
-        pad_token_id=hf.get("pad_token_id"),
-        init_method_std=hf.get("initializer_range", 0.02),
-    )
+    return TransformerConfig(**hf_text_fields(hf), add_qkv_bias=bias, add_bias_linear=bias)
 
 
 class InternLM2Decoder(CausalLM):
