@@ -649,6 +649,10 @@ def dry_run(args: argparse.Namespace, data_config: Any = None, out: Optional[Tex
         print(f"msmm-train: --dry-run cannot build the model shape-only: {err}", file=sys.stderr)
         return EXIT_INVALID
     print(format_plan(plan, args), file=out or sys.stdout)
+    if not plan.fits:
+        worst = plan.worst()
+        print(f"msmm-train: --dry-run: does not fit: pipeline stage {worst.stage} needs {_g(worst.total)} GiB per "
+              f"device, --device-memory-gb is {args.device_memory_gb:g}", file=sys.stderr)
     return 0 if plan.fits else EXIT_DOES_NOT_FIT
 
 

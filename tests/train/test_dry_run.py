@@ -66,6 +66,7 @@ def test_dry_run_of_every_recipe_and_layout(recipe, layout, tmp_path, monkeypatc
     if lay.tp == 1:  # every parameter on exactly one stage
         assert sum(s.params for s in plan.stages) == plan.total_params
     assert ("\nfits:" in out) == plan.fits and ("\ndoes not fit:" in out) == (not plan.fits)
+    assert ("msmm-train: --dry-run: does not fit: pipeline stage" in err) == (not plan.fits)
     assert (lay.pp > 1) == any("pipeline parallelism is not implemented yet" in r for r in plan.refusals)
 
 
@@ -176,6 +177,10 @@ BAD = [
      ["--context-parallel-size", "8", "--context-parallel-algo", "ulysses_cp_algo", "--global-batch-size", "1"],
      "--context-parallel-algo ulysses_cp_algo with --context-parallel-size 8 needs --seq-length 8192 and the 28 heads",
      False),
+    ("cp_algo", M8, (None, None, None), 8,
+     ["--context-parallel-size", "2", "--context-parallel-algo", "hybrid_cp_algo", "--global-batch-size", "4"],
+     "--context-parallel-algo hybrid_cp_algo with --context-parallel-size 2: only megatron_cp_algo and "
+     "ulysses_cp_algo are planned", False),
     ("pipeline_key_type", M8, ("six", None, None), 1, ["--global-batch-size", "1"],
      "text_decoder.pipeline_num_layers: expected a list of layer counts per pipeline stage", True),
     ("pipeline_key_projector", M8, (None, None, [1]), 1, ["--global-batch-size", "1"],

@@ -258,6 +258,9 @@ def validate_layout(args: argparse.Namespace, config, world_size: int,
     seq = None if getattr(args, "variable_seq_lengths", False) else args.seq_length
     algo = getattr(args, "context_parallel_algo", None) or CP_ALGOS[0]
     if cp > 1:
+        if algo not in CP_ALGOS:
+            raise LayoutError(f"--context-parallel-algo {algo} with --context-parallel-size {cp}: only "
+                              f"{' and '.join(CP_ALGOS)} are planned")
         if args.seq_length is None:
             raise LayoutError(f"--context-parallel-size {cp} needs --seq-length (each CP rank takes a fixed share)")
         if algo == "megatron_cp_algo" and args.seq_length % (2 * cp):
