@@ -58,6 +58,8 @@ def test_tiny_example_runs_end_to_end(one_worker):
         meta = json.load(open(os.path.join(shard, "metadata.json")))
         assert meta["iteration"] == it and meta["has_optimizer"] and meta["has_rng"]
         assert meta["data"]["batch_index"] > 0
+        model_json = json.load(open(os.path.join(os.path.dirname(save), "assets", "model.json")))
+        assert meta["model_config"]["text_decoder"]["rotary_base"] == model_json["text_decoder"]["rotary_base"]
     tensors = load_file(os.path.join(save, "iter_0000006", "mp_rank_00", "model_optim_rng.safetensors"))
     early = load_file(os.path.join(save, "iter_0000003", "mp_rank_00", "model_optim_rng.safetensors"))
     vision = [k for k in tensors if k.startswith("model.visual.blocks.")]
