@@ -142,12 +142,15 @@ def clean_leftovers(root: str) -> List[str]:
             if match is None or _alive(int(match.groups()[-1])):
                 continue
             path = os.path.join(root, name)
-            if kind == "old" and not os.path.exists(os.path.join(root, match.group(1))):
-                os.rename(path, os.path.join(root, match.group(1)))
-            elif os.path.isdir(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
+            try:  # several ranks may clean at once: what another one removed first is gone
+                if kind == "old" and not os.path.exists(os.path.join(root, match.group(1))):
+                    os.rename(path, os.path.join(root, match.group(1)))
+                elif os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+            except FileNotFoundError:
+                continue
             done.append(path)
     return done
 
