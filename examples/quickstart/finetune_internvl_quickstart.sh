@@ -19,6 +19,7 @@ SAVE_PATH=${SAVE_PATH:-$WORK_DIR/save}
 TRAIN_ITERS=${TRAIN_ITERS:-800}
 LR=${LR:-3.0e-3}
 GLOBAL_BATCH=${GLOBAL_BATCH:-16}
+EXTRA_ARGS=${EXTRA_ARGS:-}  # e.g. --tensor-model-parallel-size 2 (with NPUS_PER_NODE=2 and an MM_DIR split for it)
 MM_DATA="$WORK_DIR/data.json"
 MM_MODEL="$WORK_DIR/model.json"
 
@@ -64,6 +65,7 @@ msrun $DISTRIBUTED_ARGS msmm/train/cli.py \
     $GPT_ARGS \
     $MM_ARGS \
     $OUTPUT_ARGS \
-    --save $SAVE_PATH || status=$?
+    --save $SAVE_PATH \
+    $EXTRA_ARGS || status=$?
 python -m msmm.train.msrun_report "$SAVE_PATH/msrun_log" --status $status
 exit $status

@@ -17,6 +17,7 @@ SAVE_PATH=${SAVE_PATH:-save_dir/qwen2vl_tiny}
 TRAIN_ITERS=${TRAIN_ITERS:-6}
 GLOBAL_BATCH=${GLOBAL_BATCH:-4}
 ASSET_ARGS=${ASSET_ARGS:-}  # e.g. --missing-images 2 --strict (make_tiny_assets.py)
+LOAD_ARGS=${LOAD_ARGS:-"--no-load-optim --no-load-rng"}  # resume exactly: LOAD_ARGS="--load $SAVE_PATH"
 EXTRA_ARGS=${EXTRA_ARGS:-}  # e.g. --calculate-per-token-loss
 python examples/tiny/make_tiny_assets.py --family qwen2vl --out "$TINY_DIR" $ASSET_ARGS
 MM_DATA="$TINY_DIR/data.json"
@@ -44,9 +45,7 @@ GPT_ARGS="
     --adam-beta1 0.9 \
     --adam-beta2 0.999 \
     --clip-grad 1.0 \
-    --seed 42 \
-    --no-load-optim \
-    --no-load-rng
+    --seed 42
 "
 MM_ARGS="
     --mm-data $MM_DATA \
@@ -64,6 +63,7 @@ msrun $DISTRIBUTED_ARGS msmm/train/cli.py \
     $MM_ARGS \
     $OUTPUT_ARGS \
     --save $SAVE_PATH \
+    $LOAD_ARGS \
     $EXTRA_ARGS || status=$?
 python -m msmm.train.msrun_report "$SAVE_PATH/msrun_log" --status $status --show "iteration|saved|average"
 exit $status

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .safetensors import Tensor
 
 REPLICATED, COLUMN, ROW, FUSED_QKV, VOCAB = "replicated", "column", "row", "fused_qkv", "vocab"
 
@@ -172,3 +174,16 @@ def tp_kind(name: str, where: str) -> str:
         if pattern.search(name):
             return kind
     raise KeyError(f"{where}: unexpected key {name!r} (no tensor-parallel rule knows it)")
+
+
+def shard_tensors(tensors: Mapping[str, Tensor], tp: int, rank: int,
+                  make_vocab_size_divisible_by: int = 1) -> Dict[str, Tensor]:
+    """Tensor-parallel rank ``rank``'s piece of each full MM tensor, loaded lazily: the
+    pieces ``write_mm`` writes to ``mp_rank_{rank:02d}`` (a model built at that rank takes them)."""
+    out: Dict[str, Tensor] = {}
+    for name, t in tensors.items():
+        kind = tp_kind(name, t.source)
+        padded = padded_vocab(t.shape[0], tp, make_vocab_size_divisible_by) if kind == VOCAB else None
+        load = (lambda t=t, kind=kind, padded=padded: split(kind, t.load(), tp, padded)[rank])
+        out[name] = Tensor(t.dtype, split_shape(kind, t.shape, tp, name, padded), load, t.source)
+    return out

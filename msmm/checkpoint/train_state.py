@@ -66,23 +66,34 @@ def _write_json(path: str, value: Any) -> None:
 
 
 def save_checkpoint(root: str, state: CheckpointState, write_extra: Optional[Callable[[str], None]] = None) -> str:
-    """Write ``state`` under ``root`` atomically; returns the iteration directory.
-    ``write_extra(directory)`` adds files to the iteration directory before it takes its
-    name (the LoRA adapter files), so they are part of the same atomic save."""
+    """Write ``state`` under ``root`` atomically (one process holding the whole model);
+    returns the iteration directory. ``write_extra(directory)`` adds files to the iteration
+    directory before it takes its name (the LoRA adapter files), so they are part of the
+    same atomic save."""
+    write_shard(root, state)
+    return publish(root, state.iteration, write_extra)
+
+
+def _tmp_dir(root: str, iteration: int, pid: int) -> str:
+    return os.path.join(root, f".{os.path.basename(iteration_dir(root, iteration))}.tmp-{pid}")
+
+
+def write_shard(root: str, state: CheckpointState, shard: str = "mp_rank_00") -> str:
+    """Write one model shard's files (``shard``: its ``mp_rank_*`` name) into this process's
+    temporary directory for the iteration, fsynced; ``publish`` makes it part of the
+    checkpoint. Returns the shard directory."""
     os.makedirs(root, exist_ok=True)
-    final = iteration_dir(root, state.iteration)
     clean_leftovers(root)
-    tmp = os.path.join(root, f".{os.path.basename(final)}.tmp-{os.getpid()}")
-    shard = os.path.join(tmp, "mp_rank_00")
-    os.makedirs(shard)
+    directory = os.path.join(_tmp_dir(root, state.iteration, os.getpid()), shard)
+    os.makedirs(directory)
     tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in state.model.items()}
     tensors.update({k: np.ascontiguousarray(v) for k, v in state.optimizer.items()})
     tensors.update({f"rng.{k}": np.ascontiguousarray(v) for k, v in state.rng.items()})
-    payload = os.path.join(shard, PAYLOAD)
+    payload = os.path.join(directory, PAYLOAD)
     save_file(tensors, payload, metadata={"format": "msmm"})
     with open(payload, "rb+") as f:
         os.fsync(f.fileno())
-    _write_json(os.path.join(shard, METADATA), {
+    _write_json(os.path.join(directory, METADATA), {
         "iteration": state.iteration,
         "data": state.data,
         "python_rng": state.python_rng,
@@ -90,21 +101,75 @@ def save_checkpoint(root: str, state: CheckpointState, write_extra: Optional[Cal
         "has_rng": bool(state.rng),
         **state.extra,
     })
-    _fsync_dir(shard)
+    _fsync_dir(directory)
+    return directory
+
+
+def optimizer_file(dp_rank: int) -> str:
+    """The file of a data-parallel rank's distributed-optimizer state in its ``mp_rank_*`` directory."""
+    return f"distrib_optim_dp_{dp_rank:03d}.safetensors"
+
+
+def write_optimizer_shard(root: str, iteration: int, shard: str, dp_rank: int, arrays: Dict[str, np.ndarray]) -> str:
+    """Write a data-parallel rank's distributed-optimizer state (``--use-distributed-optimizer``)
+    into this process's temporary directory for the iteration; ``publish`` merges it into
+    the ``shard`` directory."""
+    os.makedirs(root, exist_ok=True)
+    directory = os.path.join(_tmp_dir(root, iteration, os.getpid()), shard)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, optimizer_file(dp_rank))
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, path, metadata={"format": "msmm"})
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+    _fsync_dir(directory)
+    return path
+
+
+def load_optimizer_shard(path: str, shard: str, dp_rank: int) -> Dict[str, np.ndarray]:
+    """A data-parallel rank's distributed-optimizer state from the checkpoint ``--load path``."""
+    file = os.path.join(resolve_load_dir(path), shard, optimizer_file(dp_rank))
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file}: no distributed-optimizer state for data-parallel rank {dp_rank} (saved "
+                                "without --use-distributed-optimizer, or with fewer data-parallel ranks); load with "
+                                "--no-load-optim")
+    return {key: np.array(t.load()) for key, t in open_file(file).items()}
+
+
+def publish(root: str, iteration: int, write_extra: Optional[Callable[[str], None]] = None) -> str:
+    """Make the shards written for ``iteration`` (by this and, in a parallel job, the other
+    ranks, whose ``write_shard`` has returned) the checkpoint: they are moved into this
+    process's temporary directory, which is renamed to ``iter_N``; then the tracker is
+    replaced (temporary file + rename). Called by one process."""
+    mine = _tmp_dir(root, iteration, os.getpid())
+    os.makedirs(mine, exist_ok=True)
+    prefix = os.path.basename(mine).rsplit("-", 1)[0] + "-"
+    for name in sorted(os.listdir(root)):  # the other writers' shards of this iteration
+        other = os.path.join(root, name)
+        if name.startswith(prefix) and other != mine:
+            for shard in os.listdir(other):
+                target = os.path.join(mine, shard)
+                if not os.path.isdir(target):
+                    os.rename(os.path.join(other, shard), target)
+                    continue
+                for file in os.listdir(os.path.join(other, shard)):  # a data-parallel rank's optimizer file
+                    os.rename(os.path.join(other, shard, file), os.path.join(target, file))
+                os.rmdir(os.path.join(other, shard))
+            os.rmdir(other)
     if write_extra is not None:
-        write_extra(tmp)
-    _fsync_dir(tmp)
+        write_extra(mine)
+    _fsync_dir(mine)
+    final = iteration_dir(root, iteration)
     if os.path.exists(final):  # re-saving an iteration: move the old one out of the way first
         stale = final + f".old-{os.getpid()}"
         os.rename(final, stale)
-        os.rename(tmp, final)
+        os.rename(mine, final)
         shutil.rmtree(stale)
     else:
-        os.rename(tmp, final)
+        os.rename(mine, final)
     _fsync_dir(root)
     tracker_tmp = os.path.join(root, f".{TRACKER}.tmp-{os.getpid()}")
     with open(tracker_tmp, "w") as f:
-        f.write(str(state.iteration))
+        f.write(str(iteration))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tracker_tmp, os.path.join(root, TRACKER))
@@ -204,10 +269,16 @@ def check_load_path(path: str) -> Optional[Dict[str, Any]]:
     return None
 
 
-def load_checkpoint(path: str) -> CheckpointState:
-    """Read the checkpoint ``--load path`` points at (see :func:`resolve_load_dir`)."""
+def load_checkpoint(path: str, shard_name: str = "mp_rank_00") -> CheckpointState:
+    """Read shard ``shard_name`` of the checkpoint ``--load path`` points at (see
+    :func:`resolve_load_dir`)."""
     directory = resolve_load_dir(path)
-    shard = os.path.join(directory, "mp_rank_00")
+    shard = os.path.join(directory, shard_name)
+    if not os.path.isdir(shard):
+        found = sorted(n for n in os.listdir(directory) if n.startswith("mp_rank_"))
+        raise FileNotFoundError(f"{directory}: no {shard_name} (it holds {', '.join(found) or 'no shard'}): the "
+                                "checkpoint is split for another tensor/pipeline-parallel layout; resplit it with "
+                                "mm-convert <Converter> resplit (docs/convert.md)")
     payload = os.path.join(shard, PAYLOAD)
     meta = read_json(os.path.join(shard, METADATA))
     groups: Dict[str, Dict[str, np.ndarray]] = {"model": {}, "optimizer": {}, "rng": {}}

@@ -2,8 +2,8 @@
 
 Unknown arguments are errors (with the closest known spelling). Megatron/MindSpeed
 arguments that select an implementation msmm makes by itself (fused kernels, flash
-attention, mcore models) are accepted and reported as having no effect; parallel sizes
-other than 1 (TP/PP/CP) are refused, since only data parallelism is implemented.
+attention, mcore models) are accepted and reported as having no effect; data and tensor
+parallelism are implemented, other parallel sizes than 1 (PP/CP/EP) are refused.
 """
 from __future__ import annotations
 

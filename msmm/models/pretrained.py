@@ -24,10 +24,12 @@ from msmm.checkpoint.layout import is_mm_checkpoint, resolve_load_dir
 from msmm.checkpoint.load import match_state
 from msmm.checkpoint.mm import HF_CONFIG_DIR, read_mm
 from msmm.checkpoint.names import TEXT_NAMINGS
+from msmm.checkpoint.parallel import shard_tensors
 from msmm.checkpoint.safetensors import Tensor
 from msmm.registry import FAMILIES, TEXT_DECODER, FamilySpec, family_of_hf_config, get_family, text_section
 
 from .core import TransformerConfig
+from .core.tensor_parallel import tensor_parallel_rank, tensor_parallel_size
 from .lora import apply_lora
 from .text.decoder import HF_TEXT_KEYS
 from .model_config import ModelConfig, ModelConfigError, check_same_architecture
@@ -146,7 +148,10 @@ def _unused(model: nn.Module, spec: Optional[FamilySpec]) -> Optional[Pattern[st
 
 def load_tensors(model: nn.Module, tensors: Mapping[str, Tensor], where: str, unused: Optional[Pattern[str]] = None,
                  require_all: bool = True, dtype: Optional[torch.dtype] = None) -> None:
-    """Copy checkpoint tensors (MM names) into ``model`` after ``msmm.checkpoint.load.match_state``."""
+    """Copy checkpoint tensors (full MM tensors) into ``model`` after
+    ``msmm.checkpoint.load.match_state``; with tensor parallelism, this rank's pieces of them."""
+    if tensor_parallel_size() > 1:
+        tensors = shard_tensors(tensors, tensor_parallel_size(), tensor_parallel_rank())
     expected = model.state_dict()
     chosen = match_state(tensors, {k: tuple(v.shape) for k, v in expected.items()}, where, _tied_names(model),
                          unused, require_all)

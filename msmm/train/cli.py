@@ -79,17 +79,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataConfigError as err:
         print(f"msmm-train: {err}", file=sys.stderr)
         return 2
-    # --load checked before anything is built: a missing iteration, a corrupt metadata.json or
-    # safetensors header is one line naming the file (issue 15)
-    from msmm.checkpoint.train_state import check_load_path
-
-    saved = None
-    if args.load is not None:
-        try:
-            saved = check_load_path(args.load)
-        except (OSError, ValueError) as err:
-            print(f"msmm-train: --load {args.load}: {err}", file=sys.stderr)
-            return 1
     if args.dry_run:  # the layout and per-device memory, shape-only: no MindSpore, weights or data (plan.py)
         from msmm.train.plan import dry_run
 
@@ -103,6 +92,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (LayoutError, ValueError) as err:
         print(f"msmm-train: {err}", file=sys.stderr)
         return 2
+    # --load checked before anything is built: a missing iteration, a corrupt metadata.json or
+    # safetensors header is one line naming the file (issue 15)
+    from msmm.checkpoint.train_state import check_load_path
+
+    saved = None
+    if args.load is not None:
+        try:
+            saved = check_load_path(args.load)
+        except (OSError, ValueError) as err:
+            print(f"msmm-train: --load {args.load}: {err}", file=sys.stderr)
+            return 1
     runtime.start()  # before the first MindSpore op and before msmm.models is imported
     from msmm.config.data_config import load_data_config
     from msmm.data.build import build_dataloader
@@ -112,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from msmm.train.distributed import init_world
     from msmm.train.trainer import TrainConfig, Trainer
 
-    world = init_world()
+    world = init_world(args.tensor_model_parallel_size)
     random.seed(args.seed)
     np.random.seed(args.seed)
     mindspore.set_seed(args.seed)
@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data_config.dataloader_param.micro_batch_size = args.micro_batch_size
     if args.num_workers is not None:
         data_config.dataloader_param.num_workers = args.num_workers
-    loader = build_dataloader(data_config, rank=world.rank, world_size=world.size,
+    loader = build_dataloader(data_config, rank=world.dp_rank, world_size=world.dp_size,
                               global_batch_size=args.global_batch_size)
 
     config = TrainConfig(
@@ -162,6 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save=args.save, save_interval=args.save_interval, save_optim=not args.no_save_optim,
         save_rng=not args.no_save_rng, load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
         exit_interval=args.exit_interval, finetune=args.finetune, save_total_limit=args.save_total_limit,
+        use_distributed_optimizer=args.use_distributed_optimizer,
     )
     arguments = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
     writer = None

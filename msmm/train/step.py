@@ -6,7 +6,8 @@ Three graphs (``mindspore.jit``, AST capture), each compiled once per input shap
   trainable parameters only (``value_and_grad`` with ``weights=``; frozen parameters get no
   gradient), each gradient written (first micro-batch of a step: ``ops.assign``, so no
   zeroing pass is needed) or added (``ops.assign_add``) in-graph into its fp32 buffer;
-* ``grad_norm(scale)``: the global L2 norm of the (scaled) accumulated gradients;
+* ``grad_sumsq(scale)``: the squared L2 norms of the (scaled) accumulated gradients, of
+  tensor-parallel shards and of the rest (the trainer sums the first over the ranks);
 * ``apply(lr, coef)``: one AdamW update from the gradients times ``coef`` (coef = 1/denominator
   times the clip factor).
 
@@ -30,7 +31,8 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from msmm import runtime
 
-from .loss import REDUCTIONS, reduce_loss, token_losses
+from .loss import REDUCTIONS, VocabParallelCrossEntropy, reduce_loss, token_losses
+from .distributed_optimizer import DistributedAdamW
 from .optimizer import AdamW
 
 
@@ -78,13 +80,18 @@ class TrainStep(nn.Cell):
     """Owns the gradient buffer and the compiled graphs for ``model`` and ``optimizer``."""
 
     def __init__(self, model: nn.Cell, optimizer: AdamW, reduction: str = "micro_batch",
-                 clip_grad: float = 0.0) -> None:
+                 clip_grad: float = 0.0, vocab_parallel: Optional[VocabParallelCrossEntropy] = None,
+                 sharded: Optional[Sequence[bool]] = None) -> None:
         super().__init__(auto_prefix=False)
         if reduction not in REDUCTIONS:
             raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.model, self.optimizer = model, optimizer
         self.reduction, self.clip_grad = reduction, float(clip_grad)
         self.weights = optimizer.params
+        self.vocab_parallel = vocab_parallel  # the loss over vocab-parallel logits (tensor parallel), or None
+        self.distributed = isinstance(optimizer, DistributedAdamW)  # its state sharded over the data-parallel ranks
+        # which gradients are shards of a tensor-parallel parameter (their squares are summed over the ranks)
+        self.sharded = tuple(sharded) if sharded is not None else (False,) * len(self.weights)
         self.grad_acc = mindspore.ParameterTuple([
             Parameter(ops.zeros(p.shape, mindspore.float32), name=f"grad_acc.{name}", requires_grad=False)
             for name, p in zip(optimizer.names, self.weights)])
@@ -92,14 +99,15 @@ class TrainStep(nn.Cell):
         self._grad_fn = mindspore.value_and_grad(self._loss, None, self.weights, has_aux=True)
         self.micro_step_first = runtime.jit(self._micro_step_first)
         self.micro_step = runtime.jit(self._micro_step)
-        self.grad_norm = runtime.jit(self._grad_norm)
+        self.grad_sumsq = runtime.jit(self._grad_sumsq)
+        self.reduce_scatter_grads = runtime.jit(self._reduce_scatter_grads)
         self.apply = runtime.jit(self._apply)
         self.sync_master = runtime.jit(self._sync_master)
         self.sync_master()
 
     def _loss(self, labels: Tensor, inputs: Dict[str, Tensor]):
         logits = self.model(**inputs)
-        losses, mask = token_losses(logits, labels)
+        losses, mask = token_losses(logits, labels, self.vocab_parallel)
         numerator, denominator = reduce_loss(losses, mask, self.reduction)
         return numerator, denominator, mask.sum()
 
@@ -115,11 +123,40 @@ class TrainStep(nn.Cell):
             ops.assign_add(self.grad_acc[k], grads[k].astype(mindspore.float32))
         return numerator, denominator, tokens
 
-    def _grad_norm(self, scale: Tensor) -> Tensor:
-        flat = ops.concat([g.reshape(-1) for g in self.grad_acc]) * scale
-        return ops.sqrt((flat * flat).sum())
+    def _reduce_scatter_grads(self) -> Tensor:
+        return self.optimizer.reduce_scatter_grads(self.grad_acc)
+
+    def _grad_sumsq(self, scale: Tensor) -> Tensor:
+        """[2]: the sums of squares of the (scaled) accumulated gradients that are shards of
+        tensor-parallel parameters, and of the others. The global norm is the square root of
+        the first summed over the tensor-parallel ranks plus the second."""
+        if self.distributed:  # this rank's range of the reduced gradients
+            return self.optimizer.grad_sumsq(scale)
+        sums = []
+        for part in (True, False):
+            grads = [g.reshape(-1) for g, sharded in zip(self.grad_acc, self.sharded) if sharded == part]
+            if grads:
+                flat = ops.concat(grads) * scale
+                sums.append((flat * flat).sum())
+            else:
+                sums.append(ops.zeros((), mindspore.float32))
+        return ops.concat([x.reshape(1) for x in sums])
+
+    def grad_norm(self, scale: float, sum_over_tensor_parallel: Optional[Callable[[Tensor], Tensor]] = None,
+                  sum_over_data_parallel: Optional[Callable[[Tensor], Tensor]] = None) -> float:
+        """The global L2 norm of the accumulated gradients times ``scale``; the squares of
+        sharded gradients go through ``sum_over_tensor_parallel`` (the all-reduce over the
+        tensor-parallel group), and with the distributed optimizer (each rank holding its
+        range of the gradients) all go through ``sum_over_data_parallel`` first."""
+        sums = self.grad_sumsq(Tensor(scale, mindspore.float32))
+        if self.distributed and sum_over_data_parallel is not None:
+            sums = sum_over_data_parallel(sums)
+        sharded = sums[0:1] if sum_over_tensor_parallel is None else sum_over_tensor_parallel(sums[0:1])
+        return math.sqrt(float(sharded.asnumpy()[0]) + float(sums.asnumpy()[1]))
 
     def _apply(self, lr: Tensor, coef: Tensor) -> Tensor:
+        if self.distributed:  # from its range of the reduced gradients
+            return self.optimizer(lr, coef)
         return self.optimizer(self.grad_acc, lr, coef)
 
     def _sync_master(self) -> Tensor:

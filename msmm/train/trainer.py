@@ -14,11 +14,14 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from msmm.checkpoint import train_state as ckpt
+from msmm.checkpoint.layout import shard_dirs, shard_name
+from msmm.checkpoint.parallel import REPLICATED, tp_kind
 from msmm.runtime import HOST_BLOCKING_ENV, async_queue_threads
 
 from .distributed import World
 from .logger import TrainLogger, peak_memory_mb
-from .loss import IGNORE_INDEX
+from .loss import IGNORE_INDEX, VocabParallelCrossEntropy
+from .distributed_optimizer import DistributedAdamW
 from .optimizer import AdamW
 from .schedules import LRSchedule
 from .step import NonFiniteError, TrainStep
@@ -58,6 +61,7 @@ class TrainConfig:
     load_rng: bool = True
     exit_interval: Optional[int] = None  # stop after the step that is a multiple of it (Megatron)
     finetune: bool = False  # --load weights only, start at iteration 0 (Megatron's --finetune)
+    use_distributed_optimizer: bool = False  # shard the optimizer state over the data-parallel ranks (ZeRO-1)
 
     def micro_batches_per_step(self, world_size: int) -> int:
         per_step = self.micro_batch_size * world_size
@@ -221,18 +225,34 @@ class Trainer:
         self.adapter_writer = adapter_writer  # writes PEFT adapter files into each checkpoint
         self.stream = MicroBatchStream(source)
         self.inputs = inputs or InputBuilder(model, seq_length=config.seq_length)
-        self.micro_batches = config.micro_batches_per_step(world.size)
+        self.micro_batches = config.micro_batches_per_step(world.dp_size)
         self.schedule = LRSchedule.from_fraction(
             config.lr, config.min_lr, config.lr_decay_iters or config.train_iters,
             config.lr_warmup_fraction, config.lr_decay_style)
         unique_parameter_names(model)
         self.named = trainable_parameters(model)
-        self.optimizer = AdamW(self.named, config.weight_decay, (config.adam_beta1, config.adam_beta2), config.adam_eps)
-        self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad)
+        vocab_parallel, sharded = self._tensor_parallel_loss_and_shards()
+        betas = (config.adam_beta1, config.adam_beta2)
+        if config.use_distributed_optimizer and world.dp_size > 1:
+            self.optimizer = DistributedAdamW(self.named, world.dp_rank, world.dp_size, world.group_names["dp"],
+                                              config.weight_decay, betas, config.adam_eps, sharded)
+        else:
+            self.optimizer = AdamW(self.named, config.weight_decay, betas, config.adam_eps)
+        self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad, vocab_parallel, sharded)
         self.iteration = 0
         self.arguments = arguments or {}
         self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
         self.logger = TrainLogger(config.log_dir, enabled=world.rank == 0, log_tps=config.log_tps)
+
+    def _tensor_parallel_loss_and_shards(self):
+        """With tensor parallelism: the vocab-parallel loss over the decoder's logits, and
+        which trainable parameters are shards (as mm-convert splits them)."""
+        if self.world.tp_size == 1:
+            return None, None
+        rows, vocab_size = self.model.get_decoder().vocab_partition()
+        loss = VocabParallelCrossEntropy(self.world.group_names["tp"], self.world.tp_rank, self.world.tp_size,
+                                         rows, vocab_size)
+        return loss, [tp_kind(name, "tensor parallelism") != REPLICATED for name, _ in self.named]
 
     # ---- one optimizer step ----------------------------------------------------------------
 
@@ -252,9 +272,12 @@ class Trainer:
             denominator += result.denominator
         totals = self.world.all_reduce_sum(Tensor(np.array([numerator, denominator], np.float32))).asnumpy()
         numerator, denominator = float(totals[0]), float(totals[1])
-        self.world.all_reduce_in_place(self.step_fn.grad_acc)
+        if self.step_fn.distributed:
+            self.step_fn.reduce_scatter_grads()
+        else:
+            self.world.all_reduce_in_place(self.step_fn.grad_acc)
         scale = 1.0 / max(denominator, 1e-12)
-        norm = float(self.step_fn.grad_norm(Tensor(scale, mindspore.float32)).asnumpy())
+        norm = self.step_fn.grad_norm(scale, self.world.all_reduce_tensor_parallel, self.world.all_reduce_sum)
         lr = self.schedule(self.iteration)
         loss = numerator / max(denominator, 1e-12)
         finite = math.isfinite(norm) and math.isfinite(loss)
@@ -270,7 +293,7 @@ class Trainer:
             self.step_fn.zero_grad()
         self.iteration = step
         return {"loss": loss, "lr": lr, "grad_norm": norm, "skipped": not finite,
-                "samples": samples * self.world.size, "tokens": tokens}
+                "samples": samples * self.world.dp_size, "tokens": tokens}
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -294,22 +317,37 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
 
+    @property
+    def shard_name(self) -> str:
+        """This rank's ``mp_rank_*`` directory in a checkpoint (its tensor-parallel shard)."""
+        return shard_name(self.world.tp_rank, 0, 1)
+
     def save(self) -> Optional[str]:
-        if self.world.rank != 0:
-            return None
+        """Write a checkpoint: one data-parallel replica of every model shard writes its
+        ``mp_rank_*`` files, then rank 0 publishes the iteration directory and the tracker."""
         c = self.config
+        distributed = self.step_fn.distributed  # then every data-parallel rank writes its optimizer range
+        optimizer = self.optimizer.state_arrays(with_master=any(p.dtype != mindspore.float32 for _, p in self.named)) \
+            if c.save_optim else {}
         state = ckpt.CheckpointState(
             iteration=self.iteration,
             model={n: p.asnumpy() for n, p in self.model.state_dict().items()},
-            optimizer=self.optimizer.state_arrays(with_master=any(p.dtype != mindspore.float32 for _, p in self.named))
-            if c.save_optim else {},
+            optimizer={} if distributed else optimizer,
             rng={**ckpt.capture_numpy_rng(), "mindspore": mindspore.get_rng_state().asnumpy()} if c.save_rng else {},
             python_rng=ckpt.capture_python_rng() if c.save_rng else None,
             data=self.stream.state_dict(),
             extra={"arguments": self.arguments, "train_config": asdict(c), "world_size": self.world.size,
-                   "model_config": self.model_config},
-        )
-        path = ckpt.save_checkpoint(c.save, state, self.adapter_writer)
+                   "tensor_parallel_size": self.world.tp_size, "model_config": self.model_config},
+        ) if self.world.writes_checkpoints else None
+        if state is not None:
+            ckpt.write_shard(c.save, state, self.shard_name)
+        if distributed and optimizer:
+            ckpt.write_optimizer_shard(c.save, self.iteration, self.shard_name, self.world.dp_rank, optimizer)
+        self.world.barrier()  # every shard written before it is published
+        path = ckpt.publish(c.save, self.iteration, self.adapter_writer) if self.world.rank == 0 else None
+        self.world.barrier()  # published before anyone goes on (or exits)
+        if path is None:
+            return None
         self.logger.info(f"saved checkpoint at iteration {self.iteration} to {path}"
                          + (" (with PEFT adapter files)" if self.adapter_writer else ""))
         if c.save_total_limit:
@@ -320,13 +358,20 @@ class Trainer:
     def load(self, path: str) -> None:
         """Resume from ``path`` (``--load``): weights, and optimizer/RNG/data position unless
         switched off. Weights are copied in place, so compiled graphs see them."""
-        state = ckpt.load_checkpoint(path)
         where = ckpt.resolve_load_dir(path)
+        split = max(tp for tp, _ in shard_dirs(where)) + 1
+        if split != self.world.tp_size:
+            raise ValueError(f"--load {path}: {where} is split for tensor-parallel size {split}, this run has "
+                             f"--tensor-model-parallel-size {self.world.tp_size}; run with that size, or resplit it "
+                             "(mm-convert <Converter> resplit --cfg.target_parallel_config.tp_size N, docs/convert.md)")
+        state = ckpt.load_checkpoint(path, self.shard_name)
         self.model.load_state_dict({k: Tensor(v) for k, v in state.model.items()})
         self.step_fn.sync_master()
         # --finetune and a release checkpoint start a new run: weights only (as Megatron)
         fresh_run = self.config.finetune or where.endswith("release")
-        if self.config.load_optim and not fresh_run:
+        if self.config.load_optim and not fresh_run and self.step_fn.distributed:
+            self.optimizer.load_state_arrays(ckpt.load_optimizer_shard(path, self.shard_name, self.world.dp_rank), where)
+        elif self.config.load_optim and not fresh_run:
             if not state.optimizer:
                 raise KeyError(f"{where}: holds no optimizer state (saved with --no-save-optim); use --no-load-optim")
             self.optimizer.load_state_arrays(state.optimizer, where)

@@ -126,6 +126,11 @@ class CausalLM(nn.Module):
         """The token embedding table."""
         return self.model.embed_tokens
 
+    def vocab_partition(self) -> Tuple[int, int]:
+        """(the output layer's vocabulary rows on this tensor-parallel rank, the real
+        vocabulary size): the logits a rank computes, and which of all ranks' are padding."""
+        return self.lm_head.weight.shape[0], self.model.embed_tokens.vocab_size
+
     def get_decoder(self) -> "CausalLM":
         """The causal LM that decodes (itself): ``forward_with_cache`` and ``init_kv_cache``."""
         return self

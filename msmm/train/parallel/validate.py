@@ -300,7 +300,8 @@ def validate_layout(args: argparse.Namespace, config, world_size: int,
 
 def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List[str]:
     """What this layout asks for that the training runtime does not implement yet (a real run
-    stops on the first; ``--dry-run`` plans them). Data and tensor parallelism are implemented."""
+    stops on the first; ``--dry-run`` plans them). Data and tensor parallelism and the
+    distributed optimizer are implemented."""
     out = []
     lay = checked.layout
     if lay.pp > 1:
@@ -313,10 +314,6 @@ def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List
     if checked.sequence_parallel:
         out.append(f"--sequence-parallel with --tensor-model-parallel-size {lay.tp}: sequence parallelism is not "
                    "implemented yet; drop the flag (without it each TP rank keeps full-sequence norm activations)")
-    if getattr(args, "use_distributed_optimizer", False) and lay.dp * lay.cp > 1:
-        out.append(f"--use-distributed-optimizer: not implemented yet; without it each of the {lay.dp * lay.cp} "
-                   "data-parallel ranks keeps the whole fp32 optimizer state (drop the flag; --dry-run shows the "
-                   "memory either way)")
     return out
 
 

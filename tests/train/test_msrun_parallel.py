@@ -1,0 +1,141 @@
+"""Parallel layouts through the real launch scripts under msrun equal one worker: the same
+per-iteration loss and grad norm (same global batch), checkpoints in the layout's
+``mp_rank_*`` shards, and an exact resume in that layout. One msrun per run (a failed
+collective would corrupt later ones in the same job)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from test_msrun import REPO, _free_port, records
+
+SCRIPTS = {
+    "internvl": "examples/internvl/finetune_internvl_tiny_cpu.sh",
+    "qwen2vl": "examples/qwen2vl/finetune_qwen2vl_tiny_cpu.sh",
+    "llava": "examples/llava/pretrain_llava_tiny_cpu.sh",
+}
+RTOL = 1e-5
+
+
+def launch(family: str, tmp: str, workers: int, extra: str = "", load: str = "", iters: int = 6) -> str:
+    """Run the family's tiny launch script; returns its SAVE_PATH."""
+    save = os.path.join(tmp, "save")
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+               NPUS_PER_NODE=str(workers), MASTER_PORT=str(_free_port()), TINY_DIR=os.path.join(tmp, "assets"),
+               SAVE_PATH=save, TRAIN_ITERS=str(iters), GLOBAL_BATCH="8", EXTRA_ARGS=extra)
+    if load:
+        env["LOAD_ARGS"] = f"--load {load}"
+    proc = subprocess.run(["bash", os.path.join(REPO, SCRIPTS[family])], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return save
+
+
+def assert_same_run(got, want, iterations) -> None:
+    by_iteration = {r["iteration"]: r for r in got}
+    assert sorted(by_iteration) == list(iterations)
+    for r in want:
+        if r["iteration"] in by_iteration:
+            mine = by_iteration[r["iteration"]]
+            for key in ("loss", "grad_norm"):
+                assert abs(mine[key] - r[key]) <= RTOL * abs(r[key]), (r["iteration"], key, mine[key], r[key])
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("one_worker"))
+    return records(launch("internvl", tmp, 1))
+
+
+def test_tensor_parallel_2_equals_one_worker_and_resumes_in_its_layout(one_worker, tmp_path):
+    save = launch("internvl", str(tmp_path / "tp2"), 2, "--tensor-model-parallel-size 2")
+    tp2 = records(save)
+    assert_same_run(tp2, one_worker, range(1, 7))
+
+    # one model shard per tensor-parallel rank, each holding its half of a column-parallel weight
+    shards = sorted(os.listdir(os.path.join(save, "iter_0000006")))
+    assert shards == ["mp_rank_00", "mp_rank_01"]
+    pieces = [load_file(os.path.join(save, "iter_0000006", s, "model_optim_rng.safetensors")) for s in shards]
+    name = "model.language_model.model.layers.0.mlp.gate_proj.weight"
+    assert pieces[0][name].shape[0] == pieces[1][name].shape[0] and not np.array_equal(pieces[0][name], pieces[1][name])
+    with open(os.path.join(save, "iter_0000006", "mp_rank_01", "metadata.json")) as f:
+        assert json.load(f)["tensor_parallel_size"] == 2
+
+    # a run stopped at its iteration-3 checkpoint, resumed in the same layout, continues exactly
+    resumed_from = str(tmp_path / "stopped")
+    os.makedirs(resumed_from)
+    shutil.copytree(os.path.join(save, "iter_0000003"), os.path.join(resumed_from, "iter_0000003"))
+    with open(os.path.join(resumed_from, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write("3")
+    again = launch("internvl", str(tmp_path / "resumed"), 2, "--tensor-model-parallel-size 2", load=resumed_from)
+    assert_same_run(records(again), tp2, range(4, 7))
+
+
+def test_distributed_optimizer_on_2_data_parallel_ranks_equals_one_worker_and_resumes(one_worker, tmp_path):
+    save = launch("internvl", str(tmp_path / "dp2"), 2, "--use-distributed-optimizer")
+    run = records(save)
+    assert_same_run(run, one_worker, range(1, 7))
+
+    # each data-parallel rank saved its own range of the optimizer state (about half of it)
+    shard = os.path.join(save, "iter_0000006", "mp_rank_00")
+    ranges = [load_file(os.path.join(shard, f"distrib_optim_dp_{r:03d}.safetensors")) for r in range(2)]
+    trained = sum(v.size for k, v in load_file(os.path.join(shard, "model_optim_rng.safetensors")).items()
+                  if k.startswith(("model.multi_modal_projector.", "model.language_model.")))
+    for r, state in enumerate(ranges):
+        assert state["optimizer.shard.exp_avg"].size == -(-trained // 2)
+        assert list(state["optimizer.shard.layout"][:2]) == [r, 2]
+    assert not any(k.startswith("optimizer.") for k in load_file(os.path.join(shard, "model_optim_rng.safetensors")))
+
+    resumed_from = str(tmp_path / "stopped")
+    os.makedirs(resumed_from)
+    shutil.copytree(os.path.join(save, "iter_0000003"), os.path.join(resumed_from, "iter_0000003"))
+    with open(os.path.join(resumed_from, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write("3")
+    again = launch("internvl", str(tmp_path / "resumed"), 2, "--use-distributed-optimizer", load=resumed_from)
+    assert_same_run(records(again), run, range(4, 7))
+
+
+def test_a_checkpoint_mm_convert_split_for_tp2_trains_like_the_unsplit_one_and_converts_back(tmp_path):
+    """HF -> mm-convert hf_to_mm (unsplit, and TP2) -> msmm-train --load on 1 worker and on 2
+    TP ranks -> the same losses -> mm-convert mm_to_hf of both runs -> transformers gives the
+    same logits (the quickstart's tiny InternVL and data)."""
+    import torch
+    from transformers import InternVLForConditionalGeneration
+
+    from msmm.convert.cli import main as mm_convert
+
+    work = tmp_path / "qs"
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", WORK_DIR=str(work),
+               TRAIN_ITERS="2", GLOBAL_BATCH="16")
+    subprocess.run([sys.executable, "examples/quickstart/make_quickstart_assets.py", "--out", str(work)], cwd=REPO,
+                   env=env, check=True, capture_output=True)
+    for name, tp in (("mm", 1), ("mm_tp2", 2)):
+        assert mm_convert(["InternVLConverter", "hf_to_mm", "--cfg.mm_dir", str(work / name), "--cfg.hf_config.hf_dir",
+                           str(work / "hf"), "--cfg.parallel_config.tp_size", str(tp)]) == 0
+    runs = {}
+    for name, workers, extra in (("mm", 1, ""), ("mm_tp2", 2, "--tensor-model-parallel-size 2")):
+        save = work / f"save_{name}"
+        proc = subprocess.run(["bash", "examples/quickstart/finetune_internvl_quickstart.sh"], cwd=REPO,
+                              env=dict(env, NPUS_PER_NODE=str(workers), MM_DIR=str(work / name), SAVE_PATH=str(save),
+                                       MASTER_PORT=str(_free_port()), EXTRA_ARGS=extra),
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs[name] = records(str(save))
+        assert mm_convert(["InternVLConverter", "mm_to_hf", "--cfg.mm_dir", str(save), "--cfg.save_hf_dir",
+                           str(work / f"hf_{name}"), "--cfg.hf_config.hf_dir", str(work / "hf")]) == 0
+    assert_same_run(runs["mm_tp2"], runs["mm"], range(1, 3))
+
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (1, 24))
+    logits = [InternVLForConditionalGeneration.from_pretrained(str(work / f"hf_{name}")).eval()(input_ids=ids).logits
+              for name in ("mm", "mm_tp2")]
+    np.testing.assert_allclose(logits[1].detach().numpy(), logits[0].detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(logits[0].detach().numpy(), InternVLForConditionalGeneration.from_pretrained(
+        str(work / "hf")).eval()(input_ids=ids).logits.detach().numpy())  # training changed the weights
