@@ -238,7 +238,9 @@ def read_mm(mm_dir: str) -> Tuple[Dict[str, Tensor], ParallelConfig, dict]:
     meta_file = os.path.join(shards[(0, 0)], METADATA)
     meta = {}
     if os.path.isfile(meta_file):
-        meta = read_json(meta_file).get("mm_convert") or {}
+        stored = read_json(meta_file)
+        # how the tensors are split: mm-convert's record, or the trainer's (tensor-parallel runs)
+        meta = stored.get("mm_convert") or stored.get("parallel") or {}
     # (chunk, stage, tp rank) -> {local name: Tensor}
     local: Dict[Tuple[int, int, int], Dict[str, Tensor]] = {}
     for (rank, stage), path in shards.items():

@@ -244,6 +244,14 @@ class Trainer:
         self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
         self.logger = TrainLogger(config.log_dir, enabled=world.rank == 0, log_tps=config.log_tps)
 
+    def _split_record(self) -> Optional[Dict[str, int]]:
+        """How the saved tensors are split (what mm-convert reads to merge them): the
+        tensor-parallel size and the real vocabulary (the split pads it)."""
+        if self.world.tp_size == 1:
+            return None
+        return {"tp_size": self.world.tp_size, "vocab_size": self.model.get_decoder().vocab_partition()[1],
+                "make_vocab_size_divisible_by": 1}
+
     def _tensor_parallel_loss_and_shards(self):
         """With tensor parallelism: the vocab-parallel loss over the decoder's logits, and
         which trainable parameters are shards (as mm-convert splits them)."""
@@ -337,7 +345,8 @@ class Trainer:
             python_rng=ckpt.capture_python_rng() if c.save_rng else None,
             data=self.stream.state_dict(),
             extra={"arguments": self.arguments, "train_config": asdict(c), "world_size": self.world.size,
-                   "tensor_parallel_size": self.world.tp_size, "model_config": self.model_config},
+                   "tensor_parallel_size": self.world.tp_size, "model_config": self.model_config,
+                   "parallel": self._split_record()},
         ) if self.world.writes_checkpoints else None
         if state is not None:
             ckpt.write_shard(c.save, state, self.shard_name)

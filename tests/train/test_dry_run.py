@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import pytest
@@ -80,13 +79,21 @@ def test_dry_run_allocates_no_weights_and_starts_no_device(tmp_path):
     started on the Ascend device this machine lacks: exit 3 (does not fit on 8), small peak RSS."""
     argv = parallel_plans.script_argv("internvl3/finetune_internvl3_78B.sh")
     env = dict(os.environ, MSMM_DEVICE="Ascend", PYTHONPATH=ROOT)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run([sys.executable, "msmm/train/cli.py", *argv, "--dry-run", "--world-size", "8"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # the dry run's own peak RSS, measured in its process (RUSAGE_CHILDREN would also count every
+    # earlier child of this pytest process)
+    runner = tmp_path / "dry_run.py"
+    runner.write_text("import resource, sys\n"
+                      "from msmm.train.cli import main\n"
+                      "code = main(sys.argv[2:])\n"
+                      "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+                      "sys.exit(code)\n")
+    peak_file = tmp_path / "peak_kib"
+    done = subprocess.run([sys.executable, str(runner), str(peak_file), *argv, "--dry-run", "--world-size", "8"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 3, done.stderr
     assert "78.408B" in done.stdout and "does not fit: stage 0" in done.stdout
-    assert max(peak_kib, before) < 3 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    peak_kib = int(peak_file.read_text())
+    assert peak_kib < 3 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
 
 
 # ---- bad layouts ----------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def test_a_checkpoint_mm_convert_split_for_tp2_trains_like_the_unsplit_one_and_c
 
     work = tmp_path / "qs"
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", WORK_DIR=str(work),
-               TRAIN_ITERS="2", GLOBAL_BATCH="16")
+               TRAIN_ITERS="10", GLOBAL_BATCH="16")  # the script logs every 10 iterations
     subprocess.run([sys.executable, "examples/quickstart/make_quickstart_assets.py", "--out", str(work)], cwd=REPO,
                    env=env, check=True, capture_output=True)
     for name, tp in (("mm", 1), ("mm_tp2", 2)):
@@ -130,7 +130,7 @@ def test_a_checkpoint_mm_convert_split_for_tp2_trains_like_the_unsplit_one_and_c
         runs[name] = records(str(save))
         assert mm_convert(["InternVLConverter", "mm_to_hf", "--cfg.mm_dir", str(save), "--cfg.save_hf_dir",
                            str(work / f"hf_{name}"), "--cfg.hf_config.hf_dir", str(work / "hf")]) == 0
-    assert_same_run(runs["mm_tp2"], runs["mm"], range(1, 3))
+    assert_same_run(runs["mm_tp2"], runs["mm"], range(10, 11))
 
     torch.manual_seed(0)
     ids = torch.randint(3, 100, (1, 24))
