@@ -109,7 +109,7 @@ def async_queue_threads() -> List[str]:
             continue
         if name in _QUEUE_THREADS:
             names.append(name)
-    return sorted(names)
+    return sorted(set(names))
 
 
 def jit(fn: Callable) -> Callable:

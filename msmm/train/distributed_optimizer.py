@@ -19,26 +19,18 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import mindspore
 import numpy as np
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, ops
 
-from .optimizer import no_weight_decay
+from .optimizer import AdamWBase, no_weight_decay
 
 
-class DistributedAdamW(nn.Cell):
+class DistributedAdamW(AdamWBase):
     """AdamW over this data-parallel rank's range of the flattened trainable parameters."""
 
     def __init__(self, named_params: Sequence[Tuple[str, Parameter]], dp_rank: int, dp_size: int, group: str,
                  weight_decay: float = 0.0, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  sharded: Optional[Sequence[bool]] = None) -> None:
-        super().__init__(auto_prefix=False)
-        if not named_params:
-            raise ValueError("the optimizer got no trainable parameters (is every module frozen?)")
-        self.names = [n for n, _ in named_params]
-        self.params = mindspore.ParameterTuple([p for _, p in named_params])
-        self.sizes = tuple(int(np.prod(p.shape)) for p in self.params)
-        self.shapes = tuple(tuple(p.shape) for p in self.params)
-        self.weight_decay, self.eps = float(weight_decay), float(eps)
-        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        super().__init__(named_params, weight_decay, betas, eps)
         total = sum(self.sizes)
         self.shard = -(-total // dp_size)
         self.padding = self.shard * dp_size - total

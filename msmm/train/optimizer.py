@@ -31,7 +31,24 @@ def no_weight_decay(name: str, param: Parameter) -> bool:
     return name.endswith(".bias") or len(param.shape) == 1
 
 
-class AdamW(nn.Cell):
+class AdamWBase(nn.Cell):
+    """What AdamW and the distributed AdamW share: the trained parameters in order (``names``,
+    ``params``, their ``sizes`` and ``shapes``) and the hyper-parameters."""
+
+    def __init__(self, named_params: Sequence[Tuple[str, Parameter]], weight_decay: float = 0.0,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(auto_prefix=False)
+        if not named_params:
+            raise ValueError("the optimizer got no trainable parameters (is every module frozen?)")
+        self.names = [n for n, _ in named_params]
+        self.params = mindspore.ParameterTuple([p for _, p in named_params])
+        self.sizes = tuple(int(np.prod(p.shape)) for p in self.params)
+        self.shapes = tuple(tuple(p.shape) for p in self.params)
+        self.weight_decay = float(weight_decay)
+        self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
+
+
+class AdamW(AdamWBase):
     """``construct(grads, lr, coef)`` takes one update from the fp32 gradients ``grads``
     (one per parameter, in ``names`` order) scaled by ``coef``."""
 
@@ -42,16 +59,8 @@ class AdamW(nn.Cell):
         betas: Tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
-        super().__init__(auto_prefix=False)
-        if not named_params:
-            raise ValueError("the optimizer got no trainable parameters (is every module frozen?)")
-        self.names = [n for n, _ in named_params]
-        self.params = mindspore.ParameterTuple([p for _, p in named_params])
-        self.sizes = tuple(int(np.prod(p.shape)) for p in self.params)
-        self.shapes = tuple(tuple(p.shape) for p in self.params)
+        super().__init__(named_params, weight_decay, betas, eps)
         self.decayed = tuple(not no_weight_decay(n, p) for n, p in named_params)
-        self.weight_decay = float(weight_decay)
-        self.beta1, self.beta2, self.eps = float(betas[0]), float(betas[1]), float(eps)
         # index into ``masters`` of each parameter that keeps an fp32 master, else -1
         low = [k for k, p in enumerate(self.params) if p.dtype != mindspore.float32]
         self.master_of = tuple(low.index(k) if k in low else -1 for k in range(len(self.params)))

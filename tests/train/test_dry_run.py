@@ -79,13 +79,14 @@ def test_dry_run_allocates_no_weights_and_starts_no_device(tmp_path):
     started on the Ascend device this machine lacks: exit 3 (does not fit on 8), small peak RSS."""
     argv = parallel_plans.script_argv("internvl3/finetune_internvl3_78B.sh")
     env = dict(os.environ, MSMM_DEVICE="Ascend", PYTHONPATH=ROOT)
-    # the dry run's own peak RSS, measured in its process (RUSAGE_CHILDREN would also count every
-    # earlier child of this pytest process)
+    # the dry run's own peak RSS: VmHWM of its process image (ru_maxrss would also count pytest's
+    # pages at the fork, kept across exec, and RUSAGE_CHILDREN every earlier child of pytest)
     runner = tmp_path / "dry_run.py"
-    runner.write_text("import resource, sys\n"
+    runner.write_text("import sys\n"
                       "from msmm.train.cli import main\n"
                       "code = main(sys.argv[2:])\n"
-                      "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+                      "peak = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+                      "open(sys.argv[1], 'w').write(peak.split()[1])\n"
                       "sys.exit(code)\n")
     peak_file = tmp_path / "peak_kib"
     done = subprocess.run([sys.executable, str(runner), str(peak_file), *argv, "--dry-run", "--world-size", "8"],
