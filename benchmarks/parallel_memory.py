@@ -1,0 +1,109 @@
+"""Per-rank parameters, gradients and optimizer state of real parallel runs, next to what
+``msmm-train --dry-run`` plans for the same runs.
+
+Each layout trains the tiny InternVL (examples/internvl/finetune_internvl_tiny_cpu.sh) for two
+iterations under msrun on CPU; what a rank holds is read from the checkpoint it wrote (its
+``mp_rank_*`` payload: the parameters it built, and the optimizer state it keeps, in the
+payload or, with ``--use-distributed-optimizer``, its ``distrib_optim_dp_*`` file); the
+gradient buffers are fp32, one element per trainable parameter element the rank holds. The
+plan is ``msmm.train.plan.build_plan`` on the same arguments.
+
+    python benchmarks/parallel_memory.py        # writes benchmarks/results/parallel_memory.json
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SCRIPT = "examples/internvl/finetune_internvl_tiny_cpu.sh"
+LAYOUTS = [("one worker", 1, ""), ("DP 2", 2, ""), ("TP 2", 2, "--tensor-model-parallel-size 2"),
+           ("DP 2 + distributed optimizer", 2, "--use-distributed-optimizer")]
+TRAINED = ("model.multi_modal_projector.", "model.language_model.")  # the tiny model.json freezes the ViT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(tmp: Path, workers: int, extra: str) -> Path:
+    save = tmp / "save"
+    env = dict(os.environ, NPUS_PER_NODE=str(workers), MASTER_PORT=str(_free_port()), TINY_DIR=str(tmp / "assets"),
+               SAVE_PATH=str(save), TRAIN_ITERS="2", GLOBAL_BATCH="8", EXTRA_ARGS=extra,
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    subprocess.run(["bash", str(ROOT / SCRIPT)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    return save
+
+
+def measured(save: Path, workers: int, extra: str) -> List[Dict[str, int]]:
+    """Bytes per rank: parameters (all, as stored), fp32 gradient buffers, optimizer state."""
+    iteration = save / "iter_0000002"
+    tp = 2 if "--tensor-model-parallel-size 2" in extra else 1
+    out = []
+    for rank in range(workers):
+        tp_rank, dp_rank = rank % tp, rank // tp
+        payload = load_file(str(iteration / f"mp_rank_{tp_rank:02d}" / "model_optim_rng.safetensors"))
+        params = {k: v for k, v in payload.items() if k.startswith("model.")}
+        trainable = sum(v.size for k, v in params.items() if k.startswith(TRAINED))
+        optimizer_file = iteration / f"mp_rank_{tp_rank:02d}" / f"distrib_optim_dp_{dp_rank:03d}.safetensors"
+        optimizer = load_file(str(optimizer_file)) if optimizer_file.exists() else \
+            {k: v for k, v in payload.items() if k.startswith("optimizer.")}
+        out.append({"rank": rank, "parameters": sum(v.nbytes for v in params.values()), "gradients": 4 * trainable,
+                    "optimizer": sum(v.nbytes for k, v in optimizer.items()
+                                     if v.dtype == np.float32 and not k.endswith(("step", "layout")))})
+    return out
+
+
+def planned(assets: Path, workers: int, extra: str) -> Dict[str, int]:
+    """The dry run's numbers for one device of the same run (stage 0: there is one stage)."""
+    from msmm.config.train_args import parse_train_args
+    from msmm.train.plan import build_plan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        record = Path(tmp) / "argv"
+        shell = (f'msrun() {{ printf "%s\\n" "$@" > {shlex.quote(str(record))}; }}; export -f msrun; '
+                 f'TINY_DIR={shlex.quote(str(assets))} TRAIN_ITERS=2 GLOBAL_BATCH=8 NPUS_PER_NODE={workers} '
+                 f'EXTRA_ARGS={shlex.quote(extra)} bash {shlex.quote(str(ROOT / SCRIPT))}')
+        # the script's report of the (stand-in) msrun logs fails afterwards; the argv is recorded by then
+        subprocess.run(["bash", "-c", shell], cwd=ROOT, capture_output=True, timeout=120,
+                       env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+        argv = record.read_text().splitlines()
+    argv = argv[argv.index("msmm/train/cli.py") + 1:] + ["--dry-run", "--world-size", str(workers)]
+    stage = build_plan(parse_train_args(argv)).stages[0]
+    return {"parameters": stage.weights, "gradients": stage.grads, "optimizer": stage.optimizer}
+
+
+def main() -> int:
+    results = []
+    for name, workers, extra in LAYOUTS:
+        with tempfile.TemporaryDirectory() as tmp:
+            save = train(Path(tmp), workers, extra)
+            row = {"layout": name, "workers": workers, "flags": extra, "measured": measured(save, workers, extra),
+                   "planned": planned(Path(tmp) / "assets", workers, extra)}
+        results.append(row)
+        worst = {k: max(r[k] for r in row["measured"]) for k in ("parameters", "gradients", "optimizer")}
+        print(f"{name:32s} measured {worst}  planned {row['planned']}", flush=True)
+    record = {"script": SCRIPT, "machine": {"cpu": platform.processor() or platform.machine(),
+                                            "cores": os.cpu_count()}, "layouts": results}
+    out = ROOT / "benchmarks" / "results" / "parallel_memory.json"
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
