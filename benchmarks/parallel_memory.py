@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))  # parallel_plans.script_argv
 SCRIPT = "examples/internvl/finetune_internvl_tiny_cpu.sh"
 LAYOUTS = [("one worker", 1, ""), ("DP 2", 2, ""), ("TP 2", 2, "--tensor-model-parallel-size 2"),
            ("DP 2 + distributed optimizer", 2, "--use-distributed-optimizer")]
@@ -72,17 +72,12 @@ def planned(assets: Path, workers: int, extra: str) -> Dict[str, int]:
     """The dry run's numbers for one device of the same run (stage 0: there is one stage)."""
     from msmm.config.train_args import parse_train_args
     from msmm.train.plan import build_plan
+    from parallel_plans import script_argv
 
-    with tempfile.TemporaryDirectory() as tmp:
-        record = Path(tmp) / "argv"
-        shell = (f'msrun() {{ printf "%s\\n" "$@" > {shlex.quote(str(record))}; }}; export -f msrun; '
-                 f'TINY_DIR={shlex.quote(str(assets))} TRAIN_ITERS=2 GLOBAL_BATCH=8 NPUS_PER_NODE={workers} '
-                 f'EXTRA_ARGS={shlex.quote(extra)} bash {shlex.quote(str(ROOT / SCRIPT))}')
-        # the script's report of the (stand-in) msrun logs fails afterwards; the argv is recorded by then
-        subprocess.run(["bash", "-c", shell], cwd=ROOT, capture_output=True, timeout=120,
-                       env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
-        argv = record.read_text().splitlines()
-    argv = argv[argv.index("msmm/train/cli.py") + 1:] + ["--dry-run", "--world-size", str(workers)]
+    argv = script_argv(SCRIPT[len("examples/"):], cwd=ROOT, env={
+        "TINY_DIR": str(assets), "TRAIN_ITERS": "2", "GLOBAL_BATCH": "8", "NPUS_PER_NODE": str(workers),
+        "EXTRA_ARGS": extra, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    argv += ["--dry-run", "--world-size", str(workers)]
     stage = build_plan(parse_train_args(argv)).stages[0]
     return {"parameters": stage.weights, "gradients": stage.grads, "optimizer": stage.optimizer}
 

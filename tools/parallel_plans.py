@@ -137,13 +137,19 @@ RECIPES = [
 ]
 
 
-def script_argv(script: str) -> List[str]:
-    """The msmm-train arguments a launch script hands to msrun (run with a recording ``msrun``)."""
+def script_argv(script: str, env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None) -> List[str]:
+    """The msmm-train arguments a launch script hands to msrun (run with a recording ``msrun``,
+    in ``cwd`` with ``env`` added to the environment). A script that goes on after msrun (the
+    tiny ones report the msrun logs, which the recording msrun leaves absent) may then fail:
+    the arguments are recorded by then."""
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "argv"
         shell = (f'msrun() {{ printf "%s\\n" "$@" > {shlex.quote(str(record))}; }}; export -f msrun; '
                  f'bash {shlex.quote(str(ROOT / "examples" / script))}')
-        subprocess.run(["bash", "-c", shell], cwd=tmp, check=True, capture_output=True, timeout=60)
+        done = subprocess.run(["bash", "-c", shell], cwd=cwd or tmp, capture_output=True, timeout=120,
+                              env=dict(os.environ, **(env or {})))
+        if not record.exists():
+            raise RuntimeError(f"examples/{script} never called msrun: {done.stderr[-2000:]}")
         argv = record.read_text().splitlines()
     return argv[argv.index("msmm/train/cli.py") + 1:]
 

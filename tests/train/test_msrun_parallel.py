@@ -48,6 +48,15 @@ def assert_same_run(got, want, iterations) -> None:
                 assert abs(mine[key] - r[key]) <= RTOL * abs(r[key]), (r["iteration"], key, mine[key], r[key])
 
 
+def stopped_at_iteration_3(save: str, directory: str) -> str:
+    """``directory`` as a run killed after its iteration-3 checkpoint would have left it."""
+    os.makedirs(directory)
+    shutil.copytree(os.path.join(save, "iter_0000003"), os.path.join(directory, "iter_0000003"))
+    with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write("3")
+    return directory
+
+
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("one_worker"))
@@ -69,11 +78,7 @@ def test_tensor_parallel_2_equals_one_worker_and_resumes_in_its_layout(one_worke
         assert json.load(f)["tensor_parallel_size"] == 2
 
     # a run stopped at its iteration-3 checkpoint, resumed in the same layout, continues exactly
-    resumed_from = str(tmp_path / "stopped")
-    os.makedirs(resumed_from)
-    shutil.copytree(os.path.join(save, "iter_0000003"), os.path.join(resumed_from, "iter_0000003"))
-    with open(os.path.join(resumed_from, "latest_checkpointed_iteration.txt"), "w") as f:
-        f.write("3")
+    resumed_from = stopped_at_iteration_3(save, str(tmp_path / "stopped"))
     again = launch("internvl", str(tmp_path / "resumed"), 2, "--tensor-model-parallel-size 2", load=resumed_from)
     assert_same_run(records(again), tp2, range(4, 7))
 
@@ -93,11 +98,7 @@ def test_distributed_optimizer_on_2_data_parallel_ranks_equals_one_worker_and_re
         assert list(state["optimizer.shard.layout"][:2]) == [r, 2]
     assert not any(k.startswith("optimizer.") for k in load_file(os.path.join(shard, "model_optim_rng.safetensors")))
 
-    resumed_from = str(tmp_path / "stopped")
-    os.makedirs(resumed_from)
-    shutil.copytree(os.path.join(save, "iter_0000003"), os.path.join(resumed_from, "iter_0000003"))
-    with open(os.path.join(resumed_from, "latest_checkpointed_iteration.txt"), "w") as f:
-        f.write("3")
+    resumed_from = stopped_at_iteration_3(save, str(tmp_path / "stopped"))
     again = launch("internvl", str(tmp_path / "resumed"), 2, "--use-distributed-optimizer", load=resumed_from)
     assert_same_run(records(again), run, range(4, 7))
 
