@@ -186,15 +186,16 @@ def prefill_step(decoder: Any, torch: Any) -> Callable:
 
 
 def decode_step(decoder: Any, torch: Any) -> Callable:
-    """``step(token [B, 1], position [B, 1] | [3, B, 1], index [1], mask [B, Lmax], caches)
+    """``step(token [B, 1], position [B, 1] | [3, B, 1], index [B], mask [B, Lmax], caches)
     -> (logits [B, V] float32, greedy token [B, 1], position + 1, index + 1, caches)``: embed
-    one token per row, write it at cache slot ``index``, run it through the decoder over the
-    cache, project the last hidden state and take its argmax. The outputs feed the next call
-    as they are (no host round trip for positions, slots or greedy tokens). On MindSpore
-    (``torch`` is adapters.torch) the whole step is one graph."""
+    one token per row, write it at the row's cache slot ``index`` (rows may be at different
+    slots: continuous batching), run it through the decoder over the cache, project the last
+    hidden state and take its argmax. The outputs feed the next call as they are (no host
+    round trip for positions, slots or greedy tokens). On MindSpore (``torch`` is
+    adapters.torch) the whole step is one graph."""
 
     def step(token, position, index, mask, caches):
-        slot = (torch.arange(mask.shape[1]) == index).float().unsqueeze(0)  # [1, Lmax] one-hot
+        slot = (torch.arange(mask.shape[1]).unsqueeze(0) == index.unsqueeze(1)).float().unsqueeze(1)  # [B, 1, Lmax]
         logits, caches = decoder.forward_with_cache(decoder.get_input_embeddings()(token), position, mask, caches, slot)
         return logits, torch.argmax(logits, -1, keepdim=True), position + 1, index + 1, caches
 
@@ -204,6 +205,47 @@ def decode_step(decoder: Any, torch: Any) -> Callable:
 def _on_host(config: GenerationConfig) -> bool:
     """Whether tokens are chosen on the host from the logits (else: the graph's argmax)."""
     return config.do_sample or config.repetition_penalty != 1.0
+
+
+def cache_length(prompt_length: int, max_new_tokens: int) -> int:
+    """The KV-cache length for a prompt and ``max_new_tokens``: at least the padded prompt and
+    every new token, rounded up to a multiple of ``CACHE_BUCKET``."""
+    return -(-max(prompt_bucket(prompt_length), prompt_length + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+
+
+@dataclass
+class Prefilled:
+    """The state after the prompt: what the first decode step starts from."""
+
+    decoder: Any
+    logits: Any  # [B, V] float32 of the last prompt position
+    greedy: Any  # [B, 1] its argmax
+    caches: Any  # per layer (keys, values) [B, G, total, D]
+    next_position: np.ndarray  # [B] or [3, B] (M-RoPE): the position of the first new token
+
+
+def prefill(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray, total: int, **vision: Any) -> Prefilled:
+    """The prompt (padded at the end to its bucket) through the model, into fresh KV caches of
+    length ``total`` (cache slots ``0..L-1`` hold the prompt)."""
+    torch = torch_of(model)
+    b, l = input_ids.shape
+    padded = prompt_bucket(l)
+    prompt = prepare_prompt(model, input_ids, attention_mask, padded, **vision)
+    decoder = prompt.decoder
+    caches = decoder.init_kv_cache(b, total, prompt.embeds.dtype)
+    # slots past the prompt hold the prompt padding's keys or zeros, and are never attended
+    # before a new token overwrites them (causal over slots)
+    mask = torch.tensor(np.concatenate([attention_mask, np.ones((b, total - l), np.int64)], 1))
+    # the next position of each row: after the largest prompt position (over all three
+    # M-RoPE components: new tokens share one position in all three)
+    last = prompt.position_ids.max(axis=(0, 2) if prompt.mrope else -1)  # [B]
+    next_pos = np.broadcast_to(last + 1, (3, b)) if prompt.mrope else last + 1
+    # the padding continues the positions; its outputs are dropped
+    positions = np.concatenate([prompt.position_ids, next_pos[..., None] + np.arange(padded - l)], -1)
+    logits, greedy, caches = prefill_step(decoder, torch)(
+        prompt.embeds, torch.tensor(positions.astype(np.int64)), mask, caches,
+        torch.tensor(np.eye(total, dtype=np.float32)[:padded]), torch.tensor(np.array([l - 1], np.int64)))
+    return Prefilled(decoder, logits, greedy, caches, np.ascontiguousarray(next_pos).astype(np.int64))
 
 
 def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
@@ -216,30 +258,17 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
     rng = np.random.default_rng(config.seed)
     on_host = _on_host(config)
     stop = np.asarray(list(config.stop_token_ids), np.int64)
-    padded = prompt_bucket(l)
-    # slots past prompt + max_new_tokens stay zero or hold the prompt padding's keys, and are
-    # never attended before a new token overwrites them (causal over slots)
-    total = -(-max(padded, l + config.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+    total = cache_length(l, config.max_new_tokens)
     with torch.no_grad():
-        prompt = prepare_prompt(model, input_ids, attention_mask, padded, **vision)
-        decoder = prompt.decoder
-        caches = decoder.init_kv_cache(b, total, prompt.embeds.dtype)
+        state = prefill(model, input_ids, attention_mask, total, **vision)
+        logits, greedy, caches = state.logits, state.greedy, state.caches
         mask = torch.tensor(np.concatenate([attention_mask, np.ones((b, total - l), np.int64)], 1))
-        # the next position of each row: after the largest prompt position (over all three
-        # M-RoPE components: new tokens share one position in all three)
-        last = prompt.position_ids.max(axis=(0, 2) if prompt.mrope else -1)  # [B]
-        next_pos = np.broadcast_to(last + 1, (3, b)) if prompt.mrope else last + 1
-        # the padding continues the positions; its outputs are dropped
-        positions = np.concatenate([prompt.position_ids, next_pos[..., None] + np.arange(padded - l)], -1)
-        logits, greedy, caches = prefill_step(decoder, torch)(
-            prompt.embeds, torch.tensor(positions.astype(np.int64)), mask, caches,
-            torch.tensor(np.eye(total, dtype=np.float32)[:padded]), torch.tensor(np.array([l - 1], np.int64)))
-        step_fn = decode_step(decoder, torch)
+        step_fn = decode_step(state.decoder, torch)
         seen = input_ids
         done = np.zeros(b, bool)
         token = choose(process_logits(_numpy(logits), seen, config), config, rng) if on_host else _numpy(greedy)[:, 0]
-        position = torch.tensor(np.ascontiguousarray(next_pos[..., None]).astype(np.int64))  # [B, 1] | [3, B, 1]
-        index = torch.tensor(np.array([l], np.int64))
+        position = torch.tensor(state.next_position[..., None])  # [B, 1] | [3, B, 1]
+        index = torch.tensor(np.full(b, l, np.int64))
         fed = torch.tensor(token[:, None].astype(np.int64)) if on_host else greedy
         for step in range(config.max_new_tokens):
             token = np.where(done, config.pad_token_id, token)

@@ -54,9 +54,10 @@ def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> 
     (one-hot, float: row i marks the position of new token i) replaced by new [B, G, L, D].
     A matmul with a one-hot matrix (for one new token a select at its slot), exact in
     floating point, so one compiled graph serves every decode step (no data-dependent
-    shapes or in-place writes)."""
-    if slots.shape[0] == 1:  # one new token (decoding): a select, no matmul over the cache
-        return torch.where((slots != 0).reshape(1, 1, slots.shape[1], 1), new, cache)
+    shapes or in-place writes). One new token per row may also come with per-row slots
+    [B, 1, Lmax] (rows at different cache positions: continuous batching)."""
+    if slots.shape[-2] == 1:  # one new token (decoding): a select, no matmul over the cache
+        return torch.where((slots != 0).reshape(-1, 1, slots.shape[-1], 1), new, cache)
     kept = cache * (1.0 - slots.sum(0)).reshape(1, 1, slots.shape[1], 1)
     return kept + torch.matmul(slots.transpose(0, 1).to(new.dtype), new)
 
@@ -64,15 +65,17 @@ def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> 
 def cached_attention_mask(
     slots: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Mask [B|1, 1, L, Lmax] for L new tokens at positions ``slots`` [L, Lmax] (one-hot)
-    over the whole cache: causal (keys up to the query's position) and, with
-    ``padding_mask`` [B, Lmax] (1 = token), only real tokens (and always the query itself)."""
-    positions = torch.arange(slots.shape[1]).to(slots.dtype)
-    query_pos = (slots * positions.unsqueeze(0)).sum(-1)  # [L]
-    mask = (positions.unsqueeze(0) <= query_pos.unsqueeze(1)).unsqueeze(0).unsqueeze(0)
+    """Mask [B|1, 1, L, Lmax] for L new tokens at positions ``slots`` [L, Lmax] (one-hot;
+    or per row [B, L, Lmax]) over the whole cache: causal (keys up to the query's position)
+    and, with ``padding_mask`` [B, Lmax] (1 = token), only real tokens (and always the query
+    itself)."""
+    slots = slots.reshape(-1, slots.shape[-2], slots.shape[-1])  # [B|1, L, Lmax]
+    positions = torch.arange(slots.shape[-1]).to(slots.dtype)
+    query_pos = (slots * positions).sum(-1)  # [B|1, L]
+    mask = (positions <= query_pos.unsqueeze(-1)).unsqueeze(1)
     if padding_mask is not None:
         mask = mask & (padding_mask != 0).unsqueeze(1).unsqueeze(1)
-    return mask | (slots != 0).unsqueeze(0).unsqueeze(0)
+    return mask | (slots != 0).unsqueeze(1)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
