@@ -7,6 +7,11 @@ annotation file in the family's seed format, and the matching model.json / data.
 Families: ``qwen2vl`` (mllm-format json, Qwen2-VL fine-tuning), ``internvl`` (InternVL
 jsonl, InternVL2.5-style fine-tuning with Qwen2 text, one 56 px tile per image) and
 ``llava`` (LLaVA-Pretrain json, ``plain`` template, projector-only pre-training).
+
+``--hf-model`` also writes ``hf/``: a random-weight HF checkpoint of the same architecture
+(config.json, safetensors, tokenizer, preprocessor_config.json with the data.json's image
+settings) that ``msmm-serve``, ``msmm-infer`` and ``msmm-eval`` load. It is built with
+transformers on real torch (the ``test`` extra).
 """
 from __future__ import annotations
 
@@ -202,6 +207,79 @@ def add_vision_lora(model_json: dict, dropout: float) -> dict:
     return model_json
 
 
+HF_CONTEXT = 1024  # max_position_embeddings of the tiny HF models
+
+
+def _text_hf_config(text: dict, model_type: str) -> dict:
+    """The HF text config of a model.json ``text_decoder`` block."""
+    return dict(model_type=model_type, vocab_size=text["vocab_size"], hidden_size=text["hidden_size"],
+                intermediate_size=text["ffn_hidden_size"], num_hidden_layers=text["num_layers"],
+                num_attention_heads=text["num_attention_heads"], num_key_value_heads=text["num_query_groups"],
+                max_position_embeddings=HF_CONTEXT, rms_norm_eps=1e-6, rope_theta=text["rotary_base"],
+                tie_word_embeddings=False)
+
+
+def hf_model(family: str, model_json: dict):
+    """(the random-weight transformers model of ``model_json``'s architecture, its image processor)."""
+    import transformers as tf
+
+    vision, text = model_json["image_encoder"]["vision_encoder"], model_json["text_decoder"]
+    if family == "qwen2vl":
+        text_config = dict(_text_hf_config(text, "qwen2_vl_text"),
+                           rope_scaling={"type": "mrope", "mrope_section": text["mrope_section"]})
+        config = tf.Qwen2VLConfig(
+            text_config=text_config, vocab_size=text["vocab_size"], image_token_id=model_json["image_token_id"],
+            video_token_id=model_json["video_token_id"], vision_start_token_id=model_json["vision_start_token_id"],
+            vision_config=dict(depth=vision["num_layers"], embed_dim=vision["hidden_size"],
+                               hidden_size=text["hidden_size"], num_heads=vision["num_attention_heads"],
+                               mlp_ratio=vision["ffn_hidden_size"] // vision["hidden_size"],
+                               patch_size=vision["patch_size"], spatial_merge_size=2, temporal_patch_size=2),
+            tie_word_embeddings=False)
+        pixels = 56 * 56  # the data.json's image_min_pixels = image_max_pixels
+        processor = tf.Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=vision["patch_size"])
+        return tf.Qwen2VLForConditionalGeneration(config), processor
+    size = vision["image_size"]
+    if family == "internvl":
+        config = tf.InternVLConfig(
+            vision_config=dict(hidden_size=vision["hidden_size"], num_hidden_layers=vision["num_layers"],
+                               num_attention_heads=vision["num_attention_heads"],
+                               intermediate_size=vision["ffn_hidden_size"], image_size=[size, size],
+                               patch_size=[vision["patch_size"]] * 2, norm_type="layer_norm", attention_bias=True,
+                               use_qk_norm=False, layer_norm_eps=1e-6, hidden_act="gelu", use_mean_pooling=True),
+            text_config=_text_hf_config(text, "qwen2"), image_token_id=model_json["image_token_id"],
+            downsample_ratio=0.5, vision_feature_layer=-1, tie_word_embeddings=False)
+        # one tile per image, as the data.json (dynamic_image_size false)
+        processor = tf.GotOcr2ImageProcessor(size={"height": size, "width": size}, crop_to_patches=False,
+                                             max_patches=1)
+        return tf.InternVLForConditionalGeneration(config), processor
+    config = tf.LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=vision["hidden_size"],
+                           num_hidden_layers=vision["num_layers"], num_attention_heads=vision["num_attention_heads"],
+                           intermediate_size=vision["ffn_hidden_size"], image_size=size,
+                           patch_size=vision["patch_size"], projection_dim=16),
+        text_config=_text_hf_config(text, "llama"), image_token_index=model_json["image_token_id"],
+        vision_feature_layer=vision["feature_layer"], tie_word_embeddings=False)
+    processor = tf.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return tf.LlavaForConditionalGeneration(config), processor
+
+
+def write_hf_model(directory: str, family: str, model_json: dict, tokenizer_dir: str, seed: int = 0) -> None:
+    """``directory``: the random-weight HF checkpoint of ``model_json`` (weights off the init by
+    N(0, 0.1) so greedy answers are not near-ties), the tokenizer of ``tokenizer_dir``, the
+    image processor's config."""
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    model, processor = hf_model(family, model_json)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    model.float().save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
+    processor.save_pretrained(directory)
+
+
 FAMILIES = {
     "qwen2vl": (qwen2vl_model_json, qwen2vl_data_json),
     "internvl": (internvl_model_json, internvl_data_json),
@@ -219,6 +297,8 @@ def main() -> None:
     parser.add_argument("--missing-images", type=int, default=0,
                         help="append records whose image does not exist (bad input, for the bad-input tests)")
     parser.add_argument("--strict", action="store_true", help="data.json: stop at the first bad input")
+    parser.add_argument("--hf-model", action="store_true",
+                        help="also write hf/: a random-weight HF checkpoint of model.json (needs torch)")
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -244,7 +324,9 @@ def main() -> None:
         data = data_json(out, annotation)
         data["dataset_param"]["basic_parameters"]["strict"] = args.strict
         json.dump(data, f, indent=2)
-    print(f"tiny {args.family} assets in {out}")
+    if args.hf_model:
+        write_hf_model(os.path.join(out, "hf"), args.family, model, os.path.join(out, "tokenizer"))
+    print(f"tiny {args.family} assets in {out}" + (f" (HF checkpoint in {out}/hf)" if args.hf_model else ""))
 
 
 if __name__ == "__main__":
