@@ -21,6 +21,7 @@ from libcst.metadata import (
 )
 
 from auto_convert import rules
+from auto_convert.grad_mode import GradModeRewrite
 from auto_convert.report import Change, FileReport, Unconverted
 
 _EMPTY = cst.Module(body=[])
@@ -86,7 +87,7 @@ class _Skip(Exception):
     """A rule matched but cannot apply here; the message says why."""
 
 
-class TorchToAdapters(cst.CSTTransformer):
+class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
     METADATA_DEPENDENCIES = (ScopeProvider, PositionProvider)
 
     def __init__(self, report: FileReport) -> None:
@@ -99,6 +100,7 @@ class TorchToAdapters(cst.CSTTransformer):
         self._imported: set[str] = set()  # every name an import binds, in any scope
         self._none_calls: set[int] = set()  # ids of `None` nodes that replaced a whole call
         self._path: list[cst.CSTNode] = []  # original nodes from the module to the current one
+        self._init_grad_mode()
 
     # the path gives parents (cheaper than ParentNodeProvider, which is a pass of its own)
     def on_visit(self, node: cst.CSTNode) -> bool:
@@ -154,6 +156,14 @@ class TorchToAdapters(cst.CSTTransformer):
         if scope is not None and any(a.scope is not self._global for a in scope[alias]):
             raise _Skip(f"`{alias}` is shadowed by a local name here")
         return alias
+
+    def _torch_or_report(self, node: cst.CSTNode) -> str | None:
+        """`_torch(node)`, or None after reporting `node` as unconverted."""
+        try:
+            return self._torch(node)
+        except _Skip as skip:
+            self._unconverted(node, str(skip))
+            return None
 
     def _expression(self, original: cst.CSTNode, code: str) -> cst.BaseExpression:
         """Parse `code`, padded inside parentheses to keep the line count of `original`."""
@@ -416,27 +426,44 @@ class TorchToAdapters(cst.CSTTransformer):
         if method in rules.DIM_KEYWORD_METHODS:
             return self._dim_keyword(original, updated, method)
         candidates = [r for r in rules.METHOD_RULES if r.method == method]
-        if not candidates:
-            if _looks_inplace(method) and method not in rules.KEPT_INPLACE:
-                raise _Skip(f"in-place method `{method}` has no functional rule")
-            return None, "", ""
         positional = [a for a in updated.args if a.keyword is None and not a.star]
         rule = next((r for r in candidates if r.arity is None or (
             r.arity == len(updated.args) == len(positional))), None)
-        if rule is None:
-            if method in rules.TORCH_ARITY_ONLY:
-                return None, "", ""
-            raise _Skip(f"`.{method}(...)` with these arguments matches no rule")
-        if rule.statement:
+        if rule is not None and rule.statement:
             parent = self._parent(original)
-            if not isinstance(parent, cst.Expr) or not isinstance(receiver, cst.Name):
-                raise _Skip(f"in-place `{method}` is rewritten only as a statement on a name")
-            return None, "", ""  # rewritten in leave_Expr
+            if not (isinstance(parent, cst.Expr) and isinstance(receiver, cst.Name)
+                    and self._bound_here(original.func.value)):
+                rule = None  # a value, an attribute, an outer name: the functional form
+                # (tensor_methods) writes in place
+            else:
+                return None, "", ""  # rewritten in leave_Expr
+        if rule is None:
+            if method in rules.TORCH_ARITY_ONLY and candidates:
+                return None, "", ""
+            if method in rules.TENSOR_METHODS:
+                return self._tensor_method(original, updated, method)
+            if candidates:
+                raise _Skip(f"`.{method}(...)` with these arguments matches no rule")
+            if _looks_inplace(method) and method not in rules.KEPT_INPLACE:
+                raise _Skip(f"in-place method `{method}` has no functional rule")
+            return None, "", ""
         values.update({str(i): a.value for i, a in enumerate(positional)})
         values["args"] = _args_code(updated.args)
         if "{torch}" in rule.template:
             values["torch"] = self._torch(original)
         return self._expression(original, render(rule.template, values)), rule.rule_id, rule.why
+
+    def _bound_here(self, name: cst.Name) -> bool:
+        """`name` is assigned in the scope where it is used (rebinding it keeps it local)."""
+        scope = self.get_metadata(ScopeProvider, name)
+        return any(a.scope is scope for a in scope[name.value])
+
+    def _tensor_method(self, original: cst.Call, updated: cst.Call, method: str):
+        values = {"self": updated.func.value, "args": _args_code(updated.args),
+                  "torch": self._torch(original), "method": method}
+        code = render(rules.TENSOR_METHOD_TEMPLATE, values)
+        return self._expression(original, code), f"tensor_method.{method}", \
+            rules.TENSOR_METHOD_WHY.format(method)
 
     def _rewrite_to(self, original: cst.Call, updated: cst.Call):
         kept = [a for a, o in zip(updated.args, original.args) if not self._is_device_arg(o)]
@@ -514,15 +541,11 @@ class TorchToAdapters(cst.CSTTransformer):
         method = call.func.attr.value
         rule = next((r for r in rules.METHOD_RULES if r.statement and r.method == method
                      and (r.arity is None or r.arity == len(call.args))), None)
-        if rule is None:
-            return updated
+        if rule is None or not self._bound_here(call.func.value):
+            return updated  # leave_Call gave other receivers the in-place functional form
         new_call = updated.value
         receiver = call.func.value.value
         try:
-            scope = self.get_metadata(ScopeProvider, call.func.value)
-            if not any(a.scope is scope for a in scope[receiver]):
-                raise _Skip(f"`{receiver}` is not a name of this scope; rebinding it would "
-                            "make it local")
             positional = [a for a in new_call.args if a.keyword is None]
             values = {"self": receiver, "args": _args_code(new_call.args),
                       **{str(i): a.value for i, a in enumerate(positional)}}

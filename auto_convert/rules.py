@@ -12,7 +12,9 @@ Adding a rule is one line in one of the tables below; `docs/auto_convert.md` lis
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 
 ADAPTERS = "adapters"  # the package that mirrors torch: `torch.nn` -> `adapters.torch.nn`
 
@@ -74,11 +76,30 @@ METHOD_RULES: tuple[MethodRule, ...] = (
                  statement=True) for op in INPLACE_FUNCTIONAL),
 )
 
+def _differing_tensor_methods() -> frozenset[str]:
+    """The keys of ``DIFFERING`` in adapters/torch/tensor_methods.py, read without importing
+    it (auto_convert loads no framework): the Tensor methods whose MindSpore meaning differs,
+    each with a functional form there."""
+    path = Path(__file__).resolve().parents[1] / ADAPTERS / "torch" / "tensor_methods.py"
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "DIFFERING":
+            return frozenset(key.value for key in node.value.keys)
+    raise RuntimeError(f"{path} has no DIFFERING table")
+
+
+# `x.m(args)` -> `{torch}.tensor_methods.m(x, args)` for these methods when no rule above
+# applies (another arity, keywords, an in-place method used as a value).
+TENSOR_METHODS = _differing_tensor_methods()
+TENSOR_METHOD_TEMPLATE = "{torch}.tensor_methods.{method}({self}, {args})"
+TENSOR_METHOD_WHY = ("MindSpore's Tensor.{0} differs from torch's (adapters/torch/tensor_methods.py: "
+                     "DIFFERING); the functional form behaves as torch in both modes")
+
 # Methods with one torch form: any other arity is numpy's or MindSpore's own method.
 TORCH_ARITY_ONLY = frozenset({"transpose"})
 
-# In-place methods that adapters implements as they are (on Modules).
-KEPT_INPLACE = frozenset({"requires_grad_", "zero_grad", "apply"})
+# In-place methods that adapters implements as they are (on Modules), and copy_, which
+# MindSpore writes in place in both modes.
+KEPT_INPLACE = frozenset({"requires_grad_", "zero_grad", "apply", "copy_"})
 
 # `x.chunk(n, dim=d)` -> `x.chunk(n, d)`: keyword moved to its position (index, keyword).
 DIM_KEYWORD_METHODS: dict[str, int] = {"chunk": 1, "split": 1}
@@ -163,3 +184,15 @@ VENDOR_FUNCTIONS: dict[str, tuple[str, str]] = {
 # Top-level vendor packages: their imports are removed, their uses rewritten or reported.
 VENDOR_PACKAGES = ("torch_npu", "apex", "transformer_engine")
 VENDOR_WHY = "no adapters equivalent for this vendor API"
+
+# Grad modes: values assigned or returned where gradients are off (`with torch.no_grad():`,
+# `@torch.no_grad()`, `torch.inference_mode()`, `torch.set_grad_enabled(False)`) are wrapped,
+# so that graph mode, where the context managers are no-ops, stops their gradients too.
+GRAD_OFF = ("torch.no_grad", "torch.inference_mode", "torch.autograd.no_grad",
+            "torch.autograd.grad_mode.no_grad", "torch.autograd.grad_mode.inference_mode")
+GRAD_ON = ("torch.enable_grad", "torch.autograd.enable_grad", "torch.autograd.grad_mode.enable_grad")
+GRAD_SET = ("torch.set_grad_enabled", "torch.autograd.set_grad_enabled",
+            "torch.autograd.grad_mode.set_grad_enabled")
+NO_GRAD_FUNCTION = "autograd.grad_mode.no_grad_value"
+NO_GRAD_WHY = ("MindSpore graph mode compiles grad-mode context managers as no-ops; "
+               "no_grad_value stops the gradient of what the block computes in both modes")

@@ -13,7 +13,7 @@ from ._creation import *  # noqa: F401,F403
 from ._math import *  # noqa: F401,F403
 from ._shape import *  # noqa: F401,F403
 from ._random import *  # noqa: F401,F403
-from . import autograd, distributed, nn, utils  # noqa: E402
+from . import autograd, distributed, nn, tensor_methods, utils  # noqa: E402
 from .autograd.grad_mode import (enable_grad, inference_mode, is_grad_enabled, no_grad,  # noqa: E402
                                  set_grad_enabled)
 from ._dispatch import DEVICE, UnsupportedOpError  # noqa: E402

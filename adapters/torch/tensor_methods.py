@@ -37,6 +37,8 @@ DIFFERING: Dict[str, str] = {
     "var": "signature var(axis, ddof, keepdims): unbiased= and correction= are rejected",
     "std": "signature std(axis, ddof, keepdims): unbiased= and correction= are rejected",
     "flip": "an int dim is rejected (ReverseV2 wants a tuple)",
+    "unbind": "graph mode: the backward of unbind of a computed tensor does not compile "
+              "(Stack: 'All input must have the same data type', Ref[Tensor] vs Tensor)",
     "topk": "indices are int32 (torch: int64)",
     "sort": "indices are int32 (torch: int64); graph mode: no CPU kernel",
     "argsort": "indices are int32 (torch: int64); graph mode: no CPU kernel",
@@ -122,6 +124,7 @@ argsort = _math.argsort
 unflatten = _shape.unflatten
 detach = _shape.detach
 clone = _shape.clone
+unbind = _shape.unbind
 roll = _shape.roll
 cumsum = _math.cumsum
 

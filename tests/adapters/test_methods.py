@@ -23,7 +23,7 @@ AGREEING = {
         "dim": ("dim",), "ndim": ("ndim",), "numel": ("numel",), "flatten": ("flatten",),
         "unsqueeze": ("unsqueeze",), "squeeze": ("squeeze",), "expand_as": ("expand_as",),
         "narrow": ("narrow",), "t": ("t",), "swapaxes": ("swapaxes", "swapdims"), "T": ("T",), "mT": ("mT",),
-        "chunk": ("chunk",), "split": ("split",), "unbind": ("unbind",), "contiguous": ("contiguous",)},
+        "chunk": ("chunk",), "split": ("split",), "contiguous": ("contiguous",)},
     "agreeing_math": {
         "pow_": ("pow", "__pow__", "__rpow__"), "sqrt": ("sqrt",), "rsqrt": ("rsqrt",), "exp": ("exp",),
         "log": ("log",), "abs_": ("abs", "__neg__"), "neg": ("neg",), "sigmoid": ("sigmoid",),
@@ -43,7 +43,8 @@ AGREEING = {
 
 # group of rewritten cases -> the differing methods they exercise
 REWRITTEN = {
-    "rewritten_shapes": ("transpose", "size", "expand", "flip", "unflatten", "repeat", "roll", "clone", "detach"),
+    "rewritten_shapes": ("transpose", "size", "expand", "flip", "unflatten", "repeat", "roll", "clone", "detach",
+                         "unbind"),
     "rewritten_reductions": ("max", "min", "argmax", "softmax", "log_softmax", "norm", "var", "std", "topk",
                              "sort", "argsort", "cumsum"),
     "rewritten_dtypes": ("to", "long", "int", "short", "byte", "type", "type_as"),

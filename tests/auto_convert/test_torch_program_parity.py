@@ -1,6 +1,7 @@
 """Torch programs written in this suite, converted by auto_convert and run on MindSpore
 through adapters, against the same programs on real torch with the same weights: the
-loss and every parameter's gradient match, in PyNative and under mindspore.jit.
+loss and every parameter's gradient match, in PyNative and under mindspore.jit (a
+parameter used only under no_grad has a zero gradient, torch's None).
 
 Tolerance: fp32, rtol 1e-5 elementwise, with an absolute floor of 1e-5 x the largest
 reference magnitude of the tensor (so entries that are ~0 compare at fp32 resolution).
@@ -57,6 +58,7 @@ CASES = {
     "vit": ("ViT", _vit_inputs),
     "gpt": ("GPT", _gpt_inputs),
     "megatron_mlp": ("ParallelMLP", _mlp_inputs),
+    "idioms": ("GatedAttention", _mlp_inputs),
 }
 
 
@@ -67,7 +69,8 @@ def _torch_reference(program: str, inputs):
     model = module.__dict__[cls_name]()
     loss = model(*(torch.from_numpy(x) for x in inputs))
     loss.backward()
-    grads = {n: p.grad.numpy() for n, p in model.named_parameters()}
+    grads = {n: np.zeros(p.shape, np.float32) if p.grad is None else p.grad.numpy()
+             for n, p in model.named_parameters()}  # None: used under no_grad only
     weights = {n: t.detach().numpy() for n, t in model.state_dict().items()}
     return loss.item(), grads, weights
 

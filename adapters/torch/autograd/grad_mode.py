@@ -8,8 +8,9 @@ whatever ``mindspore.grad`` / ``value_and_grad`` differentiate. So:
   recorded and contribute no gradient, as in torch.
 * Graph mode (inside ``mindspore.jit``): ``with torch.no_grad():`` compiles (the
   managers are ``jit_class`` objects whose ``__enter__``/``__exit__`` are no-ops there)
-  but does not stop gradients; use ``Tensor.detach()`` (MindSpore's, a stop-gradient in
-  both modes) for values that must not be differentiated.
+  and does not stop gradients by itself: ``auto_convert`` wraps every value assigned or
+  returned where gradients are off in :func:`no_grad_value`, a stop-gradient in both
+  modes (code not converted by auto_convert uses ``Tensor.detach()``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from mindspore.graph.api import _pynative_executor
 from mindspore.ops.primitive import constexpr
 
 __all__ = ["no_grad", "enable_grad", "set_grad_enabled", "inference_mode", "is_grad_enabled",
-           "is_inference_mode_enabled"]
+           "is_inference_mode_enabled", "no_grad_value"]
 
 
 def _probe():
@@ -127,3 +128,20 @@ class inference_mode(_GradMode):
 def is_inference_mode_enabled() -> bool:
     """MindSpore has no inference tensors: always False."""
     return False
+
+
+def no_grad_value(value):
+    """``value`` computed where gradients are off, with its gradient stopped in both modes:
+    what ``auto_convert`` wraps around values assigned or returned inside ``no_grad``
+    (graph mode compiles the context managers as no-ops). Tensors are stopped, tuples
+    element by element (one level); anything else is returned as it is."""
+    if isinstance(value, tuple):
+        out = ()
+        for item in value:
+            out = out + (_stopped(item),)
+        return out
+    return _stopped(value)
+
+
+def _stopped(value):
+    return mindspore.ops.stop_gradient(value) if isinstance(value, mindspore.Tensor) else value

@@ -159,10 +159,6 @@ def split(x):
     return x.split(2, -1) + x.split([1, 2], 1) + x.split(1)
 
 
-def unbind(x):
-    return x.unbind(1) + x.unbind()
-
-
 def index_select(x, i):
     return x.index_select(1, i[0] % 3), x.index_select(-1, i[1] % 4)
 
@@ -476,6 +472,10 @@ def clone_rewritten(x):
     return methods.clone(x) * 2
 
 
+def unbind_rewritten(x):
+    return methods.unbind(x, 1) + methods.unbind(x) + methods.unbind(x, dim=-1)
+
+
 def repeat_rewritten(x, v):
     return (methods.repeat(x, 2, 1, 1), methods.repeat(x, 1, 2, 1, 1), methods.repeat(v, 3),
             methods.repeat(v, (2, 2)))
@@ -551,7 +551,7 @@ def random_inplace_rewritten(x):
 def agreeing_shapes(x, v):
     return (*view(x), *reshape(x), *permute(x), *shape(x), dim(x), ndim(x), numel(x), *flatten(x),
             *unsqueeze(x), *squeeze(x), *expand_as(x, v), *narrow(x), *t(x), *swapaxes(x), *T(x), *mT(x),
-            *chunk(x), *split(x), *unbind(x), contiguous(x))
+            *chunk(x), *split(x), contiguous(x))
 
 
 def agreeing_math(x, y, p):
@@ -573,7 +573,7 @@ def agreeing_dtypes(x, i):
 def rewritten_shapes(x, v):
     return (*transpose_rewritten(x), *size_rewritten(x), *expand_rewritten(x, v), *flip_rewritten(x),
             *unflatten_rewritten(x), *repeat_rewritten(x, v), *roll_rewritten(x), clone_rewritten(x),
-            detach_rewritten(x))
+            detach_rewritten(x), *unbind_rewritten(x))
 
 
 def rewritten_reductions(x):
