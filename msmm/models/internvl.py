@@ -23,7 +23,7 @@ from .model_config import ModelConfig, ModelConfigError, construct, text_config
 from .projectors import PixelShuffleMLPConfig, PixelShuffleProjector
 from .vision.intern_vit import InternVisionEncoder, intern_vit_config_from_hf
 from .vision.vit import ViTConfig
-from .vlm import TEXT_DECODERS, VisionTowerLM, build_text_decoder, splice_features
+from .vlm import TEXT_DECODERS, VisionTowerLM, build_text_decoder, splice_features, text_config_from_hf
 
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 
@@ -79,7 +79,7 @@ def internvl_config_from_hf(
     family = text_family_of(text, where)
     config = InternVLConfig(
         vision=intern_vit_config_from_hf(hf["vision_config"], feature_layer),
-        text=TEXT_DECODERS[family][0](text),
+        text=text_config_from_hf(family, text, f"{where}: {'text_config' if layout == 'hf' else 'llm_config'}"),
         text_family=family,
         image_token_id=int(image_token_id),
         downsample_ratio=hf.get("downsample_ratio", 0.5),

@@ -25,7 +25,7 @@ from .model_config import ModelConfig, ModelConfigError, construct, text_config
 from .projectors import MLPProjector, MLPProjectorConfig
 from .vision.clip_vit import CLIPViTConfig, CLIPVisionEncoder, clip_vit_config_from_hf
 from .vision.vit import ViTConfig
-from .vlm import TEXT_DECODERS, VisionTowerLM, build_text_decoder, splice_features
+from .vlm import TEXT_DECODERS, VisionTowerLM, build_text_decoder, splice_features, text_config_from_hf
 
 IMAGE_TOKEN = "<image>"
 SELECT_STRATEGIES = ("default", "full")
@@ -70,7 +70,7 @@ def llava_config_from_hf(hf: Mapping[str, Any], where: str = "config.json") -> L
     family = text_family_of(hf["text_config"], where)
     return LlavaConfig(
         vision=clip_vit_config_from_hf(vision, feature_layer),
-        text=TEXT_DECODERS[family][0](hf["text_config"]),
+        text=text_config_from_hf(family, hf["text_config"], f"{where}: text_config"),
         image_token_id=int(token),
         text_family=family,
         select_strategy=hf.get("vision_feature_select_strategy", "default"),

@@ -131,6 +131,10 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ModelConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:  # an object passed on as is; its dataclass checks its keys
+        if not isinstance(value, dict):
+            raise ModelConfigError(f"{where}: expected an object, got {value!r}")
+        return dict(value)
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:

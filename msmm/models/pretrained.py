@@ -12,6 +12,7 @@ only turns the checked arrays into the ``torch`` the model files bind (real torc
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from typing import Any, Dict, List, Mapping, Optional, Pattern
@@ -26,13 +27,15 @@ from msmm.checkpoint.mm import HF_CONFIG_DIR, read_mm
 from msmm.checkpoint.names import TEXT_NAMINGS
 from msmm.checkpoint.parallel import shard_tensors
 from msmm.checkpoint.safetensors import Tensor
-from msmm.registry import FAMILIES, TEXT_DECODER, FamilySpec, family_of_hf_config, get_family, text_section
+from msmm.registry import (FAMILIES, TEXT_DECODER, VISION_ENCODER, FamilySpec, family_of_hf_config, get_family,
+                           text_section)
 
 from .core import TransformerConfig
 from .core.tensor_parallel import tensor_parallel_rank, tensor_parallel_size
 from .lora import apply_lora
-from .text.decoder import HF_TEXT_KEYS
-from .model_config import ModelConfig, ModelConfigError, check_same_architecture
+from .core.rope_scaling import parse_rope_scaling
+from .text.decoder import HF_TEXT_KEYS, hf_rope_scaling
+from .model_config import COMPONENTS, ModelConfig, ModelConfigError, check_same_architecture
 
 # the model file of each registry entry (``FamilySpec.model_module``), imported with this
 # package (so under the auto_convert hook, or adapters.meta_torch, it binds the same torch)
@@ -84,34 +87,79 @@ def apply_lora_config(model: nn.Module, config: ModelConfig) -> Dict[str, list]:
 
 
 def check_text_decoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -> None:
-    """The text numbers that loading cannot catch (a wrong RoPE base or norm epsilon loads
-    fine) must equal the checkpoint's: each ``text_decoder`` field against the key of the
+    """The text numbers that loading cannot catch (a wrong RoPE base, scaling or norm epsilon
+    loads fine) must equal the checkpoint's: each ``text_decoder`` field against the key of the
     ``text_config`` (HF-native), ``llm_config`` (InternVL remote code) or, without either, the
     top level (Qwen2-VL / Qwen2.5-VL ``config.json``) that ``config.json`` has. Keys the
-    checkpoint leaves to its defaults are not checked."""
+    checkpoint leaves to its defaults are not checked; ``rope_scaling`` always is (none = plain)."""
     prefix, text = text_section(hf)
     if TEXT_DECODER not in config.sections:
         return
     ours = TransformerConfig(**config.sections[TEXT_DECODER].config)
     for field, key in HF_TEXT_KEYS.items():
-        if text.get(key) is None:
-            continue
-        mine, theirs = getattr(ours, field), text[key]
-        if abs(float(mine) - float(theirs)) > 1e-9 * max(abs(float(theirs)), 1.0):
-            raise ModelConfigError(f"{config.source}: text_decoder.{field} is {mine}, but {where} has "
-                                   f"{prefix}{key} = {theirs}; make model.json match the checkpoint")
+        if text.get(key) is not None:
+            _compare(config, f"text_decoder.{field}", getattr(ours, field), where, f"{prefix}{key}", text[key])
+    try:
+        theirs = parse_rope_scaling(hf_rope_scaling(text), text.get("max_position_embeddings"), "rope_scaling")
+    except ValueError as err:
+        raise ModelConfigError(f"{where}: {prefix}{err}") from err
+    if ours.rope() != theirs:
+        raise ModelConfigError(
+            f"{config.source}: text_decoder.rope_scaling is {ours.rope_scaling!r} (max_position_embeddings "
+            f"{ours.max_position_embeddings}), but {where} has {prefix}rope_scaling = {text.get('rope_scaling')!r} "
+            f"({prefix}max_position_embeddings {text.get('max_position_embeddings')}); make model.json match the "
+            "checkpoint")
+
+
+# vision_encoder field -> the keys of a config.json ``vision_config`` that may hold it (the
+# numbers loading cannot catch: head count and norm epsilon leave every shape as it is)
+HF_VISION_KEYS = {"num_attention_heads": ("num_attention_heads", "num_heads"), "layernorm_epsilon": ("layer_norm_eps",),
+                  "window_size": ("window_size",), "fullatt_block_indexes": ("fullatt_block_indexes",),
+                  "tokens_per_second": ("tokens_per_second",)}
+
+
+def check_vision_encoder(config: ModelConfig, hf: Mapping[str, Any], where: str) -> None:
+    """``check_text_decoder`` for the vision tower: each field of ``HF_VISION_KEYS`` the
+    section's model takes (model.json's value or its default) against ``vision_config``."""
+    section, vision = config.sections.get(VISION_ENCODER), hf.get("vision_config")
+    if section is None or not isinstance(vision, Mapping):
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(COMPONENTS[VISION_ENCODER][section.model_id][0])}
+    for field, keys in HF_VISION_KEYS.items():
+        key = next((k for k in keys if vision.get(k) is not None), None)
+        if field in defaults and key is not None:
+            _compare(config, f"{VISION_ENCODER}.{field}", section.config.get(field, defaults[field]), where,
+                     f"vision_config.{key}", vision[key])
+
+
+def check_checkpoint_numbers(config: ModelConfig, hf: Mapping[str, Any], where: str) -> None:
+    """The text and vision numbers of model.json against the checkpoint's config.json ``hf``."""
+    check_text_decoder(config, hf, where)
+    check_vision_encoder(config, hf, where)
+
+
+def _same(mine: Any, theirs: Any) -> bool:
+    if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
+        return isinstance(mine, (list, tuple)) and isinstance(theirs, (list, tuple)) and list(mine) == list(theirs)
+    return mine is not None and abs(float(mine) - float(theirs)) <= 1e-9 * max(abs(float(theirs)), 1.0)
+
+
+def _compare(config: ModelConfig, field: str, mine: Any, where: str, key: str, theirs: Any) -> None:
+    if not _same(mine, theirs):
+        raise ModelConfigError(f"{config.source}: {field} is {mine}, but {where} has {key} = {theirs}; make "
+                               "model.json match the checkpoint")
 
 
 def load_pretrained(model: nn.Module, config: ModelConfig, path: str) -> None:
     """Load the HF checkpoint directory ``path`` (``config.json`` + safetensors, in any layout
     of the family) into ``model``, built from ``config``. Strict: every parameter must be
-    found with its shape, and the text decoder's numbers must equal the checkpoint's
-    (``check_text_decoder``)."""
+    found with its shape, and the text and vision numbers must equal the checkpoint's
+    (``check_checkpoint_numbers``)."""
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: not an HF checkpoint directory (no config.json)")
     hf = load_config(path)
-    check_text_decoder(config, hf, config_path)
+    check_checkpoint_numbers(config, hf, config_path)
     load_hf_weights(model, path, config.model_id, get_family(config.model_id).hf_layout(hf))
 
 
@@ -120,7 +168,7 @@ def check_checkpoint_config(config: ModelConfig, path: str, metadata: Mapping[st
     this run's model.json, before the model is built: a training checkpoint's stored
     ``model_config`` must describe the same architecture (``check_same_architecture``); an
     ``mm-convert`` output's text numbers must equal its ``hf_config/config.json``
-    (``check_text_decoder``). Returns a warning when neither can be checked (a checkpoint of an
+    (``check_checkpoint_numbers``). Returns a warning when neither can be checked (a checkpoint of an
     older msmm that stored no model config)."""
     directory = resolve_load_dir(path)
     if isinstance(metadata.get("model_config"), dict):
@@ -128,7 +176,7 @@ def check_checkpoint_config(config: ModelConfig, path: str, metadata: Mapping[st
         return None
     config_dir = os.path.join(os.path.dirname(os.path.normpath(directory)), HF_CONFIG_DIR)
     if os.path.isfile(os.path.join(config_dir, "config.json")):
-        check_text_decoder(config, load_config(config_dir), os.path.join(config_dir, "config.json"))
+        check_checkpoint_numbers(config, load_config(config_dir), os.path.join(config_dir, "config.json"))
         return None
     return (f"--load {path}: {directory} records no model config (saved by an older msmm) and has no "
             f"{HF_CONFIG_DIR}/config.json: {config.source} is not checked against it")

@@ -28,6 +28,15 @@ TEXT_DECODERS: Dict[str, Tuple[Callable[[Mapping[str, Any]], TransformerConfig],
 }
 
 
+def text_config_from_hf(family: str, text: Mapping[str, Any], where: str) -> TransformerConfig:
+    """The TransformerConfig of a VLM config.json's text section ``text`` (read by ``family``'s
+    reader); errors name ``where`` (the file and the section)."""
+    try:
+        return TEXT_DECODERS[family][0](text)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
 def build_text_decoder(family: str, config: TransformerConfig) -> CausalLM:
     return TEXT_DECODERS[family][1](config)
 

@@ -29,7 +29,7 @@ from msmm.config.train_args import parse_train_args
 from msmm.models.internvl import internvl_config_from_hf
 from msmm.models.llava import llava_config_from_hf
 from msmm.models import ModelConfigError, build_model, load_model_config
-from msmm.models.pretrained import check_text_decoder
+from msmm.models.pretrained import check_checkpoint_numbers, check_text_decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -61,11 +61,12 @@ UPSTREAM = {
         92546, 2.2e9),  # <IMG_CONTEXT> id: MindSpeed-MM model_2B.json img_context_token_id; 2.2B: model card
     # InternVL2-8B = InternViT-300M + internlm2_5-7b-chat. Source: the InternVL2-8B config.json quoted in
     # full in public code (llm_config: 32 x 4096, 32 heads, 8 kv heads, 14336, vocab 92553, eps 1e-5,
-    # rope_theta 1e6; rope_scaling dynamic x2 is dropped here, see docs), = MindSpeed-MM model_8B.json.
+    # rope_theta 1e6, max_position_embeddings 32768, rope_scaling dynamic x2), = MindSpeed-MM model_8B.json.
     "internvl2/model_8B.json": (
         {"llm_config": {"model_type": "internlm2", "num_hidden_layers": 32, "hidden_size": 4096,
                         "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
-                        "vocab_size": 92553, "rms_norm_eps": 1e-05, "rope_theta": 1000000, "bias": False},
+                        "vocab_size": 92553, "rms_norm_eps": 1e-05, "rope_theta": 1000000, "bias": False,
+                        "max_position_embeddings": 32768, "rope_scaling": {"type": "dynamic", "factor": 2.0}},
          "vision_config": VIT_300M, "select_layer": -1, "ps_version": "v2", "downsample_ratio": 0.5},
         92546, 8.1e9),  # 8.1B: model card
     # InternVL3-8B = InternViT-300M-448px-V2_5 + Qwen2.5-7B. Source: Ascend/MindSpeed-MM
@@ -140,7 +141,7 @@ def test_model_json_matches_upstream_and_published_size(name):
         assert (ours.downsample_ratio, ours.ps_version) == (reference.downsample_ratio, reference.ps_version)
     else:
         assert (ours.select_strategy, ours.projector_bias) == (reference.select_strategy, reference.projector_bias)
-    check_text_decoder(config, hf, name)  # what --load of the checkpoint checks
+    check_checkpoint_numbers(config, hf, name)  # what --load of the checkpoint checks
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - published) / published < 0.02, f"{name}: {count / 1e9:.3f}B parameters vs {published / 1e9}B"
 
@@ -200,7 +201,7 @@ def test_qwen_model_json_matches_upstream_and_published_size(name):
     assert _architecture(model.config.text) == _architecture(reference.text)
     assert (model.config.image_token_id, model.config.video_token_id, model.config.vision_start_token_id) == \
         (reference.image_token_id, reference.video_token_id, reference.vision_start_token_id)
-    check_text_decoder(config, hf, name)  # what --load of the checkpoint checks
+    check_checkpoint_numbers(config, hf, name)  # what --load of the checkpoint checks
     if part == "text":
         counted = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("visual."))
     else:
@@ -218,6 +219,53 @@ def test_text_decoder_checked_against_top_level_qwen2_vl_config():
     with pytest.raises(ModelConfigError, match=r"text_decoder.rotary_base is 1000000.0, but "
                                                r"Qwen2-VL-7B-Instruct/config.json has rope_theta = 10000.0"):
         check_text_decoder(config, dict(hf, rope_theta=10000.0), "Qwen2-VL-7B-Instruct/config.json")
+
+
+def test_rope_scaling_checked_against_the_checkpoint():
+    """InternVL2-8B's InternLM2 scales RoPE (dynamic x2 past 32768): a model.json without it,
+    or with another factor, is not the checkpoint's model."""
+    hf = UPSTREAM["internvl2/model_8B.json"][0]
+    config = load_model_config(os.path.join(ROOT, "examples", "internvl2", "model_8B.json"))
+    check_text_decoder(config, hf, "InternVL2-8B/config.json")
+    text = config.sections["text_decoder"].config
+    text["rope_scaling"] = {"type": "dynamic", "factor": 4.0}
+    with pytest.raises(ModelConfigError, match=r"text_decoder.rope_scaling is \{'type': 'dynamic', 'factor': 4.0\} "
+                                               r"\(max_position_embeddings 32768\), but InternVL2-8B/config.json has "
+                                               r"llm_config.rope_scaling = \{'type': 'dynamic', 'factor': 2.0\}"):
+        check_text_decoder(config, hf, "InternVL2-8B/config.json")
+    del text["rope_scaling"]
+    with pytest.raises(ModelConfigError, match=r"text_decoder.rope_scaling is None"):
+        check_text_decoder(config, hf, "InternVL2-8B/config.json")
+
+
+@pytest.mark.parametrize("name, key, value, message", [
+    ("internvl2/model_8B.json", "num_attention_heads", 8, "num_attention_heads is 16, but {where} has "
+                                                          "vision_config.num_attention_heads = 8"),
+    ("internvl2/model_8B.json", "layer_norm_eps", 1e-5, "layernorm_epsilon is 1e-06, but {where} has "
+                                                        "vision_config.layer_norm_eps = 1e-05"),
+    ("llava1.5/model.json", "layer_norm_eps", 1e-6, "layernorm_epsilon is 1e-05, but {where} has "
+                                                    "vision_config.layer_norm_eps = 1e-06"),
+])
+def test_vision_numbers_checked_against_the_checkpoint(name, key, value, message):
+    """Head count and norm epsilon change no shape: --load compares them with vision_config."""
+    hf = UPSTREAM[name][0]
+    config = load_model_config(os.path.join(ROOT, "examples", name))
+    check_checkpoint_numbers(config, hf, "ckpt/config.json")
+    bad = dict(hf, vision_config=dict(hf["vision_config"], **{key: value}))
+    with pytest.raises(ModelConfigError,
+                       match="image_encoder.vision_encoder." + message.format(where="ckpt/config.json")):
+        check_checkpoint_numbers(config, bad, "ckpt/config.json")
+
+
+def test_qwen2_5_vl_window_checked_against_the_checkpoint():
+    config = load_model_config(os.path.join(ROOT, "examples", "qwen2.5vl", "model_7b.json"))
+    hf = {"model_type": "qwen2_5_vl", "vision_config": {"num_heads": 16, "window_size": 112, "tokens_per_second": 2,
+                                                        "fullatt_block_indexes": [7, 15, 23, 31]}}
+    check_checkpoint_numbers(config, hf, "ckpt/config.json")
+    with pytest.raises(ModelConfigError, match=r"fullatt_block_indexes is \(7, 15, 23, 31\), but ckpt/config.json has "
+                                               r"vision_config.fullatt_block_indexes = \[7, 15, 23\]"):
+        bad = dict(hf["vision_config"], fullatt_block_indexes=[7, 15, 23])
+        check_checkpoint_numbers(config, dict(hf, vision_config=bad), "ckpt/config.json")
 
 
 @pytest.mark.parametrize("script", LAUNCH_SCRIPTS)

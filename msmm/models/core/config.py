@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
+
+from .rope_scaling import RopeScaling, parse_rope_scaling
 
 
 @dataclass
@@ -11,7 +13,8 @@ class TransformerConfig:
 
     HF names in brackets: num_layers [num_hidden_layers], num_query_groups
     [num_key_value_heads], ffn_hidden_size [intermediate_size], kv_channels [head_dim],
-    layernorm_epsilon [rms_norm_eps], rotary_base [rope_theta].
+    layernorm_epsilon [rms_norm_eps], rotary_base [rope_theta]; rope_scaling and
+    max_position_embeddings as HF's (``rope_scaling`` without M-RoPE's ``mrope_section``).
     """
 
     num_layers: int
@@ -26,13 +29,20 @@ class TransformerConfig:
     add_bias_linear: bool = False  # bias on the attention output and the MLP projections
     rotary_base: float = 10000.0
     mrope_section: Optional[Tuple[int, ...]] = None  # M-RoPE (t, h, w) split of head_dim / 2
+    rope_scaling: Optional[Dict[str, Any]] = None  # HF rope_scaling: linear, dynamic or yarn
+    max_position_embeddings: Optional[int] = None  # the context dynamic / yarn scaling is relative to
     tie_word_embeddings: bool = False
     pad_token_id: Optional[int] = None
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
 
+    def rope(self) -> Optional[RopeScaling]:
+        """The parsed ``rope_scaling`` (None: plain RoPE)."""
+        return parse_rope_scaling(self.rope_scaling, self.max_position_embeddings)
+
     def __post_init__(self) -> None:
+        self.rope()  # a bad rope_scaling is an error here, not at the first forward
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
         if self.kv_channels is None:

@@ -17,6 +17,7 @@ from ..core import (
     cached_attention_mask,
     causal_attention_mask,
 )
+from ..core.rope_scaling import PLAIN
 from ..core.tensor_parallel import VocabParallelEmbedding, padded_vocab_size
 
 IGNORE_INDEX = -100
@@ -28,6 +29,17 @@ HF_TEXT_KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size",
                 "layernorm_epsilon": "rms_norm_eps", "rotary_base": "rope_theta"}
 
 
+def hf_rope_scaling(hf: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """``rope_scaling`` of an HF config.json without M-RoPE's ``mrope_section`` (which is
+    TransformerConfig.mrope_section); None when nothing else is left."""
+    raw = hf.get("rope_scaling")
+    if not isinstance(raw, Mapping):
+        return raw
+    rest = {k: v for k, v in raw.items() if k != "mrope_section"}
+    plain = set(rest) <= {"type", "rope_type"} and rest.get("rope_type", rest.get("type")) in PLAIN + (None,)
+    return None if plain else rest
+
+
 def hf_text_fields(hf: Mapping[str, Any]) -> Dict[str, Any]:
     """The TransformerConfig fields every HF causal-LM config.json msmm reads spells alike
     (a family's ``*_config_from_hf`` adds its own)."""
@@ -36,7 +48,8 @@ def hf_text_fields(hf: Mapping[str, Any]) -> Dict[str, Any]:
                 num_query_groups=hf.get("num_key_value_heads") or heads, ffn_hidden_size=hf["intermediate_size"],
                 vocab_size=hf["vocab_size"], layernorm_epsilon=hf.get("rms_norm_eps", 1e-6),
                 rotary_base=hf.get("rope_theta", 10000.0), tie_word_embeddings=hf.get("tie_word_embeddings", False),
-                pad_token_id=hf.get("pad_token_id"), init_method_std=hf.get("initializer_range", 0.02))
+                pad_token_id=hf.get("pad_token_id"), init_method_std=hf.get("initializer_range", 0.02),
+                rope_scaling=hf_rope_scaling(hf), max_position_embeddings=hf.get("max_position_embeddings"))
 
 
 def causal_lm_loss(
@@ -63,7 +76,7 @@ class DecoderModel(TransformerBlock):
         super().__init__(config, layer_spec)
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, config.pad_token_id,
                                                    config.init_method_std)
-        self.rotary_emb = RotaryEmbedding(config.kv_channels, config.rotary_base, config.mrope_section)
+        self.rotary_emb = RotaryEmbedding(config.kv_channels, config.rotary_base, config.mrope_section, config.rope())
         self.uses_mrope = config.mrope_section is not None
 
     def forward(

@@ -61,16 +61,23 @@ class InternLM2MLP(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+INTERNLM2_ROPE_SCALING = ("linear", "dynamic")  # the kinds modeling_internlm2.py implements
+
+
 def internlm2_layer_spec() -> ModuleSpec:
     return gpt_layer_spec(attention=InternLM2Attention, mlp=InternLM2MLP)
 
 
 def internlm2_config_from_hf(hf: Mapping[str, Any]) -> TransformerConfig:
-    """TransformerConfig from an InternLM2 ``config.json`` dict. Plain RoPE only."""
-    if hf.get("rope_scaling"):
-        raise ValueError(f"InternLM2 config: rope_scaling={hf['rope_scaling']!r} is not supported, only plain RoPE")
+    """TransformerConfig from an InternLM2 ``config.json`` dict. RoPE plain or scaled as
+    InternLM2's modeling code implements it: linear or dynamic (NTK), HF's formulas."""
     bias = hf.get("bias", False)
-    return TransformerConfig(**hf_text_fields(hf), add_qkv_bias=bias, add_bias_linear=bias)
+    config = TransformerConfig(**hf_text_fields(hf), add_qkv_bias=bias, add_bias_linear=bias)
+    scaling = config.rope()
+    if scaling is not None and scaling.kind not in INTERNLM2_ROPE_SCALING:
+        raise ValueError(f"InternLM2 config: rope_scaling type {scaling.kind!r} is not supported: InternLM2's "
+                         f"modeling code implements {' and '.join(INTERNLM2_ROPE_SCALING)} only")
+    return config
 
 
 class InternLM2Decoder(CausalLM):

@@ -12,12 +12,11 @@ def llama_layer_spec() -> ModuleSpec:
 
 
 def llama_config_from_hf(hf: Mapping[str, Any]) -> TransformerConfig:
-    """TransformerConfig from a Llama ``config.json`` dict. Plain RoPE only."""
+    """TransformerConfig from a Llama ``config.json`` dict (RoPE plain or scaled: linear,
+    dynamic, yarn)."""
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key, False):
             raise ValueError(f"Llama config: {key}=true is not supported (no Llama/Vicuna checkpoint uses it)")
-    if hf.get("rope_scaling"):
-        raise ValueError(f"Llama config: rope_scaling={hf['rope_scaling']!r} is not supported, only plain RoPE")
     return TransformerConfig(
         **hf_text_fields(hf),
         kv_channels=hf.get("head_dim"),

@@ -13,12 +13,13 @@ def qwen2_layer_spec() -> ModuleSpec:
 
 def qwen2_config_from_hf(hf: Mapping[str, Any]) -> TransformerConfig:
     """TransformerConfig from a Qwen2 ``config.json`` dict (also the ``text_config`` of
-    Qwen2-VL / Qwen2.5-VL, whose ``rope_scaling.mrope_section`` turns on M-RoPE)."""
-    rope_scaling = hf.get("rope_scaling") or {}
+    Qwen2-VL / Qwen2.5-VL, whose ``rope_scaling.mrope_section`` turns on M-RoPE); RoPE plain
+    or scaled (linear, dynamic, yarn)."""
+    rope_scaling = hf.get("rope_scaling")
     return TransformerConfig(
         **hf_text_fields(hf),
         add_qkv_bias=True,
-        mrope_section=rope_scaling.get("mrope_section"),
+        mrope_section=rope_scaling.get("mrope_section") if isinstance(rope_scaling, Mapping) else None,
         attention_dropout=hf.get("attention_dropout", 0.0),
     )
 
