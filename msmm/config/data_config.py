@@ -126,11 +126,13 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class Attributes:
-    """Key names of the ``messages`` schema (the ``attr`` section of a Qwen2-VL ``data.json``)."""
+    """Key names of the ``messages`` schema (the ``attr`` section of a Qwen2-VL ``data.json``);
+    ``images`` / ``videos`` null: the records have no such column (MindSpeed-MM's image-only
+    data.json files write ``"videos": null``)."""
 
     messages: str = "messages"
-    images: str = "images"
-    videos: str = "videos"
+    images: Optional[str] = "images"
+    videos: Optional[str] = "videos"
     role_tag: str = "role"
     content_tag: str = "content"
     user_tag: str = "user"

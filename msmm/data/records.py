@@ -211,8 +211,9 @@ def _messages(turns: object, attr: RecordAttributes) -> list[Message]:
     return out
 
 
-def _paths(obj: dict, key: str) -> list[str]:
-    value = obj.get(key)
+def _paths(obj: dict, key: Optional[str]) -> list[str]:
+    """The media paths of ``obj[key]`` (none without the key, or with ``key`` None)."""
+    value = obj.get(key) if key is not None else None
     if value is None:
         return []
     if isinstance(value, str):

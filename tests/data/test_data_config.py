@@ -94,11 +94,12 @@ def test_mindspeed_mm_keys_msmm_does_not_use_are_logged_not_errors(caplog):
     qwen = _with(QWEN2VL, "dataset_param.basic_parameters.train_on_prompt", False)
     qwen["dataset_param"]["preprocess_parameters"].update(use_fast_tokenizer=True, split_special_tokens=False)
     qwen["dataset_param"]["basic_parameters"].update(mask_history=False, preprocessing_num_workers=16, tool_format=None)
-    qwen["dataset_param"]["attr"] = {"images": "images", "messages": "messages", "observation_tag": None, "function_tag": None}
+    qwen["dataset_param"]["attr"] = {"images": "images", "videos": None, "messages": "messages", "observation_tag": None,
+                                     "function_tag": None}
     qwen["dataloader_param"] = {"collate_param": {"model_name": "qwen2vl", "ignore_pad_token_for_loss": True}}
     with caplog.at_level(logging.INFO, logger="msmm.config"):
         parse_data_config(raw)
-        parse_data_config(qwen)
+        assert parse_data_config(qwen).dataset_param.attr.videos is None
     assert "dataset_param.tokenizer_config.hub_backend: a MindSpeed-MM key msmm does not use" in caplog.text
     assert "dataset_param.group_by_length: a MindSpeed-MM key msmm reads as dataloader_param.group_by_length" in caplog.text
     assert "unknown key" not in caplog.text

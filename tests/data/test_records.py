@@ -61,6 +61,17 @@ def test_mllm_sharegpt_with_attr(tmp_path):
     assert record.images == ["d/a.jpg"]
 
 
+def test_attr_videos_null_means_no_video_column(tmp_path):
+    """MindSpeed-MM's image-only data.json writes ``"attr": {"videos": null}``: a record's
+    ``videos`` key is then not a video list."""
+    items = [{"messages": [{"role": "user", "content": "<image>Hi"}, {"role": "assistant", "content": "Yo"}],
+              "images": ["a.jpg"], "videos": "not read"}]
+    path = tmp_path / "mllm.json"
+    path.write_text(json.dumps(items))
+    (record,) = load_records(str(path), media_root="d", attr=RecordAttributes(videos=None))
+    assert (record.images, record.videos) == (["d/a.jpg"], [])
+
+
 BAD_LINES = [
     ('{"conversations": [{"from": "human", "value": "hi"}, ', "malformed_json", "Expecting"),
     ({"conversations": [{"from": "human", "value": "<image> x"}, {"from": "gpt", "value": "y"}]}, "placeholder_mismatch", "1 <image> placeholder(s) but 0 image(s)"),
