@@ -102,16 +102,31 @@ class DecoderModel(TransformerBlock):
         """
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        b, l = inputs_embeds.shape[0], inputs_embeds.shape[1]
+        if caches is not None:
+            rotary = self.rotary_emb(self.full_position_ids(inputs_embeds, position_ids))
+            return super().forward(inputs_embeds, rotary, cached_attention_mask(slots, attention_mask), caches, slots)
+        return super().forward(inputs_embeds, *self.layer_inputs(inputs_embeds, position_ids, attention_mask, segment_ids))
+
+    def full_position_ids(self, hidden: torch.Tensor, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """position_ids as the rotary embedding takes them: 0..L-1 by default, [3, B, L] for M-RoPE."""
+        b, l = hidden.shape[0], hidden.shape[1]
         if position_ids is None:
             position_ids = torch.arange(l).unsqueeze(0).expand(b, l)
         if self.uses_mrope and len(position_ids.shape) == 2:
             position_ids = position_ids.unsqueeze(0).expand(3, b, l)
-        if caches is not None:
-            mask = cached_attention_mask(slots, attention_mask)
-            return super().forward(inputs_embeds, self.rotary_emb(position_ids), mask, caches, slots)
-        mask = causal_attention_mask(l, attention_mask, segment_ids)
-        return super().forward(inputs_embeds, self.rotary_emb(position_ids), mask)
+        return position_ids
+
+    def layer_inputs(
+        self,
+        hidden: torch.Tensor,
+        position_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
+    ) -> Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(rotary (cos, sin), attention mask): what every layer takes besides the hidden states
+        [B, L, hidden] (a pipeline stage computes them for its own layers)."""
+        rotary = self.rotary_emb(self.full_position_ids(hidden, position_ids))
+        return rotary, causal_attention_mask(hidden.shape[1], attention_mask, segment_ids)
 
 
 class CausalLM(nn.Module):
