@@ -13,7 +13,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .layout import read_json
-from .safetensors import STORAGE, Entry, ShardedWriter, Tensor, open_file
+from .safetensors import Entry, ShardedWriter, Tensor, open_file
+from .torch_pickle import is_torch_zip, read_torch_zip
 
 INDEX_FILE = "model.safetensors.index.json"
 _WEIGHTS = re.compile(r"(\.(safetensors|bin|pt|pth|ckpt|msgpack|h5)|\.index\.json)$")
@@ -58,26 +59,17 @@ def read_hf_tensors(path: str) -> Dict[str, Tensor]:
 
 
 def read_weights_file(path: str) -> Dict[str, Tensor]:
-    """One weights file: safetensors, or a torch pickle such as LLaVA's ``mm_projector.bin``
-    read with ``torch.load(weights_only=True)`` (tensors only, no code; needs torch, the only
-    place msmm reads a pickle)."""
+    """One weights file: safetensors, or a torch zip checkpoint (``.bin`` / ``.pt`` / ``.pth``,
+    e.g. LLaVA's ``mm_projector.bin`` or OpenAI's CLIP ``.pt``) read by ``read_torch_zip``:
+    tensors only, no pickled code runs (as ``torch.load(weights_only=True)``), no torch needed."""
     if path.endswith(".safetensors"):
         return open_file(path)
-    try:
-        import torch
-    except ImportError as err:
-        raise ValueError(f"{path}: reading a .bin needs torch (torch.load(weights_only=True)); "
-                         "or convert it to .safetensors") from err
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    out = {}
-    for key, value in state.items():
-        if value.dtype == torch.bfloat16:
-            array, code = value.view(torch.int16).numpy().view(np.uint16), "BF16"
-        else:
-            array = value.numpy()
-            code = next(c for c, d in STORAGE.items() if c != "BF16" and np.dtype(d) == array.dtype)
-        out[key] = Tensor(code, tuple(array.shape), (lambda a=array: a), f"{path}:{key}")
-    return out
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such weights file")
+    if not is_torch_zip(path):
+        raise ValueError(f"{path}: neither safetensors nor a torch zip checkpoint (a pre-1.6 torch.save file is not "
+                         "read: re-save it with a current torch, or convert it to .safetensors)")
+    return read_torch_zip(path)
 
 
 def load_config(directory: str) -> Dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .clip import is_openai_clip, openai_clip_to_hf
 from .safetensors import Tensor
 
 Rule = Tuple[str, str]  # (HF fragment, MM fragment), "^"/"$" anchors allowed
@@ -239,32 +240,55 @@ LLAVA = Naming(  # LLaVA-1.5: HF's names without the CLIP wrapper level
     text_group="language_model.",
 )
 
-# LLaVA-1.5 from its pieces (mm-convert LlavaConverter without hf_dir): an HF CLIP checkpoint,
-# an HF Llama/Vicuna checkpoint and LLaVA's projector file, named as one HF LLaVA checkpoint
+# LLaVA-1.5 from its pieces (mm-convert LlavaConverter without hf_dir, model.json section
+# ckpt_path): a CLIP checkpoint (HF, or OpenAI's .pt), an HF Llama/Vicuna checkpoint and LLaVA's
+# projector file (mm_projector.bin, or MindSpeed-MM's converted mlp.pt), named as one HF LLaVA checkpoint
 _CLIP_TEXT_SIDE = re.compile(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)")
 LLAVA_PROJECTOR_KEYS = {"model.mm_projector.0.weight": "multi_modal_projector.linear_1.weight",
                         "model.mm_projector.0.bias": "multi_modal_projector.linear_1.bias",
                         "model.mm_projector.2.weight": "multi_modal_projector.linear_2.weight",
-                        "model.mm_projector.2.bias": "multi_modal_projector.linear_2.bias"}
+                        "model.mm_projector.2.bias": "multi_modal_projector.linear_2.bias",
+                        "encoder.linear_fc1.weight": "multi_modal_projector.linear_1.weight",
+                        "encoder.linear_fc1.bias": "multi_modal_projector.linear_1.bias",
+                        "encoder.linear_fc2.weight": "multi_modal_projector.linear_2.weight",
+                        "encoder.linear_fc2.bias": "multi_modal_projector.linear_2.bias"}
 
 
-def llava_from_pieces(clip: Mapping[str, Tensor], llm: Mapping[str, Tensor], projector: Mapping[str, Tensor],
-                      projector_path: str) -> Dict[str, Tensor]:
-    """The HF LLaVA names of the pieces' tensors (CLIP's text side dropped); an unexpected key
-    is an error naming its file."""
+def clip_to_llava(clip: Mapping[str, Tensor], path: str) -> Dict[str, Tensor]:
+    """HF LLaVA names of a CLIP checkpoint's vision tensors (HF ``CLIPModel`` /
+    ``CLIPVisionModel``, or OpenAI's ``visual.*``); the text side is dropped, another key is an
+    error naming ``path``."""
+    if is_openai_clip(clip):
+        clip = openai_clip_to_hf(clip, path)
     tensors: Dict[str, Tensor] = {}
     for key, t in clip.items():
         if key.startswith("vision_model."):
             tensors["vision_tower." + key] = t
         elif not _CLIP_TEXT_SIDE.match(key) and not key.endswith("position_ids"):
             raise KeyError(f"{t.source}: unexpected key {key!r} in a CLIP checkpoint")
-    for key, t in llm.items():
-        tensors["language_model." + key] = t
+    return tensors
+
+
+def llm_to_llava(llm: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """HF LLaVA names of a causal LM checkpoint's tensors."""
+    return {"language_model." + key: t for key, t in llm.items()}
+
+
+def projector_to_llava(projector: Mapping[str, Tensor], path: str) -> Dict[str, Tensor]:
+    """HF LLaVA names of a projector file's tensors; an unknown key is an error naming ``path``."""
+    tensors: Dict[str, Tensor] = {}
     for key, t in projector.items():
         if key not in LLAVA_PROJECTOR_KEYS:
-            raise KeyError(f"{projector_path}: unexpected key {key!r} (expected {sorted(LLAVA_PROJECTOR_KEYS)})")
+            raise KeyError(f"{path}: unexpected key {key!r} (expected {sorted(LLAVA_PROJECTOR_KEYS)})")
         tensors[LLAVA_PROJECTOR_KEYS[key]] = t
     return tensors
+
+
+def llava_from_pieces(clip: Mapping[str, Tensor], llm: Mapping[str, Tensor], projector: Mapping[str, Tensor],
+                      clip_path: str, projector_path: str) -> Dict[str, Tensor]:
+    """The HF LLaVA names of the pieces' tensors (CLIP's text side dropped); an unexpected key
+    is an error naming its file."""
+    return {**clip_to_llava(clip, clip_path), **llm_to_llava(llm), **projector_to_llava(projector, projector_path)}
 
 
 # a text decoder's own checkpoint (a CausalLM: model.*, lm_head.*)

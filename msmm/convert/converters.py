@@ -287,7 +287,7 @@ class LlavaConverter(Converter):
             raise ValueError("LlavaConverter needs hf_config.hf_dir, or all of hf_config.vision_dir, "
                              "hf_config.llm_dir and hf_config.projector_path")
         tensors = llava_from_pieces(read_hf_tensors(hf.vision_dir), read_hf_tensors(hf.llm_dir),
-                                    read_weights_file(hf.projector_path), hf.projector_path)
+                                    read_weights_file(hf.projector_path), hf.vision_dir, hf.projector_path)
         vision_cfg = load_config(hf.vision_dir)
         text_cfg = load_config(hf.llm_dir)
         config = {

@@ -1,6 +1,7 @@
 """``data.json`` -> a ready :class:`DataLoader` (records, preprocessing, template, sampler, collator)."""
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from msmm.config.data_config import DataConfig
@@ -11,8 +12,10 @@ from msmm.data.image_processing import CLIPImageTransform, InternVLImageTransfor
 from msmm.data.loader import DataLoader
 from msmm.data.records import load_records
 from msmm.data.sampler import EpochSampler
-from msmm.data.templates import ConversationEncoder
+from msmm.data.templates import ConversationEncoder, add_missing_vision_tokens
 from msmm.data.video import InternVLFrameSampler, Qwen2VLFrameSampler
+
+logger = logging.getLogger("msmm.data")
 
 
 def build_vision(config: DataConfig):
@@ -53,6 +56,9 @@ def build_dataloader(
 
         tc = config.dataset_param.tokenizer_config
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path, use_fast=True, trust_remote_code=tc.trust_remote_code)
+        note = add_missing_vision_tokens(tokenizer, config.model_family)
+        if note:
+            logger.info("%s: %s", config.source, note)
     basic = config.dataset_param.basic_parameters
     loader_param = config.dataloader_param
     log = log if log is not None else BadInputLog(strict=basic.strict)

@@ -85,6 +85,22 @@ VISION_TOKENS = {
     "llava": VisionTokens("<image>", "<image>", "<image>", "<image>", text_sep="\n"),
 }
 
+# families whose context token a text-only tokenizer lacks and gets added, as HF's conversion of
+# LLaVA-1.5 adds "<image>" to Vicuna's tokenizer (LLaVA stage 1 starts from Vicuna's)
+ADDED_IF_MISSING = ("llava",)
+
+
+def add_missing_vision_tokens(tokenizer, family: str) -> Optional[str]:
+    """Add ``family``'s context token to a tokenizer that lacks it (``ADDED_IF_MISSING``), as a
+    special token with the next id; returns a line saying so, or None."""
+    token = VISION_TOKENS[family].context
+    if family not in ADDED_IF_MISSING or token in tokenizer.get_vocab():
+        return None
+    tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_additional_special_tokens=False)
+    return (f"tokenizer {tokenizer.name_or_path}: no {token} token, added as id {tokenizer.convert_tokens_to_ids(token)} "
+            "(as HF's LLaVA-1.5 conversion adds it to Vicuna's); model.json image_token_id must be that id")
+
+
 _PLACEHOLDER = re.compile(f"{re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)}")
 
 

@@ -12,7 +12,8 @@
 
 The top-level ``model_id`` names a family of ``msmm.registry`` (which sections and top-level
 keys it has, and which section ``model_id``s fit it). Each section's keys are ``model_id``,
-``freeze`` (default false), an optional ``lora`` block, and the fields of the dataclass
+``freeze`` (default false), an optional ``lora`` block, ``pipeline_num_layers``, ``ckpt_path``
+(the section's own weights), and the fields of the dataclass
 registered for that ``model_id`` in ``COMPONENTS`` (e.g. ``TransformerConfig`` for decoders,
 ``QwenViTConfig`` for the Qwen ViT). Unknown keys, missing required keys and wrong types are
 errors naming the file and the dotted key. Building the model from a ``ModelConfig`` is the
@@ -52,6 +53,9 @@ class Section:
     # pipeline stage, one inner tuple per virtual chunk ([6, 8, 8, 6] -> ((6, 8, 8, 6),)); checked
     # against the parallel sizes by msmm.train.parallel.validate
     pipeline_num_layers: Optional[Tuple[Tuple[int, ...], ...]] = None
+    # MindSpeed-MM's ``ckpt_path``: this section's weights from its own checkpoint (an HF directory or
+    # a weights file), loaded when the model is built (``msmm.models.section_weights``)
+    ckpt_path: Optional[str] = None
 
 
 # sections that take a ``lora`` block (XTuner's llm_lora and visual_encoder_lora)
@@ -190,8 +194,11 @@ def _parse_section(path: str, raw: Any, source: str) -> Section:
             raise ModelConfigError(f"{where}.pipeline_num_layers: only {' and '.join(PIPELINE_SECTIONS)} are split "
                                    "over pipeline stages")
         pipeline = parse_pipeline_num_layers(body.pop("pipeline_num_layers"), where)
+    ckpt_path = body.pop("ckpt_path", None)
+    if ckpt_path is not None and not (isinstance(ckpt_path, str) and ckpt_path):
+        raise ModelConfigError(f"{where}.ckpt_path: expected a path (or null), got {ckpt_path!r}")
     cls, skip = choices[model_id]
-    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip), lora, pipeline)
+    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip), lora, pipeline, ckpt_path)
 
 
 def parse_model_config(data: Any, source: str = "model.json") -> ModelConfig:

@@ -118,6 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mindspore.set_seed(args.seed)
     from msmm.models.model_config import model_config_record
     from msmm.models.pretrained import check_checkpoint_config
+    from msmm.models.section_weights import load_section_weights
 
     try:
         model_config = load_model_config(args.mm_model)
@@ -134,6 +135,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if note:
         print(f"msmm-train: warning: {note}", file=sys.stderr)
     model = build_model(model_config)
+    try:  # sections' own checkpoints (LLaVA stage 1: CLIP + Vicuna), then --load on top
+        for line in load_section_weights(model, model_config):
+            print(f"msmm-train: {line}")
+    except ModelConfigError as err:
+        print(f"msmm-train: {err}", file=sys.stderr)
+        return 2
     resume = args.load is not None and is_mm_checkpoint(args.load)
     if args.load and not resume:
         if not os.path.isfile(os.path.join(args.load, "config.json")):

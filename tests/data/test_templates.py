@@ -167,3 +167,25 @@ def test_tokenizer_without_the_vision_tokens_is_refused():
     # the real Qwen2 vocabulary has no LLaVA <image> token
     with pytest.raises(ValueError, match="tokenizer lacks '<image>'"):
         ConversationEncoder(qwen2_tokenizer(), "llava-v1", "llava")
+
+
+def test_llava_image_token_added_to_a_text_only_tokenizer():
+    """Stage 1 starts from Vicuna's tokenizer, which has no <image>: it is added as the next id
+    (as HF's LLaVA-1.5 conversion does), once; other families' tokens are never invented."""
+    import copy
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from msmm.data.templates import add_missing_vision_tokens
+
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, "cat": 4}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    vicuna = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    assert add_missing_vision_tokens(copy.deepcopy(vicuna), "internvl") is None
+    note = add_missing_vision_tokens(vicuna, "llava")
+    assert "no <image> token, added as id 5" in note
+    assert vicuna("<image>\na cat")["input_ids"] == [5, 3, 4]
+    assert add_missing_vision_tokens(vicuna, "llava") is None
+    encoder = ConversationEncoder(vicuna, "plain", "llava")
+    assert list(encoder.context_ids) == [5]
