@@ -155,7 +155,7 @@ def check_divisible(info: ModelInfo, tp: int) -> None:
 
 # ---- MM side -------------------------------------------------------------------------------------
 
-def _placement(name: str, parallel: ParallelConfig, where: str) -> Tuple[int, int, str]:
+def placement(name: str, parallel: ParallelConfig, where: str) -> Tuple[int, int, str]:
     """(virtual chunk, stage, name with the stage-local layer index) of an MM name."""
     for pattern, pp_layers in ((LLM_LAYER, parallel.llm_pp_layers), (VIT_LAYER, parallel.vit_pp_layers)):
         m = pattern.match(name)
@@ -185,7 +185,7 @@ def write_mm(mm_dir: str, tensors: Dict[str, Tensor], parallel: ParallelConfig, 
     plan: Dict[str, List[Entry]] = {}
     jobs = []
     for name, t in tensors.items():
-        chunk, stage, local = _placement(name, parallel, t.source)
+        chunk, stage, local = placement(name, parallel, t.source)
         kind = tp_kind(name, t.source)
         padded = None
         if kind == VOCAB:

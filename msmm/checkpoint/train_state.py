@@ -4,7 +4,8 @@
       latest_checkpointed_iteration.txt         "100" (written last)
       iter_0000100/
         mp_rank_00/
-          model_optim_rng.safetensors           model.<name>, optimizer.*, rng.*
+          model_optim_rng.safetensors           model.<name> (model<chunk>.<name> with virtual
+                                                pipeline stages), optimizer.*, rng.*
           metadata.json                         iteration, data position, RNG (python),
                                                 what is included, the training arguments
 
@@ -39,7 +40,8 @@ from .safetensors import open_file, read_header
 
 @dataclass
 class CheckpointState:
-    """What a checkpoint holds. ``optimizer`` / ``rng`` are empty when not saved."""
+    """What a checkpoint holds. ``optimizer`` / ``rng`` are empty when not saved. With virtual
+    pipeline stages the model's tensors are per chunk, in ``model_chunks`` (``model`` empty)."""
 
     iteration: int
     model: Dict[str, np.ndarray]
@@ -48,6 +50,7 @@ class CheckpointState:
     python_rng: Optional[list] = None
     data: Optional[Dict[str, int]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    model_chunks: List[Dict[str, np.ndarray]] = field(default_factory=list)
 
 
 def _fsync_dir(path: str) -> None:
@@ -87,6 +90,8 @@ def write_shard(root: str, state: CheckpointState, shard: str = "mp_rank_00") ->
     directory = os.path.join(_tmp_dir(root, state.iteration, os.getpid()), shard)
     os.makedirs(directory)
     tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in state.model.items()}
+    for chunk, part in enumerate(state.model_chunks):
+        tensors.update({f"model{chunk}.{k}": np.ascontiguousarray(v) for k, v in part.items()})
     tensors.update({k: np.ascontiguousarray(v) for k, v in state.optimizer.items()})
     tensors.update({f"rng.{k}": np.ascontiguousarray(v) for k, v in state.rng.items()})
     payload = os.path.join(directory, PAYLOAD)
@@ -284,6 +289,8 @@ def load_checkpoint(path: str, shard_name: str = "mp_rank_00") -> CheckpointStat
     groups: Dict[str, Dict[str, np.ndarray]] = {"model": {}, "optimizer": {}, "rng": {}}
     for key, tensor in open_file(payload).items():
         head, _, rest = key.partition(".")
+        if CHUNK_HEAD.match(head):
+            groups.setdefault(head, {})
         if head not in groups:
             raise ValueError(f"{payload}: unexpected tensor {key!r}")
         value = tensor.numpy() if tensor.dtype == "BF16" else np.array(tensor.load())
@@ -291,8 +298,14 @@ def load_checkpoint(path: str, shard_name: str = "mp_rank_00") -> CheckpointStat
     if not isinstance(meta.get("iteration"), int):
         raise ValueError(f"{os.path.join(shard, METADATA)}: 'iteration' must be an integer, got {meta.get('iteration')!r}")
     extra = {k: v for k, v in meta.items() if k not in ("iteration", "data", "python_rng", "has_optimizer", "has_rng")}
+    chunks = sorted((int(h[len("model"):]), g) for h, g in groups.items() if CHUNK_HEAD.match(h))
+    if [c for c, _ in chunks] != list(range(len(chunks))):
+        raise ValueError(f"{payload}: model chunks {[c for c, _ in chunks]} are not 0..{len(chunks) - 1}")
     return CheckpointState(meta["iteration"], groups["model"], groups["optimizer"], groups["rng"],
-                           meta.get("python_rng"), meta.get("data"), extra)
+                           meta.get("python_rng"), meta.get("data"), extra, [g for _, g in chunks])
+
+
+CHUNK_HEAD = re.compile(r"^model\d+$")  # a virtual pipeline chunk's tensors: model0.*, model1.*
 
 
 def capture_python_rng() -> list:

@@ -35,10 +35,7 @@ PARALLEL_SIZES = ("--tensor-model-parallel-size", "--pipeline-model-parallel-siz
 # MindSpeed's context-parallel algorithms (--dry-run plans megatron_cp_algo and ulysses_cp_algo)
 CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo", "adaptive_cp_algo", "hybrid_adaptive_cp_algo")
 # parallel features the training runtime does not implement yet: a run (not --dry-run) stops on them
-NOT_IMPLEMENTED = (("--pipeline-model-parallel-size", "pipeline parallelism"),
-                   ("--virtual-pipeline-model-parallel-size", "virtual pipeline stages"),
-                   ("--num-layers-per-virtual-pipeline-stage", "virtual pipeline stages"),
-                   ("--context-parallel-size", "context parallelism"))
+NOT_IMPLEMENTED = (("--context-parallel-size", "context parallelism"),)
 
 
 class TrainArgsError(ValueError):
@@ -190,8 +187,8 @@ def _validate(args: argparse.Namespace, argv: List[str]) -> None:
     if not args.dry_run:
         for flag, what in NOT_IMPLEMENTED:
             value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None and (value > 1 or flag == "--num-layers-per-virtual-pipeline-stage"):
-                fail(f"{flag} {value}: not implemented yet ({what}; data and tensor parallelism are); "
+            if value is not None and value > 1:
+                fail(f"{flag} {value}: not implemented yet ({what}; data, tensor and pipeline parallelism are); "
                      "--dry-run plans this layout")
     if (args.recompute_method or args.recompute_num_layers) and args.recompute_granularity != "full":
         fail("--recompute-method / --recompute-num-layers need --recompute-granularity full")

@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from msmm.train.plan import check_run_layout
 
     try:
-        check_run_layout(args)
+        checked = check_run_layout(args)
     except (LayoutError, ValueError) as err:
         print(f"msmm-train: {err}", file=sys.stderr)
         return 2
@@ -112,7 +112,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from msmm.train.distributed import init_world
     from msmm.train.trainer import TrainConfig, Trainer
 
-    world = init_world(args.tensor_model_parallel_size)
+    if checked is None and args.pipeline_model_parallel_size > 1:
+        print("msmm-train: pipeline parallelism needs the start-up layout check (see the warning above)", file=sys.stderr)
+        return 2
+    world = init_world(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                       checked.vpp if checked is not None else 1)
     random.seed(args.seed)
     np.random.seed(args.seed)
     mindspore.set_seed(args.seed)
@@ -185,8 +189,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from msmm.train.adapter import load_adapter
 
         loaded = load_adapter(model, args.lora_load, writer.naming)
+    from msmm.train.plan import parallel_config
+
     trainer = Trainer(model, config, loader, world, arguments=arguments, adapter_writer=writer,
-                      model_config=model_config_record(model_config))
+                      model_config=model_config_record(model_config),
+                      pipeline=parallel_config(checked) if world.pp_size > 1 else None)
     if adapted:
         trainable = sum(int(np.prod(p.shape)) for _, p in trainer.named)
         total = sum(int(np.prod(p.shape)) for _, p in model.named_parameters())

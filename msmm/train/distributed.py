@@ -1,6 +1,7 @@
 """Joining the msrun job (mccl on CPU, HCCL on Ascend) and the reductions the trainer does
-over its groups: the data-parallel sum of gradients, losses and token counts, and the
-tensor-parallel sum of the squared norms of sharded gradients.
+over its groups: the data-parallel sum of gradients, losses and token counts, the
+tensor-parallel sum of the squared norms of sharded gradients, and the pipeline-parallel sums
+of the loss (which only the last stage computes) and of the squared gradient norms.
 
 The ranks are laid out as Megatron lays them out (``parallel.layout``); the groups are
 ``torch.distributed`` groups of ``adapters.torch`` (so the model code's tensor-parallel
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import mindspore
 import numpy as np
@@ -26,7 +27,8 @@ class World:
     rank: int = 0
     size: int = 1
     layout: ParallelLayout = None  # default: data parallel over every rank
-    group_names: Dict[str, str] = field(default_factory=dict)  # axis ("dp", "tp") -> MindSpore group
+    group_names: Dict[str, str] = field(default_factory=dict)  # axis ("dp", "tp", "pp") -> MindSpore group
+    pipeline_group: Any = None  # the adapters.torch ProcessGroup of the pipeline stages (point-to-point)
     _bucketed: Dict[tuple, "BucketedAllReduce"] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -53,6 +55,19 @@ class World:
         return self.layout.tp
 
     @property
+    def pp_rank(self) -> int:
+        return self._coord("pp")
+
+    @property
+    def pp_size(self) -> int:
+        return self.layout.pp
+
+    @property
+    def pipeline_ranks(self) -> Tuple[int, ...]:
+        """The global ranks of this rank's pipeline stages, by stage."""
+        return self.layout.group(self.rank, "pp")
+
+    @property
     def writes_checkpoints(self) -> bool:
         """One replica of each model shard saves: data-parallel rank 0."""
         return self.dp_rank == 0
@@ -69,6 +84,10 @@ class World:
     def all_reduce_tensor_parallel(self, x: Tensor) -> Tensor:
         """Sum of ``x`` over the tensor-parallel ranks."""
         return self._sum(x, "tp")
+
+    def all_reduce_pipeline(self, x: Tensor) -> Tensor:
+        """Sum of ``x`` over the pipeline stages."""
+        return self._sum(x, "pp")
 
     def all_reduce_in_place(self, params: Sequence[Parameter]) -> None:
         """Replace each of ``params`` by its sum over the data-parallel ranks: one all-reduce
@@ -127,14 +146,15 @@ def launched_by_msrun() -> bool:
     return "MS_WORKER_NUM" in os.environ and "MS_ROLE" in os.environ
 
 
-def init_world(tensor_parallel: int = 1) -> World:
+def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pipeline: int = 1) -> World:
     """One process, or the msrun job this process is a worker of, laid out for
-    ``tensor_parallel``: the data- and tensor-parallel groups are created, and the model
-    code's tensor-parallel state set (before any model is built)."""
+    ``tensor_parallel`` x ``pipeline_parallel`` (Megatron's order): the data-, tensor- and
+    pipeline-parallel groups are created, and the model code's tensor-parallel state set (before
+    any model is built)."""
     if not launched_by_msrun():
-        if tensor_parallel != 1:
-            raise ValueError(f"--tensor-model-parallel-size {tensor_parallel} needs as many msrun workers "
-                             "(one process has one rank)")
+        if tensor_parallel != 1 or pipeline_parallel != 1:
+            raise ValueError(f"--tensor-model-parallel-size {tensor_parallel} x --pipeline-model-parallel-size "
+                             f"{pipeline_parallel} needs as many msrun workers (one process has one rank)")
         return World()
     import adapters.torch.distributed as dist
 
@@ -142,12 +162,14 @@ def init_world(tensor_parallel: int = 1) -> World:
 
     dist.init_process_group()
     rank, size = dist.get_rank(), dist.get_world_size()
-    layout = ParallelLayout(size, tp=tensor_parallel)
-    names = {}
-    for axis in ("dp", "tp"):
+    layout = ParallelLayout(size, tp=tensor_parallel, pp=pipeline_parallel, vpp=virtual_pipeline)
+    names, pipeline_group = {}, None
+    for axis in ("dp", "tp", "pp"):
         for ranks in layout.groups(axis):
             group = dist.new_group(list(ranks)) if 1 < len(ranks) < size else None
             if rank in ranks:
                 names[axis] = group.name if group is not None else communication.GlobalComm.WORLD_COMM_GROUP
+                if axis == "pp":
+                    pipeline_group = group
     initialize_tensor_parallel(layout.groups("tp"))
-    return World(rank, size, layout, names)
+    return World(rank, size, layout, names, pipeline_group)

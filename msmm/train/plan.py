@@ -14,7 +14,7 @@ state and activations against ``--device-memory-gb``. Exit 0: valid and fits; 2:
 
 **Per-rank parameters** are what ``mm-convert hf_to_mm`` puts in that rank's ``mp_rank_*``
 directory: each tensor of the built model is placed on its stage and split for tensor
-parallelism by the same functions (``msmm.checkpoint.mm._placement``,
+parallelism by the same functions (``msmm.checkpoint.mm.placement``,
 ``msmm.checkpoint.parallel.tp_kind`` / ``split_shape``, vocabulary padded to a multiple of TP).
 
 **Memory per device** (bytes; GB here means GiB, 2^30, as ``npu-smi`` reports 64 GB devices):
@@ -75,7 +75,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
-from msmm.checkpoint.mm import _placement
+from msmm.checkpoint.mm import placement
 from msmm.checkpoint.parallel import REPLICATED, VOCAB, ParallelConfig, padded_vocab, split_shape, tp_kind
 from msmm.registry import TEXT_DECODER, VISION_ENCODER, VISION_PROJECTOR, get_family
 
@@ -163,7 +163,7 @@ def split_tensors(tensors: Sequence[TensorInfo], parallel: ParallelConfig,
     kinds: Dict[str, Any] = {}
     counted: Dict[Tuple[int, int], set] = {key: set() for key in shares}
     for t in sorted(tensors, key=lambda t: t.tied_alias):  # a tied weight's first name before its alias
-        chunk, stage, _ = _placement(t.name, parallel, where)
+        chunk, stage, _ = placement(t.name, parallel, where)
         kind = REPLICATED if t.buffer or tp == 1 else tp_kind(t.name, where)
         padded = padded_vocab(t.shape[0], tp, parallel.make_vocab_size_divisible_by) if kind == VOCAB else None
         shape = split_shape(kind, t.shape, tp, t.name, padded)

@@ -143,16 +143,21 @@ class TrainStep(nn.Cell):
         return ops.concat([x.reshape(1) for x in sums])
 
     def grad_norm(self, scale: float, sum_over_tensor_parallel: Optional[Callable[[Tensor], Tensor]] = None,
-                  sum_over_data_parallel: Optional[Callable[[Tensor], Tensor]] = None) -> float:
+                  sum_over_data_parallel: Optional[Callable[[Tensor], Tensor]] = None,
+                  sum_over_pipeline: Optional[Callable[[Tensor], Tensor]] = None) -> float:
         """The global L2 norm of the accumulated gradients times ``scale``; the squares of
         sharded gradients go through ``sum_over_tensor_parallel`` (the all-reduce over the
         tensor-parallel group), and with the distributed optimizer (each rank holding its
-        range of the gradients) all go through ``sum_over_data_parallel`` first."""
+        range of the gradients) all go through ``sum_over_data_parallel`` first; with pipeline
+        stages (each holding its own parameters) the total goes through ``sum_over_pipeline``."""
         sums = self.grad_sumsq(Tensor(scale, mindspore.float32))
         if self.distributed and sum_over_data_parallel is not None:
             sums = sum_over_data_parallel(sums)
         sharded = sums[0:1] if sum_over_tensor_parallel is None else sum_over_tensor_parallel(sums[0:1])
-        return math.sqrt(float(sharded.asnumpy()[0]) + float(sums.asnumpy()[1]))
+        total = float(sharded.asnumpy()[0]) + float(sums.asnumpy()[1])
+        if sum_over_pipeline is not None:
+            total = float(sum_over_pipeline(Tensor(np.array([total], np.float32))).asnumpy()[0])
+        return math.sqrt(total)
 
     def _apply(self, lr: Tensor, coef: Tensor) -> Tensor:
         if self.distributed:  # from its range of the reduced gradients

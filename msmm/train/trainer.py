@@ -15,7 +15,7 @@ from mindspore import Tensor, nn
 
 from msmm.checkpoint import train_state as ckpt
 from msmm.checkpoint.layout import shard_dirs, shard_name
-from msmm.checkpoint.parallel import REPLICATED, tp_kind
+from msmm.checkpoint.parallel import REPLICATED, ParallelConfig, tp_kind
 from msmm.runtime import HOST_BLOCKING_ENV, async_queue_threads
 
 from .distributed import World
@@ -23,6 +23,8 @@ from .logger import TrainLogger, peak_memory_mb
 from .loss import IGNORE_INDEX, VocabParallelCrossEntropy
 from .distributed_optimizer import DistributedAdamW
 from .optimizer import AdamW
+from .pipeline.stage import PipelineStage
+from .pipeline.step import PipelineTrainStep
 from .schedules import LRSchedule
 from .step import NonFiniteError, TrainStep
 
@@ -216,7 +218,10 @@ class Trainer:
                  inputs: Optional[Callable[[Batch], Dict[str, Tensor]]] = None,
                  arguments: Optional[Dict[str, Any]] = None,
                  adapter_writer: Optional[Callable[[str], Any]] = None,
-                 model_config: Optional[Dict[str, Any]] = None) -> None:
+                 model_config: Optional[Dict[str, Any]] = None,
+                 pipeline: Optional[ParallelConfig] = None) -> None:
+        """``pipeline``: where the layers go over the pipeline stages (``world.pp_size`` > 1);
+        the model is then pruned to this rank's stage."""
         self.model, self.config, self.world = model, config, world
         if mindspore.get_context("device_target") == "CPU" and async_queue_threads():
             warnings.warn(f"MindSpore's host pipeline threads ({', '.join(async_queue_threads())}) are running: "
@@ -229,6 +234,13 @@ class Trainer:
         self.schedule = LRSchedule.from_fraction(
             config.lr, config.min_lr, config.lr_decay_iters or config.train_iters,
             config.lr_warmup_fraction, config.lr_decay_style)
+        # (this rank's output-layer rows, the real vocabulary): read before a pipeline stage drops them
+        self.vocab_rows, self.vocab_size = model.get_decoder().vocab_partition()
+        self.stage = None
+        if world.pp_size > 1:
+            if pipeline is None:
+                raise ValueError(f"{world.pp_size} pipeline stages need the layer placement (pipeline=)")
+            self.stage = PipelineStage(model, pipeline, world.pp_rank)
         unique_parameter_names(model)
         self.named = trainable_parameters(model)
         vocab_parallel, sharded = self._tensor_parallel_loss_and_shards()
@@ -238,28 +250,37 @@ class Trainer:
                                               config.weight_decay, betas, config.adam_eps, sharded)
         else:
             self.optimizer = AdamW(self.named, config.weight_decay, betas, config.adam_eps)
-        self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad, vocab_parallel, sharded)
+        if self.stage is not None:
+            self.step_fn = PipelineTrainStep(self.stage, self.optimizer, world.pp_size, world.pipeline_ranks,
+                                             world.pipeline_group, config.loss_reduction, config.clip_grad,
+                                             vocab_parallel, sharded)
+        else:
+            self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad, vocab_parallel,
+                                     sharded)
         self.iteration = 0
         self.arguments = arguments or {}
         self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
         self.logger = TrainLogger(config.log_dir, enabled=world.rank == 0, log_tps=config.log_tps)
 
-    def _split_record(self) -> Optional[Dict[str, int]]:
+    def _split_record(self) -> Optional[Dict[str, Any]]:
         """How the saved tensors are split (what mm-convert reads to merge them): the
-        tensor-parallel size and the real vocabulary (the split pads it)."""
-        if self.world.tp_size == 1:
+        tensor-parallel size, the real vocabulary (the split pads it) and the layers per
+        pipeline stage."""
+        if self.world.tp_size == 1 and self.stage is None:
             return None
-        return {"tp_size": self.world.tp_size, "vocab_size": self.model.get_decoder().vocab_partition()[1],
-                "make_vocab_size_divisible_by": 1}
+        record = {"tp_size": self.world.tp_size, "vocab_size": self.vocab_size, "make_vocab_size_divisible_by": 1}
+        if self.stage is not None:
+            record.update(llm_pp_layers=self.stage.parallel.llm_pp_layers,
+                          vit_pp_layers=self.stage.parallel.vit_pp_layers)
+        return record
 
     def _tensor_parallel_loss_and_shards(self):
         """With tensor parallelism: the vocab-parallel loss over the decoder's logits, and
         which trainable parameters are shards (as mm-convert splits them)."""
         if self.world.tp_size == 1:
             return None, None
-        rows, vocab_size = self.model.get_decoder().vocab_partition()
         loss = VocabParallelCrossEntropy(self.world.group_names["tp"], self.world.tp_rank, self.world.tp_size,
-                                         rows, vocab_size)
+                                         self.vocab_rows, self.vocab_size)
         return loss, [tp_kind(name, "tensor parallelism") != REPLICATED for name, _ in self.named]
 
     # ---- one optimizer step ----------------------------------------------------------------
@@ -269,23 +290,33 @@ class Trainer:
         step = self.iteration + 1
         numerator = denominator = 0.0
         tokens = samples = 0
+        batches = []
         for _ in range(self.micro_batches):
             batch = self.stream.next()
             samples += int(batch["input_ids"].shape[0])
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].size)
             # a non-finite loss is caught after the all-reduce below, on every rank alike
             # (raising here on one rank would leave the others waiting in the collective)
+            if self.stage is not None:  # the pipeline schedule runs every micro-batch of the step
+                batches.append(self.inputs(batch))
+                continue
             result = self.step_fn.forward_backward(self.inputs(batch))
             numerator += result.numerator
             denominator += result.denominator
-        totals = self.world.all_reduce_sum(Tensor(np.array([numerator, denominator], np.float32))).asnumpy()
+        sums = np.array([numerator, denominator], np.float32)
+        if self.stage is not None:  # only the last stage has the loss
+            result = self.step_fn.run_schedule(batches)
+            sums = self.world.all_reduce_pipeline(
+                Tensor(np.array([result.numerator, result.denominator], np.float32))).asnumpy()
+        totals = self.world.all_reduce_sum(Tensor(sums)).asnumpy()
         numerator, denominator = float(totals[0]), float(totals[1])
         if self.step_fn.distributed:
             self.step_fn.reduce_scatter_grads()
         else:
             self.world.all_reduce_in_place(self.step_fn.grad_acc)
         scale = 1.0 / max(denominator, 1e-12)
-        norm = self.step_fn.grad_norm(scale, self.world.all_reduce_tensor_parallel, self.world.all_reduce_sum)
+        norm = self.step_fn.grad_norm(scale, self.world.all_reduce_tensor_parallel, self.world.all_reduce_sum,
+                                      self.world.all_reduce_pipeline if self.stage is not None else None)
         lr = self.schedule(self.iteration)
         loss = numerator / max(denominator, 1e-12)
         finite = math.isfinite(norm) and math.isfinite(loss)
@@ -327,8 +358,9 @@ class Trainer:
 
     @property
     def shard_name(self) -> str:
-        """This rank's ``mp_rank_*`` directory in a checkpoint (its tensor-parallel shard)."""
-        return shard_name(self.world.tp_rank, 0, 1)
+        """This rank's ``mp_rank_*`` directory in a checkpoint (its tensor-parallel shard of its
+        pipeline stage)."""
+        return shard_name(self.world.tp_rank, self.world.pp_rank, self.world.pp_size)
 
     def save(self) -> Optional[str]:
         """Write a checkpoint: one data-parallel replica of every model shard writes its
@@ -337,15 +369,19 @@ class Trainer:
         distributed = self.step_fn.distributed  # then every data-parallel rank writes its optimizer range
         optimizer = self.optimizer.state_arrays(with_master=any(p.dtype != mindspore.float32 for _, p in self.named)) \
             if c.save_optim else {}
+        model = {n: p.asnumpy() for n, p in self.model.state_dict().items()}
+        chunks = self.stage.saved_tensors(model) if self.stage is not None else [model]
         state = ckpt.CheckpointState(
             iteration=self.iteration,
-            model={n: p.asnumpy() for n, p in self.model.state_dict().items()},
+            model=chunks[0] if len(chunks) == 1 else {},
+            model_chunks=chunks if len(chunks) > 1 else [],
             optimizer={} if distributed else optimizer,
             rng={**ckpt.capture_numpy_rng(), "mindspore": mindspore.get_rng_state().asnumpy()} if c.save_rng else {},
             python_rng=ckpt.capture_python_rng() if c.save_rng else None,
             data=self.stream.state_dict(),
             extra={"arguments": self.arguments, "train_config": asdict(c), "world_size": self.world.size,
-                   "tensor_parallel_size": self.world.tp_size, "model_config": self.model_config,
+                   "tensor_parallel_size": self.world.tp_size, "pipeline_parallel_size": self.world.pp_size,
+                   "model_config": self.model_config,
                    "parallel": self._split_record()},
         ) if self.world.writes_checkpoints else None
         if state is not None:
@@ -368,13 +404,20 @@ class Trainer:
         """Resume from ``path`` (``--load``): weights, and optimizer/RNG/data position unless
         switched off. Weights are copied in place, so compiled graphs see them."""
         where = ckpt.resolve_load_dir(path)
-        split = max(tp for tp, _ in shard_dirs(where)) + 1
-        if split != self.world.tp_size:
-            raise ValueError(f"--load {path}: {where} is split for tensor-parallel size {split}, this run has "
-                             f"--tensor-model-parallel-size {self.world.tp_size}; run with that size, or resplit it "
-                             "(mm-convert <Converter> resplit --cfg.target_parallel_config.tp_size N, docs/convert.md)")
+        shards = shard_dirs(where)
+        tp, pp = max(t for t, _ in shards) + 1, max(s for _, s in shards) + 1
+        if (tp, pp) != (self.world.tp_size, self.world.pp_size):
+            raise ValueError(f"--load {path}: {where} is split for tensor-parallel size {tp} x pipeline-parallel size "
+                             f"{pp}, this run has --tensor-model-parallel-size {self.world.tp_size} x "
+                             f"--pipeline-model-parallel-size {self.world.pp_size}; run with those sizes, or resplit it "
+                             "(mm-convert <Converter> resplit --cfg.target_parallel_config.tp_size N "
+                             "--cfg.target_parallel_config.llm_pp_layers [[...]], docs/convert.md)")
         state = ckpt.load_checkpoint(path, self.shard_name)
-        self.model.load_state_dict({k: Tensor(v) for k, v in state.model.items()})
+        weights = state.model
+        if self.stage is not None:
+            chunks = state.model_chunks or [state.model]
+            weights = self.stage.loaded_tensors(chunks, f"{where}/{self.shard_name}")
+        self.model.load_state_dict({k: Tensor(v) for k, v in weights.items()})
         self.step_fn.sync_master()
         # --finetune and a release checkpoint start a new run: weights only (as Megatron)
         fresh_run = self.config.finetune or where.endswith("release")

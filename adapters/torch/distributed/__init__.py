@@ -17,6 +17,7 @@ at once and returns a completed work handle (``wait()`` is a no-op).
 from . import nn
 from .collectives import (ReduceOp, all_gather, all_gather_into_tensor, all_reduce, barrier, broadcast,
                           reduce_scatter, reduce_scatter_tensor)
+from .p2p import Work, irecv, isend, recv, send
 from .group import (GroupMember, ProcessGroup, destroy_process_group, get_backend, get_process_group_ranks,
                     get_rank, get_world_size, group, init_process_group, is_available, is_initialized,
                     new_group)
@@ -24,4 +25,5 @@ from .group import (GroupMember, ProcessGroup, destroy_process_group, get_backen
 __all__ = ["nn", "ReduceOp", "all_gather", "all_gather_into_tensor", "all_reduce", "barrier", "broadcast",
            "reduce_scatter", "reduce_scatter_tensor", "GroupMember", "ProcessGroup", "destroy_process_group",
            "get_backend", "get_process_group_ranks", "get_rank", "get_world_size", "group",
-           "init_process_group", "is_available", "is_initialized", "new_group"]
+           "init_process_group", "is_available", "is_initialized", "new_group", "Work", "irecv", "isend", "recv",
+           "send"]

@@ -300,15 +300,15 @@ def validate_layout(args: argparse.Namespace, config, world_size: int,
 
 def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List[str]:
     """What this layout asks for that the training runtime does not implement yet (a real run
-    stops on the first; ``--dry-run`` plans them). Data and tensor parallelism and the
-    distributed optimizer are implemented."""
+    stops on the first; ``--dry-run`` plans them). Data, tensor and pipeline parallelism (1F1B,
+    interleaved virtual stages) and the distributed optimizer are implemented."""
     out = []
     lay = checked.layout
-    if lay.pp > 1:
-        out.append(f"--pipeline-model-parallel-size {lay.pp}: pipeline parallelism is not implemented yet (data and "
-                   "tensor parallelism are); `msmm-train ... --dry-run` plans this layout")
-    if lay.vpp > 1:
-        out.append(f"virtual pipeline stages ({lay.vpp} per stage): not implemented yet")
+    vision = checked.vision
+    if any(n for c, s, _, n in vision.layer_ranges() if (c, s) != (0, 0)):
+        out.append(f"{VISION_ENCODER}.pipeline_num_layers {_show(vision.pp_layers)} ({vision.origin}): the vision "
+                   "encoder split over pipeline stages is not implemented yet; put all its layers on the first stage "
+                   f"([{vision.num_layers}, 0, ...], as MindSpeed-MM's recipes do)")
     if lay.cp > 1:
         out.append(f"--context-parallel-size {lay.cp}: context parallelism is not implemented yet")
     if checked.sequence_parallel:

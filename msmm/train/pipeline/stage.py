@@ -1,0 +1,191 @@
+"""The part of a model one pipeline rank holds, and the forward of each of its chunks.
+
+Megatron's placement, the one mm-convert writes (``msmm.checkpoint.parallel``): the text
+decoder's layers are spread over the virtual stages in model order (chunk 0 of stages 0..PP-1,
+then chunk 1, ...), ``pipeline_num_layers`` per stage; the vision tower, the projector and the
+token embeddings run in the first virtual stage; the final norm, the output layer and the loss
+in the last. A rank keeps the modules of its chunks: the other decoder layers are replaced by
+parameter-free placeholders (so the kept layers keep their global names), the other
+sections are dropped.
+
+The whole model is built (and its pretrained weights loaded, LoRA applied) on the host first,
+as in one process, then pruned here: a rank builds every parameter once, on the host, and
+keeps only its stage's for training.
+
+A chunk's forward is the model's own forward cut at layer boundaries: ``embed_inputs`` (the
+vision features spliced into the token embeddings), the decoder's ``layer_inputs`` (rotary
+tables, attention mask), its layers, then ``norm`` and ``lm_head``; the pipeline tests check it
+against the unsplit model.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import numpy as np
+from adapters.torch import nn  # the model files run on adapters.torch under msmm-train
+
+from msmm.checkpoint.mm import placement
+from msmm.checkpoint.parallel import ParallelConfig
+
+
+class PipelineError(ValueError):
+    """A model or layout the pipeline runtime cannot split; the message names what to change."""
+
+
+class Dropped(nn.Module):
+    """Stands in for a module another pipeline rank holds (no parameters; never called)."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("this module is held by another pipeline stage")
+
+
+@dataclass(frozen=True)
+class ChunkPlacement:
+    chunk: int
+    first: bool  # the first virtual stage: vision tower, projector, token embeddings
+    last: bool  # the last virtual stage: final norm, output layer, loss
+    layers: Tuple[int, ...]  # global indices of its text decoder layers
+
+
+def rank_chunks(parallel: ParallelConfig, pp_rank: int) -> List[ChunkPlacement]:
+    """The chunks pipeline rank ``pp_rank`` runs, in chunk order."""
+    pp, vpp = parallel.pp_size, parallel.vpp_size
+    start, out = 0, []
+    for chunk, counts in enumerate(parallel.llm_pp_layers):
+        for stage, count in enumerate(counts):
+            if stage == pp_rank:
+                out.append(ChunkPlacement(chunk, chunk == 0 and stage == 0, chunk == vpp - 1 and stage == pp - 1,
+                                          tuple(range(start, start + count))))
+            start += count
+    return out
+
+
+def check_pipeline_model(model: nn.Module, parallel: ParallelConfig) -> None:
+    """What this runtime needs of a model to split it (errors name the model.json key)."""
+    vision = [n for chunk in parallel.vit_pp_layers for n in chunk]
+    if any(vision[1:]):
+        raise PipelineError(f"image_encoder.vision_encoder.pipeline_num_layers {parallel.vit_pp_layers}: the vision "
+                            "encoder split over pipeline stages is not implemented; put all its layers on the first "
+                            f"stage ([{sum(vision)}, 0, ...], as MindSpeed-MM's recipes do)")
+    decoder = model.get_decoder()
+    if decoder.tied_weights:
+        raise PipelineError("text_decoder.tie_word_embeddings: tied input and output embeddings across pipeline stages "
+                            "are not implemented (the first and last stage would each need a copy and a gradient "
+                            "all-reduce); train this model without pipeline parallelism")
+    for name, module in model.named_modules():
+        for attr in DROPOUT_ATTRIBUTES:
+            rate = getattr(module, attr, 0.0)
+            if isinstance(rate, float) and rate > 0:
+                raise PipelineError(f"{name}.{attr}: dropout {rate} with pipeline parallelism is not implemented (a "
+                                    "stage's backward recomputes its forward, which would draw other dropout masks); "
+                                    "set the model's dropout rates (and --lora-dropout) to 0")
+
+
+# module attributes that hold a dropout probability in msmm's model files
+DROPOUT_ATTRIBUTES = ("hidden_dropout", "attention_dropout", "dropout", "dropout_p")
+
+
+class PipelineChunk(nn.Module):
+    """One chunk's forward: ``(hidden, inputs) -> hidden`` ([B, L, hidden]); the first chunk
+    starts from the batch (``hidden`` None), the last returns the logits [B, L, V]."""
+
+    def __init__(self, model: nn.Module, place: ChunkPlacement) -> None:
+        super().__init__(auto_prefix=False)  # the model's parameters keep their names
+        self.model, self.place = model, place
+        decoder = model.get_decoder()
+        self.decoder = decoder.model
+        self.layers = nn.ModuleList([decoder.model.layers[i] for i in place.layers])
+        self.lm_head = decoder.lm_head if place.last else None
+        self.embed_keys = tuple(inspect.signature(model.embed_inputs).parameters) if place.first else ()
+
+    def forward(self, hidden, inputs: Dict):
+        if self.place.first:
+            hidden = self.model.embed_inputs(**{k: inputs[k] for k in self.embed_keys if k in inputs})
+        rotary, mask = self.decoder.layer_inputs(hidden, inputs.get("position_ids"), inputs.get("attention_mask"),
+                                                 inputs.get("segment_ids"))
+        for layer in self.layers:
+            hidden = layer(hidden, rotary, mask)
+        if self.place.last:
+            return self.lm_head(self.decoder.norm(hidden))
+        return hidden
+
+
+def _drop(parent: nn.Module, path: str) -> None:
+    *outer, name = path.split(".")
+    for part in outer:
+        parent = getattr(parent, part)
+    setattr(parent, name, Dropped())
+
+
+class PipelineStage:
+    """Pipeline rank ``pp_rank``'s part of ``model`` (pruned in place) and its chunks.
+
+    ``names`` maps each kept parameter's (global) name to where a checkpoint holds it: the
+    chunk and the name with the stage-local layer index (mm-convert's ``mp_rank_*_{pp:03d}``
+    layout)."""
+
+    def __init__(self, model: nn.Module, parallel: ParallelConfig, pp_rank: int) -> None:
+        check_pipeline_model(model, parallel)
+        self.model, self.parallel, self.pp_rank = model, parallel, pp_rank
+        self.places = rank_chunks(parallel, pp_rank)
+        self.chunks = [PipelineChunk(model, place) for place in self.places]
+        decoder = model.get_decoder()
+        kept = {i for place in self.places for i in place.layers}
+        for i in range(len(decoder.model.layers)):
+            if i not in kept:
+                setattr(decoder.model.layers, str(i), Dropped())  # (CellList.__setitem__ renames parameters)
+        first, last = any(p.first for p in self.places), any(p.last for p in self.places)
+        prefix = _prefix_of(model, decoder)
+        if not first:  # the vision side (every top-level module besides the decoder) and the embeddings
+            for name, _ in list(model.named_children()):
+                if not (prefix.startswith(name + ".") or (not prefix and name in ("model", "lm_head"))):
+                    _drop(model, name)
+            _drop(model, prefix + "model.embed_tokens")
+        if not last:
+            _drop(model, prefix + "model.norm")
+            _drop(model, prefix + "lm_head")
+        self.names: Dict[str, Tuple[int, str]] = {}
+        for name, _ in model.named_parameters():
+            chunk, stage, local = placement(name, parallel, "the model")
+            if stage != pp_rank:
+                raise PipelineError(f"{name}: placed on pipeline stage {stage}, kept on {pp_rank}")
+            self.names[name] = (chunk, local)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_decoder().config.hidden_size
+
+    def saved_tensors(self, state: Dict[str, np.ndarray]) -> List[Dict[str, np.ndarray]]:
+        """The model's state as a checkpoint stores it: per chunk, {stage-local name: array}."""
+        out: List[Dict[str, np.ndarray]] = [{} for _ in range(self.parallel.vpp_size)]
+        for name, value in state.items():
+            chunk, local = self.names[name]
+            out[chunk][local] = value
+        return out
+
+    def loaded_tensors(self, chunks: List[Dict[str, np.ndarray]], where: str) -> Dict[str, np.ndarray]:
+        """The inverse of :meth:`saved_tensors`: the model's state from a checkpoint's chunks."""
+        by_local = {self.names[n]: n for n in self.names}
+        out = {}
+        for chunk, tensors in enumerate(chunks):
+            for local, value in tensors.items():
+                if (chunk, local) not in by_local:
+                    raise KeyError(f"{where}: tensor {local!r} of chunk {chunk} belongs to no parameter of pipeline "
+                                   f"stage {self.pp_rank} (the checkpoint is split differently: resplit it with "
+                                   "mm-convert, docs/convert.md)")
+                out[by_local[(chunk, local)]] = value
+        return out
+
+
+def _prefix_of(model: nn.Module, decoder: nn.Module) -> str:
+    """The dotted path of the text decoder (``language_model.``, or '' when the model is it)."""
+    for name, module in model.named_modules():
+        if module is decoder:
+            return name + "." if name else ""
+    raise PipelineError(f"{type(model).__name__}: get_decoder() is not one of its modules")
+
+
+__all__ = ["ChunkPlacement", "Dropped", "PipelineChunk", "PipelineError", "PipelineStage", "check_pipeline_model",
+           "rank_chunks"]
