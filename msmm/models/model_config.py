@@ -25,11 +25,13 @@ import collections.abc
 import dataclasses
 import difflib
 import json
+import logging
 import typing
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from msmm.config.lora_config import LoRAConfig
+from msmm.config.mindspeed_model import MindSpeedModelError, from_mindspeed, is_mindspeed_model_json
 from msmm.registry import FAMILIES, TEXT_DECODER, VISION_ENCODER, get_family
 
 from .core import TransformerConfig
@@ -37,6 +39,9 @@ from .projectors import MLPProjectorConfig, PatchMergerConfig, PixelShuffleMLPCo
 from .vision.clip_vit import CLIPViTConfig
 from .vision.qwen2_vit import QwenViTConfig
 from .vision.vit import ViTConfig
+
+
+logger = logging.getLogger("msmm.config")
 
 
 class ModelConfigError(ValueError):
@@ -202,6 +207,15 @@ def _parse_section(path: str, raw: Any, source: str) -> Section:
 
 
 def parse_model_config(data: Any, source: str = "model.json") -> ModelConfig:
+    """A validated ModelConfig of msmm's model.json, or of MindSpeed-MM's (rewritten by
+    ``msmm.config.mindspeed_model``; the keys it accepts without effect are logged)."""
+    if is_mindspeed_model_json(data):
+        try:
+            data, notes = from_mindspeed(data, source)
+        except MindSpeedModelError as err:
+            raise ModelConfigError(str(err)) from err
+        for note in notes:
+            logger.info(note)
     if not isinstance(data, dict):
         raise ModelConfigError(f"{source}: expected a JSON object at the top level")
     model_id = data.get("model_id")

@@ -214,7 +214,8 @@ def test_torch_zip_reader_runs_no_pickled_code(tmp_path):
     with pytest.raises(TorchPickleError, match=r"evil.pt: refuses to unpickle posix.system"):
         read_torch_zip(str(tmp_path / "evil.pt"))
     assert not (tmp_path / "ran").exists()
-    torch.save({"a": torch.arange(6.0).reshape(2, 3).t(), "b": torch.ones(2, dtype=torch.bfloat16)}, tmp_path / "ok.bin")
+    strided = torch.arange(6.0).reshape(2, 3).t()  # a transposed view: strides, not a copy
+    torch.save({"a": strided, "b": torch.ones(2, dtype=torch.bfloat16)}, tmp_path / "ok.bin")
     tensors = read_torch_zip(str(tmp_path / "ok.bin"))
     np.testing.assert_array_equal(tensors["a"].numpy(), np.arange(6.0).reshape(2, 3).T)
     assert tensors["b"].dtype == "BF16" and tensors["b"].numpy().tolist() == [1.0, 1.0]
