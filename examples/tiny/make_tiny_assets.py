@@ -297,6 +297,9 @@ def main() -> None:
     parser.add_argument("--missing-images", type=int, default=0,
                         help="append records whose image does not exist (bad input, for the bad-input tests)")
     parser.add_argument("--strict", action="store_true", help="data.json: stop at the first bad input")
+    parser.add_argument("--text-layers", type=int, help="text decoder layers (default 2; e.g. 4 for PP 2 x VPP 2)")
+    parser.add_argument("--text-pipeline-layers", type=json.loads,
+                        help="text_decoder.pipeline_num_layers, JSON (e.g. [1,3] or [[1,1],[1,1]])")
     parser.add_argument("--hf-model", action="store_true",
                         help="also write hf/: a random-weight HF checkpoint of model.json (needs torch)")
     args = parser.parse_args()
@@ -318,6 +321,10 @@ def main() -> None:
         if args.family != "internvl":
             parser.error("--vision-lora: only for --family internvl")
         model = add_vision_lora(model, args.vision_lora_dropout)
+    if args.text_layers is not None:
+        model["text_decoder"]["num_layers"] = args.text_layers
+    if args.text_pipeline_layers is not None:
+        model["text_decoder"]["pipeline_num_layers"] = args.text_pipeline_layers
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump(model, f, indent=2)
     with open(os.path.join(out, "data.json"), "w") as f:
