@@ -61,13 +61,6 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def _unsupported_reason(name: str) -> str | None:
-    for prefix, why in rules.UNSUPPORTED.items():
-        if _under(name, prefix):
-            return why
-    return None
-
-
 def render(template: str, values: dict[str, str | cst.BaseExpression]) -> str:
     """Fill `{name}` placeholders with code; a node followed by `.`, `[` or `(` is
     parenthesized if it needs to be. `, {args}` disappears when there are no arguments."""
@@ -194,7 +187,7 @@ class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
                     if name in ("torch", "adapters.torch") and \
                             alias.asname.name.value == assignment.name:
                         bound.add(assignment.name)
-                elif _under(name, "torch") and _unsupported_reason(name) is None \
+                elif _under(name, "torch") and rules.unsupported_reason(name) is None \
                         and assignment.name == "torch":
                     bound.add("torch")
         self.torch_alias = "torch" if "torch" in bound else min(bound, default=None)
@@ -214,7 +207,7 @@ class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
             name = _dotted(alias.name)
             root = name.split(".")[0]
             if root == "torch":
-                reason = _unsupported_reason(name)
+                reason = rules.unsupported_reason(name)
                 if reason is not None:
                     self._unconverted(original, f"`{name}`: {reason}")
                     names.append(alias)
@@ -265,7 +258,7 @@ class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
                            module: str):
         target = cst.parse_expression(f"{rules.ADAPTERS}.{module}")
         if isinstance(updated.names, cst.ImportStar):
-            reason = _unsupported_reason(module)
+            reason = rules.unsupported_reason(module)
             if reason:
                 self._unconverted(original, f"`{module}`: {reason}")
                 return updated
@@ -274,7 +267,7 @@ class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
             return new
         keep, move = [], []
         for alias in updated.names:
-            reason = _unsupported_reason(f"{module}.{_dotted(alias.name)}")
+            reason = rules.unsupported_reason(f"{module}.{_dotted(alias.name)}")
             (keep if reason else move).append(alias)
             if reason:
                 self._unconverted(original, f"`{module}.{_dotted(alias.name)}`: {reason}")
@@ -340,9 +333,11 @@ class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
         if name.split(".")[0] in rules.VENDOR_PACKAGES:
             self._unconverted(node, f"`{name}`: {rules.VENDOR_WHY}")
             return
-        reason = _unsupported_reason(name)
+        reason = rules.unsupported_reason(name)
         if reason is not None:
             self._unconverted(node, f"`{name}`: {reason}")
+        elif name in rules.FAILING_APIS:
+            self._unconverted(node, rules.FAILING_APIS[name])
 
     def visit_Name(self, node: cst.Name) -> None:
         self._check_reference(node)
@@ -381,6 +376,9 @@ class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
             return self._rewrite_imported_call(original, updated, name)
         if isinstance(func, cst.Attribute) and self.torch_code \
                 and not self._is_module_ref(func.value):
+            failing = rules.FAILING_APIS.get(f"Tensor.{func.attr.value}")
+            if failing is not None:
+                self._unconverted(original, failing)
             return self._rewrite_method(original, updated, func.attr.value)
         return None, "", ""
 

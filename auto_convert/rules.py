@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 from pathlib import Path
 
 ADAPTERS = "adapters"  # the package that mirrors torch: `torch.nn` -> `adapters.torch.nn`
@@ -132,10 +133,19 @@ UNSUPPORTED: dict[str, str] = {
     "torch.fx": "torch.fx graphs have no MindSpore equivalent",
     "torch._dynamo": "torch._dynamo has no MindSpore equivalent",
     "torch.amp": "mixed precision is set by the MindSpore trainer (amp level), not autocast",
+    "torch.autocast": "mixed precision is set by the MindSpore trainer (amp level), not autocast",
     "torch.utils.data": "data loading is framework-free (msmm.data)",
     "torch.distributed.fsdp": "FSDP has no shim; use MindSpore's parallel modes",
     "torch.library": "custom torch ops have no MindSpore equivalent",
 }
+
+
+def unsupported_reason(name: str) -> str | None:
+    """Why `name` (a dotted torch name) is left and reported, if it is under UNSUPPORTED."""
+    for prefix, why in UNSUPPORTED.items():
+        if name == prefix or name.startswith(prefix + "."):
+            return why
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,3 +206,29 @@ GRAD_SET = ("torch.set_grad_enabled", "torch.autograd.set_grad_enabled",
 NO_GRAD_FUNCTION = "autograd.grad_mode.no_grad_value"
 NO_GRAD_WHY = ("MindSpore graph mode compiles grad-mode context managers as no-ops; "
                "no_grad_value stops the gradient of what the block computes in both modes")
+
+# torch APIs the differential tester (tests/differential) ran on MindSpore CPU, with the
+# outcome per mode; written by tools/api_coverage.py. Uses of an API that failed there are
+# reported at conversion time with this reason first (the run exits 1 unless --allow-partial).
+API_STATUS = Path(__file__).with_name("torch_api_status.json")
+API_STATUS_WHY = "fails on MindSpore CPU in the differential tester"
+
+
+# Method names of Python's own containers and strings (`lst.index(v)`, `s.split(",")`): a
+# call of one cannot be told from a Tensor method's without types, so it is not reported.
+PYTHON_METHODS = frozenset(n for t in (list, tuple, dict, set, str, bytes) for n in dir(t))
+
+
+def _failing_apis() -> dict[str, str]:
+    """API -> why, for every API the tester sampled that did not work in all modes."""
+    if not API_STATUS.exists():
+        return {}
+    apis = json.loads(API_STATUS.read_text())["apis"]
+    return {api: f"{API_STATUS_WHY} ({', '.join(f'{m} {e[m]}' for m in ('pynative', 'jit', 'grad'))}): "
+                 f"{e['message']}"
+            for api, e in apis.items()
+            if e["cases"] and any(e[m] not in ("ok", "n/a") for m in ("pynative", "jit", "grad"))
+            and not (api.startswith("Tensor.") and api[len("Tensor."):] in PYTHON_METHODS)}
+
+
+FAILING_APIS = _failing_apis()

@@ -19,7 +19,7 @@ __all__ = [
     "reshape", "permute", "transpose", "swapaxes", "swapdims", "t", "flatten", "unflatten",
     "squeeze", "unsqueeze", "repeat_interleave", "cat", "concat", "concatenate", "stack",
     "split", "chunk", "unbind", "narrow", "select", "gather", "index_select", "scatter",
-    "scatter_add", "masked_select", "nonzero", "roll", "flip", "tile", "meshgrid",
+    "scatter_add", "masked_select", "nonzero", "argwhere", "diagonal", "roll", "flip", "tile", "meshgrid",
     "broadcast_to", "movedim", "moveaxis", "take_along_dim", "clone", "detach",
 ]
 
@@ -103,6 +103,8 @@ def repeat_interleave(input, repeats: Union[int, "mindspore.Tensor"], dim: Optio
     """
     if dim is None:
         input, dim = input.reshape(-1), 0
+    if isinstance(repeats, builtins.int) and repeats == 0:  # MindSpore's kernel rejects 0
+        return mint.narrow(input, dim, 0, 0)
     if output_size is not None and isinstance(repeats, mindspore.Tensor):
         # output position p takes source element #{k : cumsum(repeats)[k] <= p}
         ends = ops.cumsum(repeats.reshape(-1).astype(mindspore.int64), 0)
@@ -230,6 +232,16 @@ def nonzero(input, *, as_tuple: bool = False):
     if as_tuple:
         return unbind(indices, 1) if input.ndim else (indices.reshape(-1),)
     return indices
+
+
+def argwhere(input):
+    """``nonzero(input)``: the ``(n, ndim)`` indices of the non-zero elements."""
+    return nonzero(input)
+
+
+def diagonal(input, offset: int = 0, dim1: int = 0, dim2: int = 1):
+    """The diagonal of the ``dim1``/``dim2`` planes, appended as the last dim."""
+    return ops.diagonal(input, offset, dim1, dim2)
 
 
 def _roll_one(input, shift: int, dim: int):

@@ -37,6 +37,8 @@ DIFFERING: Dict[str, str] = {
     "var": "signature var(axis, ddof, keepdims): unbiased= and correction= are rejected",
     "std": "signature std(axis, ddof, keepdims): unbiased= and correction= are rejected",
     "flip": "an int dim is rejected (ReverseV2 wants a tuple)",
+    "squeeze": "squeeze(dim) of a dim whose size is not 1 raises (torch: no-op); squeeze(dim=d) is rejected",
+    "repeat_interleave": "repeat_interleave(0) raises a TypeError (torch: an empty tensor)",
     "unbind": "graph mode: the backward of unbind of a computed tensor does not compile "
               "(Stack: 'All input must have the same data type', Ref[Tensor] vs Tensor)",
     "topk": "indices are int32 (torch: int64)",
@@ -125,6 +127,8 @@ unflatten = _shape.unflatten
 detach = _shape.detach
 clone = _shape.clone
 unbind = _shape.unbind
+squeeze = _shape.squeeze
+repeat_interleave = _shape.repeat_interleave
 roll = _shape.roll
 cumsum = _math.cumsum
 

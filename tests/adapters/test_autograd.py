@@ -1,10 +1,15 @@
 """torch.autograd.Function and grad modes against real torch, in PyNative and graph mode."""
+import importlib.util
+import sys
+
 import mindspore as ms
 import numpy as np
 import pytest
+import torch as torch_ref
 
 import adapters.torch as torch_ms
-from tests.adapters.harness import MODES, check, load_cases, randn
+from auto_convert import convert_python
+from tests.adapters.harness import CASES_DIR, MODES, check, load_cases, randn
 
 FUNCTION_CASES = [
     ("scaled_mul", [randn(2, 3), randn(2, 3, seed=1)]),
@@ -47,13 +52,46 @@ def test_grad_mode_state():
     assert torch_ms.is_grad_enabled()
 
 
-def test_no_grad_compiles_in_graph_mode_without_stopping_gradients():
-    """Documented limitation: graph mode has no grad-mode scope; no_grad compiles and is a no-op."""
+def _summed(fn):
+    def loss(t):
+        return fn(t).sum()
+
+    return loss
+
+
+def test_no_grad_stops_gradients_in_graph_mode_once_converted(tmp_path):
+    """Graph mode compiles the grad-mode managers as no-ops; auto_convert wraps what a
+    no_grad block (or a no_grad function) computes in no_grad_value, so converted code gets
+    torch's gradients under jit."""
+    source = "import torch\n" + (CASES_DIR / "autograd.py").read_text()
+    converted, report = convert_python(source, "autograd.py")
+    assert not report.unconverted
+    path = tmp_path / "autograd_converted.py"
+    path.write_text(converted)
+    spec = importlib.util.spec_from_file_location("autograd_converted", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    ref, _ = load_cases("autograd")
+    x = randn(4)
+    for case in GRAD_MODE_CASES:
+        want = torch_ref.tensor(x, requires_grad=True)
+        getattr(ref, case)(want).sum().backward()
+
+        got = ms.jit(ms.grad(_summed(getattr(module, case))))(ms.Tensor(x))
+        np.testing.assert_allclose(got.asnumpy(), want.grad.numpy(), rtol=1e-5, err_msg=case)
+
+
+def test_function_forward_runs_once_in_graph_mode():
+    """bprop takes forward's ctx state from forward's own outputs: the mask backward uses is
+    the one forward drew (a re-run forward would draw another)."""
     _, cases = load_cases("autograd")
-    x = ms.Tensor(randn(4))
+    x = ms.Tensor(np.abs(randn(64)) + 0.5)
 
     def loss(t):
-        return cases.no_grad_region(t).sum()
+        out = cases.random_mask(t)
+        return out.sum(), out
 
-    grad = ms.jit(ms.grad(loss))(x)
-    np.testing.assert_allclose(grad.asnumpy(), 6 * x.asnumpy(), rtol=1e-6)
+    (_, out), grad = ms.jit(ms.value_and_grad(loss, has_aux=True))(x)
+    np.testing.assert_array_equal(grad.asnumpy(), (out.asnumpy() != 0).astype(np.float32))
+    assert 0 < (out.asnumpy() != 0).sum() < 64

@@ -21,7 +21,7 @@ AGREEING = {
     "agreeing_shapes": {
         "view": ("view",), "reshape": ("reshape",), "permute": ("permute",), "shape": ("shape",),
         "dim": ("dim",), "ndim": ("ndim",), "numel": ("numel",), "flatten": ("flatten",),
-        "unsqueeze": ("unsqueeze",), "squeeze": ("squeeze",), "expand_as": ("expand_as",),
+        "unsqueeze": ("unsqueeze",), "expand_as": ("expand_as",),
         "narrow": ("narrow",), "t": ("t",), "swapaxes": ("swapaxes", "swapdims"), "T": ("T",), "mT": ("mT",),
         "chunk": ("chunk",), "split": ("split",), "contiguous": ("contiguous",)},
     "agreeing_math": {
@@ -44,7 +44,7 @@ AGREEING = {
 # group of rewritten cases -> the differing methods they exercise
 REWRITTEN = {
     "rewritten_shapes": ("transpose", "size", "expand", "flip", "unflatten", "repeat", "roll", "clone", "detach",
-                         "unbind"),
+                         "unbind", "squeeze", "repeat_interleave"),
     "rewritten_reductions": ("max", "min", "argmax", "softmax", "log_softmax", "norm", "var", "std", "topk",
                              "sort", "argsort", "cumsum"),
     "rewritten_dtypes": ("to", "long", "int", "short", "byte", "type", "type_as"),

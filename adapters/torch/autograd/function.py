@@ -228,26 +228,28 @@ def _input_grads(args: tuple, grads) -> tuple:
 
 
 class _Bprop(nn.Cell):
-    """Runs the rewritten forward; ``bprop`` (one fixed arity per subclass) recomputes it
-    and runs the rewritten backward."""
+    """Runs the rewritten forward once; ``bprop`` (one fixed arity per subclass) runs the
+    rewritten backward on the ctx state that forward returned next to its output."""
 
     def __init__(self, forward: Callable, backward: Callable, state_size: int):
         super().__init__()
         self.forward_fn, self.backward_fn = forward, backward
-        self.state_size = state_size  # 0: backward reads no ctx state, forward is not re-run
+        self.state_size = state_size  # 0: backward reads no ctx state, none is returned
         # made here, not in the graph: an object created inside a graph is a runtime
         # Python object, whose uses would cut the gradient
         self.ctx = FunctionCtx()
 
     def construct(self, *args):
-        out, _ = self.forward_fn(self.ctx, _needs_input_grad(args), *args)
+        out, state = self.forward_fn(self.ctx, _needs_input_grad(args), *args)
+        if self.state_size:
+            return out, state
         return out
 
     def _bprop(self, args: tuple, out, dout) -> tuple:
-        if self.state_size:
-            _, state = self.forward_fn(self.ctx, _needs_input_grad(args), *args)
-        else:
-            state = ()
+        state = ()
+        if self.state_size:  # construct's (out, state): the state's own gradient is unused
+            out, state = out
+            dout = dout[0]
         if isinstance(out, tuple):
             grads = self.backward_fn(self.ctx, state, *dout)
         else:
@@ -310,10 +312,11 @@ class _Apply(nn.Cell):
         try:
             forward, backward, state_size = _graph_pair(function)
         except (TypeError, SyntaxError) as error:  # e.g. defined in an interactive session
-            self.graph_cells, self.graph_error = None, str(error)
+            self.graph_cells, self.graph_error, self.state_size = None, str(error), 0
         else:
             self.graph_cells = nn.CellList([cls(forward, backward, state_size) for cls in _BPROP_BY_ARITY[1:]])
             self.graph_error = ""
+            self.state_size = state_size
 
     def __call__(self, *args, **kwargs):
         if kwargs:
@@ -328,7 +331,10 @@ class _Apply(nn.Cell):
             raise TypeError(self.graph_error)
         if len(args) > MAX_ARITY:
             raise TypeError("autograd.Function.apply in graph mode takes at most 8 arguments")
-        return self.graph_cells[len(args) - 1](*args)
+        out = self.graph_cells[len(args) - 1](*args)
+        if self.state_size:
+            return out[0]
+        return out
 
 
 class Function:

@@ -21,8 +21,8 @@ from .._dtype import finfo
 __all__ = [
     "linear", "conv2d", "conv3d",
     "layer_norm", "rms_norm", "group_norm", "normalize",
-    "gelu", "silu", "relu", "sigmoid", "tanh", "softmax", "log_softmax",
-    "cross_entropy", "nll_loss", "mse_loss",
+    "gelu", "silu", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
+    "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
     "scaled_dot_product_attention",
     "interpolate", "pad", "embedding", "dropout", "one_hot", "pixel_shuffle", "pixel_unshuffle",
 ]
@@ -348,6 +348,24 @@ def mse_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
              reduction: str = "mean") -> Tensor:
     reduction = _check_reduction(size_average, reduce, reduction)
     return _reduce((input - target).pow(2), reduction)
+
+
+def logsigmoid(input: Tensor) -> Tensor:
+    """``log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|))``, with ``min(x, 0) = (x - |x|) / 2``
+    (mint's LogSigmoid and ZerosLike have no CPU kernel)."""
+    magnitude = mint.abs(input)
+    return (input - magnitude) / 2 - mint.log1p(mint.exp(-magnitude))
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                                     size_average=None, reduce=None, reduction: str = "mean",
+                                     pos_weight: Optional[Tensor] = None) -> Tensor:
+    """``-w [pos_weight * t * log s(x) + (1 - t) * log(1 - s(x))]``, from ``logsigmoid`` (stable)."""
+    reduction = _check_reduction(size_average, reduce, reduction)
+    log_p, log_not_p = logsigmoid(input), logsigmoid(-input)
+    positive = target * log_p if pos_weight is None else pos_weight * target * log_p
+    loss = -(positive + (1 - target) * log_not_p)
+    return _reduce(loss if weight is None else loss * weight, reduction)
 
 
 # ---- attention -----------------------------------------------------------------------

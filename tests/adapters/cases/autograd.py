@@ -133,3 +133,22 @@ def enable_grad_inside_no_grad(x):
         with torch.enable_grad():
             y = x * 3
     return y * x
+
+
+class RandomMask(torch.autograd.Function):
+    """Dropout-like: backward must use the mask that forward drew (forward runs once)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        mask = (torch.rand_like(x) > 0.5).to(x.dtype)
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask
+
+
+def random_mask(x):
+    return RandomMask.apply(x)

@@ -53,10 +53,6 @@ def unsqueeze(x):
     return x.unsqueeze(0), x.unsqueeze(-1), x.unsqueeze(dim=1)
 
 
-def squeeze(x):
-    return x[:, :1].squeeze(), x[:, :1].squeeze(1), x.squeeze(0), x[:1, :, :1].squeeze(-1)
-
-
 def expand(x, v):
     return x[:, :1].expand(2, 5, 4), x[:, :1].expand(-1, 5, -1), v.expand(3, 4), v.expand((2, 4))
 
@@ -472,6 +468,15 @@ def clone_rewritten(x):
     return methods.clone(x) * 2
 
 
+def squeeze_rewritten(x):
+    return (methods.squeeze(x[:, :1]), methods.squeeze(x[:, :1], 1), methods.squeeze(x, 0),
+            methods.squeeze(x[:1, :, :1], -1), methods.squeeze(x, dim=-1))
+
+
+def repeat_interleave_rewritten(x):
+    return methods.repeat_interleave(x, 2), methods.repeat_interleave(x, 2, dim=-1), methods.repeat_interleave(x, 0)
+
+
 def unbind_rewritten(x):
     return methods.unbind(x, 1) + methods.unbind(x) + methods.unbind(x, dim=-1)
 
@@ -550,7 +555,7 @@ def random_inplace_rewritten(x):
 
 def agreeing_shapes(x, v):
     return (*view(x), *reshape(x), *permute(x), *shape(x), dim(x), ndim(x), numel(x), *flatten(x),
-            *unsqueeze(x), *squeeze(x), *expand_as(x, v), *narrow(x), *t(x), *swapaxes(x), *T(x), *mT(x),
+            *unsqueeze(x), *expand_as(x, v), *narrow(x), *t(x), *swapaxes(x), *T(x), *mT(x),
             *chunk(x), *split(x), contiguous(x))
 
 
@@ -573,7 +578,7 @@ def agreeing_dtypes(x, i):
 def rewritten_shapes(x, v):
     return (*transpose_rewritten(x), *size_rewritten(x), *expand_rewritten(x, v), *flip_rewritten(x),
             *unflatten_rewritten(x), *repeat_rewritten(x, v), *roll_rewritten(x), clone_rewritten(x),
-            detach_rewritten(x), *unbind_rewritten(x))
+            detach_rewritten(x), *unbind_rewritten(x), *squeeze_rewritten(x), *repeat_interleave_rewritten(x))
 
 
 def rewritten_reductions(x):
