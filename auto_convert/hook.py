@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from auto_convert import rules
 from auto_convert.python import convert_python
 from auto_convert.report import FileReport, RunReport
 
@@ -40,10 +41,13 @@ def default_cache_dir() -> Path:
 
 
 def converter_version() -> str:
-    """Digest of the converter's own sources: a rule change invalidates every cache entry."""
+    """Digest of the converter's own sources and the data its rules read: a rule change
+    invalidates every cache entry."""
     digest = hashlib.sha256()
-    for name in ("rules.py", "python.py"):
-        digest.update((Path(__file__).parent / name).read_bytes())
+    here = Path(__file__).parent
+    for path in (here / "rules.py", here / "python.py", here / "grad_mode.py", rules.API_STATUS,
+                 rules.TENSOR_METHODS_SOURCE):
+        digest.update(path.read_bytes() if path.exists() else b"")
     return digest.hexdigest()[:16]
 
 

@@ -77,11 +77,14 @@ METHOD_RULES: tuple[MethodRule, ...] = (
                  statement=True) for op in INPLACE_FUNCTIONAL),
 )
 
+TENSOR_METHODS_SOURCE = Path(__file__).resolve().parents[1] / ADAPTERS / "torch" / "tensor_methods.py"
+
+
 def _differing_tensor_methods() -> frozenset[str]:
     """The keys of ``DIFFERING`` in adapters/torch/tensor_methods.py, read without importing
     it (auto_convert loads no framework): the Tensor methods whose MindSpore meaning differs,
     each with a functional form there."""
-    path = Path(__file__).resolve().parents[1] / ADAPTERS / "torch" / "tensor_methods.py"
+    path = TENSOR_METHODS_SOURCE
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "DIFFERING":
             return frozenset(key.value for key in node.value.keys)
