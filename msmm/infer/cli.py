@@ -13,6 +13,11 @@
                             "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "stop_token_ids": [2]}
     }
 
+MindSpeed-MM's own inference JSON (``inference_qwen2vl_7b.json``, ``inference_llava.json``...: model
+sections, ``tokenizer``, ``prompts`` or ``prompt``, ``image_path``, HF ``generation_config``) is read
+too (``msmm/infer/mindspeed_json.py``); its weights come from the sections' ``ckpt_path``, its
+``from_pretrained`` or ``msmm-infer JSON --load DIR``. Any other top-level key is an error.
+
 ``from_pretrained`` is an HF checkpoint directory (what ``mm-convert mm_to_hf`` writes);
 ``ckpt_path`` an MM checkpoint (``mm-convert hf_to_mm`` or ``msmm-train`` output, any
 TP/PP split) whose tensors replace the HF ones. Tokens stream to stdout as they come.
@@ -29,30 +34,38 @@ torch unless the hook is installed).
 """
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
+import logging
 import os
 import sys
 from dataclasses import fields
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from .. import runtime
+from ..data.templates import add_missing_vision_tokens
 from ..registry import FAMILIES as FAMILIES_BY_NAME, get_family, text_section
 from .generate import GenerationConfig, generate_stream
+from .mindspeed_json import MindSpeedInferenceError, is_mindspeed_inference, load_mindspeed_inference
 from .prompt import PreparedPrompt, PromptBuilder, parse_prompt
 from .text import IncrementalText
 
 FAMILIES = tuple(FAMILIES_BY_NAME)
+TOP_KEYS = ("model", "tokenizer", "data", "system", "prompts", "generation_config")
 
 
 class InferenceConfigError(ValueError):
     pass
 
 
-def load_inference_config(path: str, require_prompts: bool = False) -> Dict[str, Any]:
-    """Read and check an inference JSON; every error names the file and the key
-    (``require_prompts``: ``prompts`` must be a non-empty list, as ``msmm-infer`` needs)."""
+def load_inference_config(path: str, require_prompts: bool = False, load: Optional[str] = None) -> Dict[str, Any]:
+    """Read and check an inference JSON, msmm's or MindSpeed-MM's (then in msmm's form, with
+    ``model.model_config`` built from its sections and ``notes``); every error names the file
+    and the key (``require_prompts``: ``prompts`` must be a non-empty list, as ``msmm-infer``
+    needs; ``load``: ``msmm-infer --load``, the weights of a MindSpeed-MM JSON)."""
     try:
         with open(path) as f:
             cfg = json.load(f)
@@ -62,8 +75,20 @@ def load_inference_config(path: str, require_prompts: bool = False) -> Dict[str,
         raise InferenceConfigError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from err
     if not isinstance(cfg, dict):
         raise InferenceConfigError(f"{path}: expected a json object, got {type(cfg).__name__}")
+    if is_mindspeed_inference(cfg):
+        cfg = _from_mindspeed(cfg, path, load)
+    else:
+        for key in cfg:
+            if key not in TOP_KEYS:
+                close = difflib.get_close_matches(key, TOP_KEYS, n=1)
+                raise InferenceConfigError(f"{path}: {key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close
+                                                                            else f"; known: {list(TOP_KEYS)}"))
+        if load is not None:
+            raise InferenceConfigError(f"--load {load}: for a MindSpeed-MM inference JSON; {path} names its weights "
+                                       "in model.from_pretrained / model.ckpt_path")
     for key in ("model", "tokenizer"):
-        if not isinstance(cfg.get(key), dict) or not isinstance(cfg[key].get("from_pretrained"), str):
+        if not isinstance(cfg.get(key), dict) or not (isinstance(cfg[key].get("from_pretrained"), str)
+                                                      or "model_config" in cfg[key]):
             raise InferenceConfigError(f"{path}: {key}.from_pretrained is required (a directory)")
     family = cfg["model"].get("family")
     if family not in FAMILIES:
@@ -89,6 +114,25 @@ def load_inference_config(path: str, require_prompts: bool = False) -> Dict[str,
             raise InferenceConfigError(f"{path}: generation_config.{key}: unknown key; known: {sorted(known)}")
     _check_generation_config(gen, path)
     return cfg
+
+
+def _from_mindspeed(raw: Dict[str, Any], path: str, load: Optional[str]) -> Dict[str, Any]:
+    """A MindSpeed-MM inference JSON in msmm's form; its model sections parsed and checked."""
+    from ..models.model_config import ModelConfigError, parse_model_config
+
+    try:
+        ms = load_mindspeed_inference(raw, path, load)
+        config = parse_model_config(ms.model_json, path)
+    except (MindSpeedInferenceError, ModelConfigError) as err:
+        raise InferenceConfigError(str(err)) from err
+    if ms.weights is None and all(s.ckpt_path is None for s in config.sections.values()):
+        raise InferenceConfigError(f"{path}: no weights: give from_pretrained, the sections' ckpt_path or "
+                                   "msmm-infer --load DIR (an HF directory or an MM checkpoint)")
+    notes = ms.notes + [f"{path}: {p}.pipeline_num_layers: no effect (msmm-infer runs the model on one device)"
+                        for p, s in config.sections.items() if s.pipeline_num_layers is not None]
+    return {"model": {"family": ms.family, "from_pretrained": ms.weights, "model_config": config, "dtype": ms.dtype},
+            "tokenizer": {"from_pretrained": ms.tokenizer}, "data": ms.data, "prompts": ms.prompts,
+            "generation_config": ms.generation, "context": ms.context, "notes": notes}
 
 
 def _check_generation_config(gen: Dict[str, Any], path: str) -> None:
@@ -143,11 +187,22 @@ def model_context(model_dir: str) -> Optional[int]:
     return None
 
 
+def prompt_context(cfg: Dict[str, Any], source: str) -> Tuple[Optional[int], str]:
+    """(the longest sequence the model takes, where that is said): a MindSpeed-MM JSON's
+    tokenizer.model_max_length / generation_config.max_length, else the checkpoint's config.json."""
+    if cfg.get("context") is not None:
+        return cfg["context"], f"tokenizer.model_max_length / generation_config.max_length in {source}"
+    weights = cfg["model"]["from_pretrained"]
+    if weights is None:
+        return None, ""
+    return model_context(weights), f"max_position_embeddings in {os.path.join(weights, 'config.json')}"
+
+
 def prepare_prompts(cfg: Dict[str, Any], build: Callable, gen: GenerationConfig, source: str) -> List[PreparedPrompt]:
     """Every prompt of ``cfg`` turned into model inputs before any is answered: an unreadable
     image or video, or a prompt that with ``max_new_tokens`` exceeds the model's context, stops
     here with the prompt's index (and the path)."""
-    context = model_context(cfg["model"]["from_pretrained"])
+    context = prompt_context(cfg, source)
     prepared = []
     for i, spec in enumerate(cfg["prompts"]):
         where = f"{source}: prompts[{i}]"
@@ -155,26 +210,28 @@ def prepare_prompts(cfg: Dict[str, Any], build: Callable, gen: GenerationConfig,
             prompt = build(spec, where)
         except ValueError as err:  # PromptBuilder's errors name the prompt (and path)
             raise InferenceConfigError(str(err)) from None
-        check_prompt_length(prompt, gen, context, where, cfg["model"]["from_pretrained"])
+        check_prompt_length(prompt, gen, *context, where)
         prepared.append(prompt)
     return prepared
 
 
-def check_prompt_length(prompt: PreparedPrompt, gen: GenerationConfig, context: Optional[int], where: str,
-                        model_dir: str) -> None:
+def check_prompt_length(prompt: PreparedPrompt, gen: GenerationConfig, context: Optional[int], said: str,
+                        where: str) -> None:
+    """The prompt and ``max_new_tokens`` fit ``context`` (``said``: where that number is from)."""
     length = prompt.input_ids.shape[1]
     if context is not None and length + gen.max_new_tokens > context:
         raise InferenceConfigError(
             f"{where}: {length} prompt tokens + generation_config.max_new_tokens {gen.max_new_tokens} = "
-            f"{length + gen.max_new_tokens} tokens, more than the model's context of {context} "
-            f"(max_position_embeddings in {os.path.join(model_dir, 'config.json')}); shorten the prompt or lower "
-            "max_new_tokens")
+            f"{length + gen.max_new_tokens} tokens, more than the model's context of {context} ({said}); shorten the "
+            "prompt or lower max_new_tokens")
 
 
 def load_model(model_cfg: Dict[str, Any]):
     """The model of ``model.from_pretrained`` (an HF directory or an MM checkpoint), with the
     MM checkpoint ``model.ckpt_path`` on top if given, in eval mode. ``model.family`` must be
     the checkpoint's (Qwen2-VL and Qwen2.5-VL are one family here)."""
+    if "model_config" in model_cfg:
+        return _model_from_sections(model_cfg)
     from ..models import from_pretrained, pretrained_family
 
     path = model_cfg["from_pretrained"]
@@ -183,6 +240,35 @@ def load_model(model_cfg: Dict[str, Any]):
         raise InferenceConfigError(f"model.family is {model_cfg['family']!r}, but {path} holds a {found.title} "
                                    f"checkpoint ({found.name!r})")
     return from_pretrained(path, ckpt_path=model_cfg.get("ckpt_path")).eval()
+
+
+def _model_from_sections(model_cfg: Dict[str, Any]):
+    """A MindSpeed-MM JSON's model: built from its sections, their ``ckpt_path`` loaded, then
+    ``from_pretrained`` / ``--load`` (an HF directory or an MM checkpoint, checked against the
+    sections), cast to ``dtype`` on Ascend (CPU computes in fp32), in eval mode."""
+    import torch
+
+    from ..checkpoint.layout import is_mm_checkpoint
+    from ..checkpoint.train_state import check_load_path
+    from ..models import build_model, load_mm_weights, load_pretrained
+    from ..models.pretrained import check_checkpoint_config
+    from ..models.section_weights import load_section_weights
+
+    config, weights = model_cfg["model_config"], model_cfg["from_pretrained"]
+    model = build_model(config)
+    for line in load_section_weights(model, config):
+        print(f"msmm-infer: {line}", file=sys.stderr)
+    if weights is not None and is_mm_checkpoint(weights):
+        check_checkpoint_config(config, weights, check_load_path(weights))
+        load_mm_weights(model, weights, config.model_id)
+    elif weights is not None:
+        load_pretrained(model, config, weights)
+    dtype = model_cfg.get("dtype", "fp32")
+    if dtype != "fp32" and os.environ.get(runtime.DEVICE_ENV, "CPU") != "CPU":
+        model.to(torch.bfloat16 if dtype == "bf16" else torch.float16)
+    elif dtype != "fp32":
+        print(f"msmm-infer: dtype {dtype}: no effect on CPU (no {dtype} compute there; fp32)", file=sys.stderr)
+    return model.eval()
 
 
 def merge_adapter(family: str, hf_dir: str, adapter: str, out: str, trust_remote_code: bool = False) -> None:
@@ -210,20 +296,25 @@ def _stream(model, tokenizer, prompt: PreparedPrompt, gen: GenerationConfig) -> 
     return text.text
 
 
-def _setup_inputs(path: str, require_prompts: bool = False):
+def _setup_inputs(path: str, require_prompts: bool = False, load: Optional[str] = None):
     """Config, tokenizer and generation config: everything but the model."""
     from transformers import AutoTokenizer
 
-    cfg = load_inference_config(path, require_prompts)
+    cfg = load_inference_config(path, require_prompts, load)
+    for note in cfg.get("notes", ()):
+        print(f"msmm-infer: {note}", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"]["from_pretrained"])
+    note = add_missing_vision_tokens(tokenizer, get_family(cfg["model"]["family"]).data_family)
+    if note:
+        print(f"msmm-infer: {note}", file=sys.stderr)
     gen = dict(cfg.get("generation_config", {}))
     if "stop_token_ids" not in gen and tokenizer.eos_token_id is not None:
         gen["stop_token_ids"] = [tokenizer.eos_token_id]
     return cfg, tokenizer, GenerationConfig(**gen)
 
 
-def _setup(path: str):
-    cfg, tokenizer, gen = _setup_inputs(path)
+def _setup(path: str, load: Optional[str] = None):
+    cfg, tokenizer, gen = _setup_inputs(path, load=load)
     return cfg, load_model(cfg["model"]), tokenizer, gen
 
 
@@ -254,18 +345,48 @@ def chat_main(argv: Optional[List[str]] = None) -> int:
     return chat(argv)
 
 
+@contextlib.contextmanager
+def _config_notes(prog: str) -> Iterator[None]:
+    """The config readers' notes (keys accepted without effect, and why) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    logger, level = logging.getLogger("msmm.config"), logging.getLogger("msmm.config").level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _arguments(argv: List[str]) -> Optional[Tuple[str, Optional[str]]]:
+    """(inference JSON, --load DIR or None) of ``JSON [--load DIR]``; None: print the usage."""
+    if len(argv) == 1 and not argv[0].startswith("-"):
+        return argv[0], None
+    if len(argv) == 3 and argv[1] == "--load" and not argv[0].startswith("-"):
+        return argv[0], argv[2]
+    return None
+
+
+def _usage(argv: List[str]) -> int:
+    print(__doc__)
+    return 0 if argv and argv[0] in ("-h", "--help") else 2
+
+
 def infer(argv: Optional[List[str]] = None) -> int:
     """Answers every prompt of the inference JSON; with stdout redirected, a progress bar
     over the prompts goes to stderr."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    parsed = _arguments(argv)
+    if parsed is None:
+        return _usage(argv)
     from tqdm import tqdm
 
     try:  # every input checked and prepared before the model is loaded and any prompt answered
-        cfg, tokenizer, gen = _setup_inputs(argv[0], require_prompts=True)
-        prompts = prepare_prompts(cfg, _prompt_builder(cfg, tokenizer), gen, argv[0])
+        with _config_notes("msmm-infer"):
+            cfg, tokenizer, gen = _setup_inputs(parsed[0], require_prompts=True, load=parsed[1])
+        prompts = prepare_prompts(cfg, _prompt_builder(cfg, tokenizer), gen, parsed[0])
     except InferenceConfigError as err:
         print(f"msmm-infer: {err}", file=sys.stderr)
         return 2
@@ -279,12 +400,13 @@ def infer(argv: Optional[List[str]] = None) -> int:
 def chat(argv: Optional[List[str]] = None) -> int:
     """Interactive: each line you type is answered, streaming; an empty line or EOF quits."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    cfg, model, tokenizer, gen = _setup(argv[0])
+    parsed = _arguments(argv)
+    if parsed is None:
+        return _usage(argv)
+    with _config_notes("msmm-chat"):
+        cfg, model, tokenizer, gen = _setup(*parsed)
     build = _prompt_builder(cfg, tokenizer)
-    context = model_context(cfg["model"]["from_pretrained"])
+    context = prompt_context(cfg, parsed[0])
     while True:
         try:
             line = input("user> ").strip()
@@ -294,7 +416,7 @@ def chat(argv: Optional[List[str]] = None) -> int:
             return 0
         try:
             prompt = build(line)
-            check_prompt_length(prompt, gen, context, "your prompt", cfg["model"]["from_pretrained"])
+            check_prompt_length(prompt, gen, *context, "your prompt")
         except ValueError as err:
             print(f"msmm-chat: {err}", file=sys.stderr)
             continue

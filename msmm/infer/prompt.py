@@ -35,11 +35,13 @@ class PreparedPrompt:
 class PromptBuilder:
     """Prompt specs -> model inputs, through the data pipeline of a training ``data.json``."""
 
-    def __init__(self, data_json: str, tokenizer, system: Optional[str] = None) -> None:
-        from ..config.data_config import load_data_config
+    def __init__(self, data: Union[str, "DataConfig"], tokenizer, system: Optional[str] = None) -> None:
+        """``data``: the training data.json's path, or its DataConfig (a MindSpeed-MM
+        inference JSON's preprocessing)."""
+        from ..config.data_config import DataConfig, load_data_config
         from ..data.build import build_vision
 
-        config = load_data_config(data_json)
+        config = data if isinstance(data, DataConfig) else load_data_config(data)
         self.family = config.model_family  # internvl, qwen2vl, llava
         self.vision = build_vision(config)
         self.encoder = ConversationEncoder(tokenizer, config.template, config.model_family, system)
