@@ -1,7 +1,10 @@
 """The torch API set that real model code uses: counted statically (libcst) in the modeling
-files of the seed families in the installed transformers.
+files of the seed families in the installed transformers, plus files read for facts once
+(OpenGVLab's InternVL remote code, Megatron-core, timm's ViT, nanoGPT: their counts are
+kept in corpus.json, their code is not in this repository).
 
-    python tools/torch_corpus.py          # rewrites tests/differential/corpus.json
+    python tools/torch_corpus.py                          # re-count the installed files
+    python tools/torch_corpus.py --fact LABEL=PATH ...    # and re-read these files for facts
 
 An API is a dotted torch name (`torch.cat`, `torch.nn.functional.softmax`, `torch.nn.Linear`,
 imports resolved: `F.softmax`, `nn.Linear`), or `Tensor.<name>` for a call of a
@@ -12,10 +15,11 @@ tests/differential/test_corpus.py checks that corpus.json is up to date.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, List
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, QualifiedNameProvider, QualifiedNameSource
@@ -104,24 +108,37 @@ def extract(path: Path, methods: frozenset, properties: frozenset) -> Counter:
     return visitor.uses
 
 
-def build(files: Iterable[Path] | None = None) -> Dict:
-    """The corpus: per API its uses, by file and in total, most used first."""
+def count(paths: Dict[str, Path]) -> Dict[str, Dict[str, int]]:
+    """label -> (API -> uses) for the files `paths` (label -> path)."""
+    methods, properties = _tensor_names()
+    return {label: dict(sorted(extract(path, methods, properties).items())) for label, path in paths.items()}
+
+
+def build(read_for_facts: Dict[str, Dict[str, int]]) -> Dict:
+    """The corpus: per API its uses in total (most used first) and by file; the installed
+    transformers files are counted now, `read_for_facts` holds the other files' counts."""
     import transformers
 
-    methods, properties = _tensor_names()
-    by_file = {}
+    installed = count({path.name: path for path in corpus_files()})
     total: Counter = Counter()
-    for path in files or corpus_files():
-        uses = extract(path, methods, properties)
-        by_file[path.name] = dict(sorted(uses.items()))
+    for uses in (*installed.values(), *read_for_facts.values()):
         total.update(uses)
     ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
-    return {"source": f"transformers {transformers.__version__}: " + ", ".join(by_file),
-            "uses": dict(ranked), "by_file": by_file}
+    return {"source": f"transformers {transformers.__version__}: " + ", ".join(installed),
+            "uses": dict(ranked), "by_file": installed, "read_for_facts": read_for_facts}
 
 
 def main() -> None:
-    corpus = build()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fact", action="append", default=[], metavar="LABEL=PATH",
+                        help="count this file (e.g. OpenGVLab/InternVL@2410d1d:.../modeling_intern_vit.py=/tmp/f.py); "
+                             "without --fact, the counts in corpus.json are kept")
+    args = parser.parse_args()
+    if args.fact:
+        facts = count({label: Path(path) for label, path in (f.rsplit("=", 1) for f in args.fact)})
+    else:
+        facts = json.loads(CORPUS.read_text()).get("read_for_facts", {}) if CORPUS.exists() else {}
+    corpus = build(facts)
     CORPUS.write_text(json.dumps(corpus, indent=1) + "\n")
     print(f"wrote {len(corpus['uses'])} APIs, {sum(corpus['uses'].values())} uses to {CORPUS}")
 

@@ -31,6 +31,15 @@ def is_floating_point(x) -> bool:
     return x.dtype in _FLOATING
 
 
+def is_tensor(obj) -> bool:
+    return isinstance(obj, mindspore.Tensor)
+
+
+def get_default_dtype():
+    """float32: adapters creates floating tensors in float32 (no set_default_dtype)."""
+    return float32
+
+
 class finfo:
     """Machine limits of a floating dtype, as ``torch.finfo``."""
 

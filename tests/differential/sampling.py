@@ -44,6 +44,7 @@ def _inputs() -> Dict[str, np.ndarray]:
         "k": rng.standard_normal((3, 2, 3, 3)).astype(f32),  # a Conv2d weight for img
         "t": rng.integers(0, 3, (2, 4)).astype(np.int64),  # class targets of x (classes on dim 1)
         "vol": rng.standard_normal((1, 2, 2, 4, 4)).astype(f32),  # N, C, D, H, W
+        "j": np.array([1, 0], np.int64),  # a 1-D index into any dim of x
     }
 
 
@@ -54,9 +55,10 @@ ARGS = ("", "y", "-1", "dim=-1", "v", "1", "0", "2", "0.5", "-2, -1", "0, 1", "-
         "6, 4", "(4, 6)", "-1, 2, 2", "(2, 1, 1)", "w", "w, b", "k", "k, padding=1", "2, 2", "(4,)",
         "(4,), v, v", "t", "y, 0.5", "(0, 1)", "p=2, dim=-1", "2, dim=-1", "y, dim=-1", "1, 2",
         "dtype=torch.float64", "torch.int64", "1, 0, 2", "(1, 0, 2)", "y, alpha=2", "0.5, 2.0",
-        "v, v", "m, y", "2, 2, 3, 4", "(2, 2, 3, 4)", "2, -1, -1, -1")
+        "v, v", "m, y", "1, j", "-1, j", "2, 2, 3, 4", "(2, 2, 3, 4)", "2, -1, -1, -1")
 NO_RECEIVER = ("2, 3", "(2, 3)", "4", "0, 5", "0, 1, 0.25", "[1.0, 2.0]", "(2, 3), 1.5", "[x, y]",
-               "[x, y], -1", "[x, y], dim=1", "(x, y)", "x, y", "x, 2", "m, x, y", "s", "w", "v, v")
+               "[x, y], -1", "[x, y], dim=1", "(x, y)", "x, y", "x, 2", "m, x, y", "s", "w", "v, v", "0, 1, 5",
+               "x, y.transpose(1, 2)", "x @ y.transpose(1, 2), x, y.transpose(1, 2)")
 LAYER_ARGS = ("", "4", "4, 5", "2, 3, 3", "2", "(4,)", "3", "dim=-1", "4, 2", "10, 4",
               "2, 3, 3, padding=1", "4, 4", "0.5", "1", "(2, 2)", "2, 3, 2")
 LAYER_INPUTS = ("x", "img", "i", "x, y", "x, t", "p, u", "vol", "x, x, x")
@@ -88,11 +90,29 @@ _DOUBLE = ("class Double(torch.nn.Module):", "    def forward(self, a):", "     
 _SCALED = ("class Scaled(torch.nn.Module):", "    def __init__(self):", "        super().__init__()",
            "        self.scale = torch.nn.Parameter(torch.ones(4) * 0.5)", "    def forward(self, a):",
            "        return a * self.scale")
+_SCALE_FUNCTION = ("class Scale(torch.autograd.Function):", "    @staticmethod", "    def forward(ctx, a, k):",
+                   "        ctx.save_for_backward(a)", "        ctx.k = k", "        return a * a * k",
+                   "    @staticmethod", "    def backward(ctx, grad):", "        (a,) = ctx.saved_tensors",
+                   "        return grad * 2 * a * ctx.k, None")
 EXTRA: Dict[str, Tuple[Tuple[Tuple[str, ...], Tuple[str, ...], str], ...]] = {
     "Tensor.device": ((("return torch.zeros(3, 4, device=x.device) + x[0]",), (), ""),),
     "Tensor.item": ((("return x[0, 1, 2].item()",), (), ""), (("return i.sum().item()",), (), "")),
     "torch.nn.Module": ((("return layer(x)",), _DOUBLE, "Double()"),),
     "torch.nn.Parameter": ((("return layer(x)",), _SCALED, "Scaled()"),),
+    "torch.nn.parameter.Parameter": ((("return layer(x)",), tuple(
+        line.replace("torch.nn.Parameter", "torch.nn.parameter.Parameter") for line in _SCALED), "Scaled()"),),
+    "torch.nn.ModuleDict": ((("return layer['a'](x)",), (), "torch.nn.ModuleDict({'a': torch.nn.Linear(4, 5)})"),),
+    "torch.autograd.Function": ((("return Scale.apply(x, 2.0)",), _SCALE_FUNCTION, ""),),
+    "torch.utils.checkpoint.checkpoint": ((("return torch.utils.checkpoint.checkpoint(sined, x, use_reentrant=False)",),
+                                           ("def sined(a):", "    return a.sin() * 2"), ""),),
+    "torch.enable_grad": ((("with torch.no_grad():", "    with torch.enable_grad():", "        z = x * 2",
+                            "return z * y"), (), ""),),
+    "torch.is_grad_enabled": ((("return x * 2 if torch.is_grad_enabled() else x",), (), ""),),
+    "torch.is_inference_mode_enabled": ((("return x if torch.is_inference_mode_enabled() else x * 2",), (), ""),),
+    "torch.is_tensor": ((("return x * 2 if torch.is_tensor(x) else x",), (), ""),),
+    "torch.get_default_dtype": ((("return x.to(torch.get_default_dtype())",), (), ""),),
+    "torch.device": ((("return torch.zeros(3, 4, device=torch.device('cpu')) + x[0]",), (), ""),),
+    "torch.multinomial": ((("return torch.multinomial(u[0], 2)",), (), ""),),
     "torch.Tensor": ((("return x * 2 if isinstance(x, torch.Tensor) else x",), (), ""),),
     "torch.nn.ModuleList": ((("return layer[1](layer[0](x))",), (),
                              "torch.nn.ModuleList([torch.nn.Linear(4, 5), torch.nn.Linear(5, 3)])"),),

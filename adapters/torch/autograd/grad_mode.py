@@ -40,7 +40,10 @@ def _run_in_jit() -> bool:
 
 
 def is_grad_enabled() -> bool:
-    """Whether PyNative records ops for differentiation (torch's default: True)."""
+    """Whether PyNative records ops for differentiation (torch's default: True). Inside a
+    compiled graph: True (what the graph computes is differentiated unless stopped)."""
+    if _run_in_jit():
+        return True
     return bool(_pynative_executor.enable_grad())
 
 

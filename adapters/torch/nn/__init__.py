@@ -1,5 +1,5 @@
 """adapters.torch.nn: torch.nn whose modules are MindSpore Cells."""
-from . import functional, init
+from . import functional, init, parameter
 from .layers import *  # noqa: F401,F403
 from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 
