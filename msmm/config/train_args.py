@@ -1,9 +1,10 @@
 """``msmm-train`` arguments: MindSpeed-MM / Megatron spellings, validated with clear errors.
 
 Unknown arguments are errors (with the closest known spelling). Megatron/MindSpeed
-arguments that select an implementation msmm makes by itself (fused kernels, flash
-attention, mcore models) are accepted and reported as having no effect; data and tensor
-parallelism are implemented, other parallel sizes than 1 (PP/CP/EP) are refused.
+arguments msmm has no use for (fused kernels, flash attention, mcore models, Megatron's copy
+of model.json's numbers) are accepted and logged with the reason, those it cannot honour
+(FSDP2, DPO...) refused with it (``msmm.config.launch_flags``); data and tensor parallelism
+are implemented, other parallel sizes than 1 (PP/CP/EP) are refused.
 """
 from __future__ import annotations
 
@@ -12,23 +13,8 @@ import difflib
 import sys
 from typing import List, Optional, Sequence
 
-# accepted for launch-script compatibility; msmm chooses these itself
-NO_EFFECT_FLAGS = (
-    "--use-mcore-models", "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu",
-    "--use-fused-rotary-pos-emb", "--overlap-grad-reduce", "--overlap-param-gather", "--swiglu",
-    "--no-masked-softmax-fusion", "--no-gradient-accumulation-fusion", "--no-bias-swiglu-fusion",
-    "--use-flash-attn", "--disable-bias-linear", "--add-qkv-bias", "--no-rope-fusion",
-    "--use-rotary-position-embeddings", "--untie-embeddings-and-output-weights",
-    "--allow-tf32", "--use-cpu-initialization",
-)
-NO_EFFECT_VALUES = (
-    "--normalization", "--position-embedding-type", "--distributed-backend", "--tokenizer-type",
-    "--tokenizer-model", "--attention-softmax-in-fp32", "--initial-loss-scale", "--eval-iters",
-    "--eval-interval", "--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads",
-    "--max-position-embeddings", "--group-query-attention", "--num-query-groups", "--make-vocab-size-divisible-by",
-    "--padded-vocab-size", "--init-method-std", "--attention-dropout", "--hidden-dropout",
-    "--rotary-base", "--norm-epsilon",
-)
+from msmm.config.launch_flags import NO_EFFECT, REFUSED
+
 PARALLEL_SIZES = ("--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--context-parallel-size",
                   "--virtual-pipeline-model-parallel-size", "--num-layers-per-virtual-pipeline-stage",
                   "--expert-model-parallel-size")
@@ -53,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and data")
     g.add_argument("--mm-model", required=True, help="model.json")
     g.add_argument("--mm-data", required=True, help="data.json")
-    g.add_argument("--mm-tool", help="accepted, no effect (MindSpeed-MM tool config)")
     g.add_argument("--seq-length", type=int, help="pad every micro-batch to this many tokens (one compiled shape)")
     g.add_argument("--variable-seq-lengths", action="store_true", help="do not pad to --seq-length")
     g.add_argument("--num-workers", type=int, help="data-loading processes (overrides data.json)")
@@ -80,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calculate-per-sample-loss", action="store_true")
     g.add_argument("--skip-nonfinite-steps", action="store_true", help="skip a step with a NaN/Inf loss or gradient")
     g.add_argument("--recompute-granularity", choices=("full", "selective"))
-    g.add_argument("--recompute-method", choices=("uniform", "block"))
+    g.add_argument("--recompute-method", choices=("uniform", "block"),
+                   help="block: recompute only the first --recompute-num-layers layers of each stack")
     g.add_argument("--recompute-num-layers", type=int)
+    g.add_argument("--lr-warmup-iters", type=int, help="warmup iterations (Megatron): --lr-warmup-fraction of the decay")
+    g.add_argument("--lr-warmup-init", type=float, default=0.0, help="the learning rate warmup starts from (only 0)")
+    g.add_argument("--trust-remote-code", action="store_true", help="the tokenizer may run its repository's code")
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--load")
     g.add_argument("--save")
@@ -105,12 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-load", metavar="DIR", help="a PEFT LoRA adapter (written by msmm-train or HF PEFT; a directory with "
                    "adapter_config.json, or an msmm-train SAVE / iter_N) to start the LoRA and modules_to_save weights from; "
                    "--load the HF base it was trained on")
-    g = p.add_argument_group("accepted for compatibility")
-    for flag in NO_EFFECT_FLAGS:
-        if flag not in p._option_string_actions:
-            g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    for flag in NO_EFFECT_VALUES:
-        g.add_argument(flag, help=argparse.SUPPRESS)
+    g = p.add_argument_group("accepted for compatibility, or refused with the reason")
+    for flag, (takes_value, _) in {**NO_EFFECT, **REFUSED}.items():
+        g.add_argument(flag, help=argparse.SUPPRESS, **({} if takes_value else {"action": "store_true"}))
     g = p.add_argument_group("parallelism (Megatron's rank order: TP fastest, then CP, DP, PP; docs/parallel.md)")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP: ranks sharing each layer's weights")
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1,
@@ -190,12 +176,28 @@ def _validate(args: argparse.Namespace, argv: List[str]) -> None:
             if value is not None and value > 1:
                 fail(f"{flag} {value}: not implemented yet ({what}; data, tensor and pipeline parallelism are); "
                      "--dry-run plans this layout")
-    if (args.recompute_method or args.recompute_num_layers) and args.recompute_granularity != "full":
+    if (args.recompute_method or args.recompute_num_layers is not None) and args.recompute_granularity != "full":
         fail("--recompute-method / --recompute-num-layers need --recompute-granularity full")
+    if args.recompute_num_layers is not None and args.recompute_num_layers < 0:
+        fail(f"--recompute-num-layers must be >= 0, got {args.recompute_num_layers}")
+    if args.recompute_method == "block" and args.recompute_num_layers is None:
+        fail("--recompute-method block needs --recompute-num-layers (how many layers of each stack to recompute)")
+    given = {t.split("=", 1)[0] for t in argv}
+    for flag in sorted(given & set(REFUSED)):
+        fail(f"{flag}: not supported: {REFUSED[flag][1]}")
+    if args.lr_warmup_init != 0.0:
+        fail(f"--lr-warmup-init {args.lr_warmup_init}: warmup starts from 0 in msmm; only 0 is supported")
+    if args.lr_warmup_iters is not None:
+        if "--lr-warmup-fraction" in given:
+            fail("--lr-warmup-iters and --lr-warmup-fraction both set the warmup; give one")
+        decay = args.lr_decay_iters or args.train_iters
+        if not 0 <= args.lr_warmup_iters <= decay:
+            fail(f"--lr-warmup-iters {args.lr_warmup_iters} must lie in [0, {decay}] (the decay iterations)")
+        args.lr_warmup_fraction = args.lr_warmup_iters / decay  # Megatron: warmup = fraction x decay iterations
     if args.save_total_limit is not None and (args.save_total_limit <= 0 or not args.save):
         fail(f"--save-total-limit must be positive and needs --save, got {args.save_total_limit}")
     args.lora = _lora_from_args(args, fail)
-    args.ignored = sorted({t.split("=", 1)[0] for t in argv if t.split("=", 1)[0] in NO_EFFECT_FLAGS + NO_EFFECT_VALUES})
+    args.ignored = sorted(given & set(NO_EFFECT))
     args.loss_reduction = "token" if args.calculate_per_token_loss else "sample" if args.calculate_per_sample_loss else "micro_batch"
     args.log_dir = args.log_dir or args.tensorboard_dir
 

@@ -22,9 +22,14 @@ import numpy as np
 from msmm import runtime
 
 
-def apply_recompute(model, granularity: Optional[str]) -> int:
+def apply_recompute(model, granularity: Optional[str], method: Optional[str] = None,
+                    num_layers: Optional[int] = None) -> int:
     """Mark each transformer layer (``full``) or its attention (``selective``) for
-    recomputation in the backward pass (``Cell.recompute``); returns how many cells."""
+    recomputation in the backward pass (``Cell.recompute``); returns how many cells.
+
+    Megatron's ``method`` with ``full``: ``block`` recomputes only the first ``num_layers``
+    layers of each stack (ViT, text decoder); ``uniform`` recomputes every layer (Megatron
+    checkpoints groups of ``num_layers`` layers; msmm each layer: the same values, less memory)."""
     if granularity is None:
         return 0
     count = 0
@@ -32,7 +37,8 @@ def apply_recompute(model, granularity: Optional[str]) -> int:
         parts = name.split(".")
         is_layer = len(parts) >= 2 and parts[-1].isdigit() and parts[-2] in ("layers", "layer", "blocks")
         is_attention = parts[-1] in ("self_attn", "attn", "attention")
-        if (granularity == "full" and is_layer) or (granularity == "selective" and is_attention):
+        in_block = method != "block" or (is_layer and int(parts[-1]) < num_layers)
+        if (granularity == "full" and is_layer and in_block) or (granularity == "selective" and is_attention):
             cell.recompute()
             count += 1
     return count
@@ -64,6 +70,7 @@ def adapter_writer(model, model_config, hf_dir: Optional[str], resumed: Optional
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from msmm.config.launch_flags import NO_EFFECT, architecture_differences
     from msmm.config.train_args import TrainArgsError, parse_train_args
 
     try:
@@ -79,6 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataConfigError as err:
         print(f"msmm-train: {err}", file=sys.stderr)
         return 2
+    if args.trust_remote_code:  # the tokenizer's own code (MindSpeed-MM's --trust-remote-code)
+        data_config.dataset_param.tokenizer_config.trust_remote_code = True
     if args.dry_run:  # the layout and per-device memory, shape-only: no MindSpore, weights or data (plan.py)
         from msmm.train.plan import dry_run
 
@@ -154,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     adapted = apply_lora_config(model, model_config)  # after the HF weights: a quantized base is made from them
     if args.bf16 or args.fp16:
         model.to(mindspore.bfloat16 if args.bf16 else mindspore.float16)  # before compiling
-    apply_recompute(model, args.recompute_granularity)
+    recomputed = apply_recompute(model, args.recompute_granularity, args.recompute_method, args.recompute_num_layers)
 
     data_config.dataloader_param.micro_batch_size = args.micro_batch_size
     if args.num_workers is not None:
@@ -201,8 +210,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             f"{trainable} trainable of {total} parameters")
     if args.lora_load is not None:
         trainer.logger.info(f"--lora-load: {loaded} adapter tensors from {args.lora_load}")
-    if args.ignored:
-        trainer.logger.info(f"msmm-train: no effect here (msmm picks kernels itself): {', '.join(args.ignored)}")
+    for flag in args.ignored:
+        trainer.logger.info(f"msmm-train: {flag}: no effect ({NO_EFFECT[flag][1]})")
+    given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in args.ignored}
+    for line in architecture_differences(given, {p: s.config for p, s in model_config.sections.items()}, args.mm_model):
+        trainer.logger.info(f"msmm-train: {line}")
+    if args.recompute_granularity:
+        method = f" ({args.recompute_method}, {args.recompute_num_layers} layers)" if args.recompute_method else ""
+        trainer.logger.info(f"msmm-train: recompute {args.recompute_granularity}{method}: {recomputed} cells")
     if resume:
         trainer.load(args.load)
     trainer.train()
