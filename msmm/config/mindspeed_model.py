@@ -18,6 +18,7 @@ Errors are ``MindSpeedModelError`` naming the file and the dotted key.
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 TEXT, VISION, PROJECTOR = "text_decoder", "image_encoder.vision_encoder", "image_encoder.vision_projector"
@@ -63,9 +64,15 @@ class Section:
 Handler = Callable[[Any, Section, str], None]
 
 
-def to(key: str, convert: Callable[[Any], Any] = lambda v: v) -> Handler:
+def described(doc: str, handler: Handler) -> Handler:
+    """``handler`` with ``doc``: what msmm does with the key (docs/compat.md's table)."""
+    handler.doc = doc
+    return handler
+
+
+def to(key: str, convert: Callable[[Any], Any] = lambda v: v, doc: str = "") -> Handler:
     """Mapped onto msmm's ``key``."""
-    return lambda value, s, name: s.set(key, convert(value), name)
+    return described(f"honoured: msmm's `{key}`{doc}", lambda value, s, name: s.set(key, convert(value), name))
 
 
 def must(expected: Any, what: str) -> Handler:
@@ -73,22 +80,35 @@ def must(expected: Any, what: str) -> Handler:
     def check(value: Any, s: Section, name: str) -> None:
         if value != expected:
             s.fail(name, f"{value!r} is not supported: {what} ({expected!r})")
-    return check
+    return described(f"checked: only `{json.dumps(expected)}` ({what}), else refused", check)
 
 
 def form(index: int, what: str) -> Handler:
     """Checked against the section model's (normalization, activation, gated MLP) in ``VISION_FORM``."""
-    return lambda value, s, name: must(VISION_FORM[s.model_id][index], f"{s.model_id} {what}")(value, s, name)
+    return described(f"checked: the model's own ({what} {', '.join(f'{m}: {f[index]}' for m, f in VISION_FORM.items())})"
+                     ", else refused",
+                     lambda value, s, name: must(VISION_FORM[s.model_id][index], f"{s.model_id} {what}")(value, s, name))
 
 
 def same_as(path: Tuple[str, ...], what: str) -> Handler:
     """A value that must equal another key of the file (``path``: (section, key), or a derived
     quantity); absent there, it sets it."""
-    return lambda value, s, name: s.relations.append((name, value, path, what))
+    return described(f"checked: equals {'.'.join(path) if len(path) == 2 else what} ({what}), else refused",
+                     lambda value, s, name: s.relations.append((name, value, path, what)))
 
 
-def ignored(value: Any, s: Section, name: str) -> None:
-    """Read elsewhere (``model_id``) or said by another key (``group_query_attention``)."""
+def noted(why: str) -> Handler:
+    """Accepted without effect; the note says ``why``."""
+    return described(f"no effect: {why}",
+                     lambda value, s, name: s.notes.append(f"{s.where}.{name}: no effect ({why})"))
+
+
+ignored = described("read as the section's model_id / implied by num_query_groups", lambda value, s, name: None)
+
+
+def _clip_layers(value: Any, s: Section, name: str) -> None:
+    s.set("num_layers", value + 1, name)
+    s.set("feature_layer", -2, name)
 
 
 FUSION = "a kernel choice: msmm picks its kernels per device"
@@ -151,14 +171,13 @@ QWEN_VIT_KEYS = {
     "normalization": form(0, "normalises with"), "activation_func": form(1, "activates with"),
     "gated_linear_unit": form(2, "gates its MLP:"),
     "intermediate_size": same_as((VISION, "ffn_hidden_size"), "the ViT's MLP width"),
-    "llm_hidden_size": lambda value, s, name: s.notes.append(
-        f"{s.where}.{name}: no effect (MindSpeed-MM's Qwen ViT does not read it; the patch merger's output is the "
-        "text decoder's width)"),
+    "llm_hidden_size": noted("MindSpeed-MM's Qwen ViT does not read it; the patch merger's output is the text "
+                             "decoder's width"),
     "layernorm_epsilon": must(1e-6, "the Qwen ViT's norms use eps"),
     "post_layer_norm": must(False, "the patch merger normalises the ViT output itself"),
     "hidden_dropout": must(0.0, "the Qwen ViT has no dropout"),
     "attention_dropout": must(0.0, "the Qwen ViT has no dropout"),
-    "init_method_std": lambda value, s, name: s.notes.append(f"{s.where}.{name}: no effect ({INIT})"),
+    "init_method_std": noted(INIT),
 }
 INTERN_VIT_KEYS = {
     **COMMON,
@@ -181,7 +200,7 @@ CLIP_KEYS = {
                           "layernorm_epsilon", "attention_dropout", "hidden_dropout")},
     # MindSpeed-MM builds the layers up to the one LLaVA reads; msmm counts CLIP's layers and reads the
     # penultimate: num_layers N (N built) is CLIP's N + 1 layers with feature_layer -2
-    "num_layers": lambda value, s, name: (s.set("num_layers", value + 1, name), s.set("feature_layer", -2, name)),
+    "num_layers": described("honoured: CLIP's `num_layers` N + 1 with `feature_layer` -2", _clip_layers),
     "activation_func": to("activation"),
     "normalization": form(0, "normalises with"), "gated_linear_unit": form(2, "gates its MLP:"),
     "add_class_token": must(True, "CLIP has a class token"), "class_token_len": must(1, "CLIP has one class token"),
