@@ -123,7 +123,8 @@ def qwen2vl_data_json(directory: str, annotation: str) -> dict:
         "dataset_param": {
             "dataset_type": "huggingface",
             "preprocess_parameters": {"model_name_or_path": os.path.join(directory, "tokenizer"),
-                                      "image_min_pixels": 3136, "image_max_pixels": 3136},
+                                      "image_min_pixels": 3136, "image_max_pixels": 3136,
+                                      "video_min_pixels": 3136, "video_max_pixels": 3136},
             "basic_parameters": {"template": "qwen2vl", "dataset_dir": directory, "dataset": annotation,
                                  "cutoff_len": 128},
             "tokenizer_config": {"from_pretrained": os.path.join(directory, "tokenizer")},
@@ -208,6 +209,7 @@ def add_vision_lora(model_json: dict, dropout: float) -> dict:
 
 
 HF_CONTEXT = 1024  # max_position_embeddings of the tiny HF models
+QWEN2VL_PIXELS = 56 * 56  # the data.json's image (and video) min_pixels = max_pixels
 
 
 def _text_hf_config(text: dict, model_type: str) -> dict:
@@ -235,8 +237,8 @@ def hf_model(family: str, model_json: dict):
                                mlp_ratio=vision["ffn_hidden_size"] // vision["hidden_size"],
                                patch_size=vision["patch_size"], spatial_merge_size=2, temporal_patch_size=2),
             tie_word_embeddings=False)
-        pixels = 56 * 56  # the data.json's image_min_pixels = image_max_pixels
-        processor = tf.Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=vision["patch_size"])
+        processor = tf.Qwen2VLImageProcessor(min_pixels=QWEN2VL_PIXELS, max_pixels=QWEN2VL_PIXELS,
+                                             patch_size=vision["patch_size"])
         return tf.Qwen2VLForConditionalGeneration(config), processor
     size = vision["image_size"]
     if family == "internvl":
@@ -278,6 +280,11 @@ def write_hf_model(directory: str, family: str, model_json: dict, tokenizer_dir:
     model.float().save_pretrained(directory)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
     processor.save_pretrained(directory)
+    if family == "qwen2vl":  # HF's video processor needs torchvision to be built: its config written as it saves it
+        with open(os.path.join(directory, "video_preprocessor_config.json"), "w") as f:
+            json.dump({"video_processor_type": "Qwen2VLVideoProcessor", "min_pixels": QWEN2VL_PIXELS,
+                       "max_pixels": QWEN2VL_PIXELS, "patch_size": model_json["image_encoder"]["vision_encoder"][
+                           "patch_size"], "temporal_patch_size": 2, "merge_size": 2}, f, indent=2)
 
 
 FAMILIES = {

@@ -38,10 +38,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="tokens per slot, prompt + answer (default: the model's context, at most 2048)")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 429")
     parser.add_argument("--max-tokens-default", type=int, default=256, help="max_tokens when a request gives none")
-    parser.add_argument("--max-images", type=int, default=8, help="images per request")
+    parser.add_argument("--max-images", type=int, default=8, help="images and videos per request")
     parser.add_argument("--max-image-mb", type=float, default=20.0, help="encoded size of one image")
+    parser.add_argument("--max-video-mb", type=float, default=100.0, help="encoded size of one video")
     parser.add_argument("--allowed-local-media-path", action="append", default=[],
-                        help="a directory whose files requests may name as file:// image URLs (repeatable)")
+                        help="a directory whose files requests may name as file:// image or video URLs (repeatable)")
     args = parser.parse_args(argv)
     for key in ("max_batch", "max_queue", "max_tokens_default", "max_images"):
         if getattr(args, key) < 1:
@@ -94,12 +95,13 @@ def run(argv: Optional[List[str]] = None) -> int:
     engine = BatchEngine(model, args.max_batch, context, args.max_queue)
     engine.start()
     media = MediaLimits(tuple(os.path.realpath(p) for p in args.allowed_local_media_path),
-                        int(args.max_image_mb * MB))
+                        int(args.max_image_mb * MB), max_video_bytes=int(args.max_video_mb * MB))
     server = Server(engine, ChatPromptBuilder(family, hf_config, tokenizer, config_dir), tokenizer,
                     args.served_model_name or os.path.basename(model_dir), Limits(context, args.max_tokens_default,
                                                                                   args.max_images, media),
                     int(started))
-    app = build_app(server, max_body_bytes=int(args.max_images * args.max_image_mb * 4 / 3 * MB) + MB)
+    media_mb = args.max_images * max(args.max_image_mb, args.max_video_mb)  # base64: 4/3 of the bytes
+    app = build_app(server, max_body_bytes=int(media_mb * 4 / 3 * MB) + MB)
     print(f"msmm-serve: {server.model_name} ({family}) on http://{args.host}:{args.port}/v1: {args.max_batch} slots "
           f"of {context} tokens, ready in {time.time() - started:.1f} s", flush=True)
     try:

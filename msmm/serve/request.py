@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..infer.generate import GenerationConfig, prompt_bucket
 from .errors import APIError, bad_request
-from .media import MediaLimits, load_image
+from .media import MediaLimits, load_image, load_video
 from .prompt import ChatPrompt, ChatPromptBuilder, Part
 
 ROLES = ("system", "user", "assistant")
@@ -53,8 +53,8 @@ def _integer(body: Dict[str, Any], key: str, low: int) -> Optional[int]:
     return value
 
 
-def parse_messages(messages: Any, limits: Limits) -> List[Tuple[str, List[Part]]]:
-    """(role, parts) per message; images decoded."""
+def parse_messages(messages: Any, limits: Limits, build: ChatPromptBuilder) -> List[Tuple[str, List[Part]]]:
+    """(role, parts) per message; images and videos decoded."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages is required: a non-empty list of {role, content}", "messages")
     out, images = [], 0
@@ -74,20 +74,24 @@ def parse_messages(messages: Any, limits: Limits) -> List[Tuple[str, List[Part]]
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
                 parts.append(part["text"])
-            elif kind == "image_url":
+            elif kind in ("image_url", "video_url"):
                 if message["role"] != "user":
-                    raise bad_request(f"{param}: images are taken in user messages only", param)
-                url = part.get("image_url")
+                    raise bad_request(f"{param}: images and videos are taken in user messages only", param)
+                if kind == "video_url" and build.frames is None:
+                    raise bad_request(f"{param}: this model takes no video", param, "video_not_supported")
+                url = part.get(kind)
                 url = url.get("url") if isinstance(url, dict) else url
                 if not isinstance(url, str):
-                    raise bad_request(f"{param}.image_url.url must be a string", f"{param}.image_url")
+                    raise bad_request(f"{param}.{kind}.url must be a string", f"{param}.{kind}")
                 images += 1
                 if images > limits.max_images:
-                    raise bad_request(f"more than {limits.max_images} images in one request", param, "too_many_images")
-                parts.append(load_image(url, limits.media, f"{param}.image_url"))
+                    raise bad_request(f"more than {limits.max_images} images and videos in one request", param,
+                                      "too_many_images")
+                parts.append(load_image(url, limits.media, f"{param}.{kind}") if kind == "image_url"
+                             else load_video(url, limits.media, f"{param}.{kind}", build.frames))
             else:
-                raise bad_request(f"{param}: expected {{type: 'text', text}} or {{type: 'image_url', image_url: "
-                                  "{url}}", param)
+                raise bad_request(f"{param}: expected {{type: 'text', text}}, {{type: 'image_url', image_url: {{url}}}} "
+                                  "or {type: 'video_url', video_url: {url}}", param)
         out.append((message["role"], parts))
     if out[-1][0] != "user":
         raise bad_request("the last message must be a user message", f"messages[{len(out) - 1}].role")
@@ -135,7 +139,7 @@ def parse_request(body: Any, model_names: Sequence[str], build: ChatPromptBuilde
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad_request("stream_options must be an object", "stream_options")
-    messages = parse_messages(body.get("messages"), limits)
+    messages = parse_messages(body.get("messages"), limits, build)
     try:
         prompt = build(messages)
     except ValueError as err:

@@ -14,6 +14,7 @@ from PIL import Image
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "examples", "tiny"))
+sys.path.insert(0, os.path.join(REPO, "tests", "data"))
 import make_tiny_assets as tiny  # noqa: E402
 
 from msmm.registry import family_of_hf_config  # noqa: E402
@@ -73,3 +74,33 @@ def test_llava_prompt_uses_its_chat_template(tmp_path):
     assert prompt.vision["pixel_values"].shape == (1, 3, 56, 56)
     with pytest.raises(ValueError, match="literal"):
         build([("user", ["look: <image>"])])
+
+
+@pytest.mark.parametrize("family", ["qwen2vl", "internvl"])
+def test_video_prompt_equals_msmm_infer_data_json_prompt(tmp_path, family):
+    """A video and an image (InternVL: 8 frames at segment middles, msmm-serve's choice, set in
+    the data.json too)."""
+    from transformers import AutoTokenizer
+
+    from msmm.infer.prompt import PromptBuilder
+    from msmm.serve.media import MediaLimits, load_video
+    from test_video import write_video
+
+    out = write_assets(str(tmp_path), family)
+    if family == "internvl":
+        with open(os.path.join(out, "data.json")) as f:
+            data = json.load(f)
+        data["dataset_param"].update(sampling_method="middle", min_num_frame=8, max_num_frame=8)
+        with open(os.path.join(out, "data.json"), "w") as f:
+            json.dump(data, f)
+    video, image_path = os.path.join(out, "clip.mp4"), os.path.join(out, "images", "1.png")
+    write_video(video, num_frames=12, size=(64, 48))
+    expected = PromptBuilder(os.path.join(out, "data.json"), AutoTokenizer.from_pretrained(os.path.join(out, "hf")))(
+        {"prompt": QUESTION, "images": [image_path], "videos": [video]})
+    build = server_builder(os.path.join(out, "hf"))
+    frames = load_video("file://" + video, MediaLimits((out,)), "video", build.frames)
+    got = build([("user", [Image.open(image_path).convert("RGB"), frames, QUESTION])])
+    np.testing.assert_array_equal(got.input_ids, expected.input_ids)
+    assert sorted(got.vision) == sorted(expected.vision)
+    for key, value in expected.vision.items():
+        np.testing.assert_allclose(got.vision[key], value, rtol=0, atol=1e-6)

@@ -2,7 +2,8 @@
 on 127.0.0.1 driven by the official ``openai`` client: greedy answers equal ``msmm-infer``'s,
 also for requests of different lengths that join a running batch at different times;
 streamed chunks concatenate to the non-streamed answer; each bad request gets its 4xx and
-the next good one succeeds; a client that disconnects frees its slot; a full queue answers 429."""
+the next good one succeeds; a client that disconnects frees its slot; a full queue answers 429.
+The prompts: short text, long text, an image, a video."""
 from __future__ import annotations
 
 import base64
@@ -24,7 +25,9 @@ from PIL import Image
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "examples", "tiny"))
 sys.path.insert(0, os.path.join(REPO, "tests", "models"))
+sys.path.insert(0, os.path.join(REPO, "tests", "data"))
 import make_tiny_assets as tiny  # noqa: E402
+from test_video import write_video  # noqa: E402
 
 openai = pytest.importorskip("openai")
 
@@ -32,7 +35,8 @@ SLOTS, QUEUE, CONTEXT, NEW = 3, 2, 256, 12
 SYSTEM = "You are a tiny test model."
 PROMPTS = ["What colour is the square?",
            "Describe the image. " * 12 + "What colour is the square in the picture?",
-           {"prompt": "What colour is the square in the picture?", "images": ["images/1.png"]}]
+           {"prompt": "What colour is the square in the picture?", "images": ["images/1.png"]},
+           {"prompt": "What happens?", "videos": ["clip.mp4"]}]
 
 
 def _free_port() -> int:
@@ -50,6 +54,7 @@ def assets(tmp_path_factory) -> str:
     tiny.write_hf_model(os.path.join(out, "hf"), "qwen2vl", model_json, os.path.join(out, "tokenizer"))
     with open(os.path.join(out, "data.json"), "w") as f:
         json.dump(tiny.qwen2vl_data_json(out, os.path.join(out, "train.json")), f)
+    write_video(os.path.join(out, "clip.mp4"), num_frames=12, size=(64, 48))
     return out
 
 
@@ -60,7 +65,7 @@ def server(assets):
     proc = subprocess.Popen(
         [sys.executable, "-m", "msmm.serve.cli", "--model", os.path.join(assets, "hf"), "--served-model-name", "tiny",
          "--port", str(port), "--max-batch", str(SLOTS), "--max-queue", str(QUEUE), "--max-model-len", str(CONTEXT),
-         "--max-images", "100", "--max-image-mb", "0.05", "--allowed-local-media-path", os.path.join(assets, "images")],
+         "--max-images", "200", "--max-image-mb", "0.05", "--allowed-local-media-path", assets],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, GLOG_v="3"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -89,7 +94,8 @@ def messages(spec, root: str) -> list:
     if isinstance(spec, str):
         content = spec
     else:
-        content = [{"type": "image_url", "image_url": {"url": "file://" + os.path.join(root, p)}} for p in spec["images"]]
+        content = [{"type": f"{kind}_url", f"{kind}_url": {"url": "file://" + os.path.join(root, p)}}
+                   for kind in ("image", "video") for p in spec.get(kind + "s", [])]
         content.append({"type": "text", "text": spec["prompt"]})
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
 
@@ -99,8 +105,8 @@ def msmm_infer_answers(assets: str, capsys) -> list:
 
     from msmm.infer.cli import infer
 
-    prompts = [p if isinstance(p, str) else dict(p, images=[os.path.join(assets, i) for i in p["images"]])
-               for p in PROMPTS]
+    prompts = [p if isinstance(p, str) else {k: v if k == "prompt" else [os.path.join(assets, i) for i in v]
+                                              for k, v in p.items()} for p in PROMPTS]
     config = {"model": {"family": "qwen2_vl", "from_pretrained": os.path.join(assets, "hf")},
               "tokenizer": {"from_pretrained": os.path.join(assets, "hf")}, "data": os.path.join(assets, "data.json"),
               "system": SYSTEM, "prompts": prompts, "generation_config": {"max_new_tokens": NEW}}
@@ -127,7 +133,7 @@ def test_greedy_answers_equal_msmm_infer_when_joining_a_running_batch(assets, se
              for p in PROMPTS]
     assert [a.choices[0].message.content for a in alone] == expected
     assert alone[0].usage.completion_tokens == NEW and alone[0].choices[0].finish_reason == "length"
-    # a long-running stream, the others join it after its 2nd and 5th chunk
+    # a long-running stream (the image prompt); the others join it after its 1st, 3rd and 5th chunk
     steps, tokens = metric(server, "msmm_decode_steps_total"), metric(server, "msmm_generation_tokens_total")
     results = {}
 
@@ -135,19 +141,20 @@ def test_greedy_answers_equal_msmm_infer_when_joining_a_running_batch(assets, se
         results[k] = client.chat.completions.create(model="tiny", messages=messages(PROMPTS[k], assets),
                                                     max_tokens=NEW, temperature=0).choices[0].message.content
 
+    joins = {1: 0, 3: 1, 5: 3}  # chunk -> prompt
     threads = []
     stream = client.chat.completions.create(model="tiny", messages=messages(PROMPTS[2], assets), max_tokens=NEW,
                                             temperature=0, stream=True)
     streamed = []
     for n, chunk in enumerate(stream):
         streamed.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
-        if n in (2, 5):
-            threads.append(threading.Thread(target=ask, args=(len(threads),)))
+        if n in joins:
+            threads.append(threading.Thread(target=ask, args=(joins[n],)))
             threads[-1].start()
     for t in threads:
         t.join()
     assert "".join(streamed) == expected[2]
-    assert [results[0], results[1]] == expected[:2]
+    assert {k: results[k] for k in joins.values()} == {k: expected[k] for k in joins.values()}
     # they shared decode steps: fewer steps than tokens
     assert metric(server, "msmm_decode_steps_total") - steps < metric(server, "msmm_generation_tokens_total") - tokens
 
