@@ -1,6 +1,8 @@
 #!/bin/bash
 # LLaVA-1.5-7B pretraining (projector only): the shape of MindSpeed-MM's examples/llava1.5/pretrain_llava1_5.sh, launched with msrun on MindSpore.
-# Edit LOAD_PATH / SAVE_PATH and the paths in data.json (see docs/training.md).
+# Stage 1 as the LLaVA-1.5 guide runs it: model_stage1.json's sections load OpenAI's CLIP ViT-L-14-336px.pt and
+# vicuna-7b-v1.5 (ckpt_path), the projector starts fresh. Or set MM_MODEL=examples/llava1.5/model.json and
+# LOAD_PATH to an HF LLaVA checkpoint. Edit SAVE_PATH and the paths in the jsons (see docs/training.md).
 source /usr/local/Ascend/ascend-toolkit/set_env.sh 2>/dev/null || true
 export TOKENIZERS_PARALLELISM=false
 export HCCL_CONNECT_TIMEOUT=1200
@@ -13,8 +15,8 @@ NODE_RANK=0
 WORLD_SIZE=$(($NPUS_PER_NODE * $NNODES))
 
 MM_DATA="examples/llava1.5/data.json"
-MM_MODEL="examples/llava1.5/model.json"
-LOAD_PATH="ckpt/llava-1.5-7b-hf"
+MM_MODEL=${MM_MODEL:-examples/llava1.5/model_stage1.json}
+LOAD_PATH=${LOAD_PATH:-}
 SAVE_PATH="save_dir"
 
 MBS=32
@@ -46,7 +48,7 @@ GPT_ARGS="
     --clip-grad 1.0 \
     --seed 42 \
     --bf16 \
-    --load $LOAD_PATH \
+    ${LOAD_PATH:+--load $LOAD_PATH} \
     --no-load-optim \
     --no-load-rng \
     --no-save-optim \
