@@ -94,7 +94,7 @@ async def _events(server: Server, job: Job, queue: "asyncio.Queue[Event]", stop:
             return
         delta = text.add(event.token)
         if text.stopped:
-            server.engine.cancel(job)
+            server.engine.cancel(job, "stop")
             yield delta, "stop", job.generated
             return
         if delta:

@@ -54,6 +54,8 @@ def slot_length(requested: Optional[int], context: Optional[int]) -> int:
     """Tokens per KV-cache slot: ``--max-model-len`` (default: the model's context, at most 2048),
     rounded up to a multiple of ``CACHE_BUCKET`` within the model's context."""
     length = requested or min(context or 2048, 2048)
+    if context is not None and length > context:
+        raise ValueError(f"--max-model-len {length} is more than the model's context of {context} tokens")
     rounded = -(-length // CACHE_BUCKET) * CACHE_BUCKET
     return rounded if context is None or rounded <= context else length
 
@@ -68,6 +70,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     from .prompt import ChatPromptBuilder
 
     args = parse_args(argv)
+    started = time.time()
     model_dir = args.model.rstrip("/")
     config_dir = os.path.join(model_dir, HF_CONFIG_DIR) if is_mm_checkpoint(model_dir) else model_dir
     try:
@@ -75,6 +78,11 @@ def run(argv: Optional[List[str]] = None) -> int:
         family = family_of_hf_config(hf_config, os.path.join(config_dir, "config.json")).name
     except (OSError, ValueError, KeyError) as err:
         print(f"msmm-serve: --model {model_dir}: {err}", file=sys.stderr)
+        return 2
+    try:
+        context = slot_length(args.max_model_len, model_context(config_dir))
+    except ValueError as err:
+        print(f"msmm-serve: {err}", file=sys.stderr)
         return 2
     if args.adapter and config_dir != model_dir:
         print("msmm-serve: --adapter needs an HF --model (mm_to_hf the MM checkpoint first)", file=sys.stderr)
@@ -90,8 +98,6 @@ def run(argv: Optional[List[str]] = None) -> int:
                 print(f"msmm-serve: {err}", file=sys.stderr)
                 return 2
         model = load_model({"family": family, "from_pretrained": weights})
-    context = slot_length(args.max_model_len, model_context(config_dir))
-    started = time.time()
     engine = BatchEngine(model, args.max_batch, context, args.max_queue)
     engine.start()
     media = MediaLimits(tuple(os.path.realpath(p) for p in args.allowed_local_media_path),
@@ -100,7 +106,7 @@ def run(argv: Optional[List[str]] = None) -> int:
                     args.served_model_name or os.path.basename(model_dir), Limits(context, args.max_tokens_default,
                                                                                   args.max_images, media),
                     int(started))
-    media_mb = args.max_images * max(args.max_image_mb, args.max_video_mb)  # base64: 4/3 of the bytes
+    media_mb = args.max_images * args.max_image_mb + args.max_video_mb  # base64: 4/3 of the bytes
     app = build_app(server, max_body_bytes=int(media_mb * 4 / 3 * MB) + MB)
     print(f"msmm-serve: {server.model_name} ({family}) on http://{args.host}:{args.port}/v1: {args.max_batch} slots "
           f"of {context} tokens, ready in {time.time() - started:.1f} s", flush=True)

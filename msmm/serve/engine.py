@@ -49,7 +49,7 @@ class Job:
     vision: Dict[str, np.ndarray]
     config: GenerationConfig
     emit: Callable[[Event], None]
-    cancelled: bool = False
+    cancelled: Optional[str] = None  # why the request ends early: "cancelled" (client gone), "stop" (a stop string)
     # the engine's
     rng: Any = None
     seen: List[int] = field(default_factory=list)
@@ -99,9 +99,12 @@ class BatchEngine:
         self.step = decode_step(self.decoder, torch)
         self.insert = insert_row_step(self.decoder, torch)
         filler = next(i for i in range(3) if i not in self.model.vision_token_ids)
-        warm = Job(np.full((1, 4), filler, np.int64), {}, GenerationConfig(max_new_tokens=2), lambda event: None)
-        self._admit(warm, 0)
+        events: List[Event] = []
+        self._admit(Job(np.full((1, 4), filler, np.int64), {}, GenerationConfig(max_new_tokens=2), events.append), 0)
         self._decode()
+        failed = [e.error for e in events if e.error is not None]
+        if failed:
+            raise RuntimeError(f"the warm-up request failed: {failed[0]}")
         self.stats = Stats()
         self._thread = threading.Thread(target=self._loop, name="msmm-serve-engine", daemon=True)
         self._thread.start()
@@ -114,13 +117,14 @@ class BatchEngine:
             self.waiting.append(job)
             self._cond.notify()
 
-    def cancel(self, job: Job) -> None:
-        """Ends ``job`` at the next step (its row is freed), or drops it from the queue."""
+    def cancel(self, job: Job, reason: str = "cancelled") -> None:
+        """Ends ``job`` at the next step (its row is freed), or drops it from the queue;
+        ``reason`` is its finish in the metrics."""
         with self._cond:
-            job.cancelled = True
+            job.cancelled = job.cancelled or reason
             if job in self.waiting:
                 self.waiting.remove(job)
-                self._finish(job, "cancelled")
+                self._finish(job, job.cancelled)
             self._cond.notify()
 
     def stop(self) -> None:
@@ -198,7 +202,7 @@ class BatchEngine:
         job.seen.append(token)
         self.stats.generation_tokens += 1
         if job.cancelled:
-            finish = "cancelled"
+            finish = job.cancelled
         elif token in job.config.stop_token_ids:
             finish = "stop"
         else:
@@ -220,7 +224,7 @@ class BatchEngine:
         for r, row in enumerate(self.rows):  # cancelled while waiting for this step
             if row is not None and row.job.cancelled:
                 self.rows[r] = None
-                self._finish(row.job, "cancelled")
+                self._finish(row.job, row.job.cancelled)
         busy = [r for r, row in enumerate(self.rows) if row is not None]
         if not busy:
             return
