@@ -104,8 +104,8 @@ def load_section_weights(model: nn.Module, config: ModelConfig) -> List[str]:
         _check_config(config, section.ckpt_path, path)
         expected = expected or {k: tuple(v.shape) for k, v in model.state_dict().items()}
         prefixes = tuple(f"{p}." for p in spec.freeze[path])
+        rows = section.config.get("vocab_size", 0)  # the whole vocabulary (a TP rank's rows are cut from it)
         for name, t in list(tensors.items()):
-            rows = expected.get(name, (0,))[0]
             if name.endswith(VOCAB_TABLES) and name.startswith(prefixes) and t.shape[0] < rows:
                 notes.append(f"{where}: {name} has {t.shape[0]} rows, the model {rows}: rows {t.shape[0]}..{rows - 1} "
                              "(tokens added for images) start at the mean of the checkpoint's rows")
