@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import openai
 import pytest
 from PIL import Image
 
@@ -29,7 +30,6 @@ sys.path.insert(0, os.path.join(REPO, "tests", "data"))
 import make_tiny_assets as tiny  # noqa: E402
 from test_video import write_video  # noqa: E402
 
-openai = pytest.importorskip("openai")
 
 SLOTS, QUEUE, CONTEXT, NEW = 3, 2, 256, 12
 SYSTEM = "You are a tiny test model."
