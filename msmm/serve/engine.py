@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional
 
@@ -153,10 +154,17 @@ class BatchEngine:
                 admitted = []
                 while free and self.waiting:
                     admitted.append((self.waiting.popleft(), free.pop(0)))
-            for job, r in admitted:
-                self._admit(job, r)
-            if any(self.rows):
-                self._decode()
+            try:
+                for job, r in admitted:
+                    self._admit(job, r)
+                if any(self.rows):
+                    self._decode()
+            except Exception:  # a bug outside the model calls: the running requests fail, the engine goes on
+                traceback.print_exc()
+                for r, row in enumerate(self.rows):
+                    if row is not None:
+                        self.rows[r] = None
+                        self._finish(row.job, "error", "internal error (see the server log)")
 
     def _dtype(self) -> Any:
         return self.decoder.get_input_embeddings().weight.dtype
