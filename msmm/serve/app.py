@@ -120,6 +120,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     queue: "asyncio.Queue[Event]" = asyncio.Queue()
     job = Job(chat.prompt.input_ids, chat.prompt.vision, chat.generation,
               lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+    if not server.engine.alive():
+        return error_response(APIError(503, "the engine is not running; the server is shutting down or failed",
+                                       code="unavailable"))
     try:
         server.engine.submit(job)
     except QueueFull as err:
