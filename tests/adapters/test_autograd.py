@@ -18,6 +18,7 @@ FUNCTION_CASES = [
     ("fake_grad", [randn(5)]),
     ("only_first_grad", [randn(3), randn(3, seed=1)]),
     ("megatron_parallel_region", [randn(2, 4), randn(4, 3, seed=1)]),
+    ("megatron_region_with_group_object", [randn(2, 4), randn(2, 4, seed=1)]),
 ]
 
 

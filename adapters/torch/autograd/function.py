@@ -227,6 +227,39 @@ def _input_grads(args: tuple, grads) -> tuple:
     return out
 
 
+def _tensor_entries(state: tuple) -> tuple:
+    """The tensors of a ctx state (entries, and entries of tuple entries), in order: what a
+    graph can return (a process group or a Python number cannot be a graph output)."""
+    out = ()
+    for entry in state:
+        if isinstance(entry, Tensor):
+            out = out + (entry,)
+        elif isinstance(entry, tuple):
+            for item in entry:
+                if isinstance(item, Tensor):
+                    out = out + (item,)
+    return out
+
+
+def _with_tensors(state: tuple, tensors: tuple) -> tuple:
+    """``state`` with its tensors (as :func:`_tensor_entries` lists them) replaced by ``tensors``."""
+    out, k = (), 0
+    for entry in state:
+        if isinstance(entry, Tensor):
+            out, k = out + (tensors[k],), k + 1
+        elif isinstance(entry, tuple):
+            items = ()
+            for item in entry:
+                if isinstance(item, Tensor):
+                    items, k = items + (tensors[k],), k + 1
+                else:
+                    items = items + (item,)
+            out = out + (items,)
+        else:
+            out = out + (entry,)
+    return out
+
+
 class _Bprop(nn.Cell):
     """Runs the rewritten forward once; ``bprop`` (one fixed arity per subclass) runs the
     rewritten backward on the ctx state that forward returned next to its output."""
@@ -242,14 +275,18 @@ class _Bprop(nn.Cell):
     def construct(self, *args):
         out, state = self.forward_fn(self.ctx, _needs_input_grad(args), *args)
         if self.state_size:
-            return out, state
+            return out, _tensor_entries(state)
         return out
 
     def _bprop(self, args: tuple, out, dout) -> tuple:
         state = ()
-        if self.state_size:  # construct's (out, state): the state's own gradient is unused
-            out, state = out
+        if self.state_size:  # construct's (out, tensor state): the state's own gradient is unused
+            out, tensors = out
             dout = dout[0]
+            # the state's other values (a group, a dim, a shape: constants of the graph) from
+            # forward run again; its tensors are the ones the first run returned
+            _, again = self.forward_fn(self.ctx, _needs_input_grad(args), *args)
+            state = _with_tensors(again, tensors)
         if isinstance(out, tuple):
             grads = self.backward_fn(self.ctx, state, *dout)
         else:

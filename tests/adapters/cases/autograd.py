@@ -113,6 +113,20 @@ def megatron_parallel_region(x, w):
     return ReduceFromModelParallelRegion.apply(torch.matmul(h, w), None)
 
 
+class _Group:
+    """Stands for a process group: a Python object the ctx keeps (not a tensor, not None)."""
+
+    name = "model_parallel"
+
+
+MODEL_PARALLEL_GROUP = _Group()
+
+
+def megatron_region_with_group_object(x, w):
+    h = CopyToModelParallelRegion.apply(x * 2, MODEL_PARALLEL_GROUP)
+    return ScaledMul.apply(h, w, 1.5) * ReduceFromModelParallelRegion.apply(h, MODEL_PARALLEL_GROUP)
+
+
 def no_grad_region(x):
     with torch.no_grad():
         y = x * 3
