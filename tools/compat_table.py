@@ -27,7 +27,8 @@ What msmm does with each launch-script flag, `model.json`, `data.json` and infer
 MindSpeed-MM's recipes for Qwen2-VL, Qwen2.5-VL, InternVL2/2.5/3 and LLaVA-1.5: **honoured**, **no
 effect** (accepted and logged with the reason), **checked** (the value msmm's model computes with;
 any other is refused naming the key) or **refused** (with the reason). Anything else is an error
-naming the file and key, with the closest known one. Generated from the readers' tables by
+naming the file and key, with the closest known one (a model.json or data.json key: a warning
+with `msmm-train --allow-unknown-keys`). Generated from the readers' tables by
 `tools/compat_table.py` (a test fails when this page is stale).
 """
 

@@ -17,9 +17,10 @@ Errors are ``MindSpeedModelError`` naming the file and the dotted key.
 """
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+from .unknown_keys import did_you_mean, unknown_key
 
 TEXT, VISION, PROJECTOR = "text_decoder", "image_encoder.vision_encoder", "image_encoder.vision_projector"
 
@@ -254,13 +255,12 @@ def is_mindspeed_model_json(data: Any) -> bool:
         isinstance(data.get("text_decoder"), dict) and "model_id" not in data["text_decoder"])
 
 
-def _fail_unknown(prefix: str, key: str, known: List[str]) -> None:
+def _unknown(prefix: str, key: str, known: List[str], allow: bool) -> None:
     """``prefix``: the file and the dotted section, up to the key ("model.json: text_decoder.")."""
-    close = difflib.get_close_matches(key, known, n=1)
-    raise MindSpeedModelError(f"{prefix}{key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    unknown_key(f"{prefix}{key}: unknown key{did_you_mean(key, known)}", allow, MindSpeedModelError)
 
 
-def _section(family: str, path: str, raw: Any, source: str, notes: List[str]) -> Section:
+def _section(family: str, path: str, raw: Any, source: str, notes: List[str], allow_unknown: bool) -> Section:
     if not isinstance(raw, dict):
         raise MindSpeedModelError(f"{source}: {path}: required (an object), got {raw!r}")
     ids = SECTION_IDS[family][path]
@@ -277,7 +277,7 @@ def _section(family: str, path: str, raw: Any, source: str, notes: List[str]) ->
         elif key in NO_EFFECT:
             notes.append(f"{s.where}.{key}: no effect ({NO_EFFECT[key]})")
         else:
-            _fail_unknown(f"{s.where}.", key, sorted(table) + sorted(NO_EFFECT))
+            _unknown(f"{s.where}.", key, sorted(table) + sorted(NO_EFFECT), allow_unknown)
     return s
 
 
@@ -321,7 +321,7 @@ INTERNVL_TOP = {
 }
 
 
-def _top_level(data: Mapping[str, Any], family: str, top: Section) -> Dict[str, Any]:
+def _top_level(data: Mapping[str, Any], family: str, top: Section, allow_unknown: bool) -> Dict[str, Any]:
     out: Dict[str, Any] = {"model_id": family}
     extra = INTERNVL_TOP if family == "internvl" else {}
     for key, value in data.items():
@@ -341,27 +341,30 @@ def _top_level(data: Mapping[str, Any], family: str, top: Section) -> Dict[str, 
         elif key in extra:
             extra[key](value, top, key)
         else:
-            _fail_unknown(f"{top.where}: ", key, ["img_context_token_id", "image_token_id", "video_token_id",
-                                           "vision_start_token_id", "text_encoder", "video_encoder", "patch", *extra])
+            _unknown(f"{top.where}: ", key, ["img_context_token_id", "image_token_id", "video_token_id",
+                                             "vision_start_token_id", "text_encoder", "video_encoder", "patch", *extra],
+                     allow_unknown)
     return out
 
 
-def from_mindspeed(data: Mapping[str, Any], source: str = "model.json") -> Tuple[Dict[str, Any], List[str]]:
+def from_mindspeed(data: Mapping[str, Any], source: str = "model.json",
+                   allow_unknown_keys: bool = False) -> Tuple[Dict[str, Any], List[str]]:
     """(msmm's model.json, notes: the keys accepted without effect and the defaults filled) of
-    a MindSpeed-MM model.json ``data`` (``is_mindspeed_model_json``)."""
+    a MindSpeed-MM model.json ``data`` (``is_mindspeed_model_json``); an unknown key is an error,
+    or with ``allow_unknown_keys`` a warning."""
     family, notes = FAMILIES[data["model_id"]], []
     top = Section(source, "", "", notes)
-    out = _top_level(data, family, top)
+    out = _top_level(data, family, top, allow_unknown_keys)
     encoder = data.get("image_encoder")
     if not isinstance(encoder, dict):
         raise MindSpeedModelError(f"{source}: image_encoder: required (an object with vision_encoder and "
                                   "vision_projector)")
     for key in encoder:
         if key not in ("vision_encoder", "vision_projector"):
-            _fail_unknown(f"{source}: image_encoder.", key, ["vision_encoder", "vision_projector"])
+            _unknown(f"{source}: image_encoder.", key, ["vision_encoder", "vision_projector"], allow_unknown_keys)
     raws = {VISION: encoder.get("vision_encoder"), PROJECTOR: encoder.get("vision_projector"),
             TEXT: data.get("text_decoder")}
-    sections = {path: _section(family, path, raw, source, notes) for path, raw in raws.items()}
+    sections = {path: _section(family, path, raw, source, notes, allow_unknown_keys) for path, raw in raws.items()}
     _resolve(sections, top, family)
     text = sections[TEXT].out
     if family in ("qwen2_vl", "qwen2_5_vl"):

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variable-seq-lengths", action="store_true", help="do not pad to --seq-length")
     g.add_argument("--num-workers", type=int, help="data-loading processes (overrides data.json)")
     g.add_argument("--allow-unknown-keys", action="store_true",
-                   help="an unknown data.json key (a typo such as 'strcit') is a warning instead of an error")
+                   help="an unknown data.json or model.json key (a typo such as 'strcit') is a warning instead of an "
+                   "error")
     g = p.add_argument_group("batch and schedule")
     g.add_argument("--micro-batch-size", type=int, required=True)
     g.add_argument("--global-batch-size", type=int, required=True)

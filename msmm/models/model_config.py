@@ -32,6 +32,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from msmm.config.lora_config import LoRAConfig
 from msmm.config.mindspeed_model import MindSpeedModelError, from_mindspeed, is_mindspeed_model_json
+from msmm.config.unknown_keys import did_you_mean, unknown_key
 from msmm.registry import FAMILIES, TEXT_DECODER, VISION_ENCODER, get_family
 
 from .core import TransformerConfig
@@ -160,14 +161,13 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _parse_dataclass(cls: type, raw: Mapping[str, Any], where: str, skip: Tuple[str, ...]) -> Dict[str, Any]:
+def _parse_dataclass(cls: type, raw: Mapping[str, Any], where: str, skip: Tuple[str, ...],
+                     allow_unknown: bool = False) -> Dict[str, Any]:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     for key in raw:
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ModelConfigError(f"{where}.{key}: unknown key{hint}")
+            unknown_key(f"{where}.{key}: unknown key{did_you_mean(key, fields)}", allow_unknown, ModelConfigError)
     out = {}
     for name, field in fields.items():
         if name in raw:
@@ -177,7 +177,7 @@ def _parse_dataclass(cls: type, raw: Mapping[str, Any], where: str, skip: Tuple[
     return out
 
 
-def _parse_section(path: str, raw: Any, source: str) -> Section:
+def _parse_section(path: str, raw: Any, source: str, allow_unknown: bool = False) -> Section:
     where = f"{source}: {path}"
     if not isinstance(raw, dict):
         raise ModelConfigError(f"{where}: expected an object, got {raw!r}")
@@ -203,15 +203,17 @@ def _parse_section(path: str, raw: Any, source: str) -> Section:
     if ckpt_path is not None and not (isinstance(ckpt_path, str) and ckpt_path):
         raise ModelConfigError(f"{where}.ckpt_path: expected a path (or null), got {ckpt_path!r}")
     cls, skip = choices[model_id]
-    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip), lora, pipeline, ckpt_path)
+    return Section(model_id, freeze, _parse_dataclass(cls, body, where, skip, allow_unknown), lora, pipeline,
+                   ckpt_path)
 
 
-def parse_model_config(data: Any, source: str = "model.json") -> ModelConfig:
+def parse_model_config(data: Any, source: str = "model.json", allow_unknown_keys: bool = False) -> ModelConfig:
     """A validated ModelConfig of msmm's model.json, or of MindSpeed-MM's (rewritten by
-    ``msmm.config.mindspeed_model``; the keys it accepts without effect are logged)."""
+    ``msmm.config.mindspeed_model``; the keys it accepts without effect are logged). An unknown
+    key is an error, or with ``allow_unknown_keys`` a warning (``msmm-train --allow-unknown-keys``)."""
     if is_mindspeed_model_json(data):
         try:
-            data, notes = from_mindspeed(data, source)
+            data, notes = from_mindspeed(data, source, allow_unknown_keys)
         except MindSpeedModelError as err:
             raise ModelConfigError(str(err)) from err
         for note in notes:
@@ -229,11 +231,8 @@ def parse_model_config(data: Any, source: str = "model.json") -> ModelConfig:
     groups = {path.split(".")[0] for path in section_paths}
     for key in data:
         if key != "model_id" and key not in groups and key not in scalars:
-            close = difflib.get_close_matches(key, list(groups) + list(scalars), n=1)
-            raise ModelConfigError(
-                f"{source}: {key}: unknown key for model_id {model_id!r}"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
-            )
+            unknown_key(f"{source}: {key}: unknown key for model_id {model_id!r}"
+                        f"{did_you_mean(key, list(groups) + list(scalars))}", allow_unknown_keys, ModelConfigError)
     sections = {}
     for path in section_paths:
         node: Any = data
@@ -246,13 +245,14 @@ def parse_model_config(data: Any, source: str = "model.json") -> ModelConfig:
         if component in COMPONENTS[path] and component not in fits:
             raise ModelConfigError(f"{source}: {path}.model_id: {component!r} does not fit model_id "
                                    f"{model_id!r}; expected one of {list(fits)}")
-        sections[path] = _parse_section(path, node, source)
+        sections[path] = _parse_section(path, node, source, allow_unknown_keys)
     for group in groups:
         children = {p.split(".", 1)[1] for p in section_paths if p.startswith(group + ".")}
         if children:
             for key in data[group]:
                 if key not in children:
-                    raise ModelConfigError(f"{source}: {group}.{key}: unknown key (expected {sorted(children)})")
+                    unknown_key(f"{source}: {group}.{key}: unknown key (expected {sorted(children)})",
+                                allow_unknown_keys, ModelConfigError)
     options = {}
     for key, hint in scalars.items():
         if key not in data:
@@ -261,13 +261,13 @@ def parse_model_config(data: Any, source: str = "model.json") -> ModelConfig:
     return ModelConfig(spec.name, sections, options, source)
 
 
-def load_model_config(path: str) -> ModelConfig:
+def load_model_config(path: str, allow_unknown_keys: bool = False) -> ModelConfig:
     try:
         with open(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
         raise ModelConfigError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from err
-    return parse_model_config(data, source=path)
+    return parse_model_config(data, path, allow_unknown_keys)
 
 
 def construct(cls: type, section: Section, where: str, **extra: Any) -> Any:

@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from msmm.models.section_weights import load_section_weights
 
     try:
-        model_config = load_model_config(args.mm_model)
+        model_config = load_model_config(args.mm_model, args.allow_unknown_keys)
         if args.lora is not None:
             text = model_config.sections["text_decoder"]
             if text.lora is not None:

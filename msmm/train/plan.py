@@ -591,7 +591,7 @@ def build_plan(args: argparse.Namespace, data_config: Any = None,
 
     world, source = world_size_of(args)
     with models_on_meta() as models:
-        config = models.load_model_config(args.mm_model)
+        config = models.load_model_config(args.mm_model, args.allow_unknown_keys)
         if getattr(args, "lora", None) is not None:
             text = config.sections[TEXT_DECODER]
             if text.lora is not None:
@@ -618,7 +618,7 @@ def check_run_layout(args: argparse.Namespace) -> Optional[ValidatedLayout]:
     world, source = world_size_of(args)
     try:
         with models_on_meta() as models:
-            config = models.load_model_config(args.mm_model)
+            config = models.load_model_config(args.mm_model, args.allow_unknown_keys)
             if getattr(args, "lora", None) is not None:
                 config.sections[TEXT_DECODER].lora = args.lora
             checked = validate_layout(args, config, world, source)

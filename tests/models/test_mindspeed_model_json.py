@@ -178,3 +178,20 @@ def test_internvit_stochastic_depth_is_refused():
     with pytest.raises(ModelConfigError, match=r"vision_encoder.drop_path_rate: 0.4 is not supported: stochastic depth "
                                                r"is not implemented; set 0 to train without it"):
         parse_model_config(raw, "model_78B.json")
+
+
+def test_allow_unknown_keys_turns_model_json_typos_into_warnings(caplog):
+    """``msmm-train --allow-unknown-keys``: a mistyped model.json key (either spelling) warns
+    with the did-you-mean and is ignored, instead of stopping the run."""
+    with open(os.path.join(ROOT, "examples", "qwen2vl", "model_7b.json")) as f:
+        ours = json.load(f)
+    ours["text_decoder"]["num_layer"] = 28
+    upstream = _qwen_upstream()
+    upstream["image_encoder"]["vision_encoder"]["hidden_sise"] = 1280
+    for raw, key, close in ((ours, "text_decoder.num_layer", "num_layers"),
+                            (upstream, "vision_encoder.hidden_sise", "hidden_size")):
+        with pytest.raises(ModelConfigError, match=f"{key}: unknown key"):
+            parse_model_config(raw, "model.json")
+        with caplog.at_level(logging.WARNING, logger="msmm.config"):
+            parse_model_config(raw, "model.json", allow_unknown_keys=True)
+        assert f"{key}: unknown key (did you mean '{close}'?); ignored (--allow-unknown-keys)" in caplog.text
