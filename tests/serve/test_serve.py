@@ -10,8 +10,6 @@ import base64
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +25,9 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "examples", "tiny"))
 sys.path.insert(0, os.path.join(REPO, "tests", "models"))
 sys.path.insert(0, os.path.join(REPO, "tests", "data"))
+sys.path.insert(0, os.path.dirname(__file__))
 import make_tiny_assets as tiny  # noqa: E402
+from live_server import live_server  # noqa: E402
 from test_video import write_video  # noqa: E402
 
 
@@ -37,12 +37,6 @@ PROMPTS = ["What colour is the square?",
            "Describe the image. " * 12 + "What colour is the square in the picture?",
            {"prompt": "What colour is the square in the picture?", "images": ["images/1.png"]},
            {"prompt": "What happens?", "videos": ["clip.mp4"]}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +54,11 @@ def assets(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def server(assets):
-    port = _free_port()
-    log = open(os.path.join(assets, "server.log"), "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "msmm.serve.cli", "--model", os.path.join(assets, "hf"), "--served-model-name", "tiny",
-         "--port", str(port), "--max-batch", str(SLOTS), "--max-queue", str(QUEUE), "--max-model-len", str(CONTEXT),
-         "--max-images", "200", "--max-image-mb", "0.05", "--allowed-local-media-path", assets],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, GLOG_v="3"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError(open(os.path.join(assets, "server.log")).read()[-3000:])
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    args = ["--model", os.path.join(assets, "hf"), "--served-model-name", "tiny", "--max-batch", str(SLOTS),
+            "--max-queue", str(QUEUE), "--max-model-len", str(CONTEXT), "--max-images", "200", "--max-image-mb", "0.05",
+            "--allowed-local-media-path", assets]
+    with live_server(args, os.path.join(assets, "server.log")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
