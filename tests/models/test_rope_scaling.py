@@ -183,3 +183,23 @@ def test_internlm2_refuses_yarn_naming_the_file():
     with pytest.raises(ValueError, match=r"ckpt/config.json: llm_config: rope_scaling.factor: required"):
         internvl_config_from_hf({"llm_config": dict(llm, rope_scaling={"type": "dynamic"}), "vision_config": vision},
                                 image_token_id=5, where="ckpt/config.json")
+
+
+@pytest.mark.parametrize("name", ["linear", "dynamic", "yarn"])
+def test_mrope_with_scaling_matches_hf_qwen2_vl(name, tmp_path, rng):
+    """Qwen2-VL's M-RoPE sections with a scaling in the same rope_scaling (HF reads both)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    import test_qwen2_vl as qwen
+
+    scaling, extra = SCALINGS[name]
+    text = dict(qwen.TEXT_CONFIG, **extra, rope_scaling={**scaling, "mrope_section": [2, 3, 3]})
+    config = Qwen2VLConfig(text_config=text, vision_config=qwen.VISION_CONFIGS["qwen2_vl"], image_token_id=qwen.IMAGE,
+                           video_token_id=qwen.VIDEO, vision_start_token_id=qwen.VISION_START, vocab_size=qwen.VOCAB,
+                           attn_implementation="eager")
+    torch.manual_seed(0)
+    ref_model = Qwen2VLForConditionalGeneration(config).float()
+    ref_model.save_pretrained(tmp_path, safe_serialization=True)
+    batch = qwen.make_inputs(rng, qwen.CASES["one_image"])  # 17 positions: dynamic scaling past 8
+    ours = qwen.msmm_run(qwen.msmm_model(str(tmp_path)), batch)
+    print("qwen2_vl m-rope", name, check(ours, qwen.hf_run(ref_model, batch), batch["attention_mask"]))
