@@ -13,6 +13,7 @@ from .prompt import ChatPrompt, ChatPromptBuilder, Part
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_STRINGS = 4
+UNSUPPORTED = ("logprobs", "top_logprobs", "tools", "functions", "response_format", "logit_bias")  # 400 when asked for
 
 
 @dataclass
@@ -117,6 +118,9 @@ def parse_request(body: Any, model_names: Sequence[str], build: ChatPromptBuilde
                        "model_not_found")
     if body.get("n", 1) != 1:
         raise bad_request("n must be 1", "n")
+    for key in UNSUPPORTED:
+        if body.get(key) not in (None, False, [], {"type": "text"}):
+            raise bad_request(f"{key} is not supported by msmm-serve", key, "unsupported_parameter")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _integer(body, key, 1)
     if max_tokens is not None and max_tokens >= limits.context:
