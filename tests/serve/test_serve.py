@@ -188,6 +188,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, client):
         "unknown model": (dict(model="gpt-9", messages=text), openai.NotFoundError),
         "negative max_tokens": (dict(model="tiny", messages=text, max_tokens=-1), openai.BadRequestError),
         "oversized max_tokens": (dict(model="tiny", messages=text, max_tokens=10 ** 6), openai.BadRequestError),
+        "logprobs (not supported)": (dict(model="tiny", messages=text, logprobs=True), openai.BadRequestError),
         "undecodable image": (dict(model="tiny", messages=_image_message(
             "data:image/png;base64," + base64.b64encode(b"not an image").decode())), openai.BadRequestError),
         "oversized image": (dict(model="tiny", messages=_image_message(_png(160, noise=True))), openai.BadRequestError),
