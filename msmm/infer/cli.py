@@ -131,7 +131,7 @@ def _from_mindspeed(raw: Dict[str, Any], path: str, load: Optional[str]) -> Dict
     notes = ms.notes + [f"{path}: {p}.pipeline_num_layers: no effect (msmm-infer runs the model on one device)"
                         for p, s in config.sections.items() if s.pipeline_num_layers is not None]
     return {"model": {"family": ms.family, "from_pretrained": ms.weights, "model_config": config, "dtype": ms.dtype},
-            "tokenizer": {"from_pretrained": ms.tokenizer}, "data": ms.data, "prompts": ms.prompts,
+            "tokenizer": ms.tokenizer, "data": ms.data, "prompts": ms.prompts,
             "generation_config": ms.generation, "context": ms.context, "notes": notes}
 
 
@@ -303,7 +303,8 @@ def _setup_inputs(path: str, require_prompts: bool = False, load: Optional[str] 
     cfg = load_inference_config(path, require_prompts, load)
     for note in cfg.get("notes", ()):
         print(f"msmm-infer: {note}", file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"]["from_pretrained"])
+    tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"]["from_pretrained"],
+                                              trust_remote_code=bool(cfg["tokenizer"].get("trust_remote_code", False)))
     note = add_missing_vision_tokens(tokenizer, get_family(cfg["model"]["family"]).data_family)
     if note:
         print(f"msmm-infer: {note}", file=sys.stderr)

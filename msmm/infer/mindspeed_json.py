@@ -77,7 +77,7 @@ class MindSpeedInference:
     family: str  # msmm's family name
     model_json: Dict[str, Any]  # the model sections (a model.json, either spelling)
     weights: Optional[str]  # from_pretrained / --load: an HF directory or an MM checkpoint (None: ckpt_path)
-    tokenizer: str
+    tokenizer: Dict[str, Any]  # from_pretrained, trust_remote_code
     prompts: List[Dict[str, Any]]  # {"prompt", "images", "videos"}
     generation: Dict[str, Any]  # msmm's GenerationConfig fields
     data: DataConfig  # the chat template and preprocessing the prompts go through
@@ -245,6 +245,8 @@ def load_mindspeed_inference(cfg: Mapping[str, Any], path: str, load: Optional[s
     context = [c for c in (tokenizer.get("model_max_length"), (cfg.get("generation_config") or {}).get("max_length"))
                if isinstance(c, int)]
     return MindSpeedInference(
-        family=family, model_json=model, weights=load or weights, tokenizer=tokenizer["from_pretrained"],
+        family=family, model_json=model, weights=load or weights,
+        tokenizer={"from_pretrained": tokenizer["from_pretrained"],
+                   "trust_remote_code": bool(tokenizer.get("trust_remote_code", False))},
         prompts=_prompts(cfg, path), generation=generation, data=_data_config(cfg, family, tokenizer, model, path),
         dtype=dtype, context=min(context) if context else None, notes=notes)
