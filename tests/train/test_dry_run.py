@@ -66,7 +66,8 @@ def test_dry_run_of_every_recipe_and_layout(recipe, layout, tmp_path, monkeypatc
         assert sum(s.params for s in plan.stages) == plan.total_params
     assert ("\nfits:" in out) == plan.fits and ("\ndoes not fit:" in out) == (not plan.fits)
     assert ("msmm-train: --dry-run: does not fit: pipeline stage" in err) == (not plan.fits)
-    assert (lay.pp > 1) == any("pipeline parallelism is not implemented yet" in r for r in plan.refusals)
+    vision_split = any(n for c, s, _, n in plan.checked.vision.layer_ranges() if (c, s) != (0, 0))
+    assert vision_split == any("vision encoder split over pipeline stages" in r for r in plan.refusals)
 
 
 def test_docs_tables_are_the_planners():
@@ -216,12 +217,9 @@ def test_bad_layout_stops_with_its_message(case, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("flags, message, planned", [
-    (["--pipeline-model-parallel-size", "2"], "--pipeline-model-parallel-size 2: not implemented yet", True),
     (["--context-parallel-size", "2"], "--context-parallel-size 2: not implemented yet", True),
-    (["--pipeline-model-parallel-size", "2", "--virtual-pipeline-model-parallel-size", "2"],
-     "--pipeline-model-parallel-size 2: not implemented yet", True),
-    (["--virtual-pipeline-model-parallel-size", "2"], "--virtual-pipeline-model-parallel-size 2: not implemented yet",
-     False),  # the dry run says why: virtual stages need PP > 1
+    (["--virtual-pipeline-model-parallel-size", "2"], "virtual pipeline stages need --pipeline-model-parallel-size > 1",
+     False),
     (["--world-size", "8"], "--world-size 8: a positive number of devices, for --dry-run only", False),
     (["--tensor-model-parallel-size", "2", "--sequence-parallel"],
      "--sequence-parallel with --tensor-model-parallel-size 2: sequence parallelism is not implemented yet", True),

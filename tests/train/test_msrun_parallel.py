@@ -24,12 +24,14 @@ SCRIPTS = {
 RTOL = 1e-5
 
 
-def launch(family: str, tmp: str, workers: int, extra: str = "", load: str = "", iters: int = 6) -> str:
-    """Run the family's tiny launch script; returns its SAVE_PATH."""
+def launch(family: str, tmp: str, workers: int, extra: str = "", load: str = "", iters: int = 6,
+           assets: str = "") -> str:
+    """Run the family's tiny launch script (``assets``: make_tiny_assets.py arguments); returns
+    its SAVE_PATH."""
     save = os.path.join(tmp, "save")
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
                NPUS_PER_NODE=str(workers), MASTER_PORT=str(_free_port()), TINY_DIR=os.path.join(tmp, "assets"),
-               SAVE_PATH=save, TRAIN_ITERS=str(iters), GLOBAL_BATCH="8", EXTRA_ARGS=extra)
+               SAVE_PATH=save, TRAIN_ITERS=str(iters), GLOBAL_BATCH="8", EXTRA_ARGS=extra, ASSET_ARGS=assets)
     if load:
         env["LOAD_ARGS"] = f"--load {load}"
     proc = subprocess.run(["bash", os.path.join(REPO, SCRIPTS[family])], cwd=REPO, env=env, capture_output=True,
@@ -83,6 +85,50 @@ def test_tensor_parallel_2_equals_one_worker_and_resumes_in_its_layout(one_worke
     assert_same_run(records(again), tp2, range(4, 7))
 
 
+def test_pipeline_2_equals_one_worker_and_resumes_in_its_layout(one_worker, tmp_path):
+    """1F1B over 2 stages: stage 0 runs the vision tower, the projector, the embeddings and text
+    layer 0; stage 1 text layer 1 (local index 0), the norm, the output layer and the loss."""
+    save = launch("internvl", str(tmp_path / "pp2"), 2, "--pipeline-model-parallel-size 2")
+    pp2 = records(save)
+    assert_same_run(pp2, one_worker, range(1, 7))
+
+    shards = sorted(os.listdir(os.path.join(save, "iter_0000006")))
+    assert shards == ["mp_rank_00_000", "mp_rank_00_001"]
+    stages = [set(load_file(os.path.join(save, "iter_0000006", s, "model_optim_rng.safetensors"))) for s in shards]
+    assert "model.vision_tower.embeddings.patch_embeddings.projection.weight" in stages[0]
+    assert "model.language_model.model.embed_tokens.weight" in stages[0]
+    for stage in stages:  # one text layer each, under its stage-local index
+        assert "model.language_model.model.layers.0.mlp.gate_proj.weight" in stage
+        assert not any(".layers.1." in k for k in stage if k.startswith("model.language_model."))
+    assert {"model.language_model.lm_head.weight", "model.language_model.model.norm.weight"} <= stages[1] - stages[0]
+    with open(os.path.join(save, "iter_0000006", "mp_rank_00_001", "metadata.json")) as f:
+        assert json.load(f)["pipeline_parallel_size"] == 2
+
+    resumed_from = stopped_at_iteration_3(save, str(tmp_path / "stopped"))
+    again = launch("internvl", str(tmp_path / "resumed"), 2, "--pipeline-model-parallel-size 2", load=resumed_from)
+    assert_same_run(records(again), pp2, range(4, 7))
+
+
+def test_interleaved_pipeline_equals_one_worker_and_merges_back(tmp_path):
+    """PP 2 x VPP 2 (the interleaved schedule; 4 text layers, one per virtual stage) and the
+    same run on one worker: the same losses and grad norms, and mm-convert's reader merges the
+    virtual-stage checkpoint (model0.* / model1.* per stage) into the one worker's tensors."""
+    from msmm.checkpoint.mm import read_mm
+
+    one = launch("internvl", str(tmp_path / "one"), 1, iters=3, assets="--text-layers 4")
+    vpp = launch("internvl", str(tmp_path / "vpp"), 2, "--pipeline-model-parallel-size 2 "
+                 "--virtual-pipeline-model-parallel-size 2", iters=3, assets="--text-layers 4")
+    assert_same_run(records(vpp), records(one), range(1, 4))
+
+    stage1 = load_file(os.path.join(vpp, "iter_0000003", "mp_rank_00_001", "model_optim_rng.safetensors"))
+    assert {k.split(".")[0] for k in stage1} >= {"model0", "model1"}
+    (merged, parallel, _), (want, _, _) = read_mm(vpp), read_mm(one)
+    assert parallel.llm_pp_layers == [[1, 1], [1, 1]]
+    assert sorted(merged) == sorted(want)
+    for key, t in want.items():
+        np.testing.assert_allclose(merged[key].load(), t.load(), rtol=1e-4, atol=1e-6, err_msg=key)
+
+
 def test_distributed_optimizer_on_2_data_parallel_ranks_equals_one_worker_and_resumes(one_worker, tmp_path):
     save = launch("internvl", str(tmp_path / "dp2"), 2, "--use-distributed-optimizer")
     run = records(save)
@@ -103,10 +149,11 @@ def test_distributed_optimizer_on_2_data_parallel_ranks_equals_one_worker_and_re
     assert_same_run(records(again), run, range(4, 7))
 
 
-def test_a_checkpoint_mm_convert_split_for_tp2_trains_like_the_unsplit_one_and_converts_back(tmp_path):
-    """HF -> mm-convert hf_to_mm (unsplit, and TP2) -> msmm-train --load on 1 worker and on 2
-    TP ranks -> the same losses -> mm-convert mm_to_hf of both runs -> transformers gives the
-    same logits (the quickstart's tiny InternVL and data)."""
+def test_checkpoints_mm_convert_split_for_tp2_and_pp2_train_like_the_unsplit_one_and_convert_back(tmp_path):
+    """HF -> mm-convert hf_to_mm (unsplit, TP2, and PP2 with llm_pp_layers [[1, 1]]) ->
+    msmm-train --load on 1 worker, 2 TP ranks, 2 pipeline stages -> the same losses ->
+    mm-convert mm_to_hf of each run -> transformers gives the same logits (the quickstart's
+    tiny InternVL and data)."""
     import torch
     from transformers import InternVLForConditionalGeneration
 
@@ -117,11 +164,14 @@ def test_a_checkpoint_mm_convert_split_for_tp2_trains_like_the_unsplit_one_and_c
                TRAIN_ITERS="10", GLOBAL_BATCH="16")  # the script logs every 10 iterations
     subprocess.run([sys.executable, "examples/quickstart/make_quickstart_assets.py", "--out", str(work)], cwd=REPO,
                    env=env, check=True, capture_output=True)
-    for name, tp in (("mm", 1), ("mm_tp2", 2)):
+    splits = {"mm": [], "mm_tp2": ["--cfg.parallel_config.tp_size", "2"],
+              "mm_pp2": ["--cfg.parallel_config.llm_pp_layers", "[[1,1]]"]}
+    for name, split in splits.items():
         assert mm_convert(["InternVLConverter", "hf_to_mm", "--cfg.mm_dir", str(work / name), "--cfg.hf_config.hf_dir",
-                           str(work / "hf"), "--cfg.parallel_config.tp_size", str(tp)]) == 0
+                           str(work / "hf")] + split) == 0
     runs = {}
-    for name, workers, extra in (("mm", 1, ""), ("mm_tp2", 2, "--tensor-model-parallel-size 2")):
+    for name, workers, extra in (("mm", 1, ""), ("mm_tp2", 2, "--tensor-model-parallel-size 2"),
+                                 ("mm_pp2", 2, "--pipeline-model-parallel-size 2")):
         save = work / f"save_{name}"
         proc = subprocess.run(["bash", "examples/quickstart/finetune_internvl_quickstart.sh"], cwd=REPO,
                               env=dict(env, NPUS_PER_NODE=str(workers), MM_DIR=str(work / name), SAVE_PATH=str(save),
@@ -132,11 +182,14 @@ def test_a_checkpoint_mm_convert_split_for_tp2_trains_like_the_unsplit_one_and_c
         assert mm_convert(["InternVLConverter", "mm_to_hf", "--cfg.mm_dir", str(save), "--cfg.save_hf_dir",
                            str(work / f"hf_{name}"), "--cfg.hf_config.hf_dir", str(work / "hf")]) == 0
     assert_same_run(runs["mm_tp2"], runs["mm"], range(10, 11))
+    assert_same_run(runs["mm_pp2"], runs["mm"], range(10, 11))
+    assert sorted(os.listdir(work / "mm_pp2" / "release")) == ["mp_rank_00_000", "mp_rank_00_001"]
 
     torch.manual_seed(0)
     ids = torch.randint(3, 100, (1, 24))
     logits = [InternVLForConditionalGeneration.from_pretrained(str(work / f"hf_{name}")).eval()(input_ids=ids).logits
-              for name in ("mm", "mm_tp2")]
-    np.testing.assert_allclose(logits[1].detach().numpy(), logits[0].detach().numpy(), rtol=1e-4, atol=1e-5)
+              for name in ("mm", "mm_tp2", "mm_pp2")]
+    for split in logits[1:]:
+        np.testing.assert_allclose(split.detach().numpy(), logits[0].detach().numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(logits[0].detach().numpy(), InternVLForConditionalGeneration.from_pretrained(
         str(work / "hf")).eval()(input_ids=ids).logits.detach().numpy())  # training changed the weights
