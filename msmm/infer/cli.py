@@ -55,6 +55,7 @@ from .text import IncrementalText
 
 FAMILIES = tuple(FAMILIES_BY_NAME)
 TOP_KEYS = ("model", "tokenizer", "data", "system", "prompts", "generation_config")
+SECTION_KEYS = {"model": ("family", "from_pretrained", "ckpt_path"), "tokenizer": ("from_pretrained", "trust_remote_code")}
 
 
 class InferenceConfigError(ValueError):
@@ -78,11 +79,7 @@ def load_inference_config(path: str, require_prompts: bool = False, load: Option
     if is_mindspeed_inference(cfg):
         cfg = _from_mindspeed(cfg, path, load)
     else:
-        for key in cfg:
-            if key not in TOP_KEYS:
-                close = difflib.get_close_matches(key, TOP_KEYS, n=1)
-                raise InferenceConfigError(f"{path}: {key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close
-                                                                            else f"; known: {list(TOP_KEYS)}"))
+        _check_keys(cfg, path)
         if load is not None:
             raise InferenceConfigError(f"--load {load}: for a MindSpeed-MM inference JSON; {path} names its weights "
                                        "in model.from_pretrained / model.ckpt_path")
@@ -114,6 +111,22 @@ def load_inference_config(path: str, require_prompts: bool = False, load: Option
             raise InferenceConfigError(f"{path}: generation_config.{key}: unknown key; known: {sorted(known)}")
     _check_generation_config(gen, path)
     return cfg
+
+
+def _check_keys(cfg: Dict[str, Any], path: str) -> None:
+    """msmm's inference JSON: every top-level key, and every key of ``model`` / ``tokenizer``, known."""
+    def fail(key: str, known) -> None:
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+        raise InferenceConfigError(f"{path}: {key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close
+                                                                    else f"; known: {list(known)}"))
+
+    for key in cfg:
+        if key not in TOP_KEYS:
+            fail(key, TOP_KEYS)
+    for section, known in SECTION_KEYS.items():
+        for key in cfg[section] if isinstance(cfg.get(section), dict) else ():
+            if key not in known:
+                fail(f"{section}.{key}", known)
 
 
 def _from_mindspeed(raw: Dict[str, Any], path: str, load: Optional[str]) -> Dict[str, Any]:

@@ -184,6 +184,10 @@ def test_msmm_inference_json_unknown_top_level_key(tmp_path):
     with pytest.raises(InferenceConfigError, match=r"inference.json: prompt: unknown key \(did you mean 'prompts'\?\)"):
         load_inference_config(path)
     assert infer([path]) == 2
+    raw = {"model": {"family": "qwen2_vl", "from_pretrained": "hf", "ckpt_pth": "save"},
+           "tokenizer": {"from_pretrained": "hf"}, "prompts": ["hi"]}
+    with pytest.raises(InferenceConfigError, match=r"model.ckpt_pth: unknown key \(did you mean 'ckpt_path'\?\)"):
+        load_inference_config(write(tmp_path / "typo.json", raw))
 
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
