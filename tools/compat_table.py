@@ -103,8 +103,9 @@ def inference_section() -> List[str]:
     rows += [(k, f"no effect: {why}") for k, why in sorted(m.NO_EFFECT.items())]
     rows += [("tokenizer." + k, "honoured" if k in ("from_pretrained", "model_max_length", "trust_remote_code")
               else "checked") for k in m.TOKENIZER_KEYS]
-    rows += [(k, "honoured") for k in ("prompt", "prompts", "image_path", "file_path", "from_pretrained", "template",
-                                      "dtype", "num_segments", "min_pixels", "max_pixels")]
+    rows += [(k, "honoured") for k in ("prompt", "prompts", "image_path", "file_path", "infer_data_type",
+                                      "from_pretrained", "template", "dtype", "num_segments", "min_pixels",
+                                      "max_pixels")]
     rows += [("image_processer_path", "no effect: msmm's CLIP preprocessing")]
     rows += [(f"generation_config.{k}", "honoured") for k in (*m.GENERATION_MAPPED, "eos_token_id", "max_length")]
     rows += [(f"generation_config.{k}", f"no effect: {why}") for k, why in sorted(m.GENERATION_NO_EFFECT.items())]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -38,8 +39,7 @@ MODEL_KEYS = ("model_id", "image_encoder", "text_decoder", "text_encoder", "vide
               "add_text_encoder", "img_embedding_idx", "downsample_ratio", "select_layer", "ps_version",
               "add_rmsnorm_offset")
 NO_EFFECT = {"device": "the device comes from MSMM_DEVICE", "pipeline_class": "the family comes from the model",
-             "patch": "switches of MindSpeed-MM's code patches",
-             "infer_data_type": "each path's kind is given by image_path / file_path's extension"}
+             "patch": "switches of MindSpeed-MM's code patches"}
 # HF GenerationConfig keys msmm does not implement, accepted at HF's default (which is what msmm does)
 GENERATION_DEFAULTS = {
     "num_beams": 1, "num_beam_groups": 1, "num_return_sequences": 1, "num_return_groups": 1, "diversity_penalty": 0.0,
@@ -149,6 +149,8 @@ def _generation(gen: Any, path: str, model: Mapping[str, Any], notes: List[str])
     out: Dict[str, Any] = {}
     for key, value in gen.items():
         where = f"generation_config.{key}"
+        if value is None and key in (*GENERATION_MAPPED, "eos_token_id", "max_length"):
+            continue  # HF's "unset": msmm's default
         if key in GENERATION_MAPPED:
             out[key] = value
         elif key == "eos_token_id":
@@ -227,7 +229,8 @@ def load_mindspeed_inference(cfg: Mapping[str, Any], path: str, load: Optional[s
     tokenizer = _tokenizer(cfg.get("tokenizer"), path, notes)
     generation = _generation(cfg.get("generation_config", {}), path, model, notes)
     known = {*MODEL_KEYS, *NO_EFFECT, "tokenizer", "generation_config", "prompt", "prompts", "image_path", "file_path",
-             "from_pretrained", "template", "dtype", "num_segments", "min_pixels", "max_pixels", "image_processer_path"}
+             "infer_data_type", "from_pretrained", "template", "dtype", "num_segments", "min_pixels", "max_pixels",
+             "image_processer_path"}
     for key in cfg:
         if key not in known:
             _unknown(path, key, known)
@@ -240,6 +243,10 @@ def load_mindspeed_inference(cfg: Mapping[str, Any], path: str, load: Optional[s
     if dtype not in ("bf16", "fp16", "fp32"):
         _fail(path, "dtype", f"{dtype!r}: expected 'bf16', 'fp16' or 'fp32'")
     weights = cfg.get("from_pretrained")
+    for key, value in (("from_pretrained", weights), ("--load", load)):
+        if value is not None and os.path.isfile(value):
+            _fail(path, key, f"{value} is a file: give an HF checkpoint directory or an MM checkpoint (mm-convert "
+                             "hf_to_mm / msmm-train output); MindSpeed-MM's model_optim_rng.pt files are not read")
     if load is not None and weights is not None and load != weights:
         _fail(path, "from_pretrained", f"{weights} and --load {load} name different checkpoints; give one")
     context = [c for c in (tokenizer.get("model_max_length"), (cfg.get("generation_config") or {}).get("max_length"))

@@ -99,7 +99,11 @@ def load_section_weights(model: nn.Module, config: ModelConfig) -> List[str]:
             raise ModelConfigError(f"{where}: {section.ckpt_path}: no such file or directory")
         try:
             tensors = read(section.ckpt_path, config)
-        except (KeyError, ValueError) as err:
+        except KeyError as err:
+            raise ModelConfigError(f"{where}: {err.args[0]} (give the original weights: OpenAI's CLIP .pt or an HF "
+                                   "directory; MindSpeed-MM's converted_clip.pt / converted_vicuna.pt, in Megatron's "
+                                   "names, are not read)") from err
+        except ValueError as err:
             raise ModelConfigError(f"{where}: {err}") from err
         _check_config(config, section.ckpt_path, path)
         expected = expected or {k: tuple(v.shape) for k, v in model.state_dict().items()}
