@@ -3,7 +3,7 @@ on 127.0.0.1 driven by the official ``openai`` client: greedy answers equal ``ms
 also for requests of different lengths that join a running batch at different times;
 streamed chunks concatenate to the non-streamed answer; each bad request gets its 4xx and
 the next good one succeeds; a client that disconnects frees its slot; a full queue answers 429.
-The prompts: short text, long text, an image, a video."""
+The prompts: short text, long text, an image, a video. msmm-eval loads the same checkpoint."""
 from __future__ import annotations
 
 import base64
@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(REPO, "examples", "tiny"))
 sys.path.insert(0, os.path.join(REPO, "tests", "models"))
 sys.path.insert(0, os.path.join(REPO, "tests", "data"))
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(REPO, "tests", "eval"))
 import make_tiny_assets as tiny  # noqa: E402
 from live_server import live_server  # noqa: E402
 from test_video import write_video  # noqa: E402
@@ -96,6 +97,30 @@ def msmm_infer_answers(assets: str, capsys) -> list:
     out = capsys.readouterr().out
     answers = [block.split("\n", 1)[1] for block in out.split(">>> ")[1:]]
     return [a[:-1] for a in answers]  # each answer ends with a line break
+
+
+def test_msmm_eval_loads_the_tiny_hf_checkpoint(assets):
+    """make_tiny_assets --hf-model's checkpoint in msmm-eval: its config (the family from the
+    pipeline name), the model on MindSpore and the prompts of a tiny AI2D TSV (generation is
+    msmm.infer's, tested above)."""
+    import ms_backend
+    from tiny_bench import ai2d_rows, eval_json, write_dataset
+
+    from msmm.eval.config import load_eval_config
+    from msmm.eval.datasets import decode_images, read_tsv
+    from msmm.eval.run import Answerer, load_model, load_tokenizer
+
+    out = os.path.join(assets, "eval")
+    tsv = write_dataset(out, "ai2d_test", rows=ai2d_rows(np.random.default_rng(0), 2))
+    cfg = load_eval_config(eval_json(os.path.join(out, "evaluate.json"), os.path.join(assets, "hf"), tsv, "ai2d_test",
+                                     out, model_id="Qwen2VlPipeline", evaluation_model="qwen2_vl_tiny"))
+    with ms_backend.converted_in_sys_modules():
+        model = load_model(cfg)
+    answer = Answerer(cfg, model, load_tokenizer(cfg))
+    questions = read_tsv(tsv, cfg.spec).questions
+    ids, vision = answer.prepare(questions[0])
+    assert cfg.family == "qwen2_vl" and len(questions) == 4 and decode_images(questions[0])
+    assert np.isin(ids, [model.config.image_token_id]).sum() == vision["image_grid_thw"].prod() // 4
 
 
 def metric(server: str, name: str) -> float:
