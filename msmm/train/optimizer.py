@@ -36,9 +36,10 @@ class AdamWBase(nn.Cell):
     ``params``, their ``sizes`` and ``shapes``) and the hyper-parameters."""
 
     def __init__(self, named_params: Sequence[Tuple[str, Parameter]], weight_decay: float = 0.0,
-                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, allow_empty: bool = False) -> None:
+        """``allow_empty``: a pipeline stage may hold only frozen modules (then the step only counts)."""
         super().__init__(auto_prefix=False)
-        if not named_params:
+        if not named_params and not allow_empty:
             raise ValueError("the optimizer got no trainable parameters (is every module frozen?)")
         self.names = [n for n, _ in named_params]
         self.params = mindspore.ParameterTuple([p for _, p in named_params])
@@ -58,8 +59,9 @@ class AdamW(AdamWBase):
         weight_decay: float = 0.0,
         betas: Tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        allow_empty: bool = False,
     ) -> None:
-        super().__init__(named_params, weight_decay, betas, eps)
+        super().__init__(named_params, weight_decay, betas, eps, allow_empty)
         self.decayed = tuple(not no_weight_decay(n, p) for n, p in named_params)
         # index into ``masters`` of each parameter that keeps an fp32 master, else -1
         low = [k for k, p in enumerate(self.params) if p.dtype != mindspore.float32]
@@ -132,7 +134,7 @@ class AdamW(AdamWBase):
         for k, (m, v) in enumerate(values):
             self.exp_avg[k].copy_(m)
             self.exp_avg_sq[k].copy_(v)
-        if f"optimizer.master.{self.names[0]}" in arrays:
+        if self.names and f"optimizer.master.{self.names[0]}" in arrays:
             for k in range(len(self.names)):
                 if self.master_of[k] >= 0:
                     self.masters[self.master_of[k]].copy_(get("master", k))

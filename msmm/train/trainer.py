@@ -64,6 +64,7 @@ class TrainConfig:
     exit_interval: Optional[int] = None  # stop after the step that is a multiple of it (Megatron)
     finetune: bool = False  # --load weights only, start at iteration 0 (Megatron's --finetune)
     use_distributed_optimizer: bool = False  # shard the optimizer state over the data-parallel ranks (ZeRO-1)
+    sequence_parallel: bool = False  # Megatron's, over the tensor-parallel ranks (the model is built for it)
 
     def micro_batches_per_step(self, world_size: int) -> int:
         per_step = self.micro_batch_size * world_size
@@ -161,11 +162,13 @@ class InputBuilder:
     """numpy batch -> the model's keyword tensors: Qwen2-VL metadata added, InternVL tiles
     padded to a bucket (``pad_tiles``), floating inputs cast to ``dtype``. Every batch key
     must be an input of the model's ``forward`` (or ``labels``, or one of
-    ``REDUNDANT_BATCH_KEYS``): any other is an error that names it, never dropped."""
+    ``REDUNDANT_BATCH_KEYS``): any other is an error that names it, never dropped. Without
+    ``seq_length`` a micro-batch is padded to a multiple of ``seq_multiple`` tokens (sequence
+    parallelism splits it evenly over the tensor-parallel ranks; the padding takes no loss)."""
 
     def __init__(self, model: nn.Cell, dtype=mindspore.float32, seq_length: Optional[int] = None,
-                 bucket_tiles: bool = True) -> None:
-        self.model, self.dtype, self.seq_length = model, dtype, seq_length
+                 bucket_tiles: bool = True, seq_multiple: int = 1) -> None:
+        self.model, self.dtype, self.seq_length, self.seq_multiple = model, dtype, seq_length, seq_multiple
         self.accepted = set(inspect.signature(model.forward).parameters) | {"labels"}
         vision = getattr(getattr(model, "config", None), "vision", None)
         self.tile_shape = None
@@ -179,6 +182,8 @@ class InputBuilder:
                              f"(it takes {', '.join(sorted(self.accepted))})")
         if self.seq_length is not None:
             batch = pad_batch(batch, self.seq_length)
+        elif self.seq_multiple > 1:
+            batch = pad_batch(batch, -(-batch["input_ids"].shape[1] // self.seq_multiple) * self.seq_multiple)
         if self.tile_shape is not None:
             batch = pad_tiles(batch, self.tile_shape)
         batch = dict(batch)
@@ -229,13 +234,16 @@ class Trainer:
                           "(msmm.runtime.start() does) before the first MindSpore op (docs/training.md)", stacklevel=2)
         self.adapter_writer = adapter_writer  # writes PEFT adapter files into each checkpoint
         self.stream = MicroBatchStream(source)
-        self.inputs = inputs or InputBuilder(model, seq_length=config.seq_length)
+        self.inputs = inputs or InputBuilder(model, seq_length=config.seq_length,
+                                             seq_multiple=world.tp_size if config.sequence_parallel else 1)
         self.micro_batches = config.micro_batches_per_step(world.dp_size)
         self.schedule = LRSchedule.from_fraction(
             config.lr, config.min_lr, config.lr_decay_iters or config.train_iters,
             config.lr_warmup_fraction, config.lr_decay_style)
         # (this rank's output-layer rows, the real vocabulary): read before a pipeline stage drops them
-        self.vocab_rows, self.vocab_size = model.get_decoder().vocab_partition()
+        self.vocab_rows = self.vocab_size = None
+        if world.tp_size > 1 or world.pp_size > 1:
+            self.vocab_rows, self.vocab_size = model.get_decoder().vocab_partition()
         self.stage = None
         if world.pp_size > 1:
             if pipeline is None:
@@ -245,11 +253,12 @@ class Trainer:
         self.named = trainable_parameters(model)
         vocab_parallel, sharded = self._tensor_parallel_loss_and_shards()
         betas = (config.adam_beta1, config.adam_beta2)
-        if config.use_distributed_optimizer and world.dp_size > 1:
+        if config.use_distributed_optimizer and world.dp_size > 1 and self.named:
             self.optimizer = DistributedAdamW(self.named, world.dp_rank, world.dp_size, world.group_names["dp"],
                                               config.weight_decay, betas, config.adam_eps, sharded)
-        else:
-            self.optimizer = AdamW(self.named, config.weight_decay, betas, config.adam_eps)
+        else:  # a pipeline stage may hold only frozen modules (LLaVA's stage 1: the projector trains)
+            self.optimizer = AdamW(self.named, config.weight_decay, betas, config.adam_eps,
+                                   allow_empty=self.stage is not None)
         if self.stage is not None:
             self.step_fn = PipelineTrainStep(self.stage, self.optimizer, world.pp_size, world.pipeline_ranks,
                                              world.pipeline_group, config.loss_reduction, config.clip_grad,
@@ -257,6 +266,7 @@ class Trainer:
         else:
             self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad, vocab_parallel,
                                      sharded)
+        self.sequence_parallel_grads = self._sequence_parallel_grads(sharded)
         self.iteration = 0
         self.arguments = arguments or {}
         self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
@@ -282,6 +292,17 @@ class Trainer:
         loss = VocabParallelCrossEntropy(self.world.group_names["tp"], self.world.tp_rank, self.world.tp_size,
                                          self.vocab_rows, self.vocab_size)
         return loss, [tp_kind(name, "tensor parallelism") != REPLICATED for name, _ in self.named]
+
+    def _sequence_parallel_grads(self, sharded) -> List:
+        """With sequence parallelism, the gradient buffers of the text decoder's replicated
+        parameters (norms, row-parallel biases): each rank's holds its tokens' share, summed
+        over the tensor-parallel ranks before the optimizer (Megatron's all-reduce of
+        sequence-parallel gradients)."""
+        if not self.config.sequence_parallel:
+            return []
+        decoder = {id(p) for _, p in self.model.get_decoder().named_parameters()}
+        return [grad for (_, p), grad, split in zip(self.named, self.step_fn.grad_acc, sharded)
+                if not split and id(p) in decoder]
 
     # ---- one optimizer step ----------------------------------------------------------------
 
@@ -310,6 +331,7 @@ class Trainer:
                 Tensor(np.array([result.numerator, result.denominator], np.float32))).asnumpy()
         totals = self.world.all_reduce_sum(Tensor(sums)).asnumpy()
         numerator, denominator = float(totals[0]), float(totals[1])
+        self.world.all_reduce_in_place(self.sequence_parallel_grads, "tp")
         if self.step_fn.distributed:
             self.step_fn.reduce_scatter_grads()
         else:

@@ -129,6 +129,16 @@ def test_interleaved_pipeline_equals_one_worker_and_merges_back(tmp_path):
         np.testing.assert_allclose(merged[key].load(), t.load(), rtol=1e-4, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "qwen2vl"])
+def test_pipeline_2_equals_one_worker_for_llava_and_qwen2vl(family, tmp_path):
+    """LLaVA stage 1 (only the projector trains: stage 1 holds frozen layers only and sends
+    input gradients back) and Qwen2-VL (M-RoPE positions [3, B, L] reach every stage)."""
+    one = records(launch(family, str(tmp_path / "one"), 1, iters=3))
+    pp2 = records(launch(family, str(tmp_path / "pp2"), 2, "--pipeline-model-parallel-size 2", iters=3))
+    assert_same_run(pp2, one, range(1, 4))
+
+
 def test_distributed_optimizer_on_2_data_parallel_ranks_equals_one_worker_and_resumes(one_worker, tmp_path):
     save = launch("internvl", str(tmp_path / "dp2"), 2, "--use-distributed-optimizer")
     run = records(save)

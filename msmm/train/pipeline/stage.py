@@ -129,6 +129,8 @@ class PipelineStage:
     def __init__(self, model: nn.Module, parallel: ParallelConfig, pp_rank: int) -> None:
         check_pipeline_model(model, parallel)
         self.model, self.parallel, self.pp_rank = model, parallel, pp_rank
+        # the width of the hidden states passed between stages (read before the embeddings are dropped)
+        self.hidden_size = int(model.get_input_embeddings().weight.shape[1])
         self.places = rank_chunks(parallel, pp_rank)
         self.chunks = [PipelineChunk(model, place) for place in self.places]
         decoder = model.get_decoder()
@@ -152,10 +154,6 @@ class PipelineStage:
             if stage != pp_rank:
                 raise PipelineError(f"{name}: placed on pipeline stage {stage}, kept on {pp_rank}")
             self.names[name] = (chunk, local)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.model.get_decoder().config.hidden_size
 
     def saved_tensors(self, state: Dict[str, np.ndarray]) -> List[Dict[str, np.ndarray]]:
         """The model's state as a checkpoint stores it: per chunk, {stage-local name: array}."""

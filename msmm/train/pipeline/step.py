@@ -184,7 +184,8 @@ class PipelineTrainStep(TrainStep):
         """One step's forward and backward passes over ``batches`` (every micro-batch of the
         step, the same on every pipeline rank); the gradients end in the buffers. Returns the
         loss sums of this rank (zero but on the last stage)."""
-        self.zero_grads()
+        if self.weights:
+            self.zero_grads()
         micro = len(batches)
         hidden_size = self.stage.hidden_size
         labels = [b["labels"] for b in batches]
