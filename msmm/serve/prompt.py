@@ -31,7 +31,7 @@ INTERNVL_VIDEO_FRAMES = 8  # InternVL: frames per video (segment middles), one t
 class ChatPrompt:
     input_ids: np.ndarray  # [1, L]
     vision: Dict[str, np.ndarray]  # the model's pixel values, grids, flags (empty without images)
-    image_tokens: int  # prompt tokens that are image embeddings
+    vision_tokens: int  # prompt tokens that are image or video embeddings
 
 
 def _read_json(path: str) -> Dict[str, Any]:

@@ -152,7 +152,7 @@ def parse_request(body: Any, model_names: Sequence[str], build: ChatPromptBuilde
     room = limits.context - length
     # the prompt is padded to its bucket in the cache slot too
     if room < 1 or (max_tokens is not None and max_tokens > room) or prompt_bucket(length) > limits.context:
-        images = f" ({prompt.image_tokens} of them for the images)" if prompt.image_tokens else ""
+        images = f" ({prompt.vision_tokens} of them for images and videos)" if prompt.vision_tokens else ""
         raise bad_request(f"the prompt is {length} tokens{images}; with {key} {max_tokens or 1} that is more than this "
                           f"server's context of {limits.context} tokens", "messages", "context_length_exceeded")
     generation = GenerationConfig(

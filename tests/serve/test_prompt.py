@@ -58,7 +58,7 @@ def test_prompt_equals_msmm_infer_data_json_prompt(tmp_path, family):
     assert sorted(got.vision) == sorted(expected.vision)
     for key, value in expected.vision.items():
         np.testing.assert_allclose(got.vision[key], value, rtol=0, atol=1e-6)
-    assert got.image_tokens == np.isin(got.input_ids, build.encoder.context_ids).sum() > 0
+    assert got.vision_tokens == np.isin(got.input_ids, build.encoder.context_ids).sum() > 0
 
 
 def test_llava_prompt_uses_its_chat_template(tmp_path):
@@ -70,7 +70,7 @@ def test_llava_prompt_uses_its_chat_template(tmp_path):
     text = build.encoder.tokenizer.decode(prompt.input_ids[0])
     assert text.startswith("<s>Be brief. USER: <image>") and text.endswith("USER: And now? ASSISTANT: ")
     assert "ASSISTANT: Red.</s>" in text
-    assert prompt.image_tokens == (56 // 14) ** 2 == text.count("<image>")
+    assert prompt.vision_tokens == (56 // 14) ** 2 == text.count("<image>")
     assert prompt.vision["pixel_values"].shape == (1, 3, 56, 56)
     with pytest.raises(ValueError, match="literal"):
         build([("user", ["look: <image>"])])
