@@ -189,7 +189,7 @@ INTERN_VIT_KEYS = {
     "post_layer_norm": to("final_layernorm"),
     "q_layernorm": same_as((VISION, "normalization"), "q/k norms are of the ViT's norm type"),
     "k_layernorm": same_as((VISION, "normalization"), "q/k norms are of the ViT's norm type"),
-    "drop_path_rate": must(0.0, "stochastic depth is not implemented; set 0 to train without it"),
+    "drop_path_rate": to("drop_path_rate"),
     "downsample_ratio": same_as((PROJECTOR, "downsample_ratio"), "the projector's pixel shuffle"),
     "ps_version": same_as((PROJECTOR, "ps_version"), "the projector's pixel shuffle"),
     "next_tockens": must(2147483647, "attention is not windowed"),

@@ -171,13 +171,17 @@ def test_keys_msmm_cannot_honour_are_refused(where, key, value, message):
         parse_model_config(raw, "model.json")
 
 
-def test_internvit_stochastic_depth_is_refused():
+def test_internvit_stochastic_depth_is_honoured():
+    """InternVL3-78B's ``drop_path_rate`` 0.4 reaches the ViT: layer i drops with rate 0.4 * i / 44."""
     with open(os.path.join(ROOT, "examples", "internvl3", "model_78B.json")) as f:
         raw = upstream_model_json(json.load(f))
     raw["image_encoder"]["vision_encoder"]["drop_path_rate"] = 0.4
-    with pytest.raises(ModelConfigError, match=r"vision_encoder.drop_path_rate: 0.4 is not supported: stochastic depth "
-                                               r"is not implemented; set 0 to train without it"):
-        parse_model_config(raw, "model_78B.json")
+    config = parse_model_config(raw, "model_78B.json")
+    assert config.sections["image_encoder.vision_encoder"].config["drop_path_rate"] == 0.4
+    with torch.device("meta"):
+        model = build_model(config)
+    layers = model.vision_tower.encoder.layer
+    assert (layers[0].drop_path1.rate, layers[-1].drop_path2.rate) == (0.0, pytest.approx(0.4 * (len(layers) - 1) / 44))
 
 
 def test_allow_unknown_keys_turns_model_json_typos_into_warnings(caplog):

@@ -44,7 +44,7 @@ VIT_300M = {"hidden_size": 1024, "image_size": 448, "intermediate_size": 4096, "
 # InternViT-6B-448px-V2_5 (InternVL3-78B). Source: Ascend/MindSpeed-MM
 # examples/internvl3/model_78B.json vision_encoder (45 x 3200, 25 heads, 12800, RMSNorm,
 # QK-norm, no qkv bias), the same as the InternViT-6B block of the InternVL2-26B config.json
-# quoted in public code. drop_path_rate (0.4 in MindSpeed-MM's file) is left out: see docs.
+# quoted in public code. drop_path_rate (0.4 in MindSpeed-MM's file) adds no parameters.
 VIT_6B = {"hidden_size": 3200, "image_size": 448, "intermediate_size": 12800, "layer_norm_eps": 1e-06,
           "norm_type": "rms_norm", "num_attention_heads": 25, "num_channels": 3, "num_hidden_layers": 45,
           "patch_size": 14, "qk_normalization": True, "qkv_bias": False, "hidden_act": "gelu"}

@@ -3,7 +3,8 @@
 A pre-norm ViT over 448px tiles: patch-embedding convolution, class token, learned
 position embeddings (resized bicubically when the tile size differs from the trained
 one), and layers x + ls1 * attn(norm1(x)), x + ls2 * mlp(norm2(x)) with learned per-channel
-layer scales. The 6B variant uses RMSNorm and normalizes q and k with one RMSNorm over all
+layer scales; with ``drop_path_rate`` > 0 both branches are dropped per sample in training
+(stochastic depth, the rate rising linearly over the layers to ``drop_path_rate``). The 6B variant uses RMSNorm and normalizes q and k with one RMSNorm over all
 heads (``qk_layernorm``) and has no q/k/v bias.
 
 Parameter names equal HF-native ``InternVLVisionModel``'s (``embeddings.cls_token``,
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from ..core import MLP, RMSNorm, RowParallelLinear, TransformerConfig, build_norm
 from ..core.tensor_parallel import ShardedRMSNorm, tensor_parallel_size
+from .drop_path import DropPath, drop_path_rates
 from .vit import ViTConfig, ViTSelfAttention, resize_position_embedding
 
 _NORMS = {"layer_norm": "LayerNorm", "rms_norm": "RMSNorm"}
@@ -43,8 +45,6 @@ def intern_vit_config_from_hf(vision: Mapping[str, Any], feature_layer: int = -1
     norm_type = vision.get("norm_type", "layer_norm")
     if norm_type not in _NORMS:
         raise ValueError(f"vision_config.norm_type must be one of {sorted(_NORMS)}, got {norm_type!r}")
-    if vision.get("drop_path_rate", 0.0):
-        raise ValueError(f"vision_config.drop_path_rate={vision['drop_path_rate']}: stochastic depth is not supported")
     return ViTConfig(
         num_layers=vision["num_hidden_layers"],
         hidden_size=vision["hidden_size"],
@@ -63,6 +63,7 @@ def intern_vit_config_from_hf(vision: Mapping[str, Any], feature_layer: int = -1
         attention_dropout=vision.get("attention_dropout", 0.0),
         hidden_dropout=vision.get("hidden_dropout_prob", vision.get("dropout", 0.0)),
         init_method_std=vision.get("initializer_range", 0.02),
+        drop_path_rate=vision.get("drop_path_rate", 0.0),
     )
 
 
@@ -122,9 +123,9 @@ class InternVisionAttention(ViTSelfAttention):
 
 
 class InternVisionLayer(nn.Module):
-    """x + lambda_1 * attn(norm(x)), then + lambda_2 * mlp(norm(.))."""
+    """x + drop_path(lambda_1 * attn(norm(x))), then + drop_path(lambda_2 * mlp(norm(.)))."""
 
-    def __init__(self, config: ViTConfig) -> None:
+    def __init__(self, config: ViTConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         tc = config.transformer_config()
         h, eps = config.hidden_size, config.layernorm_epsilon
@@ -135,11 +136,13 @@ class InternVisionLayer(nn.Module):
         self.mlp = MLP(tc, config.activation)
         self.lambda_2 = nn.Parameter(torch.ones(h))
         self.dropout = config.hidden_dropout
+        self.drop_path1 = DropPath(drop_path_rate)
+        self.drop_path2 = DropPath(drop_path_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.lambda_1 * self.attention(self.layernorm_before(x))
+        x = x + self.drop_path1(self.lambda_1 * self.attention(self.layernorm_before(x)))
         mlp = F.dropout(self.mlp(self.layernorm_after(x)), self.dropout, self.training)
-        return x + self.lambda_2 * mlp
+        return x + self.drop_path2(self.lambda_2 * mlp)
 
 
 class InternVisionLayers(nn.Module):
@@ -147,7 +150,8 @@ class InternVisionLayers(nn.Module):
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        self.layer = nn.ModuleList([InternVisionLayer(config) for _ in range(config.layers_used)])
+        rates = drop_path_rates(config.drop_path_rate, config.num_layers)
+        self.layer = nn.ModuleList([InternVisionLayer(config, rates[i]) for i in range(config.layers_used)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layer:

@@ -39,6 +39,7 @@ class ViTConfig:
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     init_method_std: float = 0.02
+    drop_path_rate: float = 0.0  # InternViT's stochastic depth (msmm.models.vision.drop_path)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
