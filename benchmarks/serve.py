@@ -114,8 +114,8 @@ def load(client, clients: int, requests: int, max_tokens: int, images: str) -> D
 
 def table(rows: List[Dict[str, float]]) -> str:
     base = rows[0]["output_tokens_per_s"]
-    lines = ["| clients | succeeded | output tokens/s | vs 1 client | latency p50 / p95 (ms) | first token p50 / p95 (ms) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| clients | succeeded | output tokens/s | vs 1 client | latency p50 / p95 (ms) "
+             "| first token p50 / p95 (ms) |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['clients']} | {r['succeeded']}/{r['requests']} | {r['output_tokens_per_s']} | "
                      f"{r['output_tokens_per_s'] / base:.2f}x | {r['latency_p50_ms']} / {r['latency_p95_ms']} | "

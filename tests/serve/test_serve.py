@@ -163,7 +163,8 @@ def test_greedy_answers_equal_msmm_infer_when_joining_a_running_batch(assets, se
 
 def test_streamed_equals_non_streamed_sampling_and_stop(assets, client):
     msgs = messages(PROMPTS[2], assets)
-    sampling = dict(temperature=0.8, top_p=0.9, seed=7, max_tokens=16, extra_body={"top_k": 20, "repetition_penalty": 1.1})
+    sampling = dict(temperature=0.8, top_p=0.9, seed=7, max_tokens=16,
+                    extra_body={"top_k": 20, "repetition_penalty": 1.1})
     for kwargs in (dict(temperature=0, max_tokens=16), sampling):
         whole = client.chat.completions.create(model="tiny", messages=msgs, **kwargs)
         chunks = list(client.chat.completions.create(model="tiny", messages=msgs, stream=True,
