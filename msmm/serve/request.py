@@ -91,8 +91,8 @@ def parse_messages(messages: Any, limits: Limits, build: ChatPromptBuilder) -> L
                 parts.append(load_image(url, limits.media, f"{param}.{kind}") if kind == "image_url"
                              else load_video(url, limits.media, f"{param}.{kind}", build.frames))
             else:
-                raise bad_request(f"{param}: expected {{type: 'text', text}}, "
-                                  "{type: 'image_url', image_url: {url}} or {type: 'video_url', video_url: {url}}", param)
+                raise bad_request(f"{param}: expected {{type: 'text', text}}, {{type: 'image_url', image_url: "
+                                  "{url}} or {type: 'video_url', video_url: {url}}", param)
         out.append((message["role"], parts))
     if out[-1][0] != "user":
         raise bad_request("the last message must be a user message", f"messages[{len(out) - 1}].role")
