@@ -85,6 +85,23 @@ def test_tensor_parallel_2_equals_one_worker_and_resumes_in_its_layout(one_worke
     assert_same_run(records(again), tp2, range(4, 7))
 
 
+def test_sequence_parallel_with_tensor_parallel_2_equals_one_worker_and_resumes(one_worker, tmp_path):
+    """TP 2 + --sequence-parallel (Megatron's): the text decoder's norms and residuals run on half
+    the sequence each, its column-parallel inputs all-gathered and row-parallel outputs
+    reduce-scattered, the replicated decoder gradients summed over the two ranks."""
+    flags = "--tensor-model-parallel-size 2 --sequence-parallel"
+    save = launch("internvl", str(tmp_path / "tp2sp"), 2, flags)
+    run = records(save)
+    assert_same_run(run, one_worker, range(1, 7))
+    with open(os.path.join(save, "msrun_log", "worker_0.log")) as f:
+        # 2 norms per text layer, the final norm (the tiny decoder has no row-parallel biases)
+        assert "sequence parallel over the 2 tensor-parallel ranks: the gradients of 5 replicated" in f.read()
+
+    resumed_from = stopped_at_iteration_3(save, str(tmp_path / "stopped"))
+    again = launch("internvl", str(tmp_path / "resumed"), 2, flags, load=resumed_from)
+    assert_same_run(records(again), run, range(4, 7))
+
+
 def test_pipeline_2_equals_one_worker_and_resumes_in_its_layout(one_worker, tmp_path):
     """1F1B over 2 stages: stage 0 runs the vision tower, the projector, the embeddings and text
     layer 0; stage 1 text layer 1 (local index 0), the norm, the output layer and the loss."""
@@ -127,6 +144,15 @@ def test_interleaved_pipeline_equals_one_worker_and_merges_back(tmp_path):
     assert sorted(merged) == sorted(want)
     for key, t in want.items():
         np.testing.assert_allclose(merged[key].load(), t.load(), rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_tensor_2_x_pipeline_2_on_4_workers_equals_one_worker(one_worker, tmp_path):
+    """TP 2 inside each of 2 pipeline stages: four shards mp_rank_{00,01}_{000,001}."""
+    save = launch("internvl", str(tmp_path / "tp2pp2"), 4, "--tensor-model-parallel-size 2 "
+                  "--pipeline-model-parallel-size 2")
+    assert_same_run(records(save), one_worker, range(1, 7))
+    assert sorted(os.listdir(os.path.join(save, "iter_0000006"))) == [
+        "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
 
 
 @pytest.mark.slow
