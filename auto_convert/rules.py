@@ -222,11 +222,9 @@ API_STATUS_WHY = "fails on MindSpore CPU in the differential tester"
 PYTHON_METHODS = frozenset(n for t in (list, tuple, dict, set, str, bytes) for n in dir(t))
 
 
-def _failing_apis() -> dict[str, str]:
-    """API -> why, for every API the tester sampled that did not work in all modes."""
-    if not API_STATUS.exists():
-        return {}
-    apis = json.loads(API_STATUS.read_text())["apis"]
+def failing_apis(apis: dict[str, dict]) -> dict[str, str]:
+    """API -> why, for every API of the tester's outcomes `apis` that was sampled and did not
+    work in all modes (and is not named like a Python container or string method)."""
     return {api: f"{API_STATUS_WHY} ({', '.join(f'{m} {e[m]}' for m in ('pynative', 'jit', 'grad'))}): "
                  f"{e['message']}"
             for api, e in apis.items()
@@ -234,4 +232,4 @@ def _failing_apis() -> dict[str, str]:
             and not (api.startswith("Tensor.") and api[len("Tensor."):] in PYTHON_METHODS)}
 
 
-FAILING_APIS = _failing_apis()
+FAILING_APIS = failing_apis(json.loads(API_STATUS.read_text())["apis"] if API_STATUS.exists() else {})

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from adapters_coverage import ascend_column  # noqa: E402
-from auto_convert.rules import API_STATUS, unsupported_reason  # noqa: E402
+from auto_convert.rules import (ACCELERATOR_CALLS, ACCELERATOR_MODULES, API_STATUS,  # noqa: E402
+                                failing_apis, unsupported_reason)
 from tests.differential.apis import corpus_uses, ranked  # noqa: E402
 
 DOC = ROOT / "docs" / "adapters.md"
@@ -84,23 +85,46 @@ def works(entry: dict) -> bool:
     return bool(entry["cases"]) and all(entry[m] in ("ok", "n/a") for m in MODES)
 
 
-def state(api: str, entry: dict | None) -> str:
-    """works | reported (auto_convert reports it) | not sampled."""
+STATES = ("works", "reported", "converted by a rule", "fails, not reported", "not sampled")
+
+
+def _rule(api: str) -> str:
+    """The auto_convert device rule that handles `api` without running it, if any."""
+    parts = api.split(".")
+    if len(parts) == 3 and parts[1] in ACCELERATOR_MODULES and parts[2] in ACCELERATOR_CALLS:
+        template, why = ACCELERATOR_CALLS[parts[2]]
+        return f"rewritten to `{template}`: {why}"
+    return ""
+
+
+def state(api: str, entry: dict | None, failing: Dict[str, str]) -> str:
+    """One of STATES: works in every mode; reported at conversion time (failed here, or
+    under an unsupported prefix); rewritten by a device rule; failed here but not reported
+    (a Tensor method named like a Python container method); not sampled."""
     if entry is not None and works(entry):
         return "works"
-    if entry is not None and entry["cases"] or unsupported_reason(api):
-        return "reported"
-    return "not sampled"
+    if entry is not None and entry["cases"]:
+        return "reported" if api in failing else "fails, not reported"
+    if _rule(api):
+        return "converted by a rule"
+    return "reported" if unsupported_reason(api) else "not sampled"
 
 
-def _row(api: str, entry: dict | None, uses: int) -> str:
+def _row(api: str, entry: dict | None, uses: int, failing: Dict[str, str]) -> str:
     from adapters.torch._dispatch import TABLE
 
     if entry is None or not entry["cases"]:
-        rule = unsupported_reason(api)
-        note = f"reported by auto_convert: {rule}" if rule else "not sampled: no candidate call ran on torch"
+        reason = unsupported_reason(api)
+        if _rule(api):
+            note = _rule(api)
+        elif reason:
+            note = f"reported by auto_convert: {reason}"
+        elif api.startswith("torch.distributed."):
+            note = "not sampled (needs a process group): contract tests on 2 msrun workers, tests/adapters/test_distributed.py"
+        else:
+            note = "not sampled: no candidate call ran on torch"
         return f"| `{api}` | {uses} | - | - | - | - | - | - | {note} |"
-    cpu = "yes" if works(entry) else "reported"
+    cpu = "yes" if works(entry) else ("reported" if api in failing else "fails, not reported")
     note = ("rewritten by auto_convert; " if entry["rewritten"] else "") + entry["message"].replace("|", "\\|")
     return (f"| `{api}` | {uses} | {entry['pynative']} | {entry['jit']} | {entry['grad']} | {entry['views']} | "
             f"{cpu} | {ascend_column(api, TABLE)} | {note} |")
@@ -112,10 +136,11 @@ _HEAD = ["| API | corpus uses | PyNative | jit | grad | views | CPU | Ascend | n
 
 def summary(apis: Dict[str, dict]) -> str:
     uses = corpus_uses()
-    states = {api: state(api, apis.get(api)) for api in uses}
+    failing = failing_apis(apis)
+    states = {api: state(api, apis.get(api), failing) for api in uses}
     total_apis, total_uses = len(uses), sum(uses.values())
     lines = ["| corpus APIs | by API | by use |", "|---|---|---|"]
-    for name in ("works", "reported", "not sampled"):
+    for name in STATES:
         n = sum(1 for s in states.values() if s == name)
         k = sum(uses[a] for a, s in states.items() if s == name)
         lines.append(f"| {name} | {n}/{total_apis} ({100 * n / total_apis:.1f}%) | "
@@ -128,10 +153,10 @@ def summary(apis: Dict[str, dict]) -> str:
 
 def render(apis: Dict[str, dict]) -> tuple[str, str]:
     """(the docs/adapters.md section, the full table page)."""
-    uses = corpus_uses()
-    corpus_rows = [_row(api, apis.get(api), n) for api, n in uses.items()]
+    uses, failing = corpus_uses(), failing_apis(apis)
+    corpus_rows = [_row(api, apis.get(api), n, failing) for api, n in uses.items()]
     section = "\n".join([summary(apis), "", *_HEAD, *corpus_rows])
-    full_rows = [_row(api, apis.get(api), uses.get(api, 0)) for api in ranked()]
+    full_rows = [_row(api, apis.get(api), uses.get(api, 0), failing) for api in ranked()]
     page = "\n".join([
         "# Differential coverage of the torch API",
         "",

@@ -16,6 +16,7 @@ tests/differential/test_corpus.py checks that corpus.json is up to date.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -114,6 +115,11 @@ def count(paths: Dict[str, Path]) -> Dict[str, Dict[str, int]]:
     return {label: dict(sorted(extract(path, methods, properties).items())) for label, path in paths.items()}
 
 
+def digests() -> Dict[str, str]:
+    """sha256 of each installed corpus file: a cheap check that corpus.json is current."""
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in corpus_files()}
+
+
 def build(read_for_facts: Dict[str, Dict[str, int]]) -> Dict:
     """The corpus: per API its uses in total (most used first) and by file; the installed
     transformers files are counted now, `read_for_facts` holds the other files' counts."""
@@ -125,7 +131,8 @@ def build(read_for_facts: Dict[str, Dict[str, int]]) -> Dict:
         total.update(uses)
     ranked = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
     return {"source": f"transformers {transformers.__version__}: " + ", ".join(installed),
-            "uses": dict(ranked), "by_file": installed, "read_for_facts": read_for_facts}
+            "digests": digests(), "uses": dict(ranked), "by_file": installed,
+            "read_for_facts": read_for_facts}
 
 
 def main() -> None:

@@ -580,6 +580,9 @@ _topk, _sort = kernel("topk"), kernel("sort")
 
 def topk(input, k: int, dim: int = -1, largest: bool = True, sorted: bool = True, *, out=None):  # noqa: A002
     """``(values, indices)`` of the ``k`` largest (or smallest) along ``dim``."""
+    if k == 0:  # MindSpore's TopK rejects k = 0; torch returns empty tensors
+        empty = mint.narrow(input, dim, 0, 0)
+        return empty, empty.astype(mindspore.int64)
     return _topk(input, k, dim, largest, sorted)
 
 

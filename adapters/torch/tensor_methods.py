@@ -78,6 +78,8 @@ DIFFERING: Dict[str, str] = {
     "normal_": _NO_CPU_KERNEL,
     "uniform_": _NO_CPU_KERNEL,
     "pow_": "no such method",
+    "copy_": "a Python number as the source raises a TypeError, a source of another shape is not broadcast",
+    "amax": "no dim= keyword (axis=)",
     "sqrt_": "no such method",
 }
 
@@ -131,6 +133,7 @@ squeeze = _shape.squeeze
 repeat_interleave = _shape.repeat_interleave
 roll = _shape.roll
 cumsum = _math.cumsum
+amax = _math.amax
 
 
 def size(input, dim=None):
@@ -251,6 +254,14 @@ def pow_(input, exponent):
 
 def sqrt_(input):
     return input.copy_(_math.sqrt(input))
+
+
+def copy_(input, src, non_blocking: bool = False):
+    """Write ``src`` (a tensor broadcast to ``input``'s shape and cast to its dtype, or a
+    number) into ``input``."""
+    if not isinstance(src, mindspore.Tensor):
+        return input.copy_(_creation.full_like(input, src))
+    return input.copy_(_shape.broadcast_to(src.astype(input.dtype), tuple(input.shape)))
 
 
 def zero_(input):

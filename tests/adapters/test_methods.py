@@ -33,8 +33,7 @@ AGREEING = {
         "item": ("item",), "is_floating_point": ("is_floating_point",)},
     "agreeing_indexing": {
         "index_select": ("index_select",), "gather": ("gather",), "getitem": ("__getitem__",),
-        "getitem_mask": ("__getitem__",), "setitem": ("__setitem__",), "setitem_mask": ("__setitem__",),
-        "copy_": ("copy_",)},
+        "getitem_mask": ("__getitem__",), "setitem": ("__setitem__",), "setitem_mask": ("__setitem__",)},
     "agreeing_dtypes": {
         "float_": ("float",), "half": ("half",), "double": ("double",), "type_conversions_chain": ("float", "half"),
         "bool_": ("bool",), "eq": ("eq", "ne", "gt", "lt", "ge", "le"),
@@ -45,7 +44,7 @@ AGREEING = {
 REWRITTEN = {
     "rewritten_shapes": ("transpose", "size", "expand", "flip", "unflatten", "repeat", "roll", "clone", "detach",
                          "unbind", "squeeze", "repeat_interleave"),
-    "rewritten_reductions": ("max", "min", "argmax", "softmax", "log_softmax", "norm", "var", "std", "topk",
+    "rewritten_reductions": ("max", "min", "argmax", "amax", "softmax", "log_softmax", "norm", "var", "std", "topk",
                              "sort", "argsort", "cumsum"),
     "rewritten_dtypes": ("to", "long", "int", "short", "byte", "type", "type_as"),
     "rewritten_constructors": ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"),
@@ -53,7 +52,7 @@ REWRITTEN = {
     # MindSpore's autograd does not follow copy_ (see tensor_methods); random fills are
     # constant here (std 0, empty range) so they compare exactly
     "rewritten_inplace": ("add_", "sub_", "mul_", "div_", "exp_", "zero_", "fill_", "masked_fill_", "clamp_",
-                          "pow_", "sqrt_", "normal_", "uniform_"),
+                          "pow_", "sqrt_", "normal_", "uniform_", "copy_"),
 }
 
 NO_GRAD = {"rewritten_constructors", "rewritten_inplace"}

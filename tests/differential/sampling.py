@@ -112,6 +112,8 @@ EXTRA: Dict[str, Tuple[Tuple[Tuple[str, ...], Tuple[str, ...], str], ...]] = {
     "torch.is_tensor": ((("return x * 2 if torch.is_tensor(x) else x",), (), ""),),
     "torch.get_default_dtype": ((("return x.to(torch.get_default_dtype())",), (), ""),),
     "torch.device": ((("return torch.zeros(3, 4, device=torch.device('cpu')) + x[0]",), (), ""),),
+    "torch.einsum": ((("return torch.einsum('bij,bkj->bik', x, y)",), (), ""),
+                     (("return torch.einsum('...j,j->...', x, v)",), (), "")),
     "torch.multinomial": ((("return torch.multinomial(u[0], 2)",), (), ""),),
     "torch.Tensor": ((("return x * 2 if isinstance(x, torch.Tensor) else x",), (), ""),),
     "torch.nn.ModuleList": ((("return layer[1](layer[0](x))",), (),

@@ -375,12 +375,6 @@ def zero_fill(x):
     return z + 1, w
 
 
-def copy_(x, y):
-    z = torch.clone(x)
-    z.copy_(y)
-    return z * 2
-
-
 # ---- the differing methods as auto_convert rewrites them: x.m(*a) -> methods.m(x, *a);
 # `methods` is injected by tests/adapters/test_methods.py (adapters.torch.tensor_methods on
 # adapters, the real Tensor methods on torch).
@@ -468,6 +462,10 @@ def clone_rewritten(x):
     return methods.clone(x) * 2
 
 
+def amax_rewritten(x):
+    return methods.amax(x), methods.amax(x, -1), methods.amax(x, dim=1, keepdim=True)
+
+
 def squeeze_rewritten(x):
     return (methods.squeeze(x[:, :1]), methods.squeeze(x[:, :1], 1), methods.squeeze(x, 0),
             methods.squeeze(x[:1, :, :1], -1), methods.squeeze(x, dim=-1))
@@ -539,7 +537,11 @@ def inplace_rewritten(x, y):
     methods.sqrt_(r)
     methods.zero_(u)
     methods.fill_(v, 3.0)
-    return z, e, c, m, p, r, u, v
+    k, n, b = torch.clone(x), torch.clone(x), torch.clone(x)
+    methods.copy_(k, y)
+    methods.copy_(n, 2.0)
+    methods.copy_(b, y[0, 0])
+    return z, e, c, m, p, r, u, v, k, n, b
 
 
 def random_inplace_rewritten(x):
@@ -567,7 +569,7 @@ def agreeing_math(x, y, p):
 
 def agreeing_indexing(x, y, v, i):
     return (*index_select(x, i), *gather(x, i), *getitem(x, i), *getitem_mask(x), setitem(x, v),
-            setitem_mask(x), copy_(x, y))
+            setitem_mask(x))
 
 
 def agreeing_dtypes(x, i):
@@ -584,7 +586,8 @@ def rewritten_shapes(x, v):
 def rewritten_reductions(x):
     return (*max_rewritten(x), *min_rewritten(x), *argmax_rewritten(x), *softmax_rewritten(x),
             *log_softmax_rewritten(x), *norm_rewritten(x), *var_rewritten(x), *std_rewritten(x),
-            *topk_rewritten(x), *sort_rewritten(x), *argsort_rewritten(x), *cumsum_rewritten(x))
+            *topk_rewritten(x), *sort_rewritten(x), *argsort_rewritten(x), *cumsum_rewritten(x),
+            *amax_rewritten(x))
 
 
 def rewritten_dtypes(x, i):
