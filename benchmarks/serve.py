@@ -15,38 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from typing import Dict, List
 
 import numpy as np
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from serve_process import live_server  # noqa: E402
 QUESTIONS = ["What colour is the square?", "Describe the image.",
              "What colour is the square in the picture? Answer in one word, please.",
              "Describe the image. " * 6 + "Is the square red, green or blue?"]
-
-
-def start_server(model: str, images: str, port: int, slots: int, log) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "msmm.serve.cli", "--model", model, "--served-model-name", "bench",
-                             "--port", str(port), "--max-batch", str(slots), "--max-model-len", "256",
-                             "--max-queue", "64", "--allowed-local-media-path", images],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, GLOG_v="3"))
-    deadline = time.time() + 300
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("msmm-serve did not start (see its log)")
-            time.sleep(0.5)
 
 
 def request_messages(k: int, images: str) -> list:
@@ -140,20 +124,13 @@ def main() -> None:
             subprocess.run([sys.executable, os.path.join(REPO, "examples", "tiny", "make_tiny_assets.py"), "--family",
                             "qwen2vl", "--out", scratch, "--samples", "8", "--hf-model"], check=True)
             model, images = os.path.join(scratch, "hf"), os.path.join(scratch, "images")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with open(os.path.join(scratch, "server.log"), "w") as log:
-            server = start_server(model, images, port, args.slots, log)
-            try:
-                client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
-                                       timeout=600)
-                for k in range(8):  # compile every prompt bucket the requests use
-                    one_request(client, request_messages(k, images), 2)
-                rows = [load(client, c, args.requests, args.max_tokens, images) for c in args.clients]
-            finally:
-                server.terminate()
-                server.wait(60)
+        serve_args = ["--model", model, "--served-model-name", "bench", "--max-batch", str(args.slots),
+                      "--max-model-len", "256", "--max-queue", "64", "--allowed-local-media-path", images]
+        with live_server(serve_args, os.path.join(scratch, "server.log")) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+            for k in range(8):  # compile every prompt bucket the requests use
+                one_request(client, request_messages(k, images), 2)
+            rows = [load(client, c, args.requests, args.max_tokens, images) for c in args.clients]
     result = {"config": vars(args), "cpu_count": os.cpu_count(), "runs": rows}
     print(json.dumps(result, indent=1))
     print(table(rows))

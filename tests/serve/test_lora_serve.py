@@ -14,9 +14,9 @@ import sys
 import openai
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
-from live_server import REPO, free_port, live_server  # noqa: E402
+from serve_process import REPO, free_port, live_server  # noqa: E402
 
 QUESTION = "What colour is the square in the picture?"
 

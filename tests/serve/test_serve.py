@@ -25,10 +25,10 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "examples", "tiny"))
 sys.path.insert(0, os.path.join(REPO, "tests", "models"))
 sys.path.insert(0, os.path.join(REPO, "tests", "data"))
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 sys.path.insert(0, os.path.join(REPO, "tests", "eval"))
 import make_tiny_assets as tiny  # noqa: E402
-from live_server import live_server  # noqa: E402
+from serve_process import live_server  # noqa: E402
 from test_video import write_video  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""A live ``msmm-serve`` subprocess on 127.0.0.1 for the tests."""
+"""A live ``msmm-serve`` subprocess on 127.0.0.1, for the tests (tests/serve) and the load
+test (benchmarks/serve.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Iterator, List
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def free_port() -> int:
@@ -21,7 +22,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(args: List[str], log_path: str, timeout: float = 180) -> Iterator[str]:
+def live_server(args: List[str], log_path: str, timeout: float = 300) -> Iterator[str]:
     """``msmm-serve ARGS --port P`` until /health answers; yields its base URL; stops it after."""
     port = free_port()
     with open(log_path, "w") as log:
