@@ -89,14 +89,15 @@ class World:
         """Sum of ``x`` over the pipeline stages."""
         return self._sum(x, "pp")
 
-    def all_reduce_in_place(self, params: Sequence[Parameter]) -> None:
-        """Replace each of ``params`` by its sum over the data-parallel ranks: one all-reduce
-        per flat bucket of about ``BUCKET_BYTES`` (a compiled graph per parameter list)."""
-        if self.dp_size == 1:
+    def all_reduce_in_place(self, params: Sequence[Parameter], axis: str = "dp") -> None:
+        """Replace each of ``params`` by its sum over the data-parallel ranks (``axis`` "tp": the
+        tensor-parallel ranks): one all-reduce per flat bucket of about ``BUCKET_BYTES`` (a
+        compiled graph per parameter list)."""
+        if len(self.layout.group(self.rank, axis)) == 1 or not params:
             return
-        key = tuple(id(p) for p in params)
+        key = (axis,) + tuple(id(p) for p in params)
         if key not in self._bucketed:
-            self._bucketed[key] = BucketedAllReduce(params, self.group_names["dp"])
+            self._bucketed[key] = BucketedAllReduce(params, self.group_names[axis])
         self._bucketed[key].run()
 
     def barrier(self) -> None:
@@ -146,11 +147,12 @@ def launched_by_msrun() -> bool:
     return "MS_WORKER_NUM" in os.environ and "MS_ROLE" in os.environ
 
 
-def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pipeline: int = 1) -> World:
+def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pipeline: int = 1,
+               sequence_parallel: bool = False) -> World:
     """One process, or the msrun job this process is a worker of, laid out for
     ``tensor_parallel`` x ``pipeline_parallel`` (Megatron's order): the data-, tensor- and
     pipeline-parallel groups are created, and the model code's tensor-parallel state set (before
-    any model is built)."""
+    any model is built), with ``sequence_parallel`` (Megatron's, over the tensor-parallel ranks)."""
     if not launched_by_msrun():
         if tensor_parallel != 1 or pipeline_parallel != 1:
             raise ValueError(f"--tensor-model-parallel-size {tensor_parallel} x --pipeline-model-parallel-size "
@@ -171,5 +173,5 @@ def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pip
                 names[axis] = group.name if group is not None else communication.GlobalComm.WORLD_COMM_GROUP
                 if axis == "pp":
                     pipeline_group = group
-    initialize_tensor_parallel(layout.groups("tp"))
+    initialize_tensor_parallel(layout.groups("tp"), sequence_parallel)
     return World(rank, size, layout, names, pipeline_group)

@@ -34,7 +34,7 @@ parallelism by the same functions (``msmm.checkpoint.mm.placement``,
   --bf16/--fp16, else 4), for ``n`` tokens of a micro-batch (``b`` x ``--seq-length`` / CP for
   text; for vision the patches of one image at the largest size ``data.json`` allows, capped by
   what fits in ``--seq-length``), hidden ``h``, ``a`` heads of dim ``d``, ``g`` KV groups, FFN ``f``,
-  TP ``t`` (``r = 1/t`` with --sequence-parallel, else 1):
+  TP ``t`` (``r = 1/t`` with --sequence-parallel in the text decoder, else 1):
 
       stored  = n e [2 h r + L 2 h r + (2 a d + 2 g d) / t + c_mlp f / t] + n (a / t) A
       2 h r   the inputs of the two norms
@@ -72,7 +72,7 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from msmm.checkpoint.mm import placement
@@ -403,7 +403,8 @@ def make_plan(models: Any, config: Any, args: argparse.Namespace, checked: Valid
     text_layer = _text_layer(config, plan_args, cp)
     vision_layer = _vision_layer(config, vis, args.micro_batch_size)
     text_act = layer_activation_bytes(text_layer, settings, trained=True)
-    vision_act = layer_activation_bytes(vision_layer, settings, trained=True)
+    # msmm's sequence parallelism splits the text decoder's sequence only
+    vision_act = layer_activation_bytes(vision_layer, replace(settings, sequence_parallel=False), trained=True)
     projector_act = _projector_bytes(config, vis, args.micro_batch_size, settings)
 
     spec = get_family(config.model_id)

@@ -271,6 +271,9 @@ class Trainer:
         self.arguments = arguments or {}
         self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
         self.logger = TrainLogger(config.log_dir, enabled=world.rank == 0, log_tps=config.log_tps)
+        if self.sequence_parallel_grads:
+            self.logger.info(f"sequence parallel over the {world.tp_size} tensor-parallel ranks: the gradients of "
+                             f"{len(self.sequence_parallel_grads)} replicated text decoder parameters are summed over them")
 
     def _split_record(self) -> Optional[Dict[str, Any]]:
         """How the saved tensors are split (what mm-convert reads to merge them): the

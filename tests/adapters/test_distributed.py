@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 COLLECTIVES = ["all_reduce_sum", "functional_all_reduce", "all_reduce_avg", "all_reduce_max", "all_gather_list", "all_gather_into_tensor",
-               "broadcast_from_last", "reduce_scatter_tensor"]
+               "broadcast_from_last", "reduce_scatter_tensor", "functional_all_gather_dim1",
+               "functional_reduce_scatter_dim1"]
 WORLD = 2
 
 
@@ -34,7 +35,8 @@ if __name__ != "__main__":
     import mindspore as ms
     import pytest
     import torch
-    import torch.distributed.nn.functional  # noqa: F401 - torch loads this submodule on request only
+    import torch.distributed._functional_collectives  # noqa: F401 - torch loads these submodules on request only
+    import torch.distributed.nn.functional  # noqa: F401
 
     import adapters.torch as torch_ms
     from tests.adapters.harness import MODES, check, load_cases, randn
@@ -100,7 +102,9 @@ if __name__ != "__main__":
                 want = {"all_reduce_sum": total, "functional_all_reduce": total, "all_reduce_avg": total / WORLD,
                         "all_reduce_max": np.maximum(*xs), "all_gather_list": np.concatenate(xs),
                         "all_gather_into_tensor": np.concatenate(xs), "broadcast_from_last": xs[-1],
-                        "reduce_scatter_tensor": total[rank * chunk:(rank + 1) * chunk]}
+                        "reduce_scatter_tensor": total[rank * chunk:(rank + 1) * chunk],
+                        "functional_all_gather_dim1": np.concatenate(xs, 1),
+                        "functional_reduce_scatter_dim1": total.reshape(2, 6)[:, rank * 3:(rank + 1) * 3]}
                 for case in COLLECTIVES:
                     if mode == "graph" and case == "all_gather_list":
                         continue  # PyNative only (refused in graph mode)

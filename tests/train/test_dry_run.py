@@ -216,24 +216,25 @@ def test_bad_layout_stops_with_its_message(case, tmp_path, monkeypatch, capsys):
         assert message in err, err
 
 
-@pytest.mark.parametrize("flags, message, planned", [
-    (["--context-parallel-size", "2"], "--context-parallel-size 2: not implemented yet", True),
+@pytest.mark.parametrize("flags, message, planned, world", [
+    (["--context-parallel-size", "2"], "--context-parallel-size 2: not implemented yet", True, 2),
     (["--virtual-pipeline-model-parallel-size", "2"], "virtual pipeline stages need --pipeline-model-parallel-size > 1",
-     False),
-    (["--world-size", "8"], "--world-size 8: a positive number of devices, for --dry-run only", False),
-    (["--tensor-model-parallel-size", "2", "--sequence-parallel"],
-     "--sequence-parallel with --tensor-model-parallel-size 2: sequence parallelism is not implemented yet", True),
+     False, 2),
+    (["--world-size", "8"], "--world-size 8: a positive number of devices, for --dry-run only", False, 2),
+    (["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2", "--sequence-parallel"],
+     "--sequence-parallel with --pipeline-model-parallel-size 2: sequence parallelism across pipeline stages is not "
+     "implemented yet", True, 4),
 ])
-def test_real_run_refuses_what_is_not_implemented_yet(flags, message, planned, monkeypatch, capsys):
+def test_real_run_refuses_what_is_not_implemented_yet(flags, message, planned, world, monkeypatch, capsys):
     """Refused by a run before anything is built, planned by --dry-run (which lists the refusal)."""
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("MS_WORKER_NUM", "2")
-    argv = ["--mm-model", M8] + BASE + ["--global-batch-size", "2"] + flags
+    monkeypatch.setenv("MS_WORKER_NUM", str(world))
+    argv = ["--mm-model", M8] + BASE + ["--global-batch-size", str(world)] + flags
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     if planned:
         monkeypatch.delenv("MS_WORKER_NUM")
-        assert main(argv + ["--dry-run", "--world-size", "2"]) in (0, 3)
+        assert main(argv + ["--dry-run", "--world-size", str(world)]) in (0, 3)
         out = capsys.readouterr().out
         assert "not implemented yet (a real run stops here): " + message.split(":")[0] in out, out
 

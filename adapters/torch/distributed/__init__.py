@@ -14,7 +14,7 @@ do these (``Tensor.copy_``, which MindSpore honours in PyNative and in graph mod
 they also return that tensor (torch returns None). ``async_op=True`` runs the collective
 at once and returns a completed work handle (``wait()`` is a no-op).
 """
-from . import nn
+from . import _functional_collectives, nn
 from .collectives import (ReduceOp, all_gather, all_gather_into_tensor, all_reduce, barrier, broadcast,
                           reduce_scatter, reduce_scatter_tensor)
 from .p2p import Work, irecv, isend, recv, send

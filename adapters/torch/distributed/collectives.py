@@ -94,9 +94,25 @@ def all_reduce(tensor: Tensor, op: str = ReduceOp.SUM, group: Optional[ProcessGr
     return _finish(tensor, None if group.size == 1 else _reduce(tensor, op, group), async_op)
 
 
+@register("distributed.all_gather", "Ascend", tested=False)
+def _all_gather_native(tensor: Tensor, group: ProcessGroup) -> Tensor:
+    return ops.AllGather(group.name)(tensor)
+
+
+@register("distributed.all_gather", "CPU",
+          note="all-reduce of zero-padded rows (exact): MindSpore's AllGather runs in the world group only on CPU")
+def _all_gather_by_all_reduce(tensor: Tensor, group: ProcessGroup) -> Tensor:
+    rows = tensor.shape[0]
+    padding = ((group.rank * rows, (group.size - 1 - group.rank) * rows),) + ((0, 0),) * (len(tensor.shape) - 1)
+    return ops.AllReduce(ops.ReduceOp.SUM, group.name)(ops.Pad(padding)(tensor))
+
+
+_all_gather_kernel = kernel("distributed.all_gather")
+
+
 def _gather(tensor: Tensor, group: ProcessGroup) -> Tensor:
     """Concatenation of every rank's ``tensor`` along dim 0 (rank order)."""
-    return tensor if group.size == 1 else ops.AllGather(group.name)(tensor)
+    return tensor if group.size == 1 else _all_gather_kernel(tensor, group)
 
 
 def all_gather_into_tensor(output_tensor: Tensor, input_tensor: Tensor, group: Optional[ProcessGroup] = None,

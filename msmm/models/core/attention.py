@@ -141,17 +141,20 @@ class SelfAttention(nn.Module):
     def _build_projections(self, config: TransformerConfig) -> None:
         h, std = config.hidden_size, config.init_method_std
         q_out, kv_out = config.num_attention_heads * self.head_dim, config.num_query_groups * self.head_dim
-        self.q_proj = ColumnParallelLinear(h, q_out, config.add_qkv_bias, std)
-        self.k_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, std)
-        self.v_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, std)
-        self.o_proj = RowParallelLinear(q_out, h, config.add_bias_linear, std)
+        sp = config.sequence_parallel
+        self.q_proj = ColumnParallelLinear(h, q_out, config.add_qkv_bias, std, sequence_parallel=sp)
+        self.k_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, std, sequence_parallel=sp)
+        self.v_proj = ColumnParallelLinear(h, kv_out, config.add_qkv_bias, std, sequence_parallel=sp)
+        self.o_proj = RowParallelLinear(q_out, h, config.add_bias_linear, std, sequence_parallel=sp)
 
     def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, L, hidden] -> q [B, L, H, D], k and v [B, L, G, D]."""
-        b, l = x.shape[0], x.shape[1]
-        q = self.q_proj(x).view(b, l, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, l, self.num_groups, self.head_dim)
-        v = self.v_proj(x).view(b, l, self.num_groups, self.head_dim)
+        """x [B, L, hidden] (sequence parallel: this rank's [B, L / TP, hidden]) -> q [B, L, H, D],
+        k and v [B, L, G, D]."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        b, l = q.shape[0], q.shape[1]
+        q = q.view(b, l, self.num_heads, self.head_dim)
+        k = k.view(b, l, self.num_groups, self.head_dim)
+        v = v.view(b, l, self.num_groups, self.head_dim)
         return q, k, v
 
     def output(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,10 @@ class TransformerConfig:
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    # Megatron's sequence parallelism: hidden states split along the sequence over the
+    # tensor-parallel ranks outside attention and MLP. A run setting (msmm-train
+    # --sequence-parallel), which the text decoder takes from the tensor-parallel state.
+    sequence_parallel: bool = False
 
     def rope(self) -> Optional[RopeScaling]:
         """The parsed ``rope_scaling`` (None: plain RoPE)."""

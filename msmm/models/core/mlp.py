@@ -20,10 +20,10 @@ class SwiGLUMLP(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         h, f = config.hidden_size, config.ffn_hidden_size
-        std, bias = config.init_method_std, config.add_bias_linear
-        self.gate_proj = ColumnParallelLinear(h, f, bias, std)
-        self.up_proj = ColumnParallelLinear(h, f, bias, std)
-        self.down_proj = RowParallelLinear(f, h, bias, std)
+        std, bias, sp = config.init_method_std, config.add_bias_linear, config.sequence_parallel
+        self.gate_proj = ColumnParallelLinear(h, f, bias, std, sequence_parallel=sp)
+        self.up_proj = ColumnParallelLinear(h, f, bias, std, sequence_parallel=sp)
+        self.down_proj = RowParallelLinear(f, h, bias, std, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -45,8 +45,8 @@ class MLP(nn.Module):
         h, f = config.hidden_size, config.ffn_hidden_size
         std = config.init_method_std
         self.activation = activation
-        self.fc1 = ColumnParallelLinear(h, f, True, std)
-        self.fc2 = RowParallelLinear(f, h, True, std)
+        self.fc1 = ColumnParallelLinear(h, f, True, std, sequence_parallel=config.sequence_parallel)
+        self.fc2 = RowParallelLinear(f, h, True, std, sequence_parallel=config.sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))

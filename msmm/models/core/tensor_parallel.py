@@ -14,9 +14,21 @@ MindSpore's (HCCL on Ascend, exact CPU fallbacks on mccl), in PyNative and graph
 * ``all_reduce_tensor_parallel``: all-reduce forward and backward (a sum whose result
   feeds rank-specific computation, e.g. the variance of a sharded RMSNorm).
 
-``initialize_tensor_parallel(groups)`` is called once, before a model is built, with the
-rank lists of every tensor-parallel group (msmm-train does it from its rank layout);
-layers read the size and rank at construction. Without it, everything is one rank.
+Megatron's sequence parallelism (``--sequence-parallel``): between the column- and
+row-parallel layers the hidden states [B, L, hidden] are split along the sequence (dim 1)
+over the tensor-parallel ranks, so norms, residuals and dropout run on L / TP tokens:
+
+* ``scatter_to_sequence_parallel_region``: this rank's slice forward, all-gather of the
+  gradient (the decoder's input embeddings);
+* ``gather_from_sequence_parallel_region``: all-gather forward, reduce-scatter of the
+  gradient (the input of a column-parallel layer, in place of ``copy_to``);
+* ``reduce_scatter_to_sequence_parallel_region``: reduce-scatter forward, all-gather of the
+  gradient (the output of a row-parallel layer, in place of ``reduce_from``).
+
+``initialize_tensor_parallel(groups, sequence_parallel)`` is called once, before a model is
+built, with the rank lists of every tensor-parallel group (msmm-train does it from its rank
+layout); layers read the size and rank at construction, the text decoder whether it runs
+sequence parallel. Without it, everything is one rank.
 """
 from __future__ import annotations
 
@@ -26,22 +38,28 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed._functional_collectives import all_gather_single, reduce_scatter_single
 from torch.distributed.nn.functional import all_reduce  # returns the sum (never writes into its argument)
+
+SEQUENCE_DIM = 1  # hidden states are [B, L, hidden]
 
 
 class _State:
     group = None  # this rank's tensor-parallel group (torch.distributed ProcessGroup)
     size = 1
     rank = 0
+    sequence_parallel = False
 
 
 _STATE = _State()
 
 
-def initialize_tensor_parallel(groups: Sequence[Sequence[int]]) -> None:
+def initialize_tensor_parallel(groups: Sequence[Sequence[int]], sequence_parallel: bool = False) -> None:
     """Create the tensor-parallel groups (every process passes all of them, as
-    ``torch.distributed.new_group`` requires) and remember the one holding this rank."""
+    ``torch.distributed.new_group`` requires) and remember the one holding this rank;
+    ``sequence_parallel``: the text decoders built from now on split their sequence."""
     me = dist.get_rank()
+    _STATE.sequence_parallel = sequence_parallel
     for ranks in groups:
         group = dist.new_group(list(ranks))
         if me in ranks:
@@ -49,7 +67,7 @@ def initialize_tensor_parallel(groups: Sequence[Sequence[int]]) -> None:
 
 
 def reset_tensor_parallel() -> None:
-    _STATE.group, _STATE.size, _STATE.rank = None, 1, 0
+    _STATE.group, _STATE.size, _STATE.rank, _STATE.sequence_parallel = None, 1, 0, False
 
 
 def tensor_parallel_size() -> int:
@@ -58,6 +76,11 @@ def tensor_parallel_size() -> int:
 
 def tensor_parallel_rank() -> int:
     return _STATE.rank
+
+
+def sequence_parallel_enabled() -> bool:
+    """Whether sequence parallelism is on (asked for, with more than one tensor-parallel rank)."""
+    return _STATE.sequence_parallel and _STATE.size > 1
 
 
 def divide(total: int, what: str) -> int:
@@ -86,6 +109,55 @@ class _ReduceFromRegion(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad, None
+
+
+class _ScatterToSequenceRegion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        local = x.shape[SEQUENCE_DIM] // group.size
+        return torch.narrow(x, SEQUENCE_DIM, group.rank * local, local)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_gather_single(grad, SEQUENCE_DIM, ctx.group), None
+
+
+class _GatherFromSequenceRegion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return all_gather_single(x, SEQUENCE_DIM, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return reduce_scatter_single(grad, "sum", SEQUENCE_DIM, ctx.group), None
+
+
+class _ReduceScatterToSequenceRegion(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return reduce_scatter_single(x, "sum", SEQUENCE_DIM, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_gather_single(grad, SEQUENCE_DIM, ctx.group), None
+
+
+def scatter_to_sequence_parallel_region(x: torch.Tensor) -> torch.Tensor:
+    """[B, L, ...] -> this rank's [B, L / TP, ...] (L must divide by TP)."""
+    return x if _STATE.size == 1 else _ScatterToSequenceRegion.apply(x, _STATE.group)
+
+
+def gather_from_sequence_parallel_region(x: torch.Tensor) -> torch.Tensor:
+    """[B, L / TP, ...] of every rank -> [B, L, ...], in rank order."""
+    return x if _STATE.size == 1 else _GatherFromSequenceRegion.apply(x, _STATE.group)
+
+
+def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor) -> torch.Tensor:
+    """The ranks' partial [B, L, ...] summed, this rank's [B, L / TP, ...] of the sum."""
+    return x if _STATE.size == 1 else _ReduceScatterToSequenceRegion.apply(x, _STATE.group)
 
 
 def copy_to_tensor_parallel_region(x: torch.Tensor) -> torch.Tensor:

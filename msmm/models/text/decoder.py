@@ -1,6 +1,7 @@
 """Decoder-only language model (embeddings + transformer block) and the causal-LM head/loss."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -18,7 +19,8 @@ from ..core import (
     causal_attention_mask,
 )
 from ..core.rope_scaling import PLAIN
-from ..core.tensor_parallel import VocabParallelEmbedding, padded_vocab_size
+from ..core.tensor_parallel import (VocabParallelEmbedding, padded_vocab_size, scatter_to_sequence_parallel_region,
+                                    sequence_parallel_enabled)
 
 IGNORE_INDEX = -100
 
@@ -70,7 +72,10 @@ def causal_lm_loss(
 
 class DecoderModel(TransformerBlock):
     """Token embeddings -> layers -> final norm. Names follow HF's ``model.*`` keys:
-    embed_tokens, layers.N.*, norm."""
+    embed_tokens, layers.N.*, norm. With ``config.sequence_parallel`` the input embeddings
+    (vision features spliced in) are scattered along the sequence and the layers and the norm
+    run on this tensor-parallel rank's L / TP tokens (rotary tables and the attention mask
+    cover the whole sequence: attention sees all of it)."""
 
     def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec) -> None:
         super().__init__(config, layer_spec)
@@ -78,6 +83,7 @@ class DecoderModel(TransformerBlock):
                                                    config.init_method_std)
         self.rotary_emb = RotaryEmbedding(config.kv_channels, config.rotary_base, config.mrope_section, config.rope())
         self.uses_mrope = config.mrope_section is not None
+        self.sequence_parallel = config.sequence_parallel
 
     def forward(
         self,
@@ -105,7 +111,10 @@ class DecoderModel(TransformerBlock):
         if caches is not None:
             rotary = self.rotary_emb(self.full_position_ids(inputs_embeds, position_ids))
             return super().forward(inputs_embeds, rotary, cached_attention_mask(slots, attention_mask), caches, slots)
-        return super().forward(inputs_embeds, *self.layer_inputs(inputs_embeds, position_ids, attention_mask, segment_ids))
+        layer_inputs = self.layer_inputs(inputs_embeds, position_ids, attention_mask, segment_ids)
+        if self.sequence_parallel:
+            inputs_embeds = scatter_to_sequence_parallel_region(inputs_embeds)
+        return super().forward(inputs_embeds, *layer_inputs)
 
     def full_position_ids(self, hidden: torch.Tensor, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
         """position_ids as the rotary embedding takes them: 0..L-1 by default, [3, B, L] for M-RoPE."""
@@ -134,15 +143,21 @@ class CausalLM(nn.Module):
 
     ``tied_weights`` maps each tied parameter name to the name it shares storage with, so
     a checkpoint may omit it (HF saves tied weights once).
+
+    Built while sequence parallelism is on (msmm-train --sequence-parallel, with tensor
+    parallelism) it runs sequence parallel (``config.sequence_parallel``); the output layer
+    gathers the sequence, so the logits cover all of it.
     """
 
     def __init__(self, config: TransformerConfig, layer_spec: ModuleSpec) -> None:
         super().__init__()
+        config = replace(config, sequence_parallel=sequence_parallel_enabled())
         self.config = config
         self.model = DecoderModel(config, layer_spec)
         # vocab-parallel logits: a rank computes those of its (padded) vocabulary rows
         self.lm_head = ColumnParallelLinear(config.hidden_size, config.vocab_size, False, config.init_method_std,
-                                            padded_out=padded_vocab_size(config.vocab_size))
+                                            padded_out=padded_vocab_size(config.vocab_size),
+                                            sequence_parallel=config.sequence_parallel)
         self.tied_weights = {}
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -33,12 +33,15 @@ class InternLM2Attention(SelfAttention):
         self.queries_per_group = self.num_heads // self.num_groups
         # grouped rows: a contiguous shard holds whole key/value groups
         qkv_out = config.num_query_groups * (self.queries_per_group + 2) * self.head_dim
-        self.wqkv = ColumnParallelLinear(h, qkv_out, config.add_qkv_bias, std)
-        self.wo = RowParallelLinear(config.num_attention_heads * self.head_dim, h, config.add_bias_linear, std)
+        sp = config.sequence_parallel
+        self.wqkv = ColumnParallelLinear(h, qkv_out, config.add_qkv_bias, std, sequence_parallel=sp)
+        self.wo = RowParallelLinear(config.num_attention_heads * self.head_dim, h, config.add_bias_linear, std,
+                                    sequence_parallel=sp)
 
     def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, l, r = x.shape[0], x.shape[1], self.queries_per_group
-        qkv = self.wqkv(x).view(b, l, self.num_groups, r + 2, self.head_dim)
+        qkv = self.wqkv(x)  # [B, L, ...]: the whole sequence also under sequence parallelism
+        b, l, r = qkv.shape[0], qkv.shape[1], self.queries_per_group
+        qkv = qkv.view(b, l, self.num_groups, r + 2, self.head_dim)
         q, k, v = torch.split(qkv, [r, 1, 1], dim=3)
         return q.reshape(b, l, self.num_heads, self.head_dim), k.squeeze(3), v.squeeze(3)
 
@@ -52,10 +55,10 @@ class InternLM2MLP(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         h, f = config.hidden_size, config.ffn_hidden_size
-        std = config.init_method_std
-        self.w1 = ColumnParallelLinear(h, f, False, std)
-        self.w3 = ColumnParallelLinear(h, f, False, std)
-        self.w2 = RowParallelLinear(f, h, False, std)
+        std, sp = config.init_method_std, config.sequence_parallel
+        self.w1 = ColumnParallelLinear(h, f, False, std, sequence_parallel=sp)
+        self.w3 = ColumnParallelLinear(h, f, False, std, sequence_parallel=sp)
+        self.w2 = RowParallelLinear(f, h, False, std, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

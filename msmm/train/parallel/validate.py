@@ -300,8 +300,9 @@ def validate_layout(args: argparse.Namespace, config, world_size: int,
 
 def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List[str]:
     """What this layout asks for that the training runtime does not implement yet (a real run
-    stops on the first; ``--dry-run`` plans them). Data, tensor and pipeline parallelism (1F1B,
-    interleaved virtual stages) and the distributed optimizer are implemented."""
+    stops on the first; ``--dry-run`` plans them). Data, tensor (with sequence parallelism) and
+    pipeline parallelism (1F1B, interleaved virtual stages) and the distributed optimizer are
+    implemented."""
     out = []
     lay = checked.layout
     vision = checked.vision
@@ -311,9 +312,9 @@ def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List
                    f"([{vision.num_layers}, 0, ...], as MindSpeed-MM's recipes do)")
     if lay.cp > 1:
         out.append(f"--context-parallel-size {lay.cp}: context parallelism is not implemented yet")
-    if checked.sequence_parallel:
-        out.append(f"--sequence-parallel with --tensor-model-parallel-size {lay.tp}: sequence parallelism is not "
-                   "implemented yet; drop the flag (without it each TP rank keeps full-sequence norm activations)")
+    if checked.sequence_parallel and lay.pp > 1:
+        out.append(f"--sequence-parallel with --pipeline-model-parallel-size {lay.pp}: sequence parallelism across "
+                   "pipeline stages is not implemented yet; drop one of them")
     return out
 
 

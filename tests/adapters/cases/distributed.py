@@ -82,3 +82,13 @@ def tensor_parallel_mlp(x, w):
     """Row-parallel matmul: each rank holds a slice of w; grads of x are all-reduced."""
     h = CopyToModelParallelRegion.apply(x, None)
     return ReduceFromModelParallelRegion.apply(torch.matmul(h, w), None)
+
+
+def functional_all_gather_dim1(x):
+    """torch.distributed._functional_collectives.all_gather_single along dim 1, returned."""
+    return torch.distributed._functional_collectives.all_gather_single(x, 1, dist.group.WORLD)
+
+
+def functional_reduce_scatter_dim1(x):
+    """torch.distributed._functional_collectives.reduce_scatter_tensor of [2, 6] along dim 1."""
+    return torch.distributed._functional_collectives.reduce_scatter_single(x.reshape(2, 6), "sum", 1, dist.group.WORLD)
