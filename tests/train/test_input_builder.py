@@ -54,3 +54,15 @@ def test_a_batch_key_the_model_does_not_take_is_an_error(rng):
     batch["image_grid_thw"] = np.array([[1, 2, 2]])
     with pytest.raises(ValueError, match=r"batch key 'image_grid_thw': Llava\.forward takes no such input"):
         InputBuilder(llava())(batch)
+
+
+def test_without_seq_length_sequence_parallel_pads_to_a_multiple_of_the_ranks(rng):
+    """--sequence-parallel without --seq-length: a 13-token micro-batch becomes 16 tokens for TP 4,
+    the 3 added positions padding (attention mask 0, labels -100: no loss, never attended)."""
+    batch = PaddingCollator(0)([sample(rng, 7, True)])
+    assert batch["input_ids"].shape[1] == 13
+    inputs = InputBuilder(internvl(), seq_multiple=4)(batch)
+    assert inputs["input_ids"].shape == (1, 16)
+    np.testing.assert_array_equal(inputs["labels"].asnumpy()[0, 13:], [-100] * 3)
+    np.testing.assert_array_equal(inputs["attention_mask"].asnumpy()[0], [1] * 13 + [0] * 3)
+    np.testing.assert_array_equal(inputs["input_ids"].asnumpy()[0, :13], batch["input_ids"][0])
