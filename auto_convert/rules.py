@@ -101,9 +101,8 @@ TENSOR_METHOD_WHY = ("MindSpore's Tensor.{0} differs from torch's (adapters/torc
 # Methods with one torch form: any other arity is numpy's or MindSpore's own method.
 TORCH_ARITY_ONLY = frozenset({"transpose"})
 
-# In-place methods that adapters implements as they are (on Modules), and copy_, which
-# MindSpore writes in place in both modes.
-KEPT_INPLACE = frozenset({"requires_grad_", "zero_grad", "apply", "copy_"})
+# In-place methods that adapters implements as they are (on Modules).
+KEPT_INPLACE = frozenset({"requires_grad_", "zero_grad", "apply"})
 
 # `x.chunk(n, dim=d)` -> `x.chunk(n, d)`: keyword moved to its position (index, keyword).
 DIM_KEYWORD_METHODS: dict[str, int] = {"chunk": 1, "split": 1}

@@ -43,8 +43,10 @@ def workdir(tmp_path_factory) -> Path:
 
 def _check(api: str, workdir: Path) -> None:
     assert api in COMMITTED, f"{api} has no committed outcome: run tools/differential_coverage.py"
-    got = run_api(api, workdir).to_json()
     want = COMMITTED[api]
+    if want["pynative"] == "crash":
+        pytest.skip("kills its process (a MindSpore crash): tools/differential_coverage.py runs it in a worker")
+    got = run_api(api, workdir).to_json()
     keys = ("cases", "pynative", "jit", "grad", "views", "rewritten")
     assert {k: got[k] for k in keys} == {k: want[k] for k in keys}, got["message"] or want["message"]
 

@@ -286,8 +286,12 @@ def _nll(logp: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: i
 
 
 def _check_reduction(size_average, reduce, reduction: str) -> str:
+    """``reduction``, or torch's reading of the deprecated ``size_average``/``reduce`` (either
+    given: None counts as True; both true: mean, reduce only: sum, reduce false: none)."""
     if size_average is not None or reduce is not None:
-        raise ValueError("size_average and reduce are deprecated in torch; use reduction=")
+        size_average = True if size_average is None else size_average
+        reduce = True if reduce is None else reduce
+        return ("mean" if size_average else "sum") if reduce else "none"
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"{reduction!r} is not a valid value for reduction ('none', 'mean', 'sum')")
     return reduction
