@@ -8,7 +8,8 @@ use, in :data:`UPSTREAM_UNUSED_KEYS`, are logged at info level and ignored)::
     {"dataset_param": {
         "dataset_type": "multimodal" | "huggingface",
         "basic_parameters": {"template_name" | "template", "data_path", "data_folder",
-                             "dataset_dir", "dataset", "cutoff_len", "max_samples", "strict"},
+                             "dataset_dir", "dataset", "cutoff_len", "max_samples", "strict",
+                             "val_dataset", "val_max_samples", "val_rate"},
         "preprocess_parameters": {"model_name_or_path", "image_min_pixels", "image_max_pixels",
                                   "video_min_pixels", "video_max_pixels", "video_fps",
                                   "video_maxlen", "pad_to_square"},
@@ -92,6 +93,10 @@ class BasicParameters:
     max_samples: Optional[int] = None
     repeat_time: int = 1
     strict: bool = False  # stop at the first bad input instead of skipping it
+    # validation data (MindSpeed-MM): an annotation file of the same layout, or a share of the records
+    val_dataset: Optional[str] = None
+    val_max_samples: Optional[int] = None  # the first N records of val_dataset
+    val_rate: Optional[float] = None
 
     @property
     def annotation_path(self) -> str:
@@ -316,6 +321,16 @@ def _check(config: DataConfig, source: str) -> None:
             fail(key, f"must be positive, got {value}")
     if config.dataloader_param.num_workers < 0:
         fail("dataloader_param.num_workers", "must be >= 0")
+    if basic.val_rate is not None and not 0.0 <= basic.val_rate < 1.0:
+        fail(f"{prefix}.val_rate", f"the share of the records held out for validation must lie in [0, 1), "
+                                   f"got {basic.val_rate}")
+    if basic.val_max_samples is not None and basic.val_max_samples <= 0:
+        fail(f"{prefix}.val_max_samples", f"must be positive, got {basic.val_max_samples}")
+    if basic.val_max_samples is not None and not basic.val_dataset:
+        fail(f"{prefix}.val_max_samples", "limits val_dataset, which is not set")
+    if basic.val_dataset and basic.val_rate:
+        logger.warning("%s: %s.val_rate %s: no effect, val_dataset gives the validation data (as in MindSpeed-MM)",
+                       source, prefix, basic.val_rate)
     pairs = (
         ("dataset_param.max_dynamic_patch", param.min_dynamic_patch, param.max_dynamic_patch),
         ("dataset_param.max_num_frame", param.min_num_frame, param.max_num_frame),

@@ -15,7 +15,6 @@ KERNEL = "a kernel or fusion choice: msmm picks its kernels per device"
 MEMORY = "a memory optimisation of MindSpeed's; msmm keeps what its plan (--dry-run) shows"
 ARCHITECTURE = "model.json sets the architecture (MindSpeed-MM builds the model from it as well)"
 TOKENIZER = "the tokenizer comes from data.json's tokenizer_config"
-VALIDATION = "validation loss is not run by msmm-train yet"
 
 # flag -> (takes a value, why it has no effect here)
 NO_EFFECT: Dict[str, Tuple[bool, str]] = {
@@ -45,7 +44,6 @@ NO_EFFECT: Dict[str, Tuple[bool, str]] = {
         "--padded-vocab-size", "--vocab-size", "--init-method-std", "--attention-dropout", "--hidden-dropout",
         "--rotary-base", "--norm-epsilon", "--img-h", "--img-w", "--patch-dim")},
     "--initial-loss-scale": (True, "bf16 / fp32 training uses no loss scale"),
-    **{f: (True, VALIDATION) for f in ("--eval-iters", "--eval-interval")},
 }
 
 # flag -> (takes a value, why it is refused)

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--no-load-optim", "--no-load-rng", "--no-save-optim", "--no-save-rng"):
         g.add_argument(flag, action="store_true")
     g.add_argument("--log-interval", type=int, default=100)
+    g.add_argument("--eval-interval", type=int, help="validation loss every N iterations (default 1000, Megatron's), "
+                   "over data.json val_dataset or val_rate")
+    g.add_argument("--eval-iters", type=int, help="global batches per validation (default 100, Megatron's; 0: none)")
     g.add_argument("--log-tps", action="store_true")
     g.add_argument("--log-dir", help="JSONL log, TensorBoard events, loss curve (default: --save, else ./logs)")
     g.add_argument("--tensorboard-dir", help="alias of --log-dir")
@@ -195,6 +198,10 @@ def _validate(args: argparse.Namespace, argv: List[str]) -> None:
         if not 0 <= args.lr_warmup_iters <= decay:
             fail(f"--lr-warmup-iters {args.lr_warmup_iters} must lie in [0, {decay}] (the decay iterations)")
         args.lr_warmup_fraction = args.lr_warmup_iters / decay  # Megatron: warmup = fraction x decay iterations
+    if args.eval_interval is not None and args.eval_interval <= 0:
+        fail(f"--eval-interval must be positive, got {args.eval_interval}")
+    if args.eval_iters is not None and args.eval_iters < 0:
+        fail(f"--eval-iters must be >= 0, got {args.eval_iters}")
     if args.save_total_limit is not None and (args.save_total_limit <= 0 or not args.save):
         fail(f"--save-total-limit must be positive and needs --save, got {args.save_total_limit}")
     args.lora = _lora_from_args(args, fail)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from msmm.config.data_config import DataConfig
 from msmm.data.bad_input import BadInputLog
@@ -10,7 +13,7 @@ from msmm.data.collate import PackingCollator, PaddingCollator
 from msmm.data.dataset import InternVLVision, LlavaVision, MultimodalDataset, Qwen2VLVision
 from msmm.data.image_processing import CLIPImageTransform, InternVLImageTransform, Qwen2VLImageTransform
 from msmm.data.loader import DataLoader
-from msmm.data.records import load_records
+from msmm.data.records import Record, load_records
 from msmm.data.sampler import EpochSampler
 from msmm.data.templates import ConversationEncoder, add_missing_vision_tokens
 from msmm.data.video import InternVLFrameSampler, Qwen2VLFrameSampler
@@ -35,6 +38,42 @@ def build_vision(config: DataConfig):
     return LlavaVision(CLIPImageTransform(p.crop_size, p.crop_size, pre.pad_to_square), p.patch_size)
 
 
+SPLITS = ("train", "validation")
+
+
+def has_validation_data(config: DataConfig) -> bool:
+    """data.json names validation data: ``val_dataset``, or a ``val_rate`` share of the records."""
+    basic = config.dataset_param.basic_parameters
+    return bool(basic.val_dataset or basic.val_rate)
+
+
+def split_records(records: Sequence[Record], val_rate: float, seed: int) -> Tuple[List[Record], List[Record]]:
+    """(train, validation) as HF ``datasets``' ``train_test_split(test_size=val_rate, seed=seed)``
+    (MindSpeed-MM's split): one permutation from ``numpy.random.default_rng(seed)``, its first
+    ``ceil(val_rate * n)`` records for validation, the rest for training, in permutation order."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    n_val = math.ceil(val_rate * len(records))
+    return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+
+
+def _split(config: DataConfig, records: List[Record], split: str, seed: int, log: BadInputLog) -> List[Record]:
+    """The records of ``split``: ``val_dataset`` (its first ``val_max_samples``) is the validation
+    data and leaves the training records whole; else ``val_rate`` splits them (``split_records``)."""
+    basic = config.dataset_param.basic_parameters
+    if basic.val_dataset:
+        if split == "train":
+            return records
+        attr, root_name = config.dataset_param.attr, "data_folder" if basic.data_path else "dataset_dir"
+        held_out = load_records(basic.val_dataset, basic.media_root, log, attr, root_name)
+        return held_out[: basic.val_max_samples] if basic.val_max_samples else held_out
+    if basic.val_rate:
+        return split_records(records, basic.val_rate, seed)[SPLITS.index(split)]
+    if split == "validation":
+        raise ValueError(f"{config.source}: no validation data: set dataset_param.basic_parameters.val_dataset "
+                         "(an annotation file) or val_rate (a share of the records)")
+    return records
+
+
 def build_dataloader(
     config: DataConfig,
     tokenizer=None,
@@ -42,9 +81,15 @@ def build_dataloader(
     world_size: int = 1,
     log: Optional[BadInputLog] = None,
     global_batch_size: Optional[int] = None,
+    split: str = "train",
+    split_seed: Optional[int] = None,
 ) -> DataLoader:
     """Everything the trainer needs to read the data of ``config``, for data-parallel rank
     ``rank`` of ``world_size``.
+
+    ``split``: ``"train"``, or ``"validation"`` (data.json's ``val_dataset`` or ``val_rate``,
+    see ``_split``); ``val_rate`` splits with ``split_seed`` (``msmm-train --seed``; default:
+    ``dataloader_param.seed``). ``repeat_time`` repeats the training records only.
 
     ``tokenizer`` defaults to ``AutoTokenizer.from_pretrained(tokenizer_config.from_pretrained)``.
     With ``group_by_length``, samples are grouped by length within mega-batches of
@@ -65,9 +110,12 @@ def build_dataloader(
     attr = config.dataset_param.attr
     root_name = "data_folder" if basic.data_path else "dataset_dir"
     records = load_records(basic.annotation_path, basic.media_root, log, attr, root_name)
-    log.end_reading()
     records = records[: basic.max_samples] if basic.max_samples else records
-    records = records * basic.repeat_time
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    records = _split(config, records, split, loader_param.seed if split_seed is None else split_seed, log)
+    log.end_reading()
+    records = records * basic.repeat_time if split == "train" else records
     seq_length = basic.cutoff_len or config.dataset_param.tokenizer_config.model_max_length
     encoder = ConversationEncoder(tokenizer, config.template, config.model_family)
     dataset = MultimodalDataset(records, encoder, build_vision(config), seq_length, loader_param.seed)

@@ -48,6 +48,8 @@ class PackingCollator:
 
     Per row: ``position_ids`` restart at 0 for each sample, ``segment_ids`` number the samples
     (``-1`` on padding); attention may only look within a segment (block-diagonal causal mask).
+    Each sample's first label is -100: the token before it (the previous sample's last) predicts
+    nothing, as when the samples run one by one.
     ``cu_seqlens`` are the segment boundaries in the flattened ``(R * pack_length)`` tokens,
     padding counted as its own segment, as varlen flash attention takes them. Vision tensors
     follow the samples' order in the flattened rows.
@@ -81,6 +83,7 @@ class PackingCollator:
                 n = len(samples[i]["input_ids"])
                 input_ids[r, start : start + n] = samples[i]["input_ids"]
                 labels[r, start : start + n] = samples[i]["labels"]
+                labels[r, start] = IGNORE_INDEX  # never predicted: shifted labels start at the second token
                 position_ids[r, start : start + n] = np.arange(n)
                 segment_ids[r, start : start + n] = segment
                 start += n

@@ -87,10 +87,12 @@ class Qwen2VL(CausalLM):
         image_grid_thw=None,
         video_grid_thw=None,
         second_per_grid_ts=None,
+        segment_ids=None,
         **pixels: Any,
     ) -> np.ndarray:
         """M-RoPE position ids [3, B, L] (numpy) of a (left-padded) prompt [B, L], from the
-        image / video grids, as HF's ``get_rope_index``; ``pixels`` are not needed."""
+        image / video grids, as HF's ``get_rope_index``; ``pixels`` are not needed. With
+        ``segment_ids`` (packed rows) the positions restart at each packed sample."""
         vc = self.config.vision
         position_ids, _ = get_rope_index(
             _numpy(input_ids),
@@ -103,6 +105,7 @@ class Qwen2VL(CausalLM):
             vision_start_token_id=self.config.vision_start_token_id,
             second_per_grid_ts=_numpy(second_per_grid_ts),
             tokens_per_second=vc.tokens_per_second,
+            segment_ids=_numpy(segment_ids),
         )
         return position_ids
 
@@ -124,12 +127,14 @@ class Qwen2VL(CausalLM):
         image_grid_thw=None,
         video_grid_thw=None,
         second_per_grid_ts=None,
+        segment_ids=None,
     ) -> Dict[str, np.ndarray]:
-        """The numpy metadata ``forward`` takes: ``position_ids`` [3, B, L] and the ViT's
-        ``vision_*`` inputs (absent without images/videos). Call it in the data pipeline."""
+        """The numpy metadata ``forward`` takes: ``position_ids`` [3, B, L] (restarting at each
+        packed sample of ``segment_ids``) and the ViT's ``vision_*`` inputs (absent without
+        images/videos). Call it in the data pipeline."""
         meta = {
             "position_ids": self.prompt_position_ids(
-                input_ids, attention_mask, image_grid_thw, video_grid_thw, second_per_grid_ts
+                input_ids, attention_mask, image_grid_thw, video_grid_thw, second_per_grid_ts, segment_ids
             )
         }
         meta.update(self.vit_metadata(image_grid_thw, video_grid_thw))
@@ -231,7 +236,9 @@ class Qwen2VL(CausalLM):
         """
         has_vision = pixel_values is not None or pixel_values_videos is not None
         if position_ids is None or (has_vision and vision_position_ids is None):
-            meta = self.prepare_metadata(input_ids, attention_mask, image_grid_thw, video_grid_thw, second_per_grid_ts)
+            meta = self.prepare_metadata(
+                input_ids, attention_mask, image_grid_thw, video_grid_thw, second_per_grid_ts, segment_ids
+            )
             meta = {k: torch.tensor(v) for k, v in meta.items()}
             position_ids = meta["position_ids"] if position_ids is None else position_ids
             if has_vision and vision_position_ids is None:

@@ -108,6 +108,68 @@ def vision_metadata(
     }
 
 
+class _GridCursor:
+    """The image and video grids, consumed in order as their vision blocks appear in the text."""
+
+    def __init__(self, image_grid_thw, video_grid_thw, second_per_grid_ts) -> None:
+        self.images = np.zeros((0, 3), np.int64) if image_grid_thw is None else _grids(image_grid_thw)
+        self.videos = np.zeros((0, 3), np.int64) if video_grid_thw is None else _grids(video_grid_thw)
+        self.seconds = second_per_grid_ts
+        self.next_image = self.next_video = 0
+
+    def take(self, is_image: bool, row: int) -> Tuple[np.ndarray, float]:
+        """The next image's (t, h, w) and its seconds per temporal patch (0 for images), or the next video's."""
+        if is_image:
+            if self.next_image >= len(self.images):
+                raise ValueError(f"row {row}: more images in input_ids than rows in image_grid_thw")
+            self.next_image += 1
+            return self.images[self.next_image - 1], 0.0
+        if self.next_video >= len(self.videos):
+            raise ValueError(f"row {row}: more videos in input_ids than rows in video_grid_thw")
+        self.next_video += 1
+        second = 1.0 if self.seconds is None else float(np.asarray(self.seconds)[self.next_video - 1])
+        return self.videos[self.next_video - 1], second
+
+    def check_all_taken(self) -> None:
+        if self.next_image != len(self.images) or self.next_video != len(self.videos):
+            raise ValueError(
+                f"input_ids hold {self.next_image} images and {self.next_video} videos, grids give "
+                f"{len(self.images)} and {len(self.videos)}"
+            )
+
+
+def _sequence_positions(tokens: np.ndarray, grids: _GridCursor, row: int, *, spatial_merge_size: int,
+                        image_token_id: int, video_token_id: int, vision_start_token_id: int,
+                        tokens_per_second: Optional[float]) -> np.ndarray:
+    """M-RoPE positions [3, n] of one sequence's tokens, starting at 0."""
+    m = spatial_merge_size
+    pieces, start, cursor = [], 0, 0  # start: next token to place; cursor: next free position
+    for pos in np.flatnonzero(tokens[:-1] == vision_start_token_id) + 1:
+        kind = tokens[pos]
+        if kind not in (image_token_id, video_token_id):
+            continue
+        (t, h, w), second = grids.take(kind == image_token_id, row)
+        gh, gw = h // m, w // m
+        n_text = pos - start
+        pieces.append(np.broadcast_to(np.arange(n_text) + cursor, (3, n_text)))
+        cursor += n_text
+        frames = np.arange(t)
+        if tokens_per_second is not None:
+            frames = (frames * second * tokens_per_second).astype(np.int64)
+        grid = np.stack(np.meshgrid(frames, np.arange(gh), np.arange(gw), indexing="ij")).reshape(3, -1)
+        if np.any(tokens[pos:pos + grid.shape[1]] != kind):
+            raise ValueError(
+                f"row {row}: expected {grid.shape[1]} vision tokens {kind} after position {pos - 1} "
+                f"for grid {(t, h, w)}"
+            )
+        pieces.append(grid + cursor)
+        cursor = int(pieces[-1].max()) + 1
+        start = pos + grid.shape[1]
+    n_text = len(tokens) - start
+    pieces.append(np.broadcast_to(np.arange(n_text) + cursor, (3, n_text)))
+    return np.concatenate(pieces, axis=1)
+
+
 def get_rope_index(
     input_ids,
     image_grid_thw=None,
@@ -120,6 +182,7 @@ def get_rope_index(
     vision_start_token_id: int,
     second_per_grid_ts: Optional[Sequence[float]] = None,
     tokens_per_second: Optional[float] = None,
+    segment_ids=None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """M-RoPE position ids [3, B, L] and the per-row delta [B, 1] (max position + 1 - L).
 
@@ -131,65 +194,30 @@ def get_rope_index(
     Qwen2-VL: the temporal index of frame k is k. Qwen2.5-VL (``tokens_per_second`` set):
     it is int(k * second_per_grid_t * tokens_per_second), with second_per_grid_t 0 for
     images and ``second_per_grid_ts[v]`` (default 1.0) for video v.
+
+    ``segment_ids`` [B, L] (packed rows; -1 = padding): each segment is its own sequence, its
+    positions start at 0 again, as if it ran alone.
     """
     ids = np.asarray(input_ids, dtype=np.int64)
     batch, seq = ids.shape
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask).astype(np.int64)
-    images = np.zeros((0, 3), np.int64) if image_grid_thw is None else _grids(image_grid_thw)
-    videos = np.zeros((0, 3), np.int64) if video_grid_thw is None else _grids(video_grid_thw)
-    if not len(images) and not len(videos):
+    grids = _GridCursor(image_grid_thw, video_grid_thw, second_per_grid_ts)
+    if segment_ids is None and not len(grids.images) and not len(grids.videos):
         positions = np.where(mask == 1, np.cumsum(mask, -1) - 1, 1)
         positions = np.broadcast_to(positions, (3, batch, seq)).copy()
         deltas = positions.max(axis=(0, 2)).reshape(batch, 1) + 1 - seq
         return positions, deltas
-    m = spatial_merge_size
+    segments = np.where(mask == 1, 0, -1) if segment_ids is None else \
+        np.where(mask == 1, np.asarray(segment_ids, np.int64), -1)
+    options = dict(spatial_merge_size=spatial_merge_size, image_token_id=image_token_id, video_token_id=video_token_id,
+                   vision_start_token_id=vision_start_token_id, tokens_per_second=tokens_per_second)
     positions = np.ones((3, batch, seq), np.int64)
     deltas = np.zeros((batch, 1), np.int64)
-    next_image = next_video = 0
     for row in range(batch):
-        valid = np.flatnonzero(mask[row] == 1)
-        tokens = ids[row, valid]
-        pieces, start, cursor = [], 0, 0  # start: next token to place; cursor: next free position
-        starts = np.flatnonzero(tokens[:-1] == vision_start_token_id) + 1
-        for pos in starts:
-            kind = tokens[pos]
-            if kind == image_token_id:
-                if next_image >= len(images):
-                    raise ValueError(f"row {row}: more images in input_ids than rows in image_grid_thw")
-                (t, h, w), second = images[next_image], 0.0
-                next_image += 1
-            elif kind == video_token_id:
-                if next_video >= len(videos):
-                    raise ValueError(f"row {row}: more videos in input_ids than rows in video_grid_thw")
-                (t, h, w) = videos[next_video]
-                second = 1.0 if second_per_grid_ts is None else float(np.asarray(second_per_grid_ts)[next_video])
-                next_video += 1
-            else:
-                continue
-            gh, gw = h // m, w // m
-            n_text = pos - start
-            pieces.append(np.broadcast_to(np.arange(n_text) + cursor, (3, n_text)))
-            cursor += n_text
-            frames = np.arange(t)
-            if tokens_per_second is not None:
-                frames = (frames * second * tokens_per_second).astype(np.int64)
-            grid = np.stack(np.meshgrid(frames, np.arange(gh), np.arange(gw), indexing="ij")).reshape(3, -1)
-            if np.any(tokens[pos:pos + grid.shape[1]] != kind):
-                raise ValueError(
-                    f"row {row}: expected {grid.shape[1]} vision tokens {kind} after position {pos - 1} "
-                    f"for grid {(t, h, w)}"
-                )
-            pieces.append(grid + cursor)
-            cursor = int(pieces[-1].max()) + 1
-            start = pos + grid.shape[1]
-        n_text = len(tokens) - start
-        pieces.append(np.broadcast_to(np.arange(n_text) + cursor, (3, n_text)))
-        row_positions = np.concatenate(pieces, axis=1)
-        positions[:, row, valid] = row_positions
-        deltas[row, 0] = row_positions.max() + 1 - seq
-    if next_image != len(images) or next_video != len(videos):
-        raise ValueError(
-            f"input_ids hold {next_image} images and {next_video} videos, grids give "
-            f"{len(images)} and {len(videos)}"
-        )
+        for segment in dict.fromkeys(segments[row][segments[row] >= 0].tolist()):  # in order of appearance
+            where = np.flatnonzero(segments[row] == segment)
+            positions[:, row, where] = _sequence_positions(ids[row, where], grids, row, **options)
+        valid = segments[row] >= 0
+        deltas[row, 0] = (positions[:, row, valid].max() if valid.any() else 0) + 1 - seq
+    grids.check_all_taken()
     return positions, deltas

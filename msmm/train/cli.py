@@ -169,7 +169,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.num_workers is not None:
         data_config.dataloader_param.num_workers = args.num_workers
     loader = build_dataloader(data_config, rank=world.dp_rank, world_size=world.dp_size,
-                              global_batch_size=args.global_batch_size)
+                              global_batch_size=args.global_batch_size, split_seed=args.seed)
+    from msmm.train.evaluation import evaluator_from_args
+
+    try:
+        evaluator, validation_note = evaluator_from_args(args, data_config, world)
+    except ValueError as err:
+        print(f"msmm-train: {err}", file=sys.stderr)
+        return 2
 
     config = TrainConfig(
         train_iters=args.train_iters, global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
@@ -203,7 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     trainer = Trainer(model, config, loader, world, arguments=arguments, adapter_writer=writer,
                       model_config=model_config_record(model_config),
-                      pipeline=parallel_config(checked) if world.pp_size > 1 else None)
+                      pipeline=parallel_config(checked) if world.pp_size > 1 else None, evaluator=evaluator)
     if adapted:
         trainable = sum(int(np.prod(p.shape)) for _, p in trainer.named)
         total = sum(int(np.prod(p.shape)) for _, p in model.named_parameters())
@@ -211,6 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             f"{trainable} trainable of {total} parameters")
     if args.lora_load is not None:
         trainer.logger.info(f"--lora-load: {loaded} adapter tensors from {args.lora_load}")
+    if validation_note:
+        trainer.logger.info(f"msmm-train: {validation_note}")
     for flag in args.ignored:
         trainer.logger.info(f"msmm-train: {flag}: no effect ({NO_EFFECT[flag][1]})")
     given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in args.ignored}

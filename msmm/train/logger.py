@@ -1,13 +1,45 @@
 """Training logs: one line per ``--log-interval`` on stdout, the same record in
 ``<log_dir>/train_log.jsonl``, TensorBoard scalars (tensorboardX) in ``<log_dir>/tensorboard``,
-and ``<log_dir>/loss_curve.png`` at the end. Only rank 0 writes."""
+and ``<log_dir>/loss_curve.png`` at the end; validation losses on stdout, in
+``<log_dir>/validation_log.jsonl`` and TensorBoard. Only rank 0 writes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import sys
 from typing import Dict, List, Optional
+
+
+VALIDATION_LOG = "validation_log.jsonl"
+
+
+def trim_jsonl(path: str, iteration: int) -> int:
+    """Drop the records of iterations after ``iteration`` from the JSONL file ``path`` (a torn
+    last line of a killed run goes too), rewriting it atomically (temporary file + rename).
+    Returns how many records were dropped."""
+    with open(path, "rb") as f:
+        lines = f.read().decode("utf-8", "replace").splitlines(keepends=True)
+    kept, dropped = [], 0
+    for line in lines:
+        if not line.endswith("\n"):
+            continue  # torn write
+        try:
+            logged = json.loads(line).get("iteration")
+        except (ValueError, AttributeError):
+            logged = None
+        if isinstance(logged, int) and logged > iteration:
+            dropped += 1
+        else:
+            kept.append(line)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return dropped
 
 
 def peak_memory_mb() -> float:
@@ -29,34 +61,17 @@ class TrainLogger:
 
     def resume_at(self, iteration: int) -> int:
         """A run resumed at ``iteration``: drop the records of later iterations from
-        ``train_log.jsonl`` (the interrupted run logged them, this one logs them again),
-        rewriting it atomically (temporary file + rename); a torn last line of a killed run
-        goes too. TensorBoard hides the later events (``purge_step``). Returns how many
-        records were dropped."""
+        ``train_log.jsonl`` and ``validation_log.jsonl`` (the interrupted run logged them, this
+        one logs them again; ``trim_jsonl``). TensorBoard hides the later events
+        (``purge_step``). Returns how many train records were dropped."""
         if not self._jsonl:
             return 0
         path = self._jsonl.name
         self._jsonl.close()
-        with open(path, "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines(keepends=True)
-        kept, dropped = [], 0
-        for line in lines:
-            if not line.endswith("\n"):
-                continue  # torn write
-            try:
-                logged = json.loads(line).get("iteration")
-            except (ValueError, AttributeError):
-                logged = None
-            if isinstance(logged, int) and logged > iteration:
-                dropped += 1
-            else:
-                kept.append(line)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        dropped = trim_jsonl(path, iteration)
+        validation = os.path.join(self.log_dir, VALIDATION_LOG)
+        if os.path.exists(validation):
+            trim_jsonl(validation, iteration)
         self._jsonl = open(path, "a")
         if self._tb:
             from tensorboardX import SummaryWriter
@@ -99,6 +114,23 @@ class TrainLogger:
             for key in ("loss", "lr", "grad_norm", "samples_per_s", "peak_memory_mb", "tokens_per_s_per_device"):
                 if key in entry:
                     self._tb.add_scalar(f"train/{key}", entry[key], iteration)
+            self._tb.flush()
+
+    def validation(self, iteration: int, prefix: str, loss: float) -> None:
+        """A validation loss, as Megatron prints it (``validation loss at iteration N | lm loss
+        value: ... | lm loss PPL: ... |`` between dashed lines), in ``validation_log.jsonl`` and as
+        TensorBoard ``validation/loss`` and ``validation/ppl``."""
+        if not self.enabled:
+            return
+        ppl = math.exp(min(20.0, loss))
+        line = f" validation loss at {prefix} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} | "
+        print("-" * (len(line) + 1), line, "-" * (len(line) + 1), sep="\n", flush=True)
+        if self.log_dir:
+            with open(os.path.join(self.log_dir, VALIDATION_LOG), "a") as f:
+                f.write(json.dumps({"iteration": iteration, "validation_loss": loss, "validation_ppl": ppl}) + "\n")
+        if self._tb:
+            self._tb.add_scalar("validation/loss", loss, iteration)
+            self._tb.add_scalar("validation/ppl", ppl, iteration)
             self._tb.flush()
 
     def finish(self) -> None:

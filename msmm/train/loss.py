@@ -11,7 +11,8 @@ divides the accumulated gradient by the total denominator. The reported loss is
   global batch (numerator = sum of token losses, denominator = token count);
 * ``"sample"`` (``--calculate-per-sample-loss``): each sample's mean over its tokens,
   averaged over the samples that have any (numerator = sum of sample means, denominator =
-  number of such samples). A sample is a row of the micro-batch (no packing).
+  number of such samples). A sample is a row of the micro-batch (``msmm-train`` refuses it
+  with packing: ``startup_checks.check_packing``).
 """
 from __future__ import annotations
 

@@ -37,12 +37,23 @@ def check_cutoff_len(config: DataConfig, seq_length: Optional[int]) -> None:
                 config.source, CUTOFF_KEY, basic.cutoff_len, seq_length)
 
 
+def check_packing(config: DataConfig, loss_reduction: str) -> None:
+    """``--calculate-per-sample-loss`` averages over the rows of a micro-batch; a packed row
+    holds several samples, so the two together would weigh samples wrongly: an error."""
+    if config.dataloader_param.packing and loss_reduction == "sample":
+        raise DataConfigError(
+            f"{config.source}: dataloader_param.packing: --calculate-per-sample-loss averages over the rows of a "
+            "micro-batch and a packed row holds several samples; pack with the default loss or "
+            "--calculate-per-token-loss, or train per sample without packing")
+
+
 def load_checked_data_config(args: argparse.Namespace) -> DataConfig:
     """``--mm-data`` read (unknown keys are errors unless ``--allow-unknown-keys``) and checked
-    against ``--seq-length``."""
+    against ``--seq-length`` and the loss reduction."""
     config = load_data_config(args.mm_data, allow_unknown_keys=args.allow_unknown_keys)
     check_cutoff_len(config, None if args.variable_seq_lengths else args.seq_length)
+    check_packing(config, args.loss_reduction)
     return config
 
 
-__all__ = ["DataConfigError", "check_cutoff_len", "load_checked_data_config"]
+__all__ = ["DataConfigError", "check_cutoff_len", "check_packing", "load_checked_data_config"]

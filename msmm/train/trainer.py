@@ -7,7 +7,7 @@ import random
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Protocol
 
 import mindspore
 import numpy as np
@@ -27,6 +27,9 @@ from .pipeline.stage import PipelineStage
 from .pipeline.step import PipelineTrainStep
 from .schedules import LRSchedule
 from .step import NonFiniteError, TrainStep
+
+if TYPE_CHECKING:
+    from .evaluation import Evaluator
 
 Batch = Dict[str, np.ndarray]
 
@@ -190,7 +193,7 @@ class InputBuilder:
         if hasattr(self.model, "prepare_metadata"):
             batch.update(self.model.prepare_metadata(
                 batch["input_ids"], batch.get("attention_mask"), batch.get("image_grid_thw"),
-                batch.get("video_grid_thw"), batch.get("second_per_grid_ts"),
+                batch.get("video_grid_thw"), batch.get("second_per_grid_ts"), batch.get("segment_ids"),
             ))
         elif "position_ids" in self.accepted and "position_ids" not in batch:
             b, length = batch["input_ids"].shape
@@ -224,9 +227,10 @@ class Trainer:
                  arguments: Optional[Dict[str, Any]] = None,
                  adapter_writer: Optional[Callable[[str], Any]] = None,
                  model_config: Optional[Dict[str, Any]] = None,
-                 pipeline: Optional[ParallelConfig] = None) -> None:
+                 pipeline: Optional[ParallelConfig] = None, evaluator: Optional["Evaluator"] = None) -> None:
         """``pipeline``: where the layers go over the pipeline stages (``world.pp_size`` > 1);
-        the model is then pruned to this rank's stage."""
+        the model is then pruned to this rank's stage. ``evaluator``: validation loss
+        (``msmm.train.evaluation``)."""
         self.model, self.config, self.world = model, config, world
         if mindspore.get_context("device_target") == "CPU" and async_queue_threads():
             warnings.warn(f"MindSpore's host pipeline threads ({', '.join(async_queue_threads())}) are running: "
@@ -271,6 +275,9 @@ class Trainer:
         self.arguments = arguments or {}
         self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
         self.logger = TrainLogger(config.log_dir, enabled=world.rank == 0, log_tps=config.log_tps)
+        self.evaluator = evaluator
+        if evaluator is not None:
+            evaluator.bind(self)
         if self.sequence_parallel_grads:
             self.logger.info(f"sequence parallel over the {world.tp_size} tensor-parallel ranks: the gradients of "
                              f"{len(self.sequence_parallel_grads)} replicated text decoder parameters are summed over them")
@@ -370,12 +377,16 @@ class Trainer:
             history.append(record)
             if self.iteration % self.config.log_interval == 0:
                 self.logger.log(self.iteration, self.config.train_iters, record, peak_memory_mb())
+            if self.evaluator is not None:
+                self.evaluator.after_step(self.iteration)
             if self.config.save and self.config.save_interval and self.iteration % self.config.save_interval == 0:
                 self.save()
             if self.config.exit_interval and self.iteration % self.config.exit_interval == 0:
                 break
         if self.config.save and (not self.config.save_interval or self.iteration % self.config.save_interval):
             self.save()
+        if self.evaluator is not None:
+            self.evaluator.run(self.iteration, f"iteration {self.iteration} on validation set")
         self.logger.finish()
         return history
 

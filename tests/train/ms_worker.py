@@ -3,7 +3,9 @@ through the auto_convert hook, which a pytest process that imported them under r
 cannot do): ``python ms_worker.py SPEC.json``.
 
 SPEC: family, checkpoint (HF dir), batches (npz of micro-batches b0_key...), config
-(TrainConfig fields), freeze (name prefixes), load (optional --load dir), out (dir).
+(TrainConfig fields), freeze (name prefixes), load (optional --load dir), out (dir);
+optional validation: {batches (npz as above), interval, iters} (validation loss, logged
+to config.log_dir's validation_log.jsonl).
 Writes OUT/result.json (per-step records, trainable names, data position) and
 OUT/final.safetensors (the weights after training).
 """
@@ -48,7 +50,14 @@ def build_model(family, checkpoint):
     return from_pretrained(checkpoint)
 
 
+def load_batches(path):
+    arrays = np.load(path)
+    count = len({k.split("_", 1)[0] for k in arrays.files})
+    return [{k.split("_", 1)[1]: arrays[k] for k in arrays.files if k.split("_", 1)[0] == f"b{i}"} for i in range(count)]
+
+
 def main(spec_path):
+    from msmm.train.evaluation import Evaluator
     from msmm.train.trainer import TrainConfig, Trainer
 
     with open(spec_path) as f:
@@ -57,11 +66,11 @@ def main(spec_path):
     for name, p in model.named_parameters():
         if any(name.startswith(prefix) for prefix in spec.get("freeze", [])):
             p.requires_grad = False
-    arrays = np.load(spec["batches"])
-    count = len({k.split("_", 1)[0] for k in arrays.files})
-    batches = [{k.split("_", 1)[1]: arrays[k] for k in arrays.files if k.split("_", 1)[0] == f"b{i}"} for i in range(count)]
-    source = ListSource(batches)
-    trainer = Trainer(model, TrainConfig(**spec["config"]), source)
+    source = ListSource(load_batches(spec["batches"]))
+    validation = spec.get("validation")
+    evaluator = None if validation is None else \
+        Evaluator(ListSource(load_batches(validation["batches"])), validation["interval"], validation["iters"])
+    trainer = Trainer(model, TrainConfig(**spec["config"]), source, evaluator=evaluator)
     if spec.get("load"):
         trainer.load(spec["load"])
     history = trainer.train()

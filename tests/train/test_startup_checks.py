@@ -47,3 +47,15 @@ def test_data_json_typo_stops_unless_allowed(tmp_path, capsys):
     # --allow-unknown-keys: a warning, and the config loads
     config = load_checked_data_config(parse_train_args(ARGS + ["--mm-data", path, "--allow-unknown-keys"]))
     assert config.dataset_param.basic_parameters.strict is False
+
+
+def test_packing_with_per_sample_loss_stops_at_start_up(tmp_path, capsys):
+    """--calculate-per-sample-loss averages over rows; a packed row holds several samples."""
+    raw = json.loads(json.dumps(DATA))
+    raw["dataset_param"]["basic_parameters"]["cutoff_len"] = 64
+    raw["dataloader_param"] = {"packing": True}
+    path = _write(tmp_path, raw)
+    assert main(ARGS + ["--mm-data", path, "--calculate-per-sample-loss"]) == 2
+    assert f"msmm-train: {path}: dataloader_param.packing: --calculate-per-sample-loss averages over the rows" in \
+        capsys.readouterr().err
+    load_checked_data_config(parse_train_args(ARGS + ["--mm-data", path, "--calculate-per-token-loss"]))
