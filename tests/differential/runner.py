@@ -72,10 +72,12 @@ def _short(message: str) -> str:
 
 
 def _classify(error: BaseException) -> Tuple[str, str]:
-    message = f"{type(error).__name__}: {error}"
+    """(word, message): the word from the whole error text, the message from its first line."""
+    text = str(error)
     if isinstance(error, AssertionError):
-        return "differs", str(error)
-    return ("kernel" if _KERNEL.search(message) else "error"), message
+        return "differs", text
+    first = next((line.strip() for line in text.splitlines() if line.strip().lstrip("-")), "")
+    return ("kernel" if _KERNEL.search(text) else "error"), f"{type(error).__name__}: {first}"
 
 
 def module_source(api_cases: Sequence[Case]) -> Tuple[str, List[Tuple[int, int]]]:
@@ -142,7 +144,7 @@ def _compare(what: str, got, want, random: bool) -> None:
 
 
 # ---- running -------------------------------------------------------------------------------
-def _torch_run(case: Case, fn, build) -> Tuple[object, Optional[list], list, list]:
+def _torch_run(case: Case, fn, build) -> Tuple[object, Optional[list], list]:
     """torch's outputs, the gradients of the weighted output sum (inputs, then parameters),
     and the cotangents, for `case` (a layer built with seed 0)."""
     torch.manual_seed(0)
@@ -152,7 +154,7 @@ def _torch_run(case: Case, fn, build) -> Tuple[object, Optional[list], list, lis
     torch.manual_seed(0)
     out = fn(layer, *args) if layer is not None else fn(*args)
     if not case.grad:
-        return out, None, [], []
+        return out, None, []
     floats = [o for o in _flat(out) if isinstance(o, torch.Tensor) and o.is_floating_point()]
     rng = np.random.default_rng(1)
     cots = [rng.standard_normal(tuple(o.shape)).astype(np.float32) for o in floats]
@@ -161,7 +163,7 @@ def _torch_run(case: Case, fn, build) -> Tuple[object, Optional[list], list, lis
                                                    if layer is not None else [])
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
-    return out, grads, cots, [a for a in args]
+    return out, grads, cots
 
 
 def _ms_layer(build_ms, build_torch):
@@ -175,7 +177,7 @@ def _ms_layer(build_ms, build_torch):
 def _check_case(outcome: Outcome, case: Case, k: int, ref_mod, ms_mod) -> None:
     ref_fn, ms_fn = getattr(ref_mod, f"case_{k}"), getattr(ms_mod, f"case_{k}")
     build = getattr(ref_mod, f"build_{k}", None)
-    want, ref_grads, cots, _ = _torch_run(case, ref_fn, build)
+    want, ref_grads, cots = _torch_run(case, ref_fn, build)
     inputs = [ms.Tensor(INPUTS[n]) for n in case.inputs]
     try:
         layer = _ms_layer(getattr(ms_mod, f"build_{k}"), build) if build is not None else None
