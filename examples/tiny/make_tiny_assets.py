@@ -304,6 +304,8 @@ def main() -> None:
     parser.add_argument("--missing-images", type=int, default=0,
                         help="append records whose image does not exist (bad input, for the bad-input tests)")
     parser.add_argument("--strict", action="store_true", help="data.json: stop at the first bad input")
+    parser.add_argument("--packing", action="store_true", help="data.json: pack the samples into cutoff_len rows")
+    parser.add_argument("--val-rate", type=float, help="data.json: hold out this share of the records for validation")
     parser.add_argument("--text-layers", type=int, help="text decoder layers (default 2; e.g. 4 for PP 2 x VPP 2)")
     parser.add_argument("--text-pipeline-layers", type=json.loads,
                         help="text_decoder.pipeline_num_layers, JSON (e.g. [1,3] or [[1,1],[1,1]])")
@@ -337,6 +339,9 @@ def main() -> None:
     with open(os.path.join(out, "data.json"), "w") as f:
         data = data_json(out, annotation)
         data["dataset_param"]["basic_parameters"]["strict"] = args.strict
+        data["dataloader_param"]["packing"] = args.packing
+        if args.val_rate is not None:
+            data["dataset_param"]["basic_parameters"]["val_rate"] = args.val_rate
         json.dump(data, f, indent=2)
     if args.hf_model:
         write_hf_model(os.path.join(out, "hf"), args.family, model, os.path.join(out, "tokenizer"))
