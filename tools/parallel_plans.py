@@ -97,11 +97,15 @@ RECIPES = [
         Layout("seed TP 8 x PP 2", 16, tp_pp(8, 2, DIST, "--unaligned-linear") + gbs(32),
                {TEXT: [40, 40], VISION: [45, 0]},
                "seeds/internvl3_mindspore_guide.md (tp_size 8, llm_pp_layers [[40,40]], vit_pp_layers [[45,0]]); "
-               f"{MSMM} finetune_internvl3_78B.sh (TP 8, PP 2, --unaligned-linear, GRAD_ACC_STEP 32)"),
+               f"{MSMM} finetune_internvl3_78B.sh (TP 8, PP 2, --unaligned-linear, GRAD_ACC_STEP 32): InternViT-6B's "
+               "25 heads split 4, 3, ..., 3 over the TP ranks"),
+        Layout("seed TP 8 x PP 2 x DP 4 (4 nodes of 16)", 64, tp_pp(8, 2, DIST, "--unaligned-linear") + gbs(32 * 4),
+               {TEXT: [40, 40], VISION: [45, 0]},
+               "the seed's layout on four nodes: DP 4 shards the optimizer state (one node's DP 1 keeps it whole)"),
         Layout("TP 1 x PP 16 x DP 4 (4 nodes of 16)", 64, tp_pp(1, 16, DIST) + gbs(32 * 4),
                {TEXT: [3, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 5, 5, 5, 5, 2], VISION: [45] + [0] * 15},
-               "msmm without unaligned TP (InternViT-6B's 25 heads allow TP 1 only): the first stage carries the "
-               "frozen ViT and the embedding, the last the output head and the logits, so they get fewer text layers"),
+               "the same 64 devices without tensor parallelism: the first stage carries the frozen ViT and the "
+               "embedding, the last the output head and the logits, so they get fewer text layers"),
     ]),
     Recipe("Qwen2-VL-7B", "qwen2vl/finetune_qwen2vl_7b.sh", [
         Layout("script", 8, source="the launch script"),

@@ -307,6 +307,9 @@ def main() -> None:
     parser.add_argument("--packing", action="store_true", help="data.json: pack the samples into cutoff_len rows")
     parser.add_argument("--val-rate", type=float, help="data.json: hold out this share of the records for validation")
     parser.add_argument("--text-layers", type=int, help="text decoder layers (default 2; e.g. 4 for PP 2 x VPP 2)")
+    parser.add_argument("--vision-heads", type=int,
+                        help="vision encoder heads of 8 dims each (default 4; e.g. 3 for unaligned TP 2)")
+    parser.add_argument("--train-vision", action="store_true", help="train the vision encoder (frozen by default)")
     parser.add_argument("--text-pipeline-layers", type=json.loads,
                         help="text_decoder.pipeline_num_layers, JSON (e.g. [1,3] or [[1,1],[1,1]])")
     parser.add_argument("--hf-model", action="store_true",
@@ -332,6 +335,11 @@ def main() -> None:
         model = add_vision_lora(model, args.vision_lora_dropout)
     if args.text_layers is not None:
         model["text_decoder"]["num_layers"] = args.text_layers
+    vision = model["image_encoder"]["vision_encoder"]
+    if args.vision_heads is not None:
+        vision.update(num_attention_heads=args.vision_heads, hidden_size=8 * args.vision_heads)
+    if args.train_vision:
+        vision["freeze"] = False
     if args.text_pipeline_layers is not None:
         model["text_decoder"]["pipeline_num_layers"] = args.text_pipeline_layers
     with open(os.path.join(out, "model.json"), "w") as f:

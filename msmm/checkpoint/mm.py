@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .layout import METADATA, PAYLOAD, RELEASE, TRACKER, read_json, resolve_load_dir, shard_dirs, shard_name
 from .parallel import (LLM_LAYER, LLM_POST, LLM_PRE, VIT_LAYER, VIT_POST, VIT_PRE, VOCAB, ParallelConfig,
-                       layer_stages, merge, padded_vocab, split, split_shape, stage_order, tp_kind)
+                       layer_stages, merge, padded_vocab, split, split_heads, split_shape, stage_order, tp_kind)
 from .safetensors import Entry, ShardedWriter, Tensor, open_file
 
 HF_CONFIG_DIR = "hf_config"
@@ -147,10 +147,13 @@ def check_text_shapes(tensors: Mapping[str, Tensor], text: Mapping[str, Any], pr
 
 
 def check_divisible(info: ModelInfo, tp: int) -> None:
-    for what, heads in (("num_attention_heads", info.llm_heads), ("num_key_value_heads", info.llm_kv_heads),
-                        ("vision num_attention_heads", info.vit_heads)):
+    """The text decoder's heads divide by ``tp``; the vision encoder's need not (split by
+    MindSpeed-MM's unaligned rule, ``parallel.heads_per_rank``), but each rank needs one."""
+    for what, heads in (("num_attention_heads", info.llm_heads), ("num_key_value_heads", info.llm_kv_heads)):
         if heads % tp:
             raise ValueError(f"tp_size {tp} does not divide the model's {what} ({heads})")
+    if info.vit_heads < tp:
+        raise ValueError(f"tp_size {tp} is more than the model's vision num_attention_heads ({info.vit_heads})")
 
 
 # ---- MM side -------------------------------------------------------------------------------------
@@ -191,21 +194,22 @@ def write_mm(mm_dir: str, tensors: Dict[str, Tensor], parallel: ParallelConfig, 
         if kind == VOCAB:
             vocab_size = vocab_size or t.shape[0]
             padded = padded_vocab(t.shape[0], tp, parallel.make_vocab_size_divisible_by)
-        shape = split_shape(kind, t.shape, tp, name, padded)
+        heads = split_heads(name, info.vit_heads if info is not None else None)
         key = ("model" if vpp == 1 else f"model{chunk}") + "." + local
         targets = []
         for rank in range(tp):
             path = os.path.join(tmp, shard_name(rank, stage, pp), PAYLOAD)
-            plan.setdefault(path, []).append(Entry(key, t.dtype, shape))
+            plan.setdefault(path, []).append(Entry(key, t.dtype, split_shape(kind, t.shape, tp, name, padded, heads,
+                                                                             rank)))
             targets.append((path, key))
-        jobs.append((t, kind, padded, targets))
+        jobs.append((t, kind, padded, heads, targets))
     for rank in range(tp):  # a stage without tensors still gets its (empty) file
         for stage in range(pp):
             plan.setdefault(os.path.join(tmp, shard_name(rank, stage, pp), PAYLOAD), [])
     writer = ShardedWriter(plan, metadata={"format": "msmm"})
     try:
-        for t, kind, padded, targets in tqdm(jobs, desc="hf_to_mm", unit="tensor"):
-            for (path, key), piece in zip(targets, split(kind, t.load(), tp, padded)):
+        for t, kind, padded, heads, targets in tqdm(jobs, desc="hf_to_mm", unit="tensor"):
+            for (path, key), piece in zip(targets, split(kind, t.load(), tp, padded, heads)):
                 writer.write(path, key, piece)
         writer.close()
     except BaseException:

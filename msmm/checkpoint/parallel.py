@@ -14,6 +14,12 @@ Tensor parallelism (Megatron's scheme, on our parameter layout: weights are [out
   multiple of ``tp_size * make_vocab_size_divisible_by`` with zero rows.
 * ``REPLICATED``: everything else (norms, position and patch embeddings, layer scales).
 
+The vision encoder's attention (q/k/v and their biases, InternViT's q/k norms, the output
+projection's columns) is split by whole heads with MindSpeed-MM's unaligned rule
+(``--unaligned-linear``): rank ``r`` of ``tp`` takes ``heads // tp`` heads, one more when
+``r < heads % tp`` (InternViT-6B's 25 heads at TP 8: 4, 3, 3, ..., 3). With heads divisible by
+``tp`` that is the even split. The callers pass the vision encoder's head count (``heads``).
+
 Pipeline parallelism: ``llm_pp_layers`` / ``vit_pp_layers`` give the layer count per stage,
 one inner list per virtual (interleaved) chunk: ``[[6, 8, 8, 6]]`` is 4 stages, no
 virtual chunks; ``[[2, 2], [2, 2]]`` is 2 stages with 2 chunks each. Layers are numbered
@@ -37,8 +43,31 @@ def padded_vocab(vocab: int, tp_size: int, multiple: int) -> int:
     return -(-vocab // step) * step
 
 
-def split_shape(kind: str, shape: Tuple[int, ...], tp: int, name: str, padded: Optional[int] = None) -> Tuple[int, ...]:
-    """Shape of one rank's piece; errors name the tensor when it does not divide."""
+def heads_per_rank(heads: int, tp: int) -> List[int]:
+    """MindSpeed-MM's unaligned split of ``heads`` attention heads over ``tp`` ranks: the first
+    ``heads % tp`` ranks take one more."""
+    return [heads // tp + (1 if r < heads % tp else 0) for r in range(tp)]
+
+
+VISION_ATTENTION = re.compile(r"(^|\.)vision_tower\.encoder\.layers?\.\d+\.(self_attn|attention)\."
+                              r"(q_proj|k_proj|v_proj|q_norm|k_norm|out_proj|projection_layer)\.(weight|bias)$")
+
+
+def split_heads(name: str, heads: Optional[int]) -> Optional[int]:
+    """``heads`` when ``name`` is split by whole heads (the vision encoder's attention), else None."""
+    return heads if heads is not None and VISION_ATTENTION.search(name) else None
+
+
+def _head_sizes(length: int, tp: int, heads: int, name: str) -> List[int]:
+    if length % heads:
+        raise ValueError(f"{name}: dim {length} is not a whole number of {heads} heads")
+    return [n * (length // heads) for n in heads_per_rank(heads, tp)]
+
+
+def split_shape(kind: str, shape: Tuple[int, ...], tp: int, name: str, padded: Optional[int] = None,
+                heads: Optional[int] = None, rank: int = 0) -> Tuple[int, ...]:
+    """Shape of rank ``rank``'s piece (``heads``: split by heads, see the module doc); errors name
+    the tensor when it does not divide."""
     if kind == REPLICATED or tp == 1 and kind != VOCAB:
         return shape
     if kind == VOCAB:
@@ -46,6 +75,10 @@ def split_shape(kind: str, shape: Tuple[int, ...], tp: int, name: str, padded: O
         return (rows // tp,) + shape[1:]
     dim = 1 if kind == ROW else 0
     parts = 3 if kind == FUSED_QKV else 1
+    if heads is not None and kind in (COLUMN, ROW) and len(shape) > dim:
+        out = list(shape)
+        out[dim] = _head_sizes(shape[dim], tp, heads, name)[rank]
+        return tuple(out)
     if len(shape) <= dim or shape[dim] % (tp * parts):
         raise ValueError(f"{name}: {kind}-parallel dim {dim} of shape {shape} does not divide by tp_size {tp}"
                          + (" into q/k/v parts" if parts == 3 else ""))
@@ -54,10 +87,14 @@ def split_shape(kind: str, shape: Tuple[int, ...], tp: int, name: str, padded: O
     return tuple(out)
 
 
-def split(kind: str, array: np.ndarray, tp: int, padded: Optional[int] = None) -> List[np.ndarray]:
-    """The ``tp`` pieces of ``array`` (views where possible)."""
+def split(kind: str, array: np.ndarray, tp: int, padded: Optional[int] = None,
+          heads: Optional[int] = None) -> List[np.ndarray]:
+    """The ``tp`` pieces of ``array`` (views where possible); ``heads``: split by heads."""
     if kind == REPLICATED:
         return [array] * tp
+    if heads is not None and kind in (COLUMN, ROW) and array.ndim > (kind == ROW):
+        axis = 1 if kind == ROW else 0
+        return np.split(array, np.cumsum(_head_sizes(array.shape[axis], tp, heads, "tensor"))[:-1], axis=axis)
     if kind == VOCAB:
         if padded is not None and padded != array.shape[0]:
             pad = np.zeros((padded - array.shape[0],) + array.shape[1:], array.dtype)
@@ -176,14 +213,15 @@ def tp_kind(name: str, where: str) -> str:
     raise KeyError(f"{where}: unexpected key {name!r} (no tensor-parallel rule knows it)")
 
 
-def shard_tensors(tensors: Mapping[str, Tensor], tp: int, rank: int,
-                  make_vocab_size_divisible_by: int = 1) -> Dict[str, Tensor]:
+def shard_tensors(tensors: Mapping[str, Tensor], tp: int, rank: int, make_vocab_size_divisible_by: int = 1,
+                  vision_heads: Optional[int] = None) -> Dict[str, Tensor]:
     """Tensor-parallel rank ``rank``'s piece of each full MM tensor, loaded lazily: the
     pieces ``write_mm`` writes to ``mp_rank_{rank:02d}`` (a model built at that rank takes them)."""
     out: Dict[str, Tensor] = {}
     for name, t in tensors.items():
         kind = tp_kind(name, t.source)
         padded = padded_vocab(t.shape[0], tp, make_vocab_size_divisible_by) if kind == VOCAB else None
-        load = (lambda t=t, kind=kind, padded=padded: split(kind, t.load(), tp, padded)[rank])
-        out[name] = Tensor(t.dtype, split_shape(kind, t.shape, tp, name, padded), load, t.source)
+        heads = split_heads(name, vision_heads)
+        load = (lambda t=t, kind=kind, padded=padded, heads=heads: split(kind, t.load(), tp, padded, heads)[rank])
+        out[name] = Tensor(t.dtype, split_shape(kind, t.shape, tp, name, padded, heads, rank), load, t.source)
     return out

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sequence-parallel", action="store_true", help="shard norms/dropout activations over TP ranks")
     g.add_argument("--use-distributed-optimizer", action="store_true",
                    help="shard the fp32 optimizer state over the data-parallel ranks")
-    g.add_argument("--unaligned-linear", action="store_true", help="uneven TP head splits (refused: not implemented)")
+    g.add_argument("--unaligned-linear", action="store_true",
+                   help="split the vision encoder's heads unevenly over TP ranks (InternViT-6B's 25)")
     g = p.add_argument_group("planning without devices")
     g.add_argument("--dry-run", action="store_true",
                    help="validate everything, build the model shape-only and print the layout and per-device memory")

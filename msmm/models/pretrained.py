@@ -198,8 +198,9 @@ def load_tensors(model: nn.Module, tensors: Mapping[str, Tensor], where: str, un
                  require_all: bool = True, dtype: Optional[torch.dtype] = None) -> None:
     """Copy checkpoint tensors (full MM tensors) into ``model`` after
     ``msmm.checkpoint.load.match_state``; with tensor parallelism, this rank's pieces of them."""
-    if tensor_parallel_size() > 1:
-        tensors = shard_tensors(tensors, tensor_parallel_size(), tensor_parallel_rank())
+    if tensor_parallel_size() > 1:  # the vision encoder's attention by whole heads (ViTSelfAttention)
+        vision_heads = getattr(getattr(model.config, "vision", None), "num_attention_heads", None)
+        tensors = shard_tensors(tensors, tensor_parallel_size(), tensor_parallel_rank(), vision_heads=vision_heads)
     expected = model.state_dict()
     chosen = match_state(tensors, {k: tuple(v.shape) for k, v in expected.items()}, where, _tied_names(model),
                          unused, require_all)

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from msmm.checkpoint.mm import placement
-from msmm.checkpoint.parallel import REPLICATED, VOCAB, ParallelConfig, padded_vocab, split_shape, tp_kind
+from msmm.checkpoint.parallel import REPLICATED, VOCAB, ParallelConfig, padded_vocab, split_heads, split_shape, tp_kind
 from msmm.registry import TEXT_DECODER, VISION_ENCODER, VISION_PROJECTOR, get_family
 
 from .parallel.layout import LayoutError
@@ -154,10 +154,12 @@ def parallel_config(checked: ValidatedLayout) -> ParallelConfig:
                                                                                  checked.vision.num_layers)
 
 
-def split_tensors(tensors: Sequence[TensorInfo], parallel: ParallelConfig,
-                  where: str = "model") -> Tuple[Dict[Tuple[int, int], RankShare], Dict[str, Any]]:
-    """Each tensor on its pipeline stage and split for TP as ``mm-convert hf_to_mm`` writes it:
-    {(stage, tp rank): RankShare}, and per split kind the tensors and elements (per rank)."""
+def split_tensors(tensors: Sequence[TensorInfo], parallel: ParallelConfig, where: str = "model",
+                  vision_heads: Optional[int] = None) -> Tuple[Dict[Tuple[int, int], RankShare], Dict[str, Any]]:
+    """Each tensor on its pipeline stage and split for TP as ``mm-convert hf_to_mm`` writes it
+    (the vision encoder's attention by its ``vision_heads``, unevenly when TP does not divide
+    them): {(stage, tp rank): RankShare}, and per split kind the tensors and elements (rank 0's,
+    the largest)."""
     tp, pp = parallel.tp_size, parallel.pp_size
     shares = {(s, r): RankShare() for s in range(pp) for r in range(tp)}
     kinds: Dict[str, Any] = {}
@@ -166,14 +168,14 @@ def split_tensors(tensors: Sequence[TensorInfo], parallel: ParallelConfig,
         chunk, stage, _ = placement(t.name, parallel, where)
         kind = REPLICATED if t.buffer or tp == 1 else tp_kind(t.name, where)
         padded = padded_vocab(t.shape[0], tp, parallel.make_vocab_size_divisible_by) if kind == VOCAB else None
-        shape = split_shape(kind, t.shape, tp, t.name, padded)
-        numel = math.prod(shape)
+        heads = split_heads(t.name, vision_heads)
         entry = kinds.setdefault(kind, {"tensors": 0, "elements": 0, "vocab": set()})
         entry["tensors"] += 1
-        entry["elements"] += numel
+        entry["elements"] += math.prod(split_shape(kind, t.shape, tp, t.name, padded, heads))
         if kind == VOCAB:
             entry["vocab"].add((t.shape[0], padded))
         for rank in range(tp):
+            numel = math.prod(split_shape(kind, t.shape, tp, t.name, padded, heads, rank))
             share = shares[(stage, rank)]
             if t.ident in counted[(stage, rank)]:
                 continue  # a tied tensor is stored once on a rank that holds it under two names
@@ -387,7 +389,8 @@ def make_plan(models: Any, config: Any, args: argparse.Namespace, checked: Valid
     tp, pp, vpp, cp, dp = lay.tp, lay.pp, lay.vpp, lay.cp, lay.dp
     tensors, model = describe_model(models, config, args)
     parallel = parallel_config(checked)
-    shares, kinds = split_tensors(tensors, parallel, config.source)
+    shares, kinds = split_tensors(tensors, parallel, config.source,
+                                  config.sections[VISION_ENCODER].config["num_attention_heads"])
 
     seq = args.seq_length
     if seq is None:

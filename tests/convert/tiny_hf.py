@@ -51,13 +51,15 @@ def qwen2_vl(family: str = "qwen2_vl", seed: int = 0, tie: bool = False, **visio
     return _perturb(model_cls(config).float(), seed)
 
 
-def internvl(text_model_type: str = "qwen2", seed: int = 0, qk_norm: bool = False):
+def internvl(text_model_type: str = "qwen2", seed: int = 0, qk_norm: bool = False, vision_heads: int = 4):
+    """``vision_heads`` of 8 dims each (3: heads that TP 2 splits unevenly)."""
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
     variant = (dict(norm_type="rms_norm", attention_bias=False, use_qk_norm=True) if qk_norm
                else dict(norm_type="layer_norm", attention_bias=True, use_qk_norm=False))
     config = InternVLConfig(
-        vision_config=dict(hidden_size=32, num_hidden_layers=VIT_LAYERS, num_attention_heads=4, intermediate_size=64,
+        vision_config=dict(hidden_size=8 * vision_heads, num_hidden_layers=VIT_LAYERS,
+                           num_attention_heads=vision_heads, intermediate_size=64,
                            image_size=[28, 28], patch_size=[7, 7], **variant),
         text_config=dict(TEXT, model_type=text_model_type), image_token_id=IMAGE,
         tie_word_embeddings=False, attn_implementation="eager")

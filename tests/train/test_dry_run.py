@@ -125,9 +125,10 @@ BAD = [
     ("tp_text_heads", M8, (None, None, None), 8, ["--tensor-model-parallel-size", "8", "--global-batch-size", "1"],
      "--tensor-model-parallel-size 8 does not divide text_decoder.num_attention_heads 28, "
      "text_decoder.num_query_groups 4", True),
-    ("unaligned", M78, (None, None, None), 16,
-     ["--tensor-model-parallel-size", "8", "--unaligned-linear", "--global-batch-size", "2"],
-     "--unaligned-linear with --tensor-model-parallel-size 8: unaligned tensor parallelism", True),
+    ("unaligned", M78, (None, None, None), 32,
+     ["--tensor-model-parallel-size", "32", "--unaligned-linear", "--global-batch-size", "2"],
+     "--unaligned-linear: --tensor-model-parallel-size 32 is more than image_encoder.vision_encoder.num_attention_heads "
+     "25", True),
     ("world", M8, (None, None, None), 6, ["--tensor-model-parallel-size", "4", "--global-batch-size", "6"],
      "the world size 6 (msrun workers) is not divisible by --tensor-model-parallel-size 4 x "
      "--pipeline-model-parallel-size 1 x --context-parallel-size 1 = 4", True),

@@ -229,3 +229,27 @@ def test_checkpoints_mm_convert_split_for_tp2_and_pp2_train_like_the_unsplit_one
         np.testing.assert_allclose(split.detach().numpy(), logits[0].detach().numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(logits[0].detach().numpy(), InternVLForConditionalGeneration.from_pretrained(
         str(work / "hf")).eval()(input_ids=ids).logits.detach().numpy())  # training changed the weights
+
+
+def test_unaligned_tensor_parallel_splits_3_vision_heads_over_2_ranks_like_one_worker(tmp_path):
+    """--unaligned-linear (MindSpeed-MM's): the tiny InternViT with 3 heads, trained, on 2 TP ranks:
+    rank 0 runs heads 0-1, rank 1 head 2 (q/k/v rows and the output projection's columns split
+    by whole heads). The same losses and grad norms as one worker, and mm-convert's reader merges
+    the uneven shards into the one worker's tensors."""
+    from msmm.checkpoint.mm import read_mm
+
+    assets = "--vision-heads 3 --train-vision"
+    one = launch("internvl", str(tmp_path / "one"), 1, iters=3, assets=assets)
+    tp2 = launch("internvl", str(tmp_path / "tp2"), 2, "--tensor-model-parallel-size 2 --unaligned-linear", iters=3,
+                 assets=assets)
+    assert_same_run(records(tp2), records(one), range(1, 4))
+
+    attention = "model.vision_tower.encoder.layer.0.attention."
+    shards = [load_file(os.path.join(tp2, "iter_0000003", f"mp_rank_0{r}", "model_optim_rng.safetensors"))
+              for r in range(2)]
+    assert [s[attention + "q_proj.weight"].shape for s in shards] == [(16, 24), (8, 24)]
+    assert [s[attention + "projection_layer.weight"].shape for s in shards] == [(24, 16), (24, 8)]
+    (merged, parallel, _), (want, _, _) = read_mm(tp2), read_mm(one)
+    assert parallel.tp_size == 2 and sorted(merged) == sorted(want)
+    for key, t in want.items():
+        np.testing.assert_allclose(merged[key].load(), t.load(), rtol=1e-4, atol=1e-6, err_msg=key)

@@ -34,9 +34,11 @@ FAMILIES = {
     "qwen2_vl_tied": (lambda: tiny_hf.qwen2_vl("qwen2_vl", tie=True), "Qwen2VLConverter"),
     "qwen2_5_vl": (lambda: tiny_hf.qwen2_vl("qwen2_5_vl"), "Qwen2_5_VLConverter"),
     "internvl": (lambda: tiny_hf.internvl(qk_norm=True), "InternVLConverter"),
+    # 3 vision heads: TP 2 splits them unevenly (MindSpeed-MM's --unaligned-linear), q/k norms too
+    "internvl_3_heads": (lambda: tiny_hf.internvl(qk_norm=True, vision_heads=3), "InternVLConverter"),
     "llava": (tiny_hf.llava, "LlavaConverter"),
 }
-VIT = {"qwen2_vl": 2, "qwen2_vl_tied": 2, "qwen2_5_vl": 2, "internvl": 2, "llava": 3}
+VIT = {"qwen2_vl": 2, "qwen2_vl_tied": 2, "qwen2_5_vl": 2, "internvl": 2, "internvl_3_heads": 2, "llava": 3}
 # (tp, llm_pp_layers, vit_pp_layers with {v} = the vision layers): TP only, TP x PP (vision on stage 0
 # with one text layer), PP with the vision encoder split over two stages, TP x PP x VPP
 LAYOUTS = {
@@ -93,7 +95,7 @@ def test_per_rank_counts_equal_mm_convert_split(family, layout, tmp_path):
         tensors = model_tensors(model)
         unused = getattr(model_file, "unused_checkpoint_keys", lambda config: None)(model.config)
     parallel = ParallelConfig(tp, llm, vit).resolved(tiny_hf.LLM_LAYERS, VIT[family])
-    shares, _ = split_tensors(tensors, parallel)
+    shares, _ = split_tensors(tensors, parallel, vision_heads=hf_config["vision_config"].get("num_attention_heads"))
     # a tied lm_head on a stage without the embedding is a device copy mm-convert does not write
     planned = {key: (len(share.names) - (share.tied_copy > 0), share.params - share.tied_copy)
                for key, share in shares.items()}

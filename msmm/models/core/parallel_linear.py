@@ -15,7 +15,7 @@ tensor-parallel size.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,21 +38,24 @@ class ColumnParallelLinear(nn.Module):
     split part by part (the Qwen ViT's qkv). The output stays split (each rank has its
     features). ``padded_out``: zero rows appended after initialisation up to that many
     output features (a vocabulary padded for the split; the same numbers are drawn).
-    ``sequence_parallel``: the input is this rank's slice of the sequence (all-gathered first)."""
+    ``sequence_parallel``: the input is this rank's slice of the sequence (all-gathered first).
+    ``split_sizes``: output features per rank, an uneven split (whole attention heads)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, init_std: float = 0.02,
-                 fused_parts: int = 1, padded_out: Optional[int] = None, sequence_parallel: bool = False) -> None:
+                 fused_parts: int = 1, padded_out: Optional[int] = None, sequence_parallel: bool = False,
+                 split_sizes: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         full = _init_full(out_features, in_features, init_std)
         if padded_out is not None and padded_out > out_features:
             full = torch.cat([full, torch.zeros(padded_out - out_features, in_features, dtype=full.dtype)], dim=0)
             out_features = padded_out
-        divide(out_features // fused_parts, "out_features" + (" per fused part" if fused_parts > 1 else ""))
+        if split_sizes is None:
+            divide(out_features // fused_parts, "out_features" + (" per fused part" if fused_parts > 1 else ""))
         self.in_features, self.out_features = in_features, out_features
         self.tp_size = tensor_parallel_size()
         self.sequence_parallel = sequence_parallel and self.tp_size > 1
-        self.weight = nn.Parameter(shard_rows(full, fused_parts))
-        self.bias = nn.Parameter(torch.zeros(out_features // self.tp_size)) if bias else None
+        self.weight = nn.Parameter(shard_rows(full, fused_parts, split_sizes))
+        self.bias = nn.Parameter(torch.zeros(self.weight.shape[0])) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sequence_parallel:
@@ -69,17 +72,19 @@ class RowParallelLinear(nn.Module):
     """y = x W^T + b with W split by columns (input features) across the tensor-parallel
     ranks: x arrives split (each rank its features), the partial products are summed
     over the ranks, then the bias (not split) is added. ``sequence_parallel``: the sum is
-    reduce-scattered, each rank keeping its slice of the sequence."""
+    reduce-scattered, each rank keeping its slice of the sequence. ``split_sizes``: input
+    features per rank, an uneven split (whole attention heads)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, init_std: float = 0.02,
-                 sequence_parallel: bool = False) -> None:
+                 sequence_parallel: bool = False, split_sizes: Optional[Sequence[int]] = None) -> None:
         super().__init__()
-        divide(in_features, "in_features")
+        if split_sizes is None:
+            divide(in_features, "in_features")
         self.in_features, self.out_features = in_features, out_features
         self.tp_size = tensor_parallel_size()
         self.sequence_parallel = sequence_parallel and self.tp_size > 1
         full = _init_full(out_features, in_features, init_std)
-        self.weight = nn.Parameter(full if self.tp_size == 1 else shard_rows(full.t()).t().contiguous())
+        self.weight = nn.Parameter(full if self.tp_size == 1 else shard_rows(full.t(), 1, split_sizes).t().contiguous())
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -180,11 +180,14 @@ def padded_vocab_size(vocab_size: int, multiple: int = 1) -> int:
     return -(-vocab_size // step) * step
 
 
-def shard_rows(full: torch.Tensor, parts: int = 1) -> torch.Tensor:
+def shard_rows(full: torch.Tensor, parts: int = 1, sizes: Optional[Sequence[int]] = None) -> torch.Tensor:
     """This rank's rows of ``full``: its contiguous chunk, or with ``parts`` (a fused q/k/v
-    weight [parts * n, ...]) its chunk of each part, concatenated (mm-convert's split)."""
+    weight [parts * n, ...]) its chunk of each part, concatenated (mm-convert's split); with
+    ``sizes`` (rows per rank, an uneven split) its rows of those."""
     if _STATE.size == 1:
         return full
+    if sizes is not None:
+        return torch.split(full, list(sizes), dim=0)[_STATE.rank].contiguous()
     pieces = [torch.chunk(p, _STATE.size, dim=0)[_STATE.rank] for p in torch.chunk(full, parts, dim=0)]
     return (pieces[0] if parts == 1 else torch.cat(pieces, dim=0)).contiguous()
 
@@ -220,12 +223,14 @@ class VocabParallelEmbedding(nn.Module):
 
 class ShardedRMSNorm(nn.Module):
     """RMSNorm over a hidden dimension that is split across the tensor-parallel ranks
-    (InternViT-6B's q/k norms over all heads): the sum of squares is all-reduced."""
+    (InternViT-6B's q/k norms over all heads): the sum of squares is all-reduced. ``local_size``:
+    this rank's share of ``hidden_size`` (default an even split)."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+    def __init__(self, hidden_size: int, eps: float = 1e-6, local_size: Optional[int] = None) -> None:
         super().__init__()
         self.hidden_size, self.eps = hidden_size, eps
-        self.weight = nn.Parameter(torch.ones(divide(hidden_size, "the normalised hidden size")))
+        local = divide(hidden_size, "the normalised hidden size") if local_size is None else local_size
+        self.weight = nn.Parameter(torch.ones(local))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype

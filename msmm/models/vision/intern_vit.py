@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core import MLP, RMSNorm, RowParallelLinear, TransformerConfig, build_norm
-from ..core.tensor_parallel import ShardedRMSNorm, tensor_parallel_size
+from ..core.tensor_parallel import ShardedRMSNorm, tensor_parallel_rank, tensor_parallel_size
 from .drop_path import DropPath, drop_path_rates
 from .vit import ViTConfig, ViTSelfAttention, resize_position_embedding
 
@@ -108,12 +108,17 @@ class InternVisionAttention(ViTSelfAttention):
     def __init__(self, config: TransformerConfig, qk_layernorm: bool) -> None:
         super().__init__(config)
         h, eps = config.hidden_size, config.layernorm_epsilon
-        norm = RMSNorm if tensor_parallel_size() == 1 else ShardedRMSNorm  # over all heads, of all ranks
-        self.q_norm = norm(h, eps) if qk_layernorm else nn.Identity()
-        self.k_norm = norm(h, eps) if qk_layernorm else nn.Identity()
+        if not qk_layernorm:
+            self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
+        elif tensor_parallel_size() == 1:
+            self.q_norm, self.k_norm = RMSNorm(h, eps), RMSNorm(h, eps)
+        else:  # over all heads, of all ranks
+            local = self.head_rows[tensor_parallel_rank()]
+            self.q_norm, self.k_norm = ShardedRMSNorm(h, eps, local), ShardedRMSNorm(h, eps, local)
 
     def _build_output(self, config: TransformerConfig) -> None:
-        self.projection_layer = RowParallelLinear(config.hidden_size, config.hidden_size, True, config.init_method_std)
+        self.projection_layer = RowParallelLinear(config.hidden_size, config.hidden_size, True, config.init_method_std,
+                                                  split_sizes=self.head_rows)
 
     def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.q_norm(self.q_proj(x)), self.k_norm(self.k_proj(x)), self.v_proj(x)

@@ -9,8 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from msmm.checkpoint.parallel import heads_per_rank
+
 from ..core import ColumnParallelLinear, RowParallelLinear, TransformerConfig, dot_product_attention
-from ..core.tensor_parallel import divide
+from ..core.tensor_parallel import tensor_parallel_rank, tensor_parallel_size
 
 
 @dataclass
@@ -77,21 +79,29 @@ class ViTSelfAttention(nn.Module):
 
     Names follow HF CLIP (q_proj, k_proj, v_proj, out_proj); subclasses with another
     layout override ``project_qkv``, ``_build_output`` and ``output``.
+
+    With tensor parallelism a rank runs whole heads, split by MindSpeed-MM's unaligned rule
+    (``--unaligned-linear``; ``msmm.checkpoint.parallel.heads_per_rank``: the first
+    ``heads % TP`` ranks one head more, an even split when TP divides the heads), as mm-convert
+    splits the checkpoint.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         h, std = config.hidden_size, config.init_method_std
-        self.num_heads = divide(config.num_attention_heads, "the ViT's num_attention_heads")  # this rank's heads
         self.head_dim = config.kv_channels
+        # the q/k/v rows (output columns) of each rank: its heads
+        self.head_rows = [n * self.head_dim for n in heads_per_rank(config.num_attention_heads, tensor_parallel_size())]
+        self.num_heads = self.head_rows[tensor_parallel_rank()] // self.head_dim  # this rank's heads
         self.dropout = config.attention_dropout
-        self.q_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std)
-        self.k_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std)
-        self.v_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std)
+        self.q_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std, split_sizes=self.head_rows)
+        self.k_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std, split_sizes=self.head_rows)
+        self.v_proj = ColumnParallelLinear(h, h, config.add_qkv_bias, std, split_sizes=self.head_rows)
         self._build_output(config)
 
     def _build_output(self, config: TransformerConfig) -> None:
-        self.out_proj = RowParallelLinear(config.hidden_size, config.hidden_size, True, config.init_method_std)
+        self.out_proj = RowParallelLinear(config.hidden_size, config.hidden_size, True, config.init_method_std,
+                                          split_sizes=self.head_rows)
 
     def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)

@@ -7,8 +7,9 @@ and ``model.json`` keys involved and their numbers:
 
 * the world size divisible by TP x PP x CP (``layout.ParallelLayout``);
 * every count tensor parallelism splits divisible by TP: attention heads and key/value groups
-  of the text decoder, the vision encoder's heads, both FFN sizes (``--unaligned-linear``, which
-  MindSpeed-MM uses for InternViT-6B's 25 heads, is refused: unaligned TP is not implemented);
+  of the text decoder, the vision encoder's heads, both FFN sizes; with ``--unaligned-linear``
+  (MindSpeed-MM's, for InternViT-6B's 25 heads) InternViT's and CLIP's heads need not divide
+  (split unevenly, ``msmm.checkpoint.parallel.heads_per_rank``), only be at least TP;
 * the layers of each section over the pipeline stages: MindSpeed-MM's per-section
   ``pipeline_num_layers`` (``[6, 8, 8, 6]``; with virtual stages one list per chunk,
   ``[[2, 2], [2, 2]]``, the layout mm-convert's ``llm_pp_layers`` / ``vit_pp_layers`` take), one
@@ -40,6 +41,7 @@ from .layout import LayoutError, ParallelLayout
 
 WORLD_ENV = "MS_WORKER_NUM"  # what msrun sets in every worker: the number of workers of the job
 CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo")
+UNALIGNED_VISION_ENCODERS = ("intern_vit", "clip_vit")  # whose heads --unaligned-linear splits unevenly
 
 PpLayers = Tuple[Tuple[int, ...], ...]  # layers per (virtual chunk, stage)
 
@@ -129,16 +131,17 @@ def tensor_parallel_sizes(config, limit: int) -> List[int]:
 
 
 def _check_tensor_parallel(args: argparse.Namespace, config, tp: int, world: int) -> None:
-    """Every count TP splits divides by TP (errors name the model.json key and --tensor-model-parallel-size)."""
+    """Every count TP splits divides by TP (errors name the model.json key and --tensor-model-parallel-size);
+    with ``--unaligned-linear`` the vision encoder's heads need not (MindSpeed-MM's uneven head split of
+    InternViT / CLIP attention; not the Qwen ViT's fused qkv), but every rank needs one."""
     counts = tensor_parallel_counts(config)
-    if tp > 1 and getattr(args, "unaligned_linear", False):
-        raise LayoutError(
-            f"--unaligned-linear with --tensor-model-parallel-size {tp}: unaligned tensor parallelism (uneven head "
-            "splits, as MindSpeed-MM uses for InternViT-6B's 25 heads) is not implemented yet; drop the flag and use a "
-            "TP size that divides "
-            + ", ".join(f"{key} ({n})" for key, n in counts)
-            + f": {_divisors_of_all([n for _, n in counts], world)}")
-    bad = [(key, n) for key, n in counts if n % tp]
+    vision_heads = f"{VISION_ENCODER}.num_attention_heads"
+    unaligned = (getattr(args, "unaligned_linear", False)
+                 and config.sections[VISION_ENCODER].model_id in UNALIGNED_VISION_ENCODERS)
+    if unaligned and dict(counts)[vision_heads] < tp:
+        raise LayoutError(f"--unaligned-linear: --tensor-model-parallel-size {tp} is more than {vision_heads} "
+                          f"{dict(counts)[vision_heads]} ({config.source}); every rank needs a head")
+    bad = [(key, n) for key, n in counts if n % tp and not (unaligned and key == vision_heads)]
     if bad:
         ok = _divisors_of_all([n for _, n in counts], world)
         raise LayoutError(
@@ -146,8 +149,9 @@ def _check_tensor_parallel(args: argparse.Namespace, config, tp: int, world: int
             + ", ".join(f"{key} {n}" for key, n in bad)
             + f" ({config.source}); every tensor-parallel rank needs whole heads and equal FFN shards. TP sizes that "
             f"divide every split count of this model (up to the world size {world}): {ok}"
-            + ("" if not any("heads" in key for key, _ in bad) else
-               " (MindSpeed-MM's --unaligned-linear splits heads unevenly; msmm does not implement that yet)"))
+            + ("" if not any(key == vision_heads for key, _ in bad) else
+               " (--unaligned-linear splits the vision encoder's heads unevenly, as MindSpeed-MM does for "
+               "InternViT-6B's 25 heads; not the Qwen ViT's)"))
     lora = getattr(args, "lora", None) is not None or any(s.lora is not None for s in config.sections.values())
     if tp > 1 and lora:
         raise LayoutError(f"LoRA (--lora-r or a model.json lora block) with --tensor-model-parallel-size {tp}: LoRA on "
