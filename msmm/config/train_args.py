@@ -21,9 +21,6 @@ PARALLEL_SIZES = ("--tensor-model-parallel-size", "--pipeline-model-parallel-siz
 # MindSpeed's context-parallel algorithms (--dry-run plans megatron_cp_algo and ulysses_cp_algo)
 CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo", "adaptive_cp_algo", "hybrid_adaptive_cp_algo")
 # parallel features the training runtime does not implement yet: a run (not --dry-run) stops on them
-NOT_IMPLEMENTED = (("--context-parallel-size", "context parallelism"),)
-
-
 class TrainArgsError(ValueError):
     pass
 
@@ -175,12 +172,6 @@ def _validate(args: argparse.Namespace, argv: List[str]) -> None:
              "size from msrun)")
     if args.device_memory_gb <= 0:
         fail(f"--device-memory-gb must be positive, got {args.device_memory_gb}")
-    if not args.dry_run:
-        for flag, what in NOT_IMPLEMENTED:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None and value > 1:
-                fail(f"{flag} {value}: not implemented yet ({what}; data, tensor and pipeline parallelism are); "
-                     "--dry-run plans this layout")
     if (args.recompute_method or args.recompute_num_layers is not None) and args.recompute_granularity != "full":
         fail("--recompute-method / --recompute-num-layers need --recompute-granularity full")
     if args.recompute_num_layers is not None and args.recompute_num_layers < 0:

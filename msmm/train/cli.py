@@ -125,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("msmm-train: pipeline parallelism needs the start-up layout check (see the warning above)", file=sys.stderr)
         return 2
     world = init_world(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                       checked.vpp if checked is not None else 1, args.sequence_parallel)
+                       checked.vpp if checked is not None else 1, args.sequence_parallel, args.context_parallel_size)
     random.seed(args.seed)
     np.random.seed(args.seed)
     mindspore.set_seed(args.seed)
@@ -190,6 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         save_rng=not args.no_save_rng, load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
         exit_interval=args.exit_interval, finetune=args.finetune, save_total_limit=args.save_total_limit,
         use_distributed_optimizer=args.use_distributed_optimizer,
+        sequence_parallel=args.sequence_parallel and args.tensor_model_parallel_size > 1,
     )
     arguments = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
     writer = None
@@ -197,7 +198,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         writer = adapter_writer(model, model_config, args.load if args.load and not resume else None,
                                 read_metadata(args.load).get("arguments", {}) if resume else None, args.load)
         arguments.update(lora_base=writer.base_model_name_or_path, lora_layout=writer.naming.layout)
-        sequence_parallel=args.sequence_parallel and args.tensor_model_parallel_size > 1,
     if args.lora_load is not None:
         if not adapted or resume:
             raise ModelConfigError(f"--lora-load {args.lora_load}: needs LoRA configured (--lora-r or a model.json lora "

@@ -55,6 +55,14 @@ class World:
         return self.layout.tp
 
     @property
+    def cp_rank(self) -> int:
+        return self._coord("cp")
+
+    @property
+    def cp_size(self) -> int:
+        return self.layout.cp
+
+    @property
     def pp_rank(self) -> int:
         return self._coord("pp")
 
@@ -69,8 +77,8 @@ class World:
 
     @property
     def writes_checkpoints(self) -> bool:
-        """One replica of each model shard saves: data-parallel rank 0."""
-        return self.dp_rank == 0
+        """One replica of each model shard saves: data- and context-parallel rank 0."""
+        return self.dp_rank == 0 and self.cp_rank == 0
 
     def _sum(self, x: Tensor, axis: str) -> Tensor:
         if len(self.layout.group(self.rank, axis)) == 1:
@@ -84,6 +92,10 @@ class World:
     def all_reduce_tensor_parallel(self, x: Tensor) -> Tensor:
         """Sum of ``x`` over the tensor-parallel ranks."""
         return self._sum(x, "tp")
+
+    def all_reduce_context_parallel(self, x: Tensor) -> Tensor:
+        """Sum of ``x`` over the context-parallel ranks (each holds a part of every sequence)."""
+        return self._sum(x, "cp")
 
     def all_reduce_pipeline(self, x: Tensor) -> Tensor:
         """Sum of ``x`` over the pipeline stages."""
@@ -148,25 +160,28 @@ def launched_by_msrun() -> bool:
 
 
 def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pipeline: int = 1,
-               sequence_parallel: bool = False) -> World:
+               sequence_parallel: bool = False, context_parallel: int = 1) -> World:
     """One process, or the msrun job this process is a worker of, laid out for
     ``tensor_parallel`` x ``pipeline_parallel`` (Megatron's order): the data-, tensor- and
     pipeline-parallel groups are created, and the model code's tensor-parallel state set (before
-    any model is built), with ``sequence_parallel`` (Megatron's, over the tensor-parallel ranks)."""
+    any model is built), with ``sequence_parallel`` (Megatron's, over the tensor-parallel ranks),
+    and the context-parallel groups of ``context_parallel`` ranks."""
     if not launched_by_msrun():
-        if tensor_parallel != 1 or pipeline_parallel != 1:
+        if tensor_parallel != 1 or pipeline_parallel != 1 or context_parallel != 1:
             raise ValueError(f"--tensor-model-parallel-size {tensor_parallel} x --pipeline-model-parallel-size "
-                             f"{pipeline_parallel} needs as many msrun workers (one process has one rank)")
+                             f"{pipeline_parallel} x --context-parallel-size {context_parallel} needs as many msrun "
+                             "workers (one process has one rank)")
         return World()
     import adapters.torch.distributed as dist
 
+    from msmm.models.core.context_parallel import initialize_context_parallel
     from msmm.models.core.tensor_parallel import initialize_tensor_parallel
 
     dist.init_process_group()
     rank, size = dist.get_rank(), dist.get_world_size()
-    layout = ParallelLayout(size, tp=tensor_parallel, pp=pipeline_parallel, vpp=virtual_pipeline)
+    layout = ParallelLayout(size, tp=tensor_parallel, pp=pipeline_parallel, cp=context_parallel, vpp=virtual_pipeline)
     names, pipeline_group = {}, None
-    for axis in ("dp", "tp", "pp"):
+    for axis in ("dp", "tp", "pp", "cp"):
         for ranks in layout.groups(axis):
             group = dist.new_group(list(ranks)) if 1 < len(ranks) < size else None
             if rank in ranks:
@@ -174,4 +189,5 @@ def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pip
                 if axis == "pp":
                     pipeline_group = group
     initialize_tensor_parallel(layout.groups("tp"), sequence_parallel)
+    initialize_context_parallel(layout.groups("cp"))
     return World(rank, size, layout, names, pipeline_group)

@@ -27,15 +27,19 @@ REDUCTIONS = ("micro_batch", "token", "sample")
 
 
 def token_losses(logits: Tensor, labels: Tensor,
-                 vocab_parallel: Optional["VocabParallelCrossEntropy"] = None) -> Tuple[Tensor, Tensor]:
+                 vocab_parallel: Optional["VocabParallelCrossEntropy"] = None,
+                 shifted: bool = False) -> Tuple[Tensor, Tensor]:
     """Per-position losses [B, L] and the 0/1 mask of counted positions [B, L] (fp32).
 
     logits [B, L, V] (or this rank's vocabulary entries, with ``vocab_parallel``); labels
     [B, L], -100 = not counted. Position t predicts labels[:, t + 1]; the last position
-    predicts nothing.
+    predicts nothing. ``shifted``: labels[:, t] is already position t's target (context
+    parallelism shifts on the whole sequence before a rank keeps its part).
     """
     b = labels.shape[0]
-    shifted = ops.concat((labels[:, 1:], ops.full((b, 1), IGNORE_INDEX, dtype=labels.dtype)), axis=1)
+    if not shifted:
+        labels = ops.concat((labels[:, 1:], ops.full((b, 1), IGNORE_INDEX, dtype=labels.dtype)), axis=1)
+    shifted = labels
     mask = (shifted != IGNORE_INDEX).astype(mindspore.float32)
     target = ops.maximum(shifted, 0).astype(mindspore.int32)
     if vocab_parallel is not None:
@@ -47,15 +51,20 @@ def token_losses(logits: Tensor, labels: Tensor,
     return -picked * mask, mask
 
 
-def reduce_loss(losses: Tensor, mask: Tensor, reduction: str) -> Tuple[Tensor, Tensor]:
-    """(numerator, denominator) of one micro-batch under ``reduction`` (see the module doc)."""
+def reduce_loss(losses: Tensor, mask: Tensor, reduction: str, row_counts: Optional[Tensor] = None,
+                share: float = 1.0) -> Tuple[Tensor, Tensor]:
+    """(numerator, denominator) of one micro-batch under ``reduction`` (see the module doc).
+
+    Context parallelism: a rank holds part of every row; ``row_counts`` [B] are the rows' counted
+    tokens over the whole sequence and ``share`` = 1 / CP, so the ranks' numerators and
+    denominators add up to the micro-batch's."""
     if reduction == "token":
         return losses.sum(), mask.sum()
+    per_row = mask.sum(axis=1) if row_counts is None else row_counts.astype(mindspore.float32)
     if reduction == "sample":
-        per_row = mask.sum(axis=1)
         has_tokens = (per_row > 0).astype(mindspore.float32)
-        return (losses.sum(axis=1) / ops.maximum(per_row, 1.0)).sum(), has_tokens.sum()
-    return losses.sum() / ops.maximum(mask.sum(), 1.0), ops.ones((), mindspore.float32)
+        return (losses.sum(axis=1) / ops.maximum(per_row, 1.0)).sum(), has_tokens.sum() * share
+    return losses.sum() / ops.maximum(per_row.sum(), 1.0), ops.ones((), mindspore.float32) * share
 
 
 class VocabParallelCrossEntropy(nn.Cell):

@@ -81,7 +81,9 @@ class TrainStep(nn.Cell):
 
     def __init__(self, model: nn.Cell, optimizer: AdamW, reduction: str = "micro_batch",
                  clip_grad: float = 0.0, vocab_parallel: Optional[VocabParallelCrossEntropy] = None,
-                 sharded: Optional[Sequence[bool]] = None) -> None:
+                 sharded: Optional[Sequence[bool]] = None, context_parallel: int = 1) -> None:
+        """``context_parallel``: the ranks sharing each sequence; a batch then holds this rank's
+        tokens with their labels already shifted, and ``label_counts`` [B] (``InputBuilder``)."""
         super().__init__(auto_prefix=False)
         if reduction not in REDUCTIONS:
             raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -89,6 +91,7 @@ class TrainStep(nn.Cell):
         self.reduction, self.clip_grad = reduction, float(clip_grad)
         self.weights = optimizer.params
         self.vocab_parallel = vocab_parallel  # the loss over vocab-parallel logits (tensor parallel), or None
+        self.context_parallel = context_parallel
         self.distributed = isinstance(optimizer, DistributedAdamW)  # its state sharded over the data-parallel ranks
         # which gradients are shards of a tensor-parallel parameter (their squares are summed over the ranks)
         self.sharded = tuple(sharded) if sharded is not None else (False,) * len(self.weights)
@@ -107,8 +110,11 @@ class TrainStep(nn.Cell):
 
     def _loss(self, labels: Tensor, inputs: Dict[str, Tensor]):
         logits = self.model(**inputs)
-        losses, mask = token_losses(logits, labels, self.vocab_parallel)
-        numerator, denominator = reduce_loss(losses, mask, self.reduction)
+        counts = None
+        if self.context_parallel > 1:  # (this rank's shifted labels, each row's counted tokens)
+            labels, counts = labels
+        losses, mask = token_losses(logits, labels, self.vocab_parallel, shifted=counts is not None)
+        numerator, denominator = reduce_loss(losses, mask, self.reduction, counts, 1.0 / self.context_parallel)
         return numerator, denominator, mask.sum()
 
     def _micro_step_first(self, labels: Tensor, inputs: Dict[str, Tensor]):
@@ -176,6 +182,8 @@ class TrainStep(nn.Cell):
     def forward_backward(self, batch: Dict[str, Tensor]) -> MicroResult:
         inputs = dict(batch)
         labels = inputs.pop("labels")
+        if self.context_parallel > 1:  # mutable: a tuple argument would be a compile-time constant
+            labels = mindspore.mutable((labels, inputs.pop("label_counts")))
         # mutable: a dict argument of a compiled function is otherwise a compile-time constant
         step = self.micro_step if self._accumulating else self.micro_step_first
         numerator, denominator, tokens = step(labels, mindspore.mutable(inputs))

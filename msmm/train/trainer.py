@@ -7,7 +7,7 @@ import random
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 import mindspore
 import numpy as np
@@ -170,8 +170,11 @@ class InputBuilder:
     parallelism splits it evenly over the tensor-parallel ranks; the padding takes no loss)."""
 
     def __init__(self, model: nn.Cell, dtype=mindspore.float32, seq_length: Optional[int] = None,
-                 bucket_tiles: bool = True, seq_multiple: int = 1) -> None:
+                 bucket_tiles: bool = True, seq_multiple: int = 1, context_parallel: Tuple[int, int] = (0, 1)) -> None:
+        """``context_parallel`` (rank, size): the labels are shifted on the whole sequence and
+        this rank's positions kept (the model keeps its tokens), with ``label_counts`` [B]."""
         self.model, self.dtype, self.seq_length, self.seq_multiple = model, dtype, seq_length, seq_multiple
+        self.context_parallel = context_parallel
         self.accepted = set(inspect.signature(model.forward).parameters) | {"labels"}
         vision = getattr(getattr(model, "config", None), "vision", None)
         self.tile_shape = None
@@ -198,13 +201,24 @@ class InputBuilder:
         elif "position_ids" in self.accepted and "position_ids" not in batch:
             b, length = batch["input_ids"].shape
             batch["position_ids"] = np.broadcast_to(np.arange(length, dtype=np.int64), (b, length)).copy()
+        if self.context_parallel[1] > 1 and "labels" in batch:
+            batch.update(self._context_parallel_labels(batch["labels"]))
         out = {}
         for key, value in batch.items():
-            if key not in self.accepted:
+            if key not in self.accepted and key != "label_counts":
                 continue  # one of REDUNDANT_BATCH_KEYS
             tensor = Tensor(value)
             out[key] = tensor.astype(self.dtype) if np.issubdtype(value.dtype, np.floating) else tensor
         return out
+
+    def _context_parallel_labels(self, labels: np.ndarray) -> Batch:
+        """Next-token targets of this context-parallel rank's positions, and each row's count."""
+        from msmm.models.core.context_parallel import local_positions
+
+        shifted = np.concatenate([labels[:, 1:], np.full((labels.shape[0], 1), IGNORE_INDEX, labels.dtype)], axis=1)
+        rank, size = self.context_parallel
+        return {"labels": np.ascontiguousarray(shifted[:, local_positions(shifted.shape[1], rank, size)]),
+                "label_counts": (shifted != IGNORE_INDEX).sum(axis=1).astype(np.int64)}
 
 
 def unique_parameter_names(model: nn.Cell) -> None:
@@ -238,8 +252,11 @@ class Trainer:
                           "(msmm.runtime.start() does) before the first MindSpore op (docs/training.md)", stacklevel=2)
         self.adapter_writer = adapter_writer  # writes PEFT adapter files into each checkpoint
         self.stream = MicroBatchStream(source)
-        self.inputs = inputs or InputBuilder(model, seq_length=config.seq_length,
-                                             seq_multiple=world.tp_size if config.sequence_parallel else 1)
+        self.inputs = inputs or InputBuilder(
+            model, seq_length=config.seq_length,
+            seq_multiple=math.lcm(world.tp_size if config.sequence_parallel else 1,
+                                  2 * world.cp_size if world.cp_size > 1 else 1),
+            context_parallel=(world.cp_rank, world.cp_size))
         self.micro_batches = config.micro_batches_per_step(world.dp_size)
         self.schedule = LRSchedule.from_fraction(
             config.lr, config.min_lr, config.lr_decay_iters or config.train_iters,
@@ -269,7 +286,7 @@ class Trainer:
                                              vocab_parallel, sharded)
         else:
             self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad, vocab_parallel,
-                                     sharded)
+                                     sharded, world.cp_size)
         self.sequence_parallel_grads = self._sequence_parallel_grads(sharded)
         self.iteration = 0
         self.arguments = arguments or {}
@@ -339,9 +356,11 @@ class Trainer:
             result = self.step_fn.run_schedule(batches)
             sums = self.world.all_reduce_pipeline(
                 Tensor(np.array([result.numerator, result.denominator], np.float32))).asnumpy()
-        totals = self.world.all_reduce_sum(Tensor(sums)).asnumpy()
+        totals = self.world.all_reduce_sum(self.world.all_reduce_context_parallel(Tensor(sums))).asnumpy()
         numerator, denominator = float(totals[0]), float(totals[1])
         self.world.all_reduce_in_place(self.sequence_parallel_grads, "tp")
+        # context parallelism: each rank's gradients and loss cover its tokens of every sequence
+        self.world.all_reduce_in_place(self.step_fn.grad_acc, "cp")
         if self.step_fn.distributed:
             self.step_fn.reduce_scatter_grads()
         else:

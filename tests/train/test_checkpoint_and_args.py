@@ -113,7 +113,7 @@ BASE = ["--mm-model", "m.json", "--mm-data", "d.json", "--micro-batch-size", "1"
     (["--global-batch-size", "3", "--micro-batch-size", "2"], "not a multiple of --micro-batch-size"),
     (["--save-interval", "5"], "--save-interval needs --save"),
     (["--tensor-model-parallel-size", "0"], "--tensor-model-parallel-size must be positive"),
-    (["--context-parallel-size", "2"], "--context-parallel-size 2: not implemented yet"),
+    (["--context-parallel-size", "0"], "--context-parallel-size must be positive"),
     (["--lr-decay-style", "exponential"], "invalid choice"),
 ])
 def test_bad_arguments_are_clear_errors(extra, message):

@@ -218,7 +218,10 @@ def test_bad_layout_stops_with_its_message(case, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("flags, message, planned, world", [
-    (["--context-parallel-size", "2"], "--context-parallel-size 2: not implemented yet", True, 2),
+    (["--context-parallel-size", "2", "--context-parallel-algo", "ulysses_cp_algo"],
+     "--context-parallel-algo ulysses_cp_algo: not implemented yet", True, 2),
+    (["--context-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
+     "--context-parallel-size 2 with --pipeline-model-parallel-size 2: not implemented yet", True, 4),
     (["--virtual-pipeline-model-parallel-size", "2"], "virtual pipeline stages need --pipeline-model-parallel-size > 1",
      False, 2),
     (["--world-size", "8"], "--world-size 8: a positive number of devices, for --dry-run only", False, 2),

@@ -128,22 +128,27 @@ def test_pipeline_2_equals_one_worker_and_resumes_in_its_layout(one_worker, tmp_
 
 def test_interleaved_pipeline_equals_one_worker_and_merges_back(tmp_path):
     """PP 2 x VPP 2 (the interleaved schedule; 4 text layers, one per virtual stage) and the
-    same run on one worker: the same losses and grad norms, and mm-convert's reader merges the
-    virtual-stage checkpoint (model0.* / model1.* per stage) into the one worker's tensors."""
+    same run on one worker: the same losses and grad norms, mm-convert's reader merges the
+    virtual-stage checkpoint (model0.* / model1.* per stage) into the one worker's tensors, and a
+    resume from iteration 3 in the layout continues exactly."""
     from msmm.checkpoint.mm import read_mm
 
-    one = launch("internvl", str(tmp_path / "one"), 1, iters=3, assets="--text-layers 4")
-    vpp = launch("internvl", str(tmp_path / "vpp"), 2, "--pipeline-model-parallel-size 2 "
-                 "--virtual-pipeline-model-parallel-size 2", iters=3, assets="--text-layers 4")
-    assert_same_run(records(vpp), records(one), range(1, 4))
+    flags = "--pipeline-model-parallel-size 2 --virtual-pipeline-model-parallel-size 2"
+    one = launch("internvl", str(tmp_path / "one"), 1, assets="--text-layers 4")
+    vpp = launch("internvl", str(tmp_path / "vpp"), 2, flags, assets="--text-layers 4")
+    assert_same_run(records(vpp), records(one), range(1, 7))
 
-    stage1 = load_file(os.path.join(vpp, "iter_0000003", "mp_rank_00_001", "model_optim_rng.safetensors"))
+    stage1 = load_file(os.path.join(vpp, "iter_0000006", "mp_rank_00_001", "model_optim_rng.safetensors"))
     assert {k.split(".")[0] for k in stage1} >= {"model0", "model1"}
     (merged, parallel, _), (want, _, _) = read_mm(vpp), read_mm(one)
     assert parallel.llm_pp_layers == [[1, 1], [1, 1]]
     assert sorted(merged) == sorted(want)
     for key, t in want.items():
         np.testing.assert_allclose(merged[key].load(), t.load(), rtol=1e-4, atol=1e-6, err_msg=key)
+
+    resumed_from = stopped_at_iteration_3(vpp, str(tmp_path / "stopped"))
+    again = launch("internvl", str(tmp_path / "resumed"), 2, flags, load=resumed_from, assets="--text-layers 4")
+    assert_same_run(records(again), records(vpp), range(4, 7))
 
 
 def test_tensor_2_x_pipeline_2_on_4_workers_equals_one_worker(one_worker, tmp_path):
@@ -155,14 +160,30 @@ def test_tensor_2_x_pipeline_2_on_4_workers_equals_one_worker(one_worker, tmp_pa
         "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
 
 
+def test_context_parallel_2_equals_one_worker_and_resumes(one_worker, tmp_path):
+    """megatron_cp_algo over 2 ranks: each keeps 2 of the 4 chunks of every sequence (the
+    load-balanced split) and attends over the all-gathered keys and values with the causal
+    offset; the labels are shifted on the whole sequence and the loss sums over both ranks."""
+    save = launch("internvl", str(tmp_path / "cp2"), 2, "--context-parallel-size 2")
+    cp2 = records(save)
+    assert_same_run(cp2, one_worker, range(1, 7))
+    assert sorted(os.listdir(os.path.join(save, "iter_0000006"))) == ["mp_rank_00"]  # one copy, written once
+
+    resumed_from = stopped_at_iteration_3(save, str(tmp_path / "stopped"))
+    again = launch("internvl", str(tmp_path / "resumed"), 2, "--context-parallel-size 2", load=resumed_from)
+    assert_same_run(records(again), cp2, range(4, 7))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llava", "qwen2vl"])
-def test_pipeline_2_equals_one_worker_for_llava_and_qwen2vl(family, tmp_path):
-    """LLaVA stage 1 (only the projector trains: stage 1 holds frozen layers only and sends
-    input gradients back) and Qwen2-VL (M-RoPE positions [3, B, L] reach every stage)."""
+def test_pipeline_and_context_parallel_2_equal_one_worker_for_llava_and_qwen2vl(family, tmp_path):
+    """LLaVA stage 1 (only the projector trains: at PP 2 stage 1 holds frozen layers only and
+    sends input gradients back) and Qwen2-VL (M-RoPE positions [3, B, L] reach every pipeline
+    stage; each context-parallel rank takes its tokens' positions)."""
     one = records(launch(family, str(tmp_path / "one"), 1, iters=3))
-    pp2 = records(launch(family, str(tmp_path / "pp2"), 2, "--pipeline-model-parallel-size 2", iters=3))
-    assert_same_run(pp2, one, range(1, 4))
+    for flags in ("--pipeline-model-parallel-size 2", "--context-parallel-size 2"):
+        run = records(launch(family, str(tmp_path / flags.split()[0][2:]), 2, flags, iters=3))
+        assert_same_run(run, one, range(1, 4))
 
 
 def test_distributed_optimizer_on_2_data_parallel_ranks_equals_one_worker_and_resumes(one_worker, tmp_path):

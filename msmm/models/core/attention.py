@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import TransformerConfig
+from .context_parallel import gather_keys
 from .parallel_linear import ColumnParallelLinear, RowParallelLinear
 from .rotary import apply_rotary
 from .tensor_parallel import divide
@@ -181,6 +182,8 @@ class SelfAttention(nn.Module):
         v = v.transpose(1, 2)
         if cache is not None:
             k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v, cache[2])
+        else:  # context parallelism: the keys and values of every rank's tokens (one rank: as they are)
+            k, v = gather_keys(k, 2), gather_keys(v, 2)
         dropout = self.dropout if self.training else 0.0
         out = self.output(dot_product_attention(q, k, v, mask, dropout))
         return out if cache is None else (out, (k, v))

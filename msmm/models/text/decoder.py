@@ -18,6 +18,7 @@ from ..core import (
     cached_attention_mask,
     causal_attention_mask,
 )
+from ..core.context_parallel import context_attention_mask, context_parallel_size, select_local
 from ..core.rope_scaling import PLAIN
 from ..core.tensor_parallel import (VocabParallelEmbedding, padded_vocab_size, scatter_to_sequence_parallel_region,
                                     sequence_parallel_enabled)
@@ -114,6 +115,7 @@ class DecoderModel(TransformerBlock):
         layer_inputs = self.layer_inputs(inputs_embeds, position_ids, attention_mask, segment_ids)
         if self.sequence_parallel:
             inputs_embeds = scatter_to_sequence_parallel_region(inputs_embeds)
+        inputs_embeds = select_local(inputs_embeds, 1)  # context parallelism: this rank's tokens
         return super().forward(inputs_embeds, *layer_inputs)
 
     def full_position_ids(self, hidden: torch.Tensor, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
@@ -133,9 +135,14 @@ class DecoderModel(TransformerBlock):
         segment_ids: Optional[torch.Tensor] = None,
     ) -> Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """(rotary (cos, sin), attention mask): what every layer takes besides the hidden states
-        [B, L, hidden] (a pipeline stage computes them for its own layers)."""
-        rotary = self.rotary_emb(self.full_position_ids(hidden, position_ids))
-        return rotary, causal_attention_mask(hidden.shape[1], attention_mask, segment_ids)
+        [B, L, hidden] (a pipeline stage computes them for its own layers). With context
+        parallelism: the rotary tables of this rank's tokens and the mask of its queries over
+        every rank's keys (``hidden`` still the whole sequence)."""
+        position_ids = self.full_position_ids(hidden, position_ids)
+        if context_parallel_size() > 1:
+            return (self.rotary_emb(select_local(position_ids, -1)),
+                    context_attention_mask(hidden.shape[1], attention_mask, segment_ids))
+        return self.rotary_emb(position_ids), causal_attention_mask(hidden.shape[1], attention_mask, segment_ids)
 
 
 class CausalLM(nn.Module):

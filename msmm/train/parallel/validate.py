@@ -314,8 +314,20 @@ def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List
         out.append(f"{VISION_ENCODER}.pipeline_num_layers {_show(vision.pp_layers)} ({vision.origin}): the vision "
                    "encoder split over pipeline stages is not implemented yet; put all its layers on the first stage "
                    f"([{vision.num_layers}, 0, ...], as MindSpeed-MM's recipes do)")
-    if lay.cp > 1:
-        out.append(f"--context-parallel-size {lay.cp}: context parallelism is not implemented yet")
+    text = checked.text
+    if lay.pp > 1 and text.slots() and text.slots()[0] != (0, 0):
+        out.append(f"{TEXT_DECODER}.pipeline_num_layers {_show(text.pp_layers)} ({text.origin}): the first pipeline "
+                   "stage holds no text layer, so the token embeddings (placed with the first text layer, as "
+                   "mm-convert places them) would not be where the vision features are spliced in; give the first "
+                   "stage at least one text layer (Qwen2-VL-7B's recipe: [1, 10, 10, 7])")
+    if lay.cp > 1 and checked.context_parallel_algo != "megatron_cp_algo":
+        out.append(f"--context-parallel-algo {checked.context_parallel_algo}: not implemented yet (megatron_cp_algo "
+                   "is: load-balanced sequence split, attention over all-gathered keys and values)")
+    if lay.cp > 1 and lay.pp > 1:
+        out.append(f"--context-parallel-size {lay.cp} with --pipeline-model-parallel-size {lay.pp}: not implemented "
+                   "yet; drop one of them")
+    if lay.cp > 1 and checked.sequence_parallel:
+        out.append(f"--context-parallel-size {lay.cp} with --sequence-parallel: not implemented yet; drop one of them")
     if checked.sequence_parallel and lay.pp > 1:
         out.append(f"--sequence-parallel with --pipeline-model-parallel-size {lay.pp}: sequence parallelism across "
                    "pipeline stages is not implemented yet; drop one of them")
