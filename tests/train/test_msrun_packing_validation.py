@@ -15,7 +15,8 @@ import pytest
 from test_msrun import REPO, _free_port, records
 
 SCRIPTS = {"qwen2vl": "examples/qwen2vl/finetune_qwen2vl_tiny_cpu.sh",
-           "internvl": "examples/internvl/finetune_internvl_tiny_cpu.sh"}
+           "internvl": "examples/internvl/finetune_internvl_tiny_cpu.sh",
+           "llava": "examples/llava/pretrain_llava_tiny_cpu.sh"}
 
 
 def run_script(family: str, tmp_path, workers: int = 1, extra: str = "") -> tuple:
