@@ -59,7 +59,7 @@ UPSTREAM_UNUSED_KEYS: dict[str, frozenset[str]] = {
     "DatasetParam": frozenset({"use_text_processer", "is_multimodal", "mm_use_im_start_end", "image_aspect_ratio"}),
     "BasicParameters": frozenset({"cache_dir", "train_on_prompt", "mask_history", "preprocessing_batch_size",
                                   "preprocessing_num_workers", "tool_format", "overwrite_cache", "val_size",
-                                  "streaming", "buffer_size", "mix_strategy", "interleave_probs", "neat_packing",
+                                  "streaming", "buffer_size", "mix_strategy", "interleave_probs",
                                   "ignore_pad_token_for_loss", "image_dir", "dataset_type"}),
     "PreprocessParameters": frozenset({"image_reader_type", "train_pipeline", "use_fast_tokenizer",
                                        "split_special_tokens", "image_resolution", "video_resolution",
@@ -97,6 +97,8 @@ class BasicParameters:
     val_dataset: Optional[str] = None
     val_max_samples: Optional[int] = None  # the first N records of val_dataset
     val_rate: Optional[float] = None
+    # MindSpeed-MM (LLaMA-Factory): with attr.packing, pack without attention across the samples
+    neat_packing: bool = False
 
     @property
     def annotation_path(self) -> str:
@@ -143,6 +145,7 @@ class Attributes:
     user_tag: str = "user"
     assistant_tag: str = "assistant"
     system_tag: str = "system"
+    packing: bool = False  # MindSpeed-MM's switch of packing (with basic_parameters.neat_packing)
 
 
 @dataclass
@@ -328,6 +331,15 @@ def _check(config: DataConfig, source: str) -> None:
         fail(f"{prefix}.val_max_samples", f"must be positive, got {basic.val_max_samples}")
     if basic.val_max_samples is not None and not basic.val_dataset:
         fail(f"{prefix}.val_max_samples", "limits val_dataset, which is not set")
+    if param.attr.packing and not basic.neat_packing:
+        fail("dataset_param.attr.packing", "packing with attention across the packed samples (MindSpeed-MM without "
+                                           f"neat_packing) is not implemented; msmm packs with block-diagonal attention: "
+                                           f"set {prefix}.neat_packing true (or dataloader_param.packing)")
+    if param.attr.packing:
+        config.dataloader_param.packing = True
+    elif basic.neat_packing:
+        logger.info("%s: %s.neat_packing: no effect without dataset_param.attr.packing (as in MindSpeed-MM)",
+                    source, prefix)
     if basic.val_dataset and basic.val_rate:
         logger.warning("%s: %s.val_rate %s: no effect, val_dataset gives the validation data (as in MindSpeed-MM)",
                        source, prefix, basic.val_rate)

@@ -147,3 +147,18 @@ def test_malformed_file_names_the_line(tmp_path):
     path.write_text('{\n  "dataset_param": {\n    "basic_parameters": {,\n}')
     with pytest.raises(DataConfigError, match=rf"{path}:3: malformed json"):
         load_data_config(str(path))
+
+
+def test_mindspeed_packing_switches(caplog):
+    """MindSpeed-MM packs with attr.packing; neat_packing keeps the samples' attention apart,
+    which is msmm's packing; without it (attention across samples) msmm refuses."""
+    neat = _with(_with(QWEN2VL, "dataset_param.attr", {"packing": True}),
+                 "dataset_param.basic_parameters.neat_packing", True)
+    assert parse_data_config(neat).dataloader_param.packing
+    with pytest.raises(DataConfigError, match=r"dataset_param.attr.packing: packing with attention across the packed "
+                                              r"samples \(MindSpeed-MM without neat_packing\) is not implemented"):
+        parse_data_config(_with(QWEN2VL, "dataset_param.attr", {"packing": True}))
+    with caplog.at_level(logging.INFO, logger="msmm.config"):
+        config = parse_data_config(_with(QWEN2VL, "dataset_param.basic_parameters.neat_packing", True))
+    assert not config.dataloader_param.packing
+    assert "neat_packing: no effect without dataset_param.attr.packing (as in MindSpeed-MM)" in caplog.text
