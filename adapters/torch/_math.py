@@ -90,8 +90,23 @@ def true_divide(dividend, divisor, *, out=None):
     return mint.div(_float(dividend), _float(divisor))
 
 
-def floor_divide(input, other, *, out=None):
+@register("floor_divide", "CPU", note="a number divisor as a tensor: FloorDivScalar has no CPU kernel")
+def _floor_divide_cpu(input, other):
+    if not isinstance(other, mindspore.Tensor):
+        other = mindspore.Tensor(other, input.dtype)
     return mint.floor_divide(input, other)
+
+
+@register("floor_divide", "Ascend", tested=False)
+def _floor_divide_ascend(input, other):
+    return mint.floor_divide(input, other)
+
+
+_floor_divide = kernel("floor_divide")
+
+
+def floor_divide(input, other, *, out=None):
+    return _floor_divide(input, other)
 
 
 def remainder(input, other, *, out=None):

@@ -80,6 +80,7 @@ DIFFERING: Dict[str, str] = {
     "pow_": "no such method",
     "copy_": "a Python number as the source raises a TypeError, a source of another shape is not broadcast",
     "amax": "no dim= keyword (axis=)",
+    "floor_divide": "a number divisor has no CPU kernel (FloorDivScalar)",
     "sqrt_": "no such method",
 }
 
@@ -134,6 +135,7 @@ repeat_interleave = _shape.repeat_interleave
 roll = _shape.roll
 cumsum = _math.cumsum
 amax = _math.amax
+floor_divide = _math.floor_divide
 
 
 def size(input, dim=None):

@@ -47,6 +47,7 @@ REWRITTEN = {
     "rewritten_reductions": ("max", "min", "argmax", "amax", "softmax", "log_softmax", "norm", "var", "std", "topk",
                              "sort", "argsort", "cumsum"),
     "rewritten_dtypes": ("to", "long", "int", "short", "byte", "type", "type_as"),
+    "rewritten_without_grad": ("floor_divide",),
     "rewritten_constructors": ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"),
     # in-place rewrites compute out of place and copy_ back: values as torch, but
     # MindSpore's autograd does not follow copy_ (see tensor_methods); random fills are
@@ -55,7 +56,7 @@ REWRITTEN = {
                           "pow_", "sqrt_", "normal_", "uniform_", "copy_"),
 }
 
-NO_GRAD = {"rewritten_constructors", "rewritten_inplace"}
+NO_GRAD = {"rewritten_constructors", "rewritten_inplace", "rewritten_without_grad"}
 # half-precision results: fp16 rounding (rel. 2**-11) on both sides, compared at 1e-3
 LOOSE = {"agreeing_dtypes", "rewritten_dtypes"}
 
