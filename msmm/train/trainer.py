@@ -437,7 +437,8 @@ class Trainer:
             extra={"arguments": self.arguments, "train_config": asdict(c), "world_size": self.world.size,
                    "tensor_parallel_size": self.world.tp_size, "pipeline_parallel_size": self.world.pp_size,
                    "model_config": self.model_config,
-                   "parallel": self._split_record()},
+                   "parallel": self._split_record(),
+                   "validation_data": self.evaluator.stream.state_dict() if self.evaluator is not None else None},
         ) if self.world.writes_checkpoints else None
         if state is not None:
             ckpt.write_shard(c.save, state, self.shard_name)
@@ -492,4 +493,6 @@ class Trainer:
             self.logger.resume_at(state.iteration)  # train_log.jsonl: one record per iteration
             if state.data is not None:
                 self.stream.load_state_dict(state.data)
+            if self.evaluator is not None and state.extra.get("validation_data") is not None:
+                self.evaluator.stream.load_state_dict(state.extra["validation_data"])  # where validation goes on
         self.logger.info(f"loaded checkpoint {where} (iteration {state.iteration})")

@@ -41,19 +41,48 @@ def hf_eval_loss(model, save: str, iteration: int, batches) -> float:
 
 
 class ListSource:
-    """Fixed micro-batches, one epoch per pass."""
+    """Fixed micro-batches, one epoch per pass, with a saveable position."""
 
     def __init__(self, batches):
-        self.batches = batches
+        self.batches, self.position = batches, 0
 
     def __iter__(self):
-        return iter(self.batches)
+        while self.position < len(self.batches):
+            self.position += 1
+            yield self.batches[self.position - 1]
+        self.position = 0
 
     def state_dict(self):
-        return {}
+        return {"position": self.position}
 
     def load_state_dict(self, state):
-        pass
+        self.position = state["position"]
+
+
+def tiny_trainer(log_dir: str, train, val, dropout: float = 0.5, **config):
+    """A two-layer model (embedding, head) with ``dropout``, validating every iteration."""
+    from adapters.torch import nn
+    from adapters.torch.nn import functional as F
+    from msmm.train.trainer import TrainConfig, Trainer
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(16, 8), nn.Linear(8, 16)
+
+        def forward(self, input_ids):
+            return self.head(F.dropout(self.emb(input_ids), dropout, self.training))
+
+    evaluator = Evaluator(ListSource(val), interval=config.pop("eval_interval", 1), iters=1)
+    return Trainer(Tiny(), TrainConfig(lr=1e-2, log_dir=log_dir, **config), ListSource(train), evaluator=evaluator)
+
+
+def tiny_batches(rng: np.random.Generator, count: int) -> list:
+    out = []
+    for _ in range(count):
+        ids = rng.integers(0, 16, (1, 6))
+        out.append({"input_ids": ids, "labels": np.where(rng.random((1, 6)) < 0.3, -100, ids)})
+    return out
 
 
 def token_mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -68,28 +97,10 @@ def token_mean_loss(logits: np.ndarray, labels: np.ndarray) -> float:
 def test_validation_in_the_trainer_is_eval_mode_over_a_cyclic_stream(tmp_path, capsys):
     """A model with dropout 0.5: the validation loss equals the hand computation without dropout
     with the weights of that iteration, over the next micro-batches of the validation stream."""
-    from adapters.torch import nn
-    from adapters.torch.nn import functional as F
-    from msmm.train.trainer import TrainConfig, Trainer
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb, self.head = nn.Embedding(16, 8), nn.Linear(8, 16)
-
-        def forward(self, input_ids):
-            return self.head(F.dropout(self.emb(input_ids), 0.5, self.training))
-
     rng = np.random.default_rng(0)
-
-    def batch():
-        ids = rng.integers(0, 16, (1, 6))
-        return {"input_ids": ids, "labels": np.where(rng.random((1, 6)) < 0.3, -100, ids)}
-
-    train, val = [batch() for _ in range(4)], [batch() for _ in range(3)]
+    train, val = tiny_batches(rng, 4), tiny_batches(rng, 3)
     save = str(tmp_path / "save")
-    config = TrainConfig(train_iters=2, global_batch_size=2, lr=1e-2, log_dir=save)
-    trainer = Trainer(Tiny(), config, ListSource(train), evaluator=Evaluator(ListSource(val), interval=2, iters=1))
+    trainer = tiny_trainer(save, train, val, train_iters=2, global_batch_size=2, eval_interval=2)
     trainer.train()
     emb, weight, bias = (trainer.model.state_dict()[k].asnumpy() for k in ("emb.weight", "head.weight", "head.bias"))
     expected = [np.mean([token_mean_loss(emb[b["input_ids"]] @ weight.T + bias, b["labels"]) for b in part])
@@ -101,6 +112,28 @@ def test_validation_in_the_trainer_is_eval_mode_over_a_cyclic_stream(tmp_path, c
     out = capsys.readouterr().out
     assert f" validation loss at iteration 2 | lm loss value: {logged[0]['validation_loss']:.6E} | lm loss PPL: " in out
     assert trainer.model.training  # back in training mode
+
+
+def test_a_resumed_run_validates_as_the_uninterrupted_one(tmp_path):
+    """The validation stream's position is saved with each checkpoint: resumed at iteration 2,
+    the run validates the same micro-batches as the uninterrupted one, and its log ends the same."""
+    rng = np.random.default_rng(1)
+    train, val = tiny_batches(rng, 4), tiny_batches(rng, 3)
+    save = str(tmp_path / "save")
+    config = dict(dropout=0.0, train_iters=4, global_batch_size=1, save=save, save_interval=2)  # dropout: not replayed
+    tiny_trainer(save, train, val, **config).train()
+    log = os.path.join(save, "validation_log.jsonl")
+    with open(log) as f:
+        uninterrupted = [json.loads(line) for line in f]
+    assert [r["iteration"] for r in uninterrupted] == [1, 2, 3, 4, 4]
+    resumed = tiny_trainer(save, train, val, **config)
+    resumed.load(os.path.join(save, "iter_0000002"))
+    resumed.train()
+    with open(log) as f:
+        again = [json.loads(line) for line in f]
+    assert [r["iteration"] for r in again] == [1, 2, 3, 4, 4]
+    np.testing.assert_allclose([r["validation_loss"] for r in again], [r["validation_loss"] for r in uninterrupted],
+                               rtol=1e-6)
 
 
 def test_a_resumed_run_drops_later_validation_records(tmp_path):
