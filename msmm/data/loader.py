@@ -120,9 +120,8 @@ class DataLoader:
         order = self.sampler.indices(epoch)
         in_worker = self.num_workers > 0
         jobs = [(int(i), epoch, in_worker) for i in order[self.position:]]
-        if not in_worker:
-            _init_worker(self.dataset, self.collate)
-            yield from self._fill(map(_build_sample, jobs), order, epoch)
+        if not in_worker:  # this loader's dataset (the worker state is per process: another loader may have set it)
+            yield from self._fill((self.dataset.get(index, e) for index, e, _ in jobs), order, epoch)
         else:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no Rust thread pool across fork
             context = multiprocessing.get_context(self.mp_context)

@@ -77,3 +77,16 @@ def test_validation_keys_are_checked(tmp_path):
     assert not has_validation_data(cfg)
     with pytest.raises(ValueError, match="no validation data: set dataset_param.basic_parameters.val_dataset"):
         build_dataloader(cfg, tokenizer=tiny_tokenizer(), split="validation")
+
+
+def test_interleaved_train_and_validation_loaders_read_their_own_records(tmp_path):
+    """The trainer reads validation micro-batches in the middle of a training epoch."""
+    cfg = config(tmp_path, val_rate=0.2)
+    tok = tiny_tokenizer()
+    train, val = (build_dataloader(cfg, tokenizer=tok, split=s, split_seed=0) for s in ("train", "validation"))
+    expected = prompts(build_dataloader(cfg, tokenizer=tok, split_seed=0))
+    got_train, got_val, val_it = [], [], iter(val)
+    for batch in train:
+        got_train += prompts([batch])
+        got_val += prompts([next(val_it, batch)]) if len(got_val) < 4 else []
+    assert got_train == expected and len(got_val) == 4 and not set(got_val) & set(got_train)
