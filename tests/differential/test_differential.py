@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from auto_convert.rules import API_STATUS
-from tests.differential.apis import corpus_uses, ranked
+from tests.differential.apis import ranked
 from tests.differential.runner import run_api
 
 ROOT = Path(__file__).resolve().parents[2]
