@@ -310,6 +310,8 @@ def main() -> None:
     parser.add_argument("--vision-heads", type=int,
                         help="vision encoder heads of 8 dims each (default 4; e.g. 3 for unaligned TP 2)")
     parser.add_argument("--train-vision", action="store_true", help="train the vision encoder (frozen by default)")
+    parser.add_argument("--vision-pipeline-layers", type=json.loads,
+                        help="image_encoder.vision_encoder.pipeline_num_layers, JSON (e.g. [1,1])")
     parser.add_argument("--text-pipeline-layers", type=json.loads,
                         help="text_decoder.pipeline_num_layers, JSON (e.g. [1,3] or [[1,1],[1,1]])")
     parser.add_argument("--hf-model", action="store_true",
@@ -342,6 +344,8 @@ def main() -> None:
         vision["freeze"] = False
     if args.text_pipeline_layers is not None:
         model["text_decoder"]["pipeline_num_layers"] = args.text_pipeline_layers
+    if args.vision_pipeline_layers is not None:
+        model["image_encoder"]["vision_encoder"]["pipeline_num_layers"] = args.vision_pipeline_layers
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump(model, f, indent=2)
     with open(os.path.join(out, "data.json"), "w") as f:

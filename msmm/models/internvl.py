@@ -107,9 +107,21 @@ class InternVL(VisionTowerLM):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tiles [N, 3, H, W] -> LLM inputs [N, tokens_per_tile, text_hidden]."""
-        hidden = self.vision_tower(pixel_values)  # [N, 1 + P, C]
+        return self.project_vision(self.vision_tower(pixel_values))
+
+    def project_vision(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's output [N, 1 + P, C] -> LLM inputs [N, tokens_per_tile, text_hidden]."""
         patches = torch.split(hidden, [1, hidden.shape[1] - 1], dim=1)[1]  # class token dropped
         return self.multi_modal_projector(patches)
+
+    def embed_vision_hidden(
+        self, input_ids: torch.Tensor, vision_hidden: torch.Tensor, image_flags: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``embed_inputs`` from the vision encoder's last layer output [N, 1 + P, C] (where a
+        pipeline stage ends a vision encoder split over stages)."""
+        features = self.project_vision(self.vision_tower.finish(vision_hidden))
+        embeds = self.language_model.model.embed_tokens(input_ids)
+        return splice_features(embeds, input_ids == self.image_token_id, features, image_flags)
 
     def embed_inputs(
         self,

@@ -94,10 +94,20 @@ class Llava(VisionTowerLM):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images [N, 3, H, W] -> LLM inputs [N, tokens_per_image, text_hidden]."""
-        hidden = self.vision_tower(pixel_values)  # [N, 1 + P, C]
+        return self.project_vision(self.vision_tower(pixel_values))
+
+    def project_vision(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's output [N, 1 + P, C] -> LLM inputs [N, tokens_per_image, text_hidden]."""
         if self.drop_class_token:
             hidden = torch.split(hidden, [1, hidden.shape[1] - 1], dim=1)[1]
         return self.multi_modal_projector(hidden)
+
+    def embed_vision_hidden(self, input_ids: torch.Tensor, vision_hidden: torch.Tensor) -> torch.Tensor:
+        """``embed_inputs`` from the vision encoder's last layer output [N, 1 + P, C] (where a
+        pipeline stage ends a vision encoder split over stages)."""
+        features = self.project_vision(self.vision_tower.finish(vision_hidden))
+        embeds = self.language_model.model.embed_tokens(input_ids)
+        return splice_features(embeds, input_ids == self.image_token_id, features)
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Token embeddings [B, L, hidden] with the image features at the <image> tokens, in order."""

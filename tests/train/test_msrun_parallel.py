@@ -160,6 +160,26 @@ def test_tensor_2_x_pipeline_2_on_4_workers_equals_one_worker(one_worker, tmp_pa
         "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
 
 
+def test_pipeline_splits_a_trained_vision_encoder_over_stages(tmp_path):
+    """MindSpeed-MM's InternVL2-8B VPP recipe splits InternViT over stages: here vision
+    pipeline_num_layers [1, 1], text [0, 2]. Stage 0 runs the patch embedding and ViT layer 0
+    and sends the ViT's hidden states [tiles, 1 + patches, width]; stage 1 runs ViT layer 1,
+    the projector, the embeddings and the text; the ViT trains. Equal to one worker."""
+    assets = "--train-vision"
+    one = records(launch("internvl", str(tmp_path / "one"), 1, iters=3, assets=assets))
+    save = launch("internvl", str(tmp_path / "pp2"), 2, "--pipeline-model-parallel-size 2", iters=3,
+                  assets=assets + " --vision-pipeline-layers [1,1] --text-pipeline-layers [0,2]")
+    assert_same_run(records(save), one, range(1, 4))
+    stages = [set(load_file(os.path.join(save, "iter_0000003", s, "model_optim_rng.safetensors")))
+              for s in ("mp_rank_00_000", "mp_rank_00_001")]
+    assert "model.vision_tower.embeddings.patch_embeddings.projection.weight" in stages[0]
+    assert not any(k.startswith("model.language_model.") for k in stages[0])
+    for stage in stages:  # one ViT layer each, under its stage-local index
+        assert any(k.startswith("model.vision_tower.encoder.layer.0.") for k in stage)
+        assert not any(k.startswith("model.vision_tower.encoder.layer.1.") for k in stage)
+    assert "model.multi_modal_projector.linear_1.weight" in stages[1]
+
+
 def test_context_parallel_2_equals_one_worker_and_resumes(one_worker, tmp_path):
     """megatron_cp_algo over 2 ranks: each keeps 2 of the 4 chunks of every sequence (the
     load-balanced split) and attends over the all-gathered keys and values with the causal
@@ -274,3 +294,16 @@ def test_unaligned_tensor_parallel_splits_3_vision_heads_over_2_ranks_like_one_w
     assert parallel.tp_size == 2 and sorted(merged) == sorted(want)
     for key, t in want.items():
         np.testing.assert_allclose(merged[key].load(), t.load(), rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "qwen2vl"])
+def test_sequence_parallel_equals_one_worker_for_llava_and_qwen2vl(family, tmp_path):
+    """TP 2 + --sequence-parallel for LLaVA stage 1 (the decoder frozen: the projector's gradients
+    pass its sequence-parallel regions) and Qwen2-VL (its decoder class also holds the vision
+    merger, whose replicated gradients are whole: only the decoder layers' and final norm's are
+    summed over the ranks)."""
+    one = records(launch(family, str(tmp_path / "one"), 1, iters=3))
+    sp = records(launch(family, str(tmp_path / "sp"), 2, "--tensor-model-parallel-size 2 --sequence-parallel",
+                        iters=3))
+    assert_same_run(sp, one, range(1, 4))

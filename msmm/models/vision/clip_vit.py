@@ -109,5 +109,18 @@ class CLIPVisionEncoder(nn.Module):
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.encoder = CLIPEncoderLayers(config)
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The encoder layers up to the feature layer (a pipeline stage runs its share of them)."""
+        return self.encoder.layers
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images [N, C, H, W] -> the first layer's input [N, 1 + patches, hidden]."""
+        return self.pre_layrnorm(self.embeddings(pixel_values))
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature layer's output is the encoder's."""
+        return x
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.pre_layrnorm(self.embeddings(pixel_values)))
+        return self.finish(self.encoder(self.embed(pixel_values)))

@@ -176,8 +176,18 @@ class InternVisionEncoder(nn.Module):
         if self.apply_final_norm:
             self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The encoder layers (a pipeline stage runs its share of them)."""
+        return self.encoder.layer
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tiles [N, C, H, W] -> the first layer's input [N, 1 + patches, hidden]."""
+        return self.embeddings(pixel_values)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output -> the encoder's (the final norm when it is used)."""
+        return self.layernorm(x) if self.apply_final_norm else x
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.encoder(self.embeddings(pixel_values))
-        if self.apply_final_norm:
-            x = self.layernorm(x)
-        return x
+        return self.finish(self.encoder(self.embed(pixel_values)))

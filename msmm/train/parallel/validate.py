@@ -41,6 +41,8 @@ from .layout import LayoutError, ParallelLayout
 
 WORLD_ENV = "MS_WORKER_NUM"  # what msrun sets in every worker: the number of workers of the job
 CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo")
+# the vision encoders a pipeline can split over stages (msmm/train/pipeline/stage.py: embed, layers, finish)
+SPLITTABLE_VISION_ENCODERS = ("intern_vit", "clip_vit")
 UNALIGNED_VISION_ENCODERS = ("intern_vit", "clip_vit")  # whose heads --unaligned-linear splits unevenly
 
 PpLayers = Tuple[Tuple[int, ...], ...]  # layers per (virtual chunk, stage)
@@ -68,6 +70,7 @@ class SectionPlacement:
     num_layers: int
     pp_layers: PpLayers  # [virtual chunk][stage] -> layers
     origin: str  # where the split came from (model.json key, even split, first stage)
+    model_id: str = ""  # the section's model (intern_vit, qwen2, ...)
 
     def slots(self) -> List[Tuple[int, int]]:
         """(chunk, stage) slots holding layers of this section, in model order."""
@@ -202,12 +205,13 @@ def _placement(config, path: str, pp: int, vpp: int) -> SectionPlacement:
         if sum(map(sum, given)) != layers:
             raise LayoutError(f"{key} = {_show(given)} adds up to {sum(map(sum, given))} layers, {path}.num_layers is "
                               f"{layers}")
-        return SectionPlacement(path, layers, tuple(tuple(c) for c in given), f"{path}.pipeline_num_layers")
+        return SectionPlacement(path, layers, tuple(tuple(c) for c in given), f"{path}.pipeline_num_layers",
+                                section.model_id)
     if path == VISION_ENCODER:  # mm-convert's default: the whole encoder on the first stage
         first = (layers,) + (0,) * (pp - 1)
         rest = tuple((0,) * pp for _ in range(vpp - 1))
         origin = "one stage" if pp * vpp == 1 else "first stage (no pipeline_num_layers)"
-        return SectionPlacement(path, layers, (first,) + rest, origin)
+        return SectionPlacement(path, layers, (first,) + rest, origin, section.model_id)
     slots = pp * vpp
     if layers % slots:
         raise LayoutError(
@@ -217,7 +221,8 @@ def _placement(config, path: str, pp: int, vpp: int) -> SectionPlacement:
             f"{layers}) in model.json")
     each = layers // slots
     origin = "one stage" if slots == 1 else f"even split ({each} per stage{' and chunk' if vpp > 1 else ''})"
-    return SectionPlacement(path, layers, tuple(tuple(each for _ in range(pp)) for _ in range(vpp)), origin)
+    return SectionPlacement(path, layers, tuple(tuple(each for _ in range(pp)) for _ in range(vpp)), origin,
+                            section.model_id)
 
 
 def _show(pp_layers: PpLayers) -> str:
@@ -309,17 +314,19 @@ def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List
     implemented."""
     out = []
     lay = checked.layout
-    vision = checked.vision
-    if any(n for c, s, _, n in vision.layer_ranges() if (c, s) != (0, 0)):
-        out.append(f"{VISION_ENCODER}.pipeline_num_layers {_show(vision.pp_layers)} ({vision.origin}): the vision "
-                   "encoder split over pipeline stages is not implemented yet; put all its layers on the first stage "
-                   f"([{vision.num_layers}, 0, ...], as MindSpeed-MM's recipes do)")
-    text = checked.text
-    if lay.pp > 1 and text.slots() and text.slots()[0] != (0, 0):
-        out.append(f"{TEXT_DECODER}.pipeline_num_layers {_show(text.pp_layers)} ({text.origin}): the first pipeline "
-                   "stage holds no text layer, so the token embeddings (placed with the first text layer, as "
-                   "mm-convert places them) would not be where the vision features are spliced in; give the first "
-                   "stage at least one text layer (Qwen2-VL-7B's recipe: [1, 10, 10, 7])")
+    vision, text = checked.vision, checked.text
+    vision_slots = vision.slots() or [(0, 0)]
+    if len(vision_slots) > 1 and vision.model_id not in SPLITTABLE_VISION_ENCODERS:
+        out.append(f"{VISION_ENCODER}.pipeline_num_layers {_show(vision.pp_layers)} ({vision.origin}): the "
+                   f"{vision.model_id} vision encoder split over pipeline stages is not implemented yet (InternViT's and "
+                   f"CLIP's are); put all its layers on the first stage ([{vision.num_layers}, 0, ...], as MindSpeed-MM's "
+                   "recipes for it do)")
+    if lay.pp > 1 and text.slots() and text.slots()[0] != vision_slots[-1]:
+        out.append(f"{TEXT_DECODER}.pipeline_num_layers {_show(text.pp_layers)} ({text.origin}): the first text layer "
+                   f"is not on the stage where the vision encoder ends ({VISION_ENCODER}.pipeline_num_layers "
+                   f"{_show(vision.pp_layers)}), so the token embeddings (placed with the first text layer, as mm-convert "
+                   "places them) would not be where the vision features are spliced in; start the text layers there "
+                   "(Qwen2-VL-7B's recipe: [1, 10, 10, 7] after [32, 0, 0, 0])")
     if lay.cp > 1 and checked.context_parallel_algo != "megatron_cp_algo":
         out.append(f"--context-parallel-algo {checked.context_parallel_algo}: not implemented yet (megatron_cp_algo "
                    "is: load-balanced sequence split, attention over all-gathered keys and values)")

@@ -44,31 +44,45 @@ class Dropped(nn.Module):
 @dataclass(frozen=True)
 class ChunkPlacement:
     chunk: int
-    first: bool  # the first virtual stage: vision tower, projector, token embeddings
+    first: bool  # the first virtual stage: starts from the batch (vision tower or token embeddings)
     last: bool  # the last virtual stage: final norm, output layer, loss
     layers: Tuple[int, ...]  # global indices of its text decoder layers
+    vision_layers: Tuple[int, ...] = ()  # global indices of its vision encoder layers (a split encoder)
+    vision_end: bool = False  # a split encoder ends here: its head, the projector and the token embeddings
+
+
+def _slots(pp_layers: List[List[int]]) -> List[Tuple[int, int, Tuple[int, ...]]]:
+    """(chunk, stage, global layer indices) of every slot, in model order."""
+    start, out = 0, []
+    for chunk, counts in enumerate(pp_layers):
+        for stage, count in enumerate(counts):
+            out.append((chunk, stage, tuple(range(start, start + count))))
+            start += count
+    return out
+
+
+def vision_is_split(parallel: ParallelConfig) -> bool:
+    """Whether the vision encoder's layers span more than the first slot."""
+    return any(layers for c, s, layers in _slots(parallel.vit_pp_layers) if (c, s) != (0, 0))
 
 
 def rank_chunks(parallel: ParallelConfig, pp_rank: int) -> List[ChunkPlacement]:
     """The chunks pipeline rank ``pp_rank`` runs, in chunk order."""
     pp, vpp = parallel.pp_size, parallel.vpp_size
-    start, out = 0, []
-    for chunk, counts in enumerate(parallel.llm_pp_layers):
-        for stage, count in enumerate(counts):
-            if stage == pp_rank:
-                out.append(ChunkPlacement(chunk, chunk == 0 and stage == 0, chunk == vpp - 1 and stage == pp - 1,
-                                          tuple(range(start, start + count))))
-            start += count
-    return out
+    vision = {(c, s): layers for c, s, layers in _slots(parallel.vit_pp_layers)}
+    split = vision_is_split(parallel)
+    vision_last = max((c, s) for (c, s), layers in vision.items() if layers) if split else None
+    return [ChunkPlacement(chunk, chunk == 0 and stage == 0, chunk == vpp - 1 and stage == pp - 1, layers,
+                           vision[(chunk, stage)] if split else (), (chunk, stage) == vision_last)
+            for chunk, stage, layers in _slots(parallel.llm_pp_layers) if stage == pp_rank]
 
 
 def check_pipeline_model(model: nn.Module, parallel: ParallelConfig) -> None:
     """What this runtime needs of a model to split it (errors name the model.json key)."""
-    vision = [n for chunk in parallel.vit_pp_layers for n in chunk]
-    if any(vision[1:]):
-        raise PipelineError(f"image_encoder.vision_encoder.pipeline_num_layers {parallel.vit_pp_layers}: the vision "
-                            "encoder split over pipeline stages is not implemented; put all its layers on the first "
-                            f"stage ([{sum(vision)}, 0, ...], as MindSpeed-MM's recipes do)")
+    if vision_is_split(parallel) and not hasattr(model, "embed_vision_hidden"):
+        raise PipelineError(f"image_encoder.vision_encoder.pipeline_num_layers {parallel.vit_pp_layers}: "
+                            f"{type(model).__name__}'s vision encoder cannot be split over pipeline stages (InternVL's "
+                            "and LLaVA's can); put all its layers on the first stage")
     decoder = model.get_decoder()
     if decoder.tied_weights:
         raise PipelineError("text_decoder.tie_word_embeddings: tied input and output embeddings across pipeline stages "
@@ -84,12 +98,19 @@ def check_pipeline_model(model: nn.Module, parallel: ParallelConfig) -> None:
 
 
 # module attributes that hold a dropout probability in msmm's model files
-DROPOUT_ATTRIBUTES = ("hidden_dropout", "attention_dropout", "dropout", "dropout_p")
+DROPOUT_ATTRIBUTES = ("hidden_dropout", "attention_dropout", "dropout", "dropout_p", "rate")  # rate: DropPath
+
+
+def _keyword_inputs(fn, inputs: Dict, skip: Tuple[str, ...] = ()) -> Dict:
+    keys = [k for k in inspect.signature(fn).parameters if k not in skip]
+    return {k: inputs[k] for k in keys if k in inputs}
 
 
 class PipelineChunk(nn.Module):
-    """One chunk's forward: ``(hidden, inputs) -> hidden`` ([B, L, hidden]); the first chunk
-    starts from the batch (``hidden`` None), the last returns the logits [B, L, V]."""
+    """One chunk's forward: ``(hidden, inputs) -> hidden``; the first chunk starts from the
+    batch (``hidden`` None), the last returns the logits [B, L, V]. Text hidden states are
+    [B, L, hidden]; a vision encoder split over stages passes its own ([N, tokens, width])
+    until the stage where it ends, which projects and splices them into the token embeddings."""
 
     def __init__(self, model: nn.Module, place: ChunkPlacement) -> None:
         super().__init__(auto_prefix=False)  # the model's parameters keep their names
@@ -98,11 +119,22 @@ class PipelineChunk(nn.Module):
         self.decoder = decoder.model
         self.layers = nn.ModuleList([decoder.model.layers[i] for i in place.layers])
         self.lm_head = decoder.lm_head if place.last else None
-        self.embed_keys = tuple(inspect.signature(model.embed_inputs).parameters) if place.first else ()
+        self.split_vision = bool(place.vision_layers) or place.vision_end
+        if self.split_vision:
+            self.vision_layers = nn.ModuleList([model.vision_tower.layers[i] for i in place.vision_layers])
 
     def forward(self, hidden, inputs: Dict):
-        if self.place.first:
-            hidden = self.model.embed_inputs(**{k: inputs[k] for k in self.embed_keys if k in inputs})
+        if self.split_vision:
+            if self.place.first:
+                hidden = self.model.vision_tower.embed(inputs["pixel_values"])
+            for layer in self.vision_layers:
+                hidden = layer(hidden)
+            if not self.place.vision_end:
+                return hidden
+            hidden = self.model.embed_vision_hidden(vision_hidden=hidden, **_keyword_inputs(
+                self.model.embed_vision_hidden, inputs, ("vision_hidden",)))
+        elif self.place.first:
+            hidden = self.model.embed_inputs(**_keyword_inputs(self.model.embed_inputs, inputs))
         rotary, mask = self.decoder.layer_inputs(hidden, inputs.get("position_ids"), inputs.get("attention_mask"),
                                                  inputs.get("segment_ids"))
         for layer in self.layers:
@@ -112,11 +144,16 @@ class PipelineChunk(nn.Module):
         return hidden
 
 
-def _drop(parent: nn.Module, path: str) -> None:
-    *outer, name = path.split(".")
-    for part in outer:
-        parent = getattr(parent, part)
-    setattr(parent, name, Dropped())
+def _prune(module: nn.Module, kept, prefix: str = "") -> None:
+    """Replace every submodule holding parameters of which none is in ``kept`` (names) by a
+    ``Dropped``; modules without parameters (rotary tables, activations) stay."""
+    for name, child in list(module.named_children()):
+        path = prefix + name
+        names = [path + "." + n for n, _ in child.named_parameters()]
+        if names and not any(n in kept for n in names):
+            setattr(module, name, Dropped())  # (for a CellList, __setitem__ would rename parameters)
+        elif names:
+            _prune(child, kept, path + ".")
 
 
 class PipelineStage:
@@ -129,31 +166,14 @@ class PipelineStage:
     def __init__(self, model: nn.Module, parallel: ParallelConfig, pp_rank: int) -> None:
         check_pipeline_model(model, parallel)
         self.model, self.parallel, self.pp_rank = model, parallel, pp_rank
-        # the width of the hidden states passed between stages (read before the embeddings are dropped)
-        self.hidden_size = int(model.get_input_embeddings().weight.shape[1])
         self.places = rank_chunks(parallel, pp_rank)
         self.chunks = [PipelineChunk(model, place) for place in self.places]
-        decoder = model.get_decoder()
-        kept = {i for place in self.places for i in place.layers}
-        for i in range(len(decoder.model.layers)):
-            if i not in kept:
-                setattr(decoder.model.layers, str(i), Dropped())  # (CellList.__setitem__ renames parameters)
-        first, last = any(p.first for p in self.places), any(p.last for p in self.places)
-        prefix = _prefix_of(model, decoder)
-        if not first:  # the vision side (every top-level module besides the decoder) and the embeddings
-            for name, _ in list(model.named_children()):
-                if not (prefix.startswith(name + ".") or (not prefix and name in ("model", "lm_head"))):
-                    _drop(model, name)
-            _drop(model, prefix + "model.embed_tokens")
-        if not last:
-            _drop(model, prefix + "model.norm")
-            _drop(model, prefix + "lm_head")
         self.names: Dict[str, Tuple[int, str]] = {}
         for name, _ in model.named_parameters():
             chunk, stage, local = placement(name, parallel, "the model")
-            if stage != pp_rank:
-                raise PipelineError(f"{name}: placed on pipeline stage {stage}, kept on {pp_rank}")
-            self.names[name] = (chunk, local)
+            if stage == pp_rank:
+                self.names[name] = (chunk, local)
+        _prune(model, self.names)
 
     def saved_tensors(self, state: Dict[str, np.ndarray]) -> List[Dict[str, np.ndarray]]:
         """The model's state as a checkpoint stores it: per chunk, {stage-local name: array}."""
@@ -177,13 +197,5 @@ class PipelineStage:
         return out
 
 
-def _prefix_of(model: nn.Module, decoder: nn.Module) -> str:
-    """The dotted path of the text decoder (``language_model.``, or '' when the model is it)."""
-    for name, module in model.named_modules():
-        if module is decoder:
-            return name + "." if name else ""
-    raise PipelineError(f"{type(model).__name__}: get_decoder() is not one of its modules")
-
-
 __all__ = ["ChunkPlacement", "Dropped", "PipelineChunk", "PipelineError", "PipelineStage", "check_pipeline_model",
-           "rank_chunks"]
+           "rank_chunks", "vision_is_split"]

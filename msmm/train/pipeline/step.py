@@ -22,9 +22,10 @@ every stage. The optimizer update, gradient buffers, clipping and data-parallel 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import mindspore
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from msmm import runtime
@@ -113,18 +114,21 @@ class ChunkGraphs(nn.Cell):
         return numerator, denominator, tokens, d_hidden
 
 
+HEADER = 8  # int64s before each tensor: its rank, then its shape (padded with -1)
+
+
 class Channels:
     """Point-to-point messages with the other pipeline ranks of one step. Sends are
     asynchronous; a receive drains the sender's messages in the order it sends them (every
     rank knows every rank's schedule), keeping those not yet needed, since messages between two
-    ranks arrive in order and carry no tag."""
+    ranks arrive in order and carry no tag. Each tensor is preceded by a small header with its
+    shape (text hidden states, or a split vision encoder's, whose shape depends on the images)."""
 
     def __init__(self, pp: int, vpp: int, rank: int, micro_batches: int, ranks: Sequence[int], group,
-                 shape_of: Callable[[int], Tuple[int, ...]], dtype) -> None:
+                 dtype) -> None:
         import adapters.torch.distributed as dist
 
-        self.dist, self.pp, self.ranks, self.group = dist, pp, tuple(ranks), group
-        self.shape_of, self.dtype = shape_of, dtype
+        self.dist, self.pp, self.ranks, self.group, self.dtype = dist, pp, tuple(ranks), group, dtype
         # the messages each other rank sends this one, in its order
         self.expected = {src: list(outgoing(schedule(pp, vpp, src, micro_batches), pp, vpp, src).get(rank, []))
                          for src in range(pp) if src != rank}
@@ -137,14 +141,22 @@ class Channels:
             if not self.expected[src]:
                 raise RuntimeError(f"pipeline: waiting for {message} from stage {src}, which sends no more")
             nxt = self.expected[src].pop(0)
-            buffer = ops.zeros(self.shape_of(nxt.micro), self.dtype)
+            header = ops.zeros((HEADER,), mindspore.int64)
+            self.dist.recv(header, self.ranks[src], self.group)
+            dims = header.asnumpy()
+            buffer = ops.zeros(tuple(int(d) for d in dims[1:1 + int(dims[0])]), self.dtype)
             self.dist.recv(buffer, self.ranks[src], self.group)
             self.arrived[nxt] = buffer
         return self.arrived.pop(message)
 
     def send(self, dst: int, message: Message, tensor: Tensor) -> None:
         tensor = tensor.astype(self.dtype)
-        self.pending.append((self.dist.isend(tensor, self.ranks[dst], self.group), tensor))
+        if len(tensor.shape) >= HEADER:
+            raise ValueError(f"pipeline: a {len(tensor.shape)}-d activation does not fit the message header")
+        header = Tensor(np.array([len(tensor.shape), *tensor.shape] + [-1] * (HEADER - 1 - len(tensor.shape)),
+                                 np.int64))
+        for part in (header, tensor):
+            self.pending.append((self.dist.isend(part, self.ranks[dst], self.group), part))
 
     def finish(self) -> None:
         for work, _ in self.pending:
@@ -172,7 +184,7 @@ class PipelineTrainStep(TrainStep):
             per_chunk[stage.names[name][0]].append(k)
         self.graphs = [ChunkGraphs(chunk, [self.weights[k] for k in ks], [self.grad_acc[k] for k in ks], reduction,
                                    vocab_parallel) for chunk, ks in zip(stage.chunks, per_chunk)]
-        self.hidden_dtype = next(iter(stage.model.get_decoder().parameters())).dtype
+        self.hidden_dtype = next(iter(stage.model.parameters())).dtype  # of the activations sent
         self.zero_grads = runtime.jit(self._zero_grads)
 
     def _zero_grads(self) -> Tensor:
@@ -187,15 +199,10 @@ class PipelineTrainStep(TrainStep):
         if self.weights:
             self.zero_grads()
         micro = len(batches)
-        hidden_size = self.stage.hidden_size
         labels = [b["labels"] for b in batches]
         inputs = [mindspore.mutable({k: v for k, v in b.items() if k != "labels"}) for b in batches]
-
-        def shape_of(m: int) -> Tuple[int, ...]:
-            return tuple(labels[m].shape) + (hidden_size,)
-
         channels = Channels(self.pp, self.vpp, self.rank, micro, self.pipeline_ranks, self.pipeline_group,
-                            shape_of, self.hidden_dtype)
+                            self.hidden_dtype)
         stored: Dict[Tuple[int, int], Optional[Tensor]] = {}
         numerator = denominator = 0.0
         tokens = 0
