@@ -28,9 +28,14 @@ from safetensors.numpy import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))  # parallel_plans.script_argv
+
+from msmm.checkpoint.layout import shard_name  # noqa: E402
+from msmm.train.parallel.layout import ParallelLayout  # noqa: E402
 SCRIPT = "examples/internvl/finetune_internvl_tiny_cpu.sh"
 LAYOUTS = [("one worker", 1, ""), ("DP 2", 2, ""), ("TP 2", 2, "--tensor-model-parallel-size 2"),
-           ("DP 2 + distributed optimizer", 2, "--use-distributed-optimizer")]
+           ("DP 2 + distributed optimizer", 2, "--use-distributed-optimizer"),
+           ("PP 2", 2, "--pipeline-model-parallel-size 2"),
+           ("TP 2 x PP 2", 4, "--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2")]
 TRAINED = ("model.multi_modal_projector.", "model.language_model.")  # the tiny model.json freezes the ViT
 
 
@@ -49,27 +54,35 @@ def train(tmp: Path, workers: int, extra: str) -> Path:
     return save
 
 
+def layout_of(workers: int, extra: str) -> ParallelLayout:
+    tp = 2 if "--tensor-model-parallel-size 2" in extra else 1
+    pp = 2 if "--pipeline-model-parallel-size 2" in extra else 1
+    return ParallelLayout(workers, tp=tp, pp=pp)
+
+
 def measured(save: Path, workers: int, extra: str) -> List[Dict[str, int]]:
     """Bytes per rank: parameters (all, as stored), fp32 gradient buffers, optimizer state."""
     iteration = save / "iter_0000002"
-    tp = 2 if "--tensor-model-parallel-size 2" in extra else 1
+    layout = layout_of(workers, extra)
     out = []
     for rank in range(workers):
-        tp_rank, dp_rank = rank % tp, rank // tp
-        payload = load_file(str(iteration / f"mp_rank_{tp_rank:02d}" / "model_optim_rng.safetensors"))
+        c = layout.coords(rank)
+        shard = iteration / shard_name(c["tp"], c["pp"], layout.pp)
+        dp_rank = c["dp"]
+        payload = load_file(str(shard / "model_optim_rng.safetensors"))
         params = {k: v for k, v in payload.items() if k.startswith("model.")}
         trainable = sum(v.size for k, v in params.items() if k.startswith(TRAINED))
-        optimizer_file = iteration / f"mp_rank_{tp_rank:02d}" / f"distrib_optim_dp_{dp_rank:03d}.safetensors"
+        optimizer_file = shard / f"distrib_optim_dp_{dp_rank:03d}.safetensors"
         optimizer = load_file(str(optimizer_file)) if optimizer_file.exists() else \
             {k: v for k, v in payload.items() if k.startswith("optimizer.")}
-        out.append({"rank": rank, "parameters": sum(v.nbytes for v in params.values()), "gradients": 4 * trainable,
+        out.append({"rank": rank, "stage": c["pp"], "parameters": sum(v.nbytes for v in params.values()), "gradients": 4 * trainable,
                     "optimizer": sum(v.nbytes for k, v in optimizer.items()
                                      if v.dtype == np.float32 and not k.endswith(("step", "layout")))})
     return out
 
 
-def planned(assets: Path, workers: int, extra: str) -> Dict[str, int]:
-    """The dry run's numbers for one device of the same run (stage 0: there is one stage)."""
+def planned(assets: Path, workers: int, extra: str) -> List[Dict[str, int]]:
+    """The dry run's numbers for one device of each pipeline stage of the same run."""
     from msmm.config.train_args import parse_train_args
     from msmm.train.plan import build_plan
     from parallel_plans import script_argv
@@ -78,8 +91,8 @@ def planned(assets: Path, workers: int, extra: str) -> Dict[str, int]:
         "TINY_DIR": str(assets), "TRAIN_ITERS": "2", "GLOBAL_BATCH": "8", "NPUS_PER_NODE": str(workers),
         "EXTRA_ARGS": extra, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     argv += ["--dry-run", "--world-size", str(workers)]
-    stage = build_plan(parse_train_args(argv)).stages[0]
-    return {"parameters": stage.weights, "gradients": stage.grads, "optimizer": stage.optimizer}
+    return [{"parameters": stage.weights, "gradients": stage.grads, "optimizer": stage.optimizer}
+            for stage in build_plan(parse_train_args(argv)).stages]
 
 
 def main() -> int:
@@ -90,8 +103,10 @@ def main() -> int:
             row = {"layout": name, "workers": workers, "flags": extra, "measured": measured(save, workers, extra),
                    "planned": planned(Path(tmp) / "assets", workers, extra)}
         results.append(row)
-        worst = {k: max(r[k] for r in row["measured"]) for k in ("parameters", "gradients", "optimizer")}
-        print(f"{name:32s} measured {worst}  planned {row['planned']}", flush=True)
+        for stage, plan in enumerate(row["planned"]):
+            worst = {k: max(r[k] for r in row["measured"] if r["stage"] == stage)
+                     for k in ("parameters", "gradients", "optimizer")}
+            print(f"{name:32s} stage {stage} measured {worst}  planned {plan}", flush=True)
     record = {"script": SCRIPT, "machine": {"cpu": platform.processor() or platform.machine(),
                                             "cores": os.cpu_count()}, "layouts": results}
     out = ROOT / "benchmarks" / "results" / "parallel_memory.json"
