@@ -321,13 +321,14 @@ class Trainer:
         return loss, [tp_kind(name, "tensor parallelism") != REPLICATED for name, _ in self.named]
 
     def _sequence_parallel_grads(self, sharded) -> List:
-        """With sequence parallelism, the gradient buffers of the text decoder's replicated
-        parameters (norms, row-parallel biases): each rank's holds its tokens' share, summed
-        over the tensor-parallel ranks before the optimizer (Megatron's all-reduce of
+        """With sequence parallelism, the gradient buffers of the replicated parameters of the
+        text decoder's layers and final norm (norms, row-parallel biases; not those of a vision
+        part a decoder like Qwen2-VL's holds): each rank's holds its tokens' share, summed over
+        the tensor-parallel ranks before the optimizer (Megatron's all-reduce of
         sequence-parallel gradients)."""
         if not self.config.sequence_parallel:
             return []
-        decoder = {id(p) for _, p in self.model.get_decoder().named_parameters()}
+        decoder = {id(p) for _, p in self.model.get_decoder().model.named_parameters()}
         return [grad for (_, p), grad, split in zip(self.named, self.step_fn.grad_acc, sharded)
                 if not split and id(p) in decoder]
 
