@@ -125,7 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("msmm-train: pipeline parallelism needs the start-up layout check (see the warning above)", file=sys.stderr)
         return 2
     world = init_world(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                       checked.vpp if checked is not None else 1, args.sequence_parallel, args.context_parallel_size)
+                       checked.vpp if checked is not None else 1, args.sequence_parallel, args.context_parallel_size,
+                       args.context_parallel_attention)
     random.seed(args.seed)
     np.random.seed(args.seed)
     mindspore.set_seed(args.seed)

@@ -160,12 +160,12 @@ def launched_by_msrun() -> bool:
 
 
 def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pipeline: int = 1,
-               sequence_parallel: bool = False, context_parallel: int = 1) -> World:
+               sequence_parallel: bool = False, context_parallel: int = 1, context_attention: str = "ring") -> World:
     """One process, or the msrun job this process is a worker of, laid out for
     ``tensor_parallel`` x ``pipeline_parallel`` (Megatron's order): the data-, tensor- and
     pipeline-parallel groups are created, and the model code's tensor-parallel state set (before
     any model is built), with ``sequence_parallel`` (Megatron's, over the tensor-parallel ranks),
-    and the context-parallel groups of ``context_parallel`` ranks."""
+    and the context-parallel groups of ``context_parallel`` ranks (attention ``context_attention``)."""
     if not launched_by_msrun():
         if tensor_parallel != 1 or pipeline_parallel != 1 or context_parallel != 1:
             raise ValueError(f"--tensor-model-parallel-size {tensor_parallel} x --pipeline-model-parallel-size "
@@ -189,5 +189,5 @@ def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pip
                 if axis == "pp":
                     pipeline_group = group
     initialize_tensor_parallel(layout.groups("tp"), sequence_parallel)
-    initialize_context_parallel(layout.groups("cp"))
+    initialize_context_parallel(layout.groups("cp"), context_attention)
     return World(rank, size, layout, names, pipeline_group)

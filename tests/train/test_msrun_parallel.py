@@ -182,8 +182,9 @@ def test_pipeline_splits_a_trained_vision_encoder_over_stages(tmp_path):
 
 def test_context_parallel_2_equals_one_worker_and_resumes(one_worker, tmp_path):
     """megatron_cp_algo over 2 ranks: each keeps 2 of the 4 chunks of every sequence (the
-    load-balanced split) and attends over the all-gathered keys and values with the causal
-    offset; the labels are shifted on the whole sequence and the loss sums over both ranks."""
+    load-balanced split) and runs ring attention (the other rank's keys and values arrive in a
+    second step, online softmax, the causal offset in the mask); the labels are shifted on the
+    whole sequence and the loss sums over both ranks. The all-gather attention is in the slow set."""
     save = launch("internvl", str(tmp_path / "cp2"), 2, "--context-parallel-size 2")
     cp2 = records(save)
     assert_same_run(cp2, one_worker, range(1, 7))
@@ -201,8 +202,9 @@ def test_pipeline_and_context_parallel_2_equal_one_worker_for_llava_and_qwen2vl(
     sends input gradients back) and Qwen2-VL (M-RoPE positions [3, B, L] reach every pipeline
     stage; each context-parallel rank takes its tokens' positions)."""
     one = records(launch(family, str(tmp_path / "one"), 1, iters=3))
-    for flags in ("--pipeline-model-parallel-size 2", "--context-parallel-size 2"):
-        run = records(launch(family, str(tmp_path / flags.split()[0][2:]), 2, flags, iters=3))
+    for name, flags in (("pp2", "--pipeline-model-parallel-size 2"), ("cp2_ring", "--context-parallel-size 2"),
+                        ("cp2_all_gather", "--context-parallel-size 2 --context-parallel-attention all_gather")):
+        run = records(launch(family, str(tmp_path / name), 2, flags, iters=3))
         assert_same_run(run, one, range(1, 4))
 
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import TransformerConfig
-from .context_parallel import gather_keys
+from .context_parallel import gather_keys, ring_attention, ring_attention_enabled
 from .parallel_linear import ColumnParallelLinear, RowParallelLinear
 from .rotary import apply_rotary
 from .tensor_parallel import divide
@@ -182,11 +182,22 @@ class SelfAttention(nn.Module):
         v = v.transpose(1, 2)
         if cache is not None:
             k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v, cache[2])
+        elif ring_attention_enabled():  # context parallelism, keys and values passed around the ring
+            return self.output(self.attend_over_ring(q, k, v, mask))
         else:  # context parallelism: the keys and values of every rank's tokens (one rank: as they are)
             k, v = gather_keys(k, 2), gather_keys(v, 2)
         dropout = self.dropout if self.training else 0.0
         out = self.output(dot_product_attention(q, k, v, mask, dropout))
         return out if cache is None else (out, (k, v))
+
+    def attend_over_ring(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """q [B, H, n, D], k/v [B, G, n, D] of this context-parallel rank's tokens -> [B, n, H * D]."""
+        if self.dropout and self.training:
+            raise ValueError("attention_dropout with ring attention (context parallelism) is not implemented")
+        n_rep = self.num_heads // self.num_groups
+        out = ring_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, 1.0 / math.sqrt(self.head_dim))
+        b, h, n, d = out.shape
+        return out.transpose(1, 2).reshape(b, n, h * d)
 
     def decode(
         self,

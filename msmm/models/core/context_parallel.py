@@ -4,12 +4,18 @@ context-parallel group, attention over every rank's keys and values.
 A sequence of L tokens is cut into 2 x CP equal chunks and rank r keeps chunks r and
 2 CP - 1 - r (Megatron's load-balanced split for causal attention: every rank gets as many
 early as late tokens). Everything in a layer is token-local except attention, so a rank runs
-its layers on its L / CP tokens; attention takes this rank's queries against the keys and values
-of all ranks, all-gathered along the sequence (``all_gather_single``: its gradient is the
-reduce-scatter, so each rank gets the key/value gradients of its own tokens summed over every
-rank's queries). The keys come in rank order, not sequence order: the mask compares the global
-positions of queries and keys (the causal offset), and padding and packed segments follow the
-same positions, so the result is exactly attention over the whole sequence.
+its layers on its L / CP tokens. Attention takes this rank's queries against the keys and
+values of every rank, in one of two exact ways (``initialize_context_parallel(attention=)``):
+
+* ``"ring"`` (MindSpeed's ``megatron_cp_algo``): CP steps; at step i a rank attends to the
+  key/value block of rank r - i, keeping a running max and sum per query (online softmax), while
+  the blocks move one rank along the ring (``ring_pass``), so a rank holds two blocks at a time;
+* ``"all_gather"``: the keys and values of all ranks gathered along the sequence
+  (``all_gather_single``: its gradient is the reduce-scatter), one attention call.
+
+The keys of rank s are its positions: the mask compares the global positions of queries and
+keys (the causal offset), and key padding and packed segments follow the same positions, so
+either way the result is attention over the whole sequence.
 
 The token embeddings (and vision features) are computed for the whole sequence on every rank
 of the group, then each keeps its tokens (``select_local``); rotary tables come from the kept
@@ -27,20 +33,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed._functional_collectives import all_gather_single
+from torch.distributed.nn.functional import all_reduce  # returns the sum (never writes into its argument)
+
+
+ATTENTIONS = ("ring", "all_gather")
 
 
 class _State:
     group = None  # this rank's context-parallel group (torch.distributed ProcessGroup)
     size = 1
     rank = 0
+    attention = "ring"
 
 
 _STATE = _State()
 
 
-def initialize_context_parallel(groups: Sequence[Sequence[int]]) -> None:
+def initialize_context_parallel(groups: Sequence[Sequence[int]], attention: str = "ring") -> None:
     """Create the context-parallel groups (every process passes all of them) and remember the
-    one holding this rank."""
+    one holding this rank; ``attention``: ``"ring"`` or ``"all_gather"``."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"context-parallel attention must be one of {ATTENTIONS}, got {attention!r}")
+    _STATE.attention = attention
     me = dist.get_rank()
     for ranks in groups:
         group = dist.new_group(list(ranks))
@@ -49,7 +63,7 @@ def initialize_context_parallel(groups: Sequence[Sequence[int]]) -> None:
 
 
 def reset_context_parallel() -> None:
-    _STATE.group, _STATE.size, _STATE.rank = None, 1, 0
+    _STATE.group, _STATE.size, _STATE.rank, _STATE.attention = None, 1, 0, "ring"
 
 
 def context_parallel_size() -> int:
@@ -80,12 +94,58 @@ def select_local(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.index_select(x, dim, index)
 
 
+def ring_attention_enabled() -> bool:
+    return _STATE.size > 1 and _STATE.attention == "ring"
+
+
 def gather_keys(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Every rank's ``x`` (keys or values of its tokens) along ``dim``, in rank order; the
     gradient of each rank's part is summed over the ranks."""
     if _STATE.size == 1:
         return x
     return all_gather_single(x, dim, _STATE.group)
+
+
+def ring_pass(x: torch.Tensor) -> torch.Tensor:
+    """The ``x`` of the previous rank on the ring (rank r gets rank r - 1's); the gradient goes
+    the other way. A collective permute: each rank puts its ``x`` in the next rank's slot of a
+    zero buffer and the buffers are summed (exact: the other slots add zeros)."""
+    size, rank = _STATE.size, _STATE.rank
+    slots = [torch.zeros_like(x) for _ in range(size)]
+    slots[(rank + 1) % size] = x
+    return all_reduce(torch.stack(slots), group=_STATE.group)[rank]
+
+
+NEG = -1e30  # a masked score: exp(NEG - max) is 0 without the NaNs of -inf - -inf
+
+
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """Attention of this rank's queries q [B, H, n, D] over every rank's keys and values, which
+    arrive one block per step around the ring: k and v [B, H, n, D] (this rank's, GQA groups
+    already repeated), mask [B|1, 1, n, CP * n] over the keys in rank order
+    (``context_attention_mask``). Returns [B, H, n, D] in q's dtype, fp32 inside."""
+    size, rank = _STATE.size, _STATE.rank
+    n = q.shape[2]
+    q32 = q.float()
+    out = torch.zeros_like(q32)
+    running_max = torch.full(q.shape[:3] + (1,), NEG, dtype=torch.float32)
+    running_sum = torch.zeros(q.shape[:3] + (1,), dtype=torch.float32)
+    keys, values = k, v
+    for step in range(size):
+        source = (rank - step) % size  # whose block this rank holds now
+        block_mask = torch.narrow(mask, 3, source * n, n)
+        scores = torch.matmul(q32, keys.float().transpose(-1, -2)) * scale
+        scores = torch.where(block_mask, scores, NEG)
+        new_max = torch.maximum(running_max, scores.amax(dim=-1, keepdim=True)).detach()
+        weights = torch.exp(scores - new_max)
+        correction = torch.exp(running_max - new_max)
+        running_sum = running_sum * correction + weights.sum(dim=-1, keepdim=True)
+        out = out * correction + torch.matmul(weights, values.float())
+        running_max = new_max
+        if step < size - 1:
+            keys, values = ring_pass(keys), ring_pass(values)
+    return (out / running_sum).to(q.dtype)
 
 
 def context_attention_mask(
