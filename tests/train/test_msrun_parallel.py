@@ -1,7 +1,10 @@
 """Parallel layouts through the real launch scripts under msrun equal one worker: the same
 per-iteration loss and grad norm (same global batch), checkpoints in the layout's
 ``mp_rank_*`` shards, and an exact resume in that layout. One msrun per run (a failed
-collective would corrupt later ones in the same job)."""
+collective would corrupt later ones in the same job). The default run covers TP 2, TP 2 + SP,
+PP 2, CP 2 and DP 2 + distributed optimizer (each with a resume) and the mm-convert round trip;
+PP 2 x VPP 2, TP 2 x PP 2 on 4 workers, a split ViT, unaligned TP and the LLaVA / Qwen2-VL
+variants run with --run-slow (each run takes 30-60 s on 2 cores)."""
 from __future__ import annotations
 
 import json
@@ -126,6 +129,7 @@ def test_pipeline_2_equals_one_worker_and_resumes_in_its_layout(one_worker, tmp_
     assert_same_run(records(again), pp2, range(4, 7))
 
 
+@pytest.mark.slow  # the suite's budget on 2 cores: a representative set runs by default
 def test_interleaved_pipeline_equals_one_worker_and_merges_back(tmp_path):
     """PP 2 x VPP 2 (the interleaved schedule; 4 text layers, one per virtual stage) and the
     same run on one worker: the same losses and grad norms, mm-convert's reader merges the
@@ -151,6 +155,7 @@ def test_interleaved_pipeline_equals_one_worker_and_merges_back(tmp_path):
     assert_same_run(records(again), records(vpp), range(4, 7))
 
 
+@pytest.mark.slow  # the suite's budget on 2 cores: a representative set runs by default
 def test_tensor_2_x_pipeline_2_on_4_workers_equals_one_worker(one_worker, tmp_path):
     """TP 2 inside each of 2 pipeline stages: four shards mp_rank_{00,01}_{000,001}."""
     save = launch("internvl", str(tmp_path / "tp2pp2"), 4, "--tensor-model-parallel-size 2 "
@@ -160,6 +165,7 @@ def test_tensor_2_x_pipeline_2_on_4_workers_equals_one_worker(one_worker, tmp_pa
         "mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
 
 
+@pytest.mark.slow  # the suite's budget on 2 cores: a representative set runs by default
 def test_pipeline_splits_a_trained_vision_encoder_over_stages(tmp_path):
     """MindSpeed-MM's InternVL2-8B VPP recipe splits InternViT over stages: here vision
     pipeline_num_layers [1, 1], text [0, 2]. Stage 0 runs the patch embedding and ViT layer 0
@@ -274,6 +280,7 @@ def test_checkpoints_mm_convert_split_for_tp2_and_pp2_train_like_the_unsplit_one
         str(work / "hf")).eval()(input_ids=ids).logits.detach().numpy())  # training changed the weights
 
 
+@pytest.mark.slow  # the suite's budget on 2 cores: a representative set runs by default
 def test_unaligned_tensor_parallel_splits_3_vision_heads_over_2_ranks_like_one_worker(tmp_path):
     """--unaligned-linear (MindSpeed-MM's): the tiny InternViT with 3 heads, trained, on 2 TP ranks:
     rank 0 runs heads 0-1, rank 1 head 2 (q/k/v rows and the output projection's columns split
