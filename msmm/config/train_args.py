@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Megatron's other spelling: virtual size = text num_layers / PP / this")
     g.add_argument("--context-parallel-size", type=int, default=1, help="CP: ranks sharing each sequence")
     g.add_argument("--context-parallel-algo", choices=CP_ALGOS, default="megatron_cp_algo")
-    g.add_argument("--context-parallel-attention", choices=("ring", "all_gather"), default="ring",
-                   help="megatron_cp_algo's attention (both exact): keys and values passed around the ring (online "
-                        "softmax, MindSpeed's), or all-gathered once")
+    g.add_argument("--context-parallel-attention", choices=("all_gather", "ring"), default="all_gather",
+                   help="megatron_cp_algo's attention (both exact): keys and values all-gathered once, or passed "
+                        "around the ring (online softmax, MindSpeed's schedule)")
     g.add_argument("--expert-model-parallel-size", type=int, default=1, help=argparse.SUPPRESS)
     g.add_argument("--sequence-parallel", action="store_true", help="shard norms/dropout activations over TP ranks")
     g.add_argument("--use-distributed-optimizer", action="store_true",

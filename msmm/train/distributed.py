@@ -160,7 +160,8 @@ def launched_by_msrun() -> bool:
 
 
 def init_world(tensor_parallel: int = 1, pipeline_parallel: int = 1, virtual_pipeline: int = 1,
-               sequence_parallel: bool = False, context_parallel: int = 1, context_attention: str = "ring") -> World:
+               sequence_parallel: bool = False, context_parallel: int = 1,
+               context_attention: str = "all_gather") -> World:
     """One process, or the msrun job this process is a worker of, laid out for
     ``tensor_parallel`` x ``pipeline_parallel`` (Megatron's order): the data-, tensor- and
     pipeline-parallel groups are created, and the model code's tensor-parallel state set (before

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import random
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -443,7 +442,7 @@ class Trainer:
         ) if self.world.writes_checkpoints else None
         if state is not None:
             ckpt.write_shard(c.save, state, self.shard_name)
-        if distributed and optimizer:
+        if distributed and optimizer and self.world.cp_rank == 0:  # the context-parallel ranks hold the same
             ckpt.write_optimizer_shard(c.save, self.iteration, self.shard_name, self.world.dp_rank, optimizer)
         self.world.barrier()  # every shard written before it is published
         path = ckpt.publish(c.save, self.iteration, self.adapter_writer) if self.world.rank == 0 else None
@@ -472,6 +471,13 @@ class Trainer:
         state = ckpt.load_checkpoint(path, self.shard_name)
         weights = state.model
         if self.stage is not None:
+            saved = state.extra.get("parallel") or {}
+            for key in ("llm_pp_layers", "vit_pp_layers"):
+                mine = getattr(self.stage.parallel, key)
+                if key in saved and saved[key] != mine:
+                    raise ValueError(f"--load {path}: {where} places the layers {key}={saved[key]}, this run "
+                                     f"{mine} (model.json pipeline_num_layers); use the checkpoint's split, or resplit "
+                                     "it (mm-convert <Converter> resplit, docs/convert.md)")
             chunks = state.model_chunks or [state.model]
             weights = self.stage.loaded_tensors(chunks, f"{where}/{self.shard_name}")
         self.model.load_state_dict({k: Tensor(v) for k, v in weights.items()})

@@ -190,14 +190,16 @@ def test_context_parallel_2_equals_one_worker_and_resumes(one_worker, tmp_path):
     """megatron_cp_algo over 2 ranks: each keeps 2 of the 4 chunks of every sequence (the
     load-balanced split) and runs ring attention (the other rank's keys and values arrive in a
     second step, online softmax, the causal offset in the mask); the labels are shifted on the
-    whole sequence and the loss sums over both ranks. The all-gather attention is in the slow set."""
-    save = launch("internvl", str(tmp_path / "cp2"), 2, "--context-parallel-size 2")
+    whole sequence and the loss sums over both ranks. The all-gather attention (the default) is
+    in the slow set."""
+    flags = "--context-parallel-size 2 --context-parallel-attention ring"
+    save = launch("internvl", str(tmp_path / "cp2"), 2, flags)
     cp2 = records(save)
     assert_same_run(cp2, one_worker, range(1, 7))
     assert sorted(os.listdir(os.path.join(save, "iter_0000006"))) == ["mp_rank_00"]  # one copy, written once
 
     resumed_from = stopped_at_iteration_3(save, str(tmp_path / "stopped"))
-    again = launch("internvl", str(tmp_path / "resumed"), 2, "--context-parallel-size 2", load=resumed_from)
+    again = launch("internvl", str(tmp_path / "resumed"), 2, flags, load=resumed_from)
     assert_same_run(records(again), cp2, range(4, 7))
 
 
@@ -208,8 +210,9 @@ def test_pipeline_and_context_parallel_2_equal_one_worker_for_llava_and_qwen2vl(
     sends input gradients back) and Qwen2-VL (M-RoPE positions [3, B, L] reach every pipeline
     stage; each context-parallel rank takes its tokens' positions)."""
     one = records(launch(family, str(tmp_path / "one"), 1, iters=3))
-    for name, flags in (("pp2", "--pipeline-model-parallel-size 2"), ("cp2_ring", "--context-parallel-size 2"),
-                        ("cp2_all_gather", "--context-parallel-size 2 --context-parallel-attention all_gather")):
+    for name, flags in (("pp2", "--pipeline-model-parallel-size 2"),
+                        ("cp2_ring", "--context-parallel-size 2 --context-parallel-attention ring"),
+                        ("cp2_all_gather", "--context-parallel-size 2")):
         run = records(launch(family, str(tmp_path / name), 2, flags, iters=3))
         assert_same_run(run, one, range(1, 4))
 

@@ -28,14 +28,17 @@ class Work:
 
     def __init__(self, handle) -> None:
         self._handle = handle
+        self._done = handle is None
 
-    def wait(self, timeout=None) -> bool:
-        if self._handle is not None:
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if not self._done:
             self._handle.wait()
+            self._done = True
         return True
 
     def is_completed(self) -> bool:
-        return self._handle is None
+        """Whether ``wait()`` has returned (the kernels give no non-blocking test)."""
+        return self._done
 
 
 def _peer(peer: int, group: Optional[ProcessGroup], what: str) -> tuple:

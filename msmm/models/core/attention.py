@@ -193,9 +193,9 @@ class SelfAttention(nn.Module):
     def attend_over_ring(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """q [B, H, n, D], k/v [B, G, n, D] of this context-parallel rank's tokens -> [B, n, H * D]."""
         if self.dropout and self.training:
-            raise ValueError("attention_dropout with ring attention (context parallelism) is not implemented")
-        n_rep = self.num_heads // self.num_groups
-        out = ring_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, 1.0 / math.sqrt(self.head_dim))
+            raise ValueError(f"text_decoder attention_dropout {self.dropout} with --context-parallel-attention ring is "
+                             "not implemented; use --context-parallel-attention all_gather")
+        out = ring_attention(q, k, v, mask, 1.0 / math.sqrt(self.head_dim))
         b, h, n, d = out.shape
         return out.transpose(1, 2).reshape(b, n, h * d)
 

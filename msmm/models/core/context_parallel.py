@@ -7,11 +7,14 @@ early as late tokens). Everything in a layer is token-local except attention, so
 its layers on its L / CP tokens. Attention takes this rank's queries against the keys and
 values of every rank, in one of two exact ways (``initialize_context_parallel(attention=)``):
 
-* ``"ring"`` (MindSpeed's ``megatron_cp_algo``): CP steps; at step i a rank attends to the
-  key/value block of rank r - i, keeping a running max and sum per query (online softmax), while
-  the blocks move one rank along the ring (``ring_pass``), so a rank holds two blocks at a time;
-* ``"all_gather"``: the keys and values of all ranks gathered along the sequence
-  (``all_gather_single``: its gradient is the reduce-scatter), one attention call.
+* ``"all_gather"`` (the default): the keys and values of all ranks gathered along the sequence
+  (``all_gather_single``: its gradient is the reduce-scatter), one attention call;
+* ``"ring"`` (the schedule of MindSpeed's ``megatron_cp_algo``): CP steps; at step i a rank
+  attends to the key/value block of rank r - i, keeping a running max and sum per query (online
+  softmax), while the blocks move one rank along the ring (``ring_pass``). The move is a
+  collective permute built on an all-reduce of a CP-slot buffer (point-to-point does not run
+  inside a compiled graph on CPU), so each step moves and holds CP blocks: today it costs more
+  than the all-gather; a point-to-point ring step would give ring attention's memory saving.
 
 The keys of rank s are its positions: the mask compares the global positions of queries and
 keys (the causal offset), and key padding and packed segments follow the same positions, so
@@ -43,13 +46,13 @@ class _State:
     group = None  # this rank's context-parallel group (torch.distributed ProcessGroup)
     size = 1
     rank = 0
-    attention = "ring"
+    attention = "all_gather"
 
 
 _STATE = _State()
 
 
-def initialize_context_parallel(groups: Sequence[Sequence[int]], attention: str = "ring") -> None:
+def initialize_context_parallel(groups: Sequence[Sequence[int]], attention: str = "all_gather") -> None:
     """Create the context-parallel groups (every process passes all of them) and remember the
     one holding this rank; ``attention``: ``"ring"`` or ``"all_gather"``."""
     if attention not in ATTENTIONS:
@@ -63,7 +66,7 @@ def initialize_context_parallel(groups: Sequence[Sequence[int]], attention: str 
 
 
 def reset_context_parallel() -> None:
-    _STATE.group, _STATE.size, _STATE.rank, _STATE.attention = None, 1, 0, "ring"
+    _STATE.group, _STATE.size, _STATE.rank, _STATE.attention = None, 1, 0, "all_gather"
 
 
 def context_parallel_size() -> int:
@@ -122,30 +125,31 @@ NEG = -1e30  # a masked score: exp(NEG - max) is 0 without the NaNs of -inf - -i
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                    scale: float) -> torch.Tensor:
     """Attention of this rank's queries q [B, H, n, D] over every rank's keys and values, which
-    arrive one block per step around the ring: k and v [B, H, n, D] (this rank's, GQA groups
-    already repeated), mask [B|1, 1, n, CP * n] over the keys in rank order
-    (``context_attention_mask``). Returns [B, H, n, D] in q's dtype, fp32 inside."""
+    arrive one block per step around the ring: k and v [B, G, n, D] (this rank's; H a multiple
+    of G), mask [B|1, 1, n, CP * n] over the keys in rank order (``context_attention_mask``).
+    Returns [B, H, n, D] in q's dtype, fp32 inside."""
     size, rank = _STATE.size, _STATE.rank
-    n = q.shape[2]
-    q32 = q.float()
+    b, h, n, d = q.shape
+    groups = k.shape[1]
+    q32 = q.float().reshape(b, groups, h // groups, n, d)  # the queries of each key/value group together
     out = torch.zeros_like(q32)
-    running_max = torch.full(q.shape[:3] + (1,), NEG, dtype=torch.float32)
-    running_sum = torch.zeros(q.shape[:3] + (1,), dtype=torch.float32)
+    running_max = torch.full(q32.shape[:4] + (1,), NEG, dtype=torch.float32)
+    running_sum = torch.zeros(q32.shape[:4] + (1,), dtype=torch.float32)
     keys, values = k, v
     for step in range(size):
         source = (rank - step) % size  # whose block this rank holds now
-        block_mask = torch.narrow(mask, 3, source * n, n)
-        scores = torch.matmul(q32, keys.float().transpose(-1, -2)) * scale
+        block_mask = torch.narrow(mask, 3, source * n, n).unsqueeze(1)  # [B|1, 1, 1, n, n]
+        scores = torch.matmul(q32, keys.float().unsqueeze(2).transpose(-1, -2)) * scale
         scores = torch.where(block_mask, scores, NEG)
         new_max = torch.maximum(running_max, scores.amax(dim=-1, keepdim=True)).detach()
         weights = torch.exp(scores - new_max)
         correction = torch.exp(running_max - new_max)
         running_sum = running_sum * correction + weights.sum(dim=-1, keepdim=True)
-        out = out * correction + torch.matmul(weights, values.float())
+        out = out * correction + torch.matmul(weights, values.float().unsqueeze(2))
         running_max = new_max
         if step < size - 1:
             keys, values = ring_pass(keys), ring_pass(values)
-    return (out / running_sum).to(q.dtype)
+    return (out / running_sum).reshape(b, h, n, d).to(q.dtype)
 
 
 def context_attention_mask(

@@ -64,6 +64,9 @@ def causal_lm_loss(
     logits [B, L, V], labels [B, L]. ``reduction`` "mean" averages over counted tokens,
     "sum" returns their total (for a trainer that normalizes across micro-batches).
     """
+    if context_parallel_size() > 1:  # a rank's logits cover its tokens: the shift needs the whole sequence
+        raise ValueError("causal_lm_loss under context parallelism: a rank holds part of each sequence; the loss "
+                         "is msmm-train's (labels shifted before the split)")
     vocab = logits.shape[-1]
     shifted = torch.narrow(F.pad(labels, (0, 1), value=ignore_index), 1, 1, labels.shape[1])
     return F.cross_entropy(

@@ -96,6 +96,7 @@ class ValidatedLayout:
     sequence_parallel: bool  # in effect (asked for, with TP > 1)
     context_parallel_algo: str
     notes: List[str] = field(default_factory=list)  # flags that change nothing here, said once
+    lora: bool = False  # LoRA on some section (--lora-r or a model.json lora block)
 
     @property
     def vpp(self) -> int:
@@ -304,7 +305,8 @@ def validate_layout(args: argparse.Namespace, config, world_size: int,
             f"the interleaved pipeline schedule (virtual size {vpp}) needs the number of micro-batches per step, "
             f"--global-batch-size {glob} / (--micro-batch-size {micro} x data-parallel size {layout.dp}) = "
             f"{micro_batches}, divisible by --pipeline-model-parallel-size {pp}")
-    return ValidatedLayout(layout, world_source, text, vision, micro_batches, sequence_parallel, algo, notes)
+    lora = getattr(args, "lora", None) is not None or any(s.lora is not None for s in config.sections.values())
+    return ValidatedLayout(layout, world_source, text, vision, micro_batches, sequence_parallel, algo, notes, lora)
 
 
 def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List[str]:
@@ -327,6 +329,10 @@ def runtime_refusals(args: argparse.Namespace, checked: ValidatedLayout) -> List
                    f"{_show(vision.pp_layers)}), so the token embeddings (placed with the first text layer, as mm-convert "
                    "places them) would not be where the vision features are spliced in; start the text layers there "
                    "(Qwen2-VL-7B's recipe: [1, 10, 10, 7] after [32, 0, 0, 0])")
+    if lay.pp > 1 and checked.lora:
+        out.append(f"LoRA (--lora-r or a model.json lora block) with --pipeline-model-parallel-size {lay.pp}: not "
+                   "implemented yet (the PEFT adapter files would hold only the first stage's adapters); use "
+                   "--pipeline-model-parallel-size 1")
     if lay.cp > 1 and checked.context_parallel_algo != "megatron_cp_algo":
         out.append(f"--context-parallel-algo {checked.context_parallel_algo}: not implemented yet (megatron_cp_algo "
                    "is: load-balanced sequence split, attention over all-gathered keys and values)")

@@ -1,12 +1,13 @@
 """The part of a model one pipeline rank holds, and the forward of each of its chunks.
 
-Megatron's placement, the one mm-convert writes (``msmm.checkpoint.parallel``): the text
+Megatron's placement, the one mm-convert writes (``msmm.checkpoint.mm.placement``): the text
 decoder's layers are spread over the virtual stages in model order (chunk 0 of stages 0..PP-1,
-then chunk 1, ...), ``pipeline_num_layers`` per stage; the vision tower, the projector and the
-token embeddings run in the first virtual stage; the final norm, the output layer and the loss
-in the last. A rank keeps the modules of its chunks: the other decoder layers are replaced by
-parameter-free placeholders (so the kept layers keep their global names), the other
-sections are dropped.
+then chunk 1, ...), ``pipeline_num_layers`` per stage, and so are a vision encoder's; the vision
+encoder's patch embedding runs with its first layer, its head, the projector and the token
+embeddings on the stage where it ends (where the text layers start); the final norm, the output
+layer and the loss in the last virtual stage. A rank keeps the modules with a parameter placed
+on it; the others are replaced by parameter-free placeholders (so kept layers keep their global
+names).
 
 The whole model is built (and its pretrained weights loaded, LoRA applied) on the host first,
 as in one process, then pruned here: a rank builds every parameter once, on the host, and
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from adapters.torch import nn  # the model files run on adapters.torch under msmm-train
+from adapters.torch import Tensor, nn  # the model files run on adapters.torch under msmm-train
 
 from msmm.checkpoint.mm import placement
 from msmm.checkpoint.parallel import ParallelConfig
@@ -37,7 +38,7 @@ class PipelineError(ValueError):
 class Dropped(nn.Module):
     """Stands in for a module another pipeline rank holds (no parameters; never called)."""
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("this module is held by another pipeline stage")
 
 
@@ -101,7 +102,7 @@ def check_pipeline_model(model: nn.Module, parallel: ParallelConfig) -> None:
 DROPOUT_ATTRIBUTES = ("hidden_dropout", "attention_dropout", "dropout", "dropout_p", "rate")  # rate: DropPath
 
 
-def _keyword_inputs(fn, inputs: Dict, skip: Tuple[str, ...] = ()) -> Dict:
+def _keyword_inputs(fn: Callable[..., Any], inputs: Dict, skip: Tuple[str, ...] = ()) -> Dict:
     keys = [k for k in inspect.signature(fn).parameters if k not in skip]
     return {k: inputs[k] for k in keys if k in inputs}
 
@@ -123,7 +124,7 @@ class PipelineChunk(nn.Module):
         if self.split_vision:
             self.vision_layers = nn.ModuleList([model.vision_tower.layers[i] for i in place.vision_layers])
 
-    def forward(self, hidden, inputs: Dict):
+    def forward(self, hidden: Optional[Tensor], inputs: Dict) -> Tensor:
         if self.split_vision:
             if self.place.first:
                 hidden = self.model.vision_tower.embed(inputs["pixel_values"])
