@@ -2,9 +2,10 @@
 per-iteration loss and grad norm (same global batch), checkpoints in the layout's
 ``mp_rank_*`` shards, and an exact resume in that layout. One msrun per run (a failed
 collective would corrupt later ones in the same job). The default run covers TP 2, TP 2 + SP,
-PP 2, CP 2 and DP 2 + distributed optimizer (each with a resume) and the mm-convert round trip;
+PP 2, CP 2 and DP 2 + distributed optimizer, each with a resume; the mm-convert round trip,
 PP 2 x VPP 2, TP 2 x PP 2 on 4 workers, a split ViT, unaligned TP and the LLaVA / Qwen2-VL
-variants run with --run-slow (each run takes 30-60 s on 2 cores)."""
+variants run with --run-slow (each run takes 30-60 s on 2 cores; the whole suite ~25 min with
+them out)."""
 from __future__ import annotations
 
 import json
@@ -237,6 +238,7 @@ def test_distributed_optimizer_on_2_data_parallel_ranks_equals_one_worker_and_re
     assert_same_run(records(again), run, range(4, 7))
 
 
+@pytest.mark.slow  # three trainings and transformers: the suite's budget on 2 cores
 def test_checkpoints_mm_convert_split_for_tp2_and_pp2_train_like_the_unsplit_one_and_convert_back(tmp_path):
     """HF -> mm-convert hf_to_mm (unsplit, TP2, and PP2 with llm_pp_layers [[1, 1]]) ->
     msmm-train --load on 1 worker, 2 TP ranks, 2 pipeline stages -> the same losses ->
