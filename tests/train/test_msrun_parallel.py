@@ -4,7 +4,7 @@ per-iteration loss and grad norm (same global batch), checkpoints in the layout'
 collective would corrupt later ones in the same job). The default run covers TP 2, TP 2 + SP,
 PP 2, CP 2 and DP 2 + distributed optimizer, each with a resume; the mm-convert round trip,
 PP 2 x VPP 2, TP 2 x PP 2 on 4 workers, a split ViT, unaligned TP and the LLaVA / Qwen2-VL
-variants run with --run-slow (each run takes 30-60 s on 2 cores; the whole suite ~25 min with
+variants run with --run-slow (each run takes 30-60 s on 2 cores; the whole suite ~22 min with
 them out)."""
 from __future__ import annotations
 
