@@ -37,11 +37,10 @@ def token_losses(logits: Tensor, labels: Tensor,
     parallelism shifts on the whole sequence before a rank keeps its part).
     """
     b = labels.shape[0]
-    if not shifted:
-        labels = ops.concat((labels[:, 1:], ops.full((b, 1), IGNORE_INDEX, dtype=labels.dtype)), axis=1)
-    shifted = labels
-    mask = (shifted != IGNORE_INDEX).astype(mindspore.float32)
-    target = ops.maximum(shifted, 0).astype(mindspore.int32)
+    targets = labels if shifted else \
+        ops.concat((labels[:, 1:], ops.full((b, 1), IGNORE_INDEX, dtype=labels.dtype)), axis=1)
+    mask = (targets != IGNORE_INDEX).astype(mindspore.float32)
+    target = ops.maximum(targets, 0).astype(mindspore.int32)
     if vocab_parallel is not None:
         rows = logits.shape[-1]
         losses = vocab_parallel(logits.astype(mindspore.float32).reshape(-1, rows), target.reshape(-1))
@@ -49,6 +48,17 @@ def token_losses(logits: Tensor, labels: Tensor,
     log_probs = ops.log_softmax(logits.astype(mindspore.float32), axis=-1)
     picked = ops.gather_elements(log_probs, 2, target.expand_dims(-1)).squeeze(-1)
     return -picked * mask, mask
+
+
+def micro_batch_loss(logits: Tensor, labels: Tensor, reduction: str,
+                     vocab_parallel: Optional["VocabParallelCrossEntropy"] = None,
+                     row_counts: Optional[Tensor] = None, share: float = 1.0) -> Tuple[Tensor, Tensor, Tensor]:
+    """(numerator, denominator, counted tokens) of one micro-batch's logits: ``token_losses``
+    then ``reduce_loss``. With ``row_counts`` (context parallelism) the labels are already
+    shifted and this rank's, ``share`` = 1 / CP."""
+    losses, mask = token_losses(logits, labels, vocab_parallel, shifted=row_counts is not None)
+    numerator, denominator = reduce_loss(losses, mask, reduction, row_counts, share)
+    return numerator, denominator, mask.sum()
 
 
 def reduce_loss(losses: Tensor, mask: Tensor, reduction: str, row_counts: Optional[Tensor] = None,

@@ -31,7 +31,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from msmm import runtime
 
-from .loss import REDUCTIONS, VocabParallelCrossEntropy, reduce_loss, token_losses
+from .loss import REDUCTIONS, VocabParallelCrossEntropy, micro_batch_loss
 from .distributed_optimizer import DistributedAdamW
 from .optimizer import AdamW
 
@@ -113,9 +113,8 @@ class TrainStep(nn.Cell):
         counts = None
         if self.context_parallel > 1:  # (this rank's shifted labels, each row's counted tokens)
             labels, counts = labels
-        losses, mask = token_losses(logits, labels, self.vocab_parallel, shifted=counts is not None)
-        numerator, denominator = reduce_loss(losses, mask, self.reduction, counts, 1.0 / self.context_parallel)
-        return numerator, denominator, mask.sum()
+        return micro_batch_loss(logits, labels, self.reduction, self.vocab_parallel, counts,
+                                1.0 / self.context_parallel)
 
     def _micro_step_first(self, labels: Tensor, inputs: Dict[str, Tensor]):
         (numerator, denominator, tokens), grads = self._grad_fn(labels, inputs)

@@ -30,7 +30,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from msmm import runtime
 
-from ..loss import VocabParallelCrossEntropy, reduce_loss, token_losses
+from ..loss import VocabParallelCrossEntropy, micro_batch_loss
 from ..optimizer import AdamW
 from ..step import MicroResult, TrainStep
 from .schedule import Action, Message, outgoing, receives, schedule, sends
@@ -75,10 +75,7 @@ class ChunkGraphs(nn.Cell):
         return (out.astype(mindspore.float32) * d_out.astype(mindspore.float32)).sum()
 
     def _loss(self, hidden: Tensor, labels: Tensor, inputs: Dict[str, Tensor]):
-        logits = self.chunk(hidden, inputs)
-        losses, mask = token_losses(logits, labels, self.vocab_parallel)
-        numerator, denominator = reduce_loss(losses, mask, self.reduction)
-        return numerator, denominator, mask.sum()
+        return micro_batch_loss(self.chunk(hidden, inputs), labels, self.reduction, self.vocab_parallel)
 
     # ---- the compiled graphs --------------------------------------------------------------------
 
