@@ -185,18 +185,23 @@ def _same(a, b) -> bool:
     return a == b
 
 
+# results in uninitialized memory: any value (NaN included), compared by shape and dtype only
+_UNINITIALIZED = re.compile(r"(^|\.)(new_)?empty(_like)?$")
+
+
 def _accepted(case: Case) -> Optional[Case]:
     """`case` with its random/grad flags if torch runs it to comparable values, else None."""
+    uninitialized = bool(_UNINITIALIZED.search(case.api))
     try:
         first = _run(case, 0, grad=False)
-        if not _comparable(first):
+        if not uninitialized and not _comparable(first):
             return None
         second = _run(case, 1, grad=False)
         # nn.init fills run under no_grad in torch: there is no gradient to compare
         grad = _differentiable(_run(case, 0, grad=True)) and not case.api.startswith("torch.nn.init.")
     except Exception:  # noqa: BLE001 - any refusal by torch rejects the candidate
         return None
-    return dataclasses.replace(case, random=not _same(first, second), grad=grad)
+    return dataclasses.replace(case, random=uninitialized or not _same(first, second), grad=grad)
 
 
 def _candidates(api: str) -> List:
