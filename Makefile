@@ -9,6 +9,7 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m adapters.kernels.build || echo "warning: fused CPU kernels not built; the composite kernels will be used"
 	touch $@
 
 install: $(VENV)/.installed
