@@ -1,0 +1,153 @@
+// Elementwise activations on float32, forward and backward:
+//   SiluMul   silu(a) * b                      (SwiGLU's gate and up projections)
+//   GeluErf   0.5 x (1 + erf(x / sqrt 2))      (exact GELU)
+//   QuickGelu x * sigmoid(1.702 x)
+//
+// MindSpore AOT custom-op ABI: params holds the inputs then the outputs. exp and erf are
+// polynomial so that the loops vectorise (libm's calls keep them scalar). Large calls are
+// split statically over the OpenMP threads.
+#include <omp.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 16;  // elements per call before a second thread helps
+
+int64_t numel(int ndim, const int64_t* shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+int threads_for(int64_t n) { return n < kParallelMin ? 1 : omp_get_max_threads(); }
+
+// exp(x) to ~1 ulp (Cephes expf): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
+// polynomial, 2^n put into the exponent bits. Clamped to the float range.
+#pragma omp declare simd notinbranch
+inline float exp_poly(float x) {
+  x = x < -87.33654f ? -87.33654f : x;
+  x = x > 88.3762626647949f ? 88.3762626647949f : x;
+  const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + shifter) - shifter;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;  // n in [-126, 127] after the clamp
+}
+
+#pragma omp declare simd notinbranch
+inline float sigmoid(float x) { return 1.f / (1.f + exp_poly(-x)); }
+
+// erf(x) by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7):
+// erf(|x|) = 1 - t * poly(t) * exp(-x^2), t = 1 / (1 + p |x|).
+#pragma omp declare simd notinbranch
+inline float erf_poly(float x) {
+  const float ax = x < 0.f ? -x : x;
+  const float t = 1.f / (1.f + 0.3275911f * ax);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const float e = 1.f - p * t * exp_poly(-ax * ax);
+  return x < 0.f ? -e : e;
+}
+
+constexpr float kSqrtHalf = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+constexpr float kQuick = 1.702f;
+
+}  // namespace
+
+// SiluMul(a, b) -> a * sigmoid(a) * b
+extern "C" int SiluMul(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                       void* stream, void* extra) {
+  const float* a = static_cast<const float*>(params[0]);
+  const float* b = static_cast<const float*>(params[1]);
+  float* y = static_cast<float*>(params[2]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
+  for (int64_t i = 0; i < n; ++i) y[i] = a[i] * sigmoid(a[i]) * b[i];
+  return 0;
+}
+
+// SiluMulGrad(a, b, dy) -> da = dy * b * s * (1 + a (1 - s)), db = dy * a * s;  s = sigmoid(a)
+extern "C" int SiluMulGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                           void* stream, void* extra) {
+  const float* a = static_cast<const float*>(params[0]);
+  const float* b = static_cast<const float*>(params[1]);
+  const float* dy = static_cast<const float*>(params[2]);
+  float* da = static_cast<float*>(params[3]);
+  float* db = static_cast<float*>(params[4]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = sigmoid(a[i]);
+    da[i] = dy[i] * b[i] * s * (1.f + a[i] * (1.f - s));
+    db[i] = dy[i] * a[i] * s;
+  }
+  return 0;
+}
+
+// GeluErf(x) -> 0.5 x (1 + erf(x / sqrt 2))
+extern "C" int GeluErf(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                       void* stream, void* extra) {
+  const float* x = static_cast<const float*>(params[0]);
+  float* y = static_cast<float*>(params[1]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
+  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.f + erf_poly(x[i] * kSqrtHalf));
+  return 0;
+}
+
+// GeluErfGrad(x, dy) -> dx = dy * (Phi(x) + x phi(x))
+extern "C" int GeluErfGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                           void* stream, void* extra) {
+  const float* x = static_cast<const float*>(params[0]);
+  const float* dy = static_cast<const float*>(params[1]);
+  float* dx = static_cast<float*>(params[2]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
+  for (int64_t i = 0; i < n; ++i) {
+    const float cdf = 0.5f * (1.f + erf_poly(x[i] * kSqrtHalf));
+    const float pdf = kInvSqrt2Pi * exp_poly(-0.5f * x[i] * x[i]);
+    dx[i] = dy[i] * (cdf + x[i] * pdf);
+  }
+  return 0;
+}
+
+// QuickGelu(x) -> x * sigmoid(1.702 x)
+extern "C" int QuickGelu(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                         void* stream, void* extra) {
+  const float* x = static_cast<const float*>(params[0]);
+  float* y = static_cast<float*>(params[1]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoid(kQuick * x[i]);
+  return 0;
+}
+
+// QuickGeluGrad(x, dy) -> dx = dy * s * (1 + 1.702 x (1 - s));  s = sigmoid(1.702 x)
+extern "C" int QuickGeluGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                             void* stream, void* extra) {
+  const float* x = static_cast<const float*>(params[0]);
+  const float* dy = static_cast<const float*>(params[1]);
+  float* dx = static_cast<float*>(params[2]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = sigmoid(kQuick * x[i]);
+    dx[i] = dy[i] * s * (1.f + kQuick * x[i] * (1.f - s));
+  }
+  return 0;
+}
