@@ -578,6 +578,26 @@ class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
         self._changed(original, new, f"vendor.{name}", why)
         return new
 
+    def leave_BinaryOperation(self, original: cst.BinaryOperation, updated: cst.BinaryOperation):
+        call = original.left
+        if not (isinstance(original.operator, cst.Multiply) and isinstance(call, cst.Call)
+                and isinstance(call.func, (cst.Name, cst.Attribute))):
+            return updated
+        name = self._qualname(call.func)
+        if name not in rules.FUSED_PRODUCTS:
+            return updated
+        args = updated.left.args if isinstance(updated.left, cst.Call) else ()
+        if len(args) != 1 or args[0].keyword is not None or args[0].star:
+            return updated  # correct as written, only not fused
+        target, why = rules.FUSED_PRODUCTS[name]
+        try:
+            code = f"{self._torch(original)}.{target}({_arg_code(args[0])}, {_code(updated.right)})"
+            new = self._expression(original, code)
+        except _Skip:
+            return updated
+        self._changed(original, new, f"fused.{target.rsplit('.', 1)[-1]}", why)
+        return new
+
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute):
         if original.attr.value != "is_cuda" or self._is_module_ref(original.value):
             return updated

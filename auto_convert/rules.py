@@ -193,6 +193,15 @@ VENDOR_FUNCTIONS: dict[str, tuple[str, str]] = {
         "adapters' F.scaled_dot_product_attention dispatches to flash attention on Ascend"),
 }
 
+# `F.silu(a) * b` -> `{torch}.nn.functional.silu_mul(a, b)`: the product of an activation
+# call (one positional argument) and another operand, as one adapters function.
+FUSED_PRODUCTS: dict[str, tuple[str, str]] = {
+    "torch.nn.functional.silu": (
+        "nn.functional.silu_mul",
+        "silu(a) * b is two MindSpore kernels forward and three backward; adapters' F.silu_mul "
+        "is one fused kernel each way on CPU (silu(a) * b as written elsewhere)"),
+}
+
 # Top-level vendor packages: their imports are removed, their uses rewritten or reported.
 VENDOR_PACKAGES = ("torch_npu", "apex", "transformer_engine")
 VENDOR_WHY = "no adapters equivalent for this vendor API"

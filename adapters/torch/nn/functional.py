@@ -15,13 +15,15 @@ import numpy as np
 from mindspore import Tensor, mint, ops
 from mindspore.ops import constexpr
 
+from ...kernels import activation as fused_activation
+from ...kernels import norm as fused_norm
 from .._dispatch import kernel, register
 from .._dtype import finfo
 
 __all__ = [
     "linear", "conv2d", "conv3d",
     "layer_norm", "rms_norm", "group_norm", "normalize",
-    "gelu", "silu", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
+    "gelu", "silu", "silu_mul", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
     "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
     "scaled_dot_product_attention",
     "interpolate", "pad", "embedding", "dropout", "one_hot", "pixel_shuffle", "pixel_unshuffle",
@@ -128,12 +130,27 @@ def conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
 
 
 # ---- normalization -------------------------------------------------------------------
-@register("layer_norm", "CPU", note="ops.LayerNorm (legacy kernel)")
-def _layer_norm_cpu(input, normalized_shape, weight, bias, eps):
+def _float32(tensor: Optional[Tensor]) -> bool:
+    """The fused CPU kernels serve float32 tensors (None stands for an absent weight)."""
+    return tensor is None or tensor.dtype == mindspore.float32
+
+
+def _layer_norm_legacy(input, normalized_shape, weight, bias, eps):
     axis = input.ndim - len(normalized_shape)
     weight = ops.ones(normalized_shape, input.dtype) if weight is None else weight
     bias = ops.zeros(normalized_shape, input.dtype) if bias is None else bias
     return ops.LayerNorm(axis, axis, eps)(input, weight, bias)[0]
+
+
+@register("layer_norm", "CPU", note="fused float32 kernel over the last dim (adapters/kernels/csrc/norm.cpp); "
+                                    "else ops.LayerNorm (legacy kernel)")
+def _layer_norm_cpu(input, normalized_shape, weight, bias, eps):
+    fused = fused_norm.AVAILABLE and len(normalized_shape) == 1
+    if not (fused and _float32(input) and _float32(weight) and _float32(bias)):
+        return _layer_norm_legacy(input, normalized_shape, weight, bias, eps)
+    weight = ops.ones(normalized_shape, input.dtype) if weight is None else weight
+    bias = ops.zeros(normalized_shape, input.dtype) if bias is None else bias
+    return fused_norm.layer_norm(input, weight, bias, eps)
 
 
 @register("layer_norm", "Ascend", tested=False, note="mint.nn.functional.layer_norm")
@@ -157,8 +174,11 @@ def _rms_norm_composite(input, normalized_shape, weight, eps):
     return out if weight is None else out * weight
 
 
-@register("rms_norm", "CPU", note="composite: x * rsqrt(mean(x^2) + eps) * weight, fp32 math for fp16/bf16")
+@register("rms_norm", "CPU", note="fused float32 kernel over the last dim (adapters/kernels/csrc/norm.cpp); else "
+                                  "composite x * rsqrt(mean(x^2) + eps) * weight, fp32 math for fp16/bf16")
 def _rms_norm_cpu(input, normalized_shape, weight, eps):
+    if fused_norm.AVAILABLE and len(normalized_shape) == 1 and _float32(input) and _float32(weight):
+        return fused_norm.rms_norm(input, weight, eps)
     return _rms_norm_composite(input, normalized_shape, weight, eps)
 
 
@@ -226,6 +246,30 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
     return ops.silu(input)
+
+
+@register("silu_mul", "CPU", note="fused float32 kernel (adapters/kernels/csrc/activation.cpp) for operands "
+                                  "of one shape; else silu(input) * other")
+def _silu_mul_cpu(input, other):
+    if fused_activation.AVAILABLE and input.shape == other.shape and _float32(input) and _float32(other):
+        return fused_activation.silu_mul(input, other)
+    return ops.silu(input) * other
+
+
+@register("silu_mul", "Ascend", tested=False, note="silu(input) * other")
+def _silu_mul_ascend(input, other):
+    return ops.silu(input) * other
+
+
+_silu_mul = kernel("silu_mul")
+
+
+def silu_mul(input: Tensor, other: Tensor) -> Tensor:
+    """``silu(input) * other`` (SwiGLU's gating), one fused kernel where the device has it.
+
+    Not a torch function: auto_convert rewrites ``F.silu(a) * b`` into it.
+    """
+    return _silu_mul(input, other)
 
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:

@@ -1,0 +1,165 @@
+"""The fused CPU kernels of adapters/kernels (norms, activations) against real torch: values
+and gradients, PyNative and mindspore.jit, the fused path and the composite fallback it
+replaces (what runs without a compiler or with MSMM_FUSED_KERNELS=0)."""
+from typing import Callable, List
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+
+import adapters.torch  # noqa: F401  (starts the runtime settings the shim needs)
+from adapters.kernels import activation, build, norm
+from adapters.torch.nn import functional as F
+
+pytestmark = pytest.mark.skipif(not (norm.AVAILABLE and activation.AVAILABLE),
+                                reason="fused kernels not built here (no compiler or MSMM_FUSED_KERNELS=0)")
+
+MODES = ("pynative", "jit")
+SHAPES = [(1, 7), (3, 5, 37), (2, 3, 64)]  # one row, odd hidden size, a multiple of 16
+_COMPILED: List[Callable] = []  # graphs are cached by id(): keep compiled callables alive
+
+
+def _run(fn: Callable, inputs: List[np.ndarray], grad_of: np.ndarray, mode: str):
+    """``fn(*inputs)`` and the gradients of ``sum(fn(*inputs) * grad_of)`` for every input."""
+    weight = ms.Tensor(grad_of)
+
+    def loss(*args):
+        out = fn(*args)
+        return (out * weight).sum(), out
+
+    step = ms.value_and_grad(loss, grad_position=tuple(range(len(inputs))), has_aux=True)
+    if mode == "jit":
+        step = ms.jit(step)
+        _COMPILED.append(step)
+    (_, out), grads = step(*(ms.Tensor(a) for a in inputs))
+    out = out[0] if isinstance(out, tuple) else out
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    return out.asnumpy(), [g.asnumpy() for g in grads]
+
+
+def _reference(fn: Callable, inputs: List[np.ndarray], grad_of: np.ndarray):
+    tensors = [torch.tensor(a, requires_grad=True) for a in inputs]
+    out = fn(*tensors)
+    (out * torch.tensor(grad_of)).sum().backward()
+    return out.detach().numpy(), [t.grad.numpy() for t in tensors]
+
+
+def _check(fn, ref_fn, inputs, mode, rtol=1e-5, atol=1e-5):
+    rng = np.random.default_rng(1)
+    out_shape = _reference(ref_fn, inputs, np.ones(1, np.float32))[0].shape
+    grad_of = rng.standard_normal(out_shape).astype(np.float32)
+    got, got_grads = _run(fn, inputs, grad_of, mode)
+    want, want_grads = _reference(ref_fn, inputs, grad_of)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg="value")
+    for i, (g, w) in enumerate(zip(got_grads, want_grads)):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"gradient of input {i}")
+
+
+def _inputs(*shapes, scale: float = 1.0):
+    rng = np.random.default_rng(sum(map(sum, shapes)))
+    return [(rng.standard_normal(s) * scale).astype(np.float32) for s in shapes]
+
+
+# ---- norms -------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("eps", [1e-6, 1e-2])
+def test_rms_norm(shape, eps, mode):
+    h = shape[-1]
+
+    def fused(x, w):
+        return norm.rms_norm(x, w, eps)
+
+    _check(fused, lambda x, w: torch.nn.functional.rms_norm(x, (h,), w, eps), _inputs(shape, (h,)), mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rms_norm_without_weight(mode):
+    def fused(x):
+        return F.rms_norm(x, (37,), None, 1e-6)
+
+    _check(fused, lambda x: torch.nn.functional.rms_norm(x, (37,), None, 1e-6), _inputs((3, 5, 37)), mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("eps", [1e-5, 1e-2])
+def test_layer_norm(shape, eps, mode):
+    h = shape[-1]
+    x, w, b = _inputs(shape, (h,), (h,))
+
+    def fused(x, w, b):
+        return norm.layer_norm(x, w, b, eps)
+
+    _check(fused, lambda x, w, b: torch.nn.functional.layer_norm(x, (h,), w, b, eps), [x + 3.0, w, b], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_layer_norm_without_affine_goes_through_the_dispatch(mode):
+    def fused(x):
+        return F.layer_norm(x, (37,))
+
+    _check(fused, lambda x: torch.nn.functional.layer_norm(x, (37,)),
+           _inputs((3, 5, 37)), mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_norm_fallbacks(mode):
+    """The composite kernels the fused ones replace (fp16/bf16, multi-dim shapes, no library)."""
+    x, w, b = _inputs((3, 37), (37,), (37,))
+
+    def rms_norm(x, w):
+        return F._rms_norm_composite(x, (37,), w, 1e-6)
+
+    def layer_norm(x, w, b):
+        return F._layer_norm_legacy(x, (37,), w, b, 1e-5)
+
+    _check(rms_norm, lambda x, w: torch.nn.functional.rms_norm(x, (37,), w, 1e-6), [x, w], mode)
+    _check(layer_norm, lambda x, w, b: torch.nn.functional.layer_norm(x, (37,), w, b, 1e-5), [x, w, b], mode)
+
+
+def test_rms_norm_other_dtypes_and_shapes_use_the_composite():
+    x, w = _inputs((2, 3, 8), (3, 8))
+    got = F.rms_norm(ms.Tensor(x), (3, 8), ms.Tensor(w), 1e-6).asnumpy()
+    want = torch.nn.functional.rms_norm(torch.tensor(x), (3, 8), torch.tensor(w), 1e-6).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    half = F.rms_norm(ms.Tensor(x).astype(ms.float16), (8,), None, 1e-6)
+    assert half.dtype == ms.float16
+    np.testing.assert_allclose(half.asnumpy().astype(np.float32),
+                               torch.nn.functional.rms_norm(torch.tensor(x).half(), (8,), None, 1e-6).float(),
+                               rtol=2e-3, atol=2e-3)
+
+
+# ---- activations -------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_silu_mul(shape, mode):
+    a, b = _inputs(shape, shape, scale=4.0)
+    a.flat[:4] = [-100.0, -60.0, 60.0, 100.0]  # saturated sigmoid both ways
+    _check(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [a, b], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_silu_mul_fallback_broadcasts(mode):
+    a, b = _inputs((3, 5, 37), (37,))
+    _check(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [a, b], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gelu(shape, mode):
+    x, = _inputs(shape, scale=3.0)
+    x.flat[:3] = [-30.0, 0.0, 30.0]
+    _check(activation.gelu, torch.nn.functional.gelu, [x], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_quick_gelu(mode):
+    x, = _inputs((3, 5, 37), scale=3.0)
+    _check(activation.quick_gelu, lambda x: x * torch.sigmoid(1.702 * x), [x], mode)
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("MSMM_FUSED_KERNELS", "0")
+    assert build.library("norm") is None and build.library("activation") is None
