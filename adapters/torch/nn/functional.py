@@ -17,6 +17,7 @@ from mindspore.ops import constexpr
 
 from ...kernels import activation as fused_activation
 from ...kernels import norm as fused_norm
+from ...kernels import attention as fused_attention
 from .._dispatch import kernel, register
 from .._dtype import finfo
 
@@ -454,8 +455,12 @@ def _attention_math(query, key, value, attn_mask, dropout_p, is_causal, scale, e
     return ops.matmul(probs, value)
 
 
-@register("scaled_dot_product_attention", "CPU", note="composite math attention")
+@register("scaled_dot_product_attention", "CPU",
+          note="fused masked softmax between two BatchMatMuls (adapters/kernels/attention.py) for float32 4D "
+               "inputs without dropout, else composite math attention")
 def _sdpa_cpu(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    if dropout_p == 0.0 and fused_attention.supports(query, key, value, attn_mask):
+        return fused_attention.attention(query, key, value, attn_mask, is_causal, scale)
     return _attention_math(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
 

@@ -1,0 +1,182 @@
+// Masked softmax of attention scores on float32, forward and backward:
+//
+//   MaskedSoftmax      y = softmax(x * scale + mask) over the last dim of x [B, G, R, S]
+//   MaskedSoftmaxGrad  dx = (dy - sum(dy * y)) * y * scale
+//
+// The mask is optional and never materialised at x's size: a bool keep-mask (false = -inf)
+// or an additive float mask [Bm, Gm, Lm, S] with each of Bm, Gm, Lm either 1 or x's dim
+// (Lm may also be L when the R rows are n_rep groups of L queries: grouped-query attention
+// with the query heads of a key/value group stacked along the rows, row r is query r % L).
+// A causal band keeps key j of query i iff j <= i + offset. A row whose every key is masked
+// gives zeros (torch's sdpa). params = [scale, L, causal, offset] as float32.
+//
+// MindSpore AOT custom-op ABI: params holds the inputs then the outputs. exp is polynomial
+// so that the loops vectorise; rows are split statically over the OpenMP threads.
+#include <omp.h>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 15;  // elements per call before a second thread helps
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// exp(x) to ~1 ulp (Cephes expf) for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a
+// degree-6 polynomial, 2^n put into the exponent bits.
+#pragma omp declare simd notinbranch
+inline float exp_neg(float x) {
+  x = x < -87.33654f ? -87.33654f : x;
+  const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + shifter) - shifter;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+
+enum class Mask { kNone, kKeep, kAdd };
+
+struct Layout {
+  int64_t batch, groups, rows, keys;  // x [B, G, R, S]
+  int64_t mask_batch, mask_groups, mask_rows;  // mask [Bm, Gm, Lm, S]
+  int64_t queries;  // L: row r is query r % L
+  float scale;
+  bool causal;
+  int64_t offset;
+};
+
+// Scaled, masked scores of one row into y[0, limit); returns their max.
+template <Mask kind>
+float masked_scores(const float* x, const void* mask, float scale, int64_t limit, float* y) {
+  float top = kNegInf;
+  if constexpr (kind == Mask::kNone) {
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < limit; ++j) {
+      y[j] = x[j] * scale;
+      top = y[j] > top ? y[j] : top;
+    }
+  } else if constexpr (kind == Mask::kKeep) {
+    const uint8_t* keep = static_cast<const uint8_t*>(mask);
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < limit; ++j) {
+      y[j] = keep[j] ? x[j] * scale : kNegInf;
+      top = y[j] > top ? y[j] : top;
+    }
+  } else {
+    const float* add = static_cast<const float*>(mask);
+#pragma omp simd reduction(max : top)
+    for (int64_t j = 0; j < limit; ++j) {
+      y[j] = x[j] * scale + add[j];
+      top = y[j] > top ? y[j] : top;
+    }
+  }
+  return top;
+}
+
+template <Mask kind>
+void softmax_rows(const Layout& s, const float* x, const void* mask, float* y) {
+  const int64_t total_rows = s.batch * s.groups * s.rows;
+  const size_t mask_item = kind == Mask::kAdd ? sizeof(float) : sizeof(uint8_t);
+  const int threads = total_rows * s.keys < kParallelMin ? 1 : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t row = 0; row < total_rows; ++row) {
+    const int64_t r = row % s.rows, g = (row / s.rows) % s.groups, b = row / (s.rows * s.groups);
+    const int64_t query = r % s.queries;
+    const void* mask_row = nullptr;
+    if constexpr (kind != Mask::kNone) {
+      const int64_t mb = s.mask_batch == 1 ? 0 : b, mg = s.mask_groups == 1 ? 0 : g;
+      const int64_t mr = s.mask_rows == 1 ? 0 : query;
+      const int64_t index = ((mb * s.mask_groups + mg) * s.mask_rows + mr) * s.keys;
+      mask_row = static_cast<const char*>(mask) + index * mask_item;
+    }
+    int64_t limit = s.keys;
+    if (s.causal) {
+      const int64_t last = query + s.offset + 1;
+      limit = last < 0 ? 0 : (last < s.keys ? last : s.keys);
+    }
+    const float* xr = x + row * s.keys;
+    float* yr = y + row * s.keys;
+    const float top = masked_scores<kind>(xr, mask_row, s.scale, limit, yr);
+    if (top == kNegInf) limit = 0;  // fully masked: zeros
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < limit; ++j) {
+      const float e = yr[j] == kNegInf ? 0.f : exp_neg(yr[j] - top);
+      yr[j] = e;
+      sum += e;
+    }
+    const float inv = limit > 0 ? 1.f / sum : 0.f;
+#pragma omp simd
+    for (int64_t j = 0; j < limit; ++j) yr[j] *= inv;
+    for (int64_t j = limit; j < s.keys; ++j) yr[j] = 0.f;
+  }
+}
+
+bool is_float32(const char* dtype) { return std::strcmp(dtype, "float32") == 0; }
+
+}  // namespace
+
+// inputs: x [B, G, R, S] float32, [mask [Bm, Gm, Lm, S] bool or float32], params [4]; output y.
+extern "C" int MaskedSoftmax(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                             void* stream, void* extra) {
+  const bool masked = nparam == 4;
+  if ((nparam != 3 && !masked) || ndims[0] != 4 || !is_float32(dtypes[0])) return 1;
+  const int64_t* xs = shapes[0];
+  const float* p = static_cast<const float*>(params[masked ? 2 : 1]);
+  Layout s{xs[0], xs[1], xs[2], xs[3], 1, 1, 1, static_cast<int64_t>(p[1]), p[0], p[2] != 0.f,
+           static_cast<int64_t>(p[3])};
+  if (s.queries < 1) return 1;
+  const float* x = static_cast<const float*>(params[0]);
+  float* y = static_cast<float*>(params[nparam - 1]);
+  if (!masked) {
+    softmax_rows<Mask::kNone>(s, x, nullptr, y);
+    return 0;
+  }
+  const int64_t* ms = shapes[1];
+  if (ndims[1] != 4 || ms[3] != s.keys) return 1;
+  s.mask_batch = ms[0], s.mask_groups = ms[1], s.mask_rows = ms[2];
+  if (std::strcmp(dtypes[1], "bool") == 0) {
+    softmax_rows<Mask::kKeep>(s, x, params[1], y);
+  } else if (is_float32(dtypes[1])) {
+    softmax_rows<Mask::kAdd>(s, x, params[1], y);
+  } else {
+    return 1;
+  }
+  return 0;
+}
+
+// inputs: y, dy [B, G, R, S] float32, params [4] (only scale is read); output dx.
+extern "C" int MaskedSoftmaxGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                 void* stream, void* extra) {
+  if (nparam != 4 || !is_float32(dtypes[0]) || !is_float32(dtypes[1])) return 1;
+  const int64_t keys = ndims[0] > 0 ? shapes[0][ndims[0] - 1] : 1;
+  int64_t rows = 1;
+  for (int i = 0; i + 1 < ndims[0]; ++i) rows *= shapes[0][i];
+  const float* y = static_cast<const float*>(params[0]);
+  const float* dy = static_cast<const float*>(params[1]);
+  const float scale = static_cast<const float*>(params[2])[0];
+  float* dx = static_cast<float*>(params[3]);
+  const int threads = rows * keys < kParallelMin ? 1 : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* yr = y + row * keys;
+    const float* dyr = dy + row * keys;
+    float* dxr = dx + row * keys;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < keys; ++j) dot += dyr[j] * yr[j];
+#pragma omp simd
+    for (int64_t j = 0; j < keys; ++j) dxr[j] = (dyr[j] - dot) * yr[j] * scale;
+  }
+  return 0;
+}

@@ -1,0 +1,135 @@
+"""The fused CPU attention kernels (adapters/kernels/attention.py) against real torch:
+``F.scaled_dot_product_attention`` values and gradients (q, k, v and an additive mask) for
+bool / additive / causal masks, grouped-query attention, fully masked rows, padding masks and
+L != S, in PyNative and under ``mindspore.jit``, through the fused kernel and through the
+composite it falls back to (``MSMM_FUSED_KERNELS=0``)."""
+from typing import Callable
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+
+import adapters.torch.nn.functional as F_MS
+from adapters.kernels import attention as fused_attention
+from tests.adapters.harness import MODES, randn
+
+pytestmark = pytest.mark.skipif(not fused_attention.AVAILABLE, reason="fused kernels off or not buildable")
+
+_KEEP: list = []  # compiled callables live for the session (MindSpore caches graphs by id())
+
+
+def _fused(q, k, v, mask, causal, scale):
+    assert fused_attention.supports(q, k, v, mask)
+    return F_MS.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                             enable_gqa=True)
+
+
+def _composite(q, k, v, mask, causal, scale):
+    return F_MS._attention_math(q, k, v, mask, 0.0, causal, scale, True)
+
+
+PATHS = {"fused": _fused, "composite": _composite}
+
+
+def _keep_mask(shape, seed, dead_row=True):
+    mask = np.random.default_rng(seed).random(shape) > 0.4
+    if dead_row:
+        mask[(0,) * (len(shape) - 2) + (1,)] = False  # a fully masked query: torch gives zeros
+    return mask
+
+
+def _additive(shape, seed):
+    rng = np.random.default_rng(seed)
+    mask = np.where(rng.random(shape) > 0.3, 0.0, -np.inf) + rng.standard_normal(shape)
+    mask[(0,) * (len(shape) - 2) + (2,)] = -np.inf
+    return mask.astype(np.float32)
+
+
+B, H, G, D = 2, 4, 2, 8
+# name -> (q, k, v, mask or None, is_causal, scale)
+CASES = {
+    "bool_gqa_dead_row": (randn(B, H, 5, D), randn(B, G, 6, D, seed=1), randn(B, G, 6, D, seed=2),
+                          _keep_mask((B, 1, 5, 6), 3), False, None),
+    "bool_per_head_gqa": (randn(B, H, 5, D), randn(B, G, 6, D, seed=1), randn(B, G, 6, D, seed=2),
+                          _keep_mask((B, H, 5, 6), 4), False, None),
+    "bool_2d_mha": (randn(B, H, 5, D), randn(B, H, 6, D, seed=1), randn(B, H, 6, D, seed=2),
+                    _keep_mask((5, 6), 5), False, 0.3),
+    "causal_gqa": (randn(B, H, 6, D), randn(B, G, 6, D, seed=1), randn(B, G, 6, D, seed=2), None, True, None),
+    "causal_chunk": (randn(B, H, 3, D), randn(B, G, 7, D, seed=1), randn(B, G, 7, D, seed=2), None, True, None),
+    "additive_gqa": (randn(B, H, 5, D), randn(B, G, 6, D, seed=1), randn(B, G, 6, D, seed=2),
+                     _additive((B, 1, 5, 6), 6), False, None),
+    "additive_broadcast": (randn(B, H, 5, D), randn(B, H, 6, D, seed=1), randn(B, H, 6, D, seed=2),
+                           _additive((1, 1, 5, 6), 7), False, None),
+    "decode_padding": (randn(B, H, 1, D), randn(B, G, 7, D, seed=1), randn(B, G, 7, D, seed=2),
+                       np.array([[1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]], bool).reshape(B, 1, 1, 7),
+                       False, None),
+    "padding_prefill": (randn(B, H, 4, D), randn(B, G, 4, D, seed=1), randn(B, G, 4, D, seed=2),
+                        np.tril(np.ones((4, 4), bool)) & np.array([[1, 1, 1, 1], [0, 1, 1, 1]], bool)[:, None, None],
+                        False, None),
+}
+
+
+def _torch_sdpa(q, k, v, mask, causal, scale):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                            scale=scale, enable_gqa=True)
+
+
+def _compare(got: ms.Tensor, want: torch.Tensor, what: str) -> None:
+    np.testing.assert_allclose(got.asnumpy(), want.detach().numpy(), rtol=1e-5, atol=1e-5, err_msg=what)
+
+
+def _check(fn: Callable, ref: Callable, inputs: tuple, mode: str) -> None:
+    """Values of fn vs ref and the gradients of sum(out * w) w.r.t. the float tensor inputs."""
+    arrays = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
+    wrt = [i for i in arrays if inputs[i].dtype == np.float32]
+    ref_in = [torch.tensor(x, requires_grad=i in wrt) if i in arrays else x for i, x in enumerate(inputs)]
+    want = ref(*ref_in)
+    weight = np.random.default_rng(9).standard_normal(tuple(want.shape)).astype(np.float32)
+    want_grads = torch.autograd.grad((want * torch.tensor(weight)).sum(), [ref_in[i] for i in wrt])
+
+    def loss(*args):
+        return (fn(*args) * ms.Tensor(weight)).sum()
+
+    ms_in = [ms.Tensor(x) if i in arrays else x for i, x in enumerate(inputs)]
+    run, grad = fn, ms.grad(loss, grad_position=tuple(wrt))
+    if mode == "graph":
+        run, grad = ms.jit(fn), ms.jit(grad)
+    _KEEP.extend((run, grad, loss))
+    _compare(run(*ms_in), want, f"output ({mode})")
+    grads = grad(*ms_in)
+    for i, got, expected in zip(wrt, grads if len(wrt) > 1 else (grads,), want_grads):
+        _compare(got, expected, f"grad of input {i} ({mode})")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_sdpa_matches_torch(case, path, mode):
+    _check(PATHS[path], _torch_sdpa, CASES[case], mode)
+
+
+def _softmax_causal_offset(x, offset):
+    return fused_attention.masked_softmax(x, None, 0.5, x.shape[2], causal=True, offset=offset)
+
+
+def _torch_softmax_causal_offset(x, offset):
+    length, keys = x.shape[-2], x.shape[-1]
+    keep = torch.ones(length, keys, dtype=torch.bool).tril(offset)
+    return torch.softmax((x * 0.5).masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("offset", [2, -1])
+def test_masked_softmax_causal_offset(offset, mode):
+    """Bottom-right aligned causal band (offset S - L) and a band with empty rows (offset -1)."""
+    _check(_softmax_causal_offset, _torch_softmax_causal_offset, (randn(2, 3, 4, 6), offset), mode)
+
+
+def test_fallback_cases():
+    """Dropout, float64 and masks broadcast over keys are left to the composite."""
+    q, k = ms.Tensor(randn(1, 2, 3, 4)), ms.Tensor(randn(1, 2, 5, 4))
+    assert fused_attention.supports(q, k, k, None)
+    assert not fused_attention.supports(q.astype(ms.float64), k, k, None)
+    assert not fused_attention.supports(q, k, k, ms.Tensor(np.ones((1, 1, 3, 1), bool)))
+    assert not fused_attention.supports(q[0], k[0], k[0], None)
