@@ -1,9 +1,12 @@
 """Image preprocessing of InternVL (dynamic tiling), Qwen2-VL (smart resize + patchify) and
 LLaVA-1.5 (CLIP, optional pad-to-square), framework-free.
 
-Resizing is PIL's bicubic on the uint8 image, as in the HF processors and the original
-repositories. Rescale (1/255) and normalisation are one table look-up per channel, built with
-the same float arithmetic as HF's ``rescale`` + ``normalize`` so the values are equal.
+The output equals the HF processors' (transformers 4.53, the PIL-based ones) bit for bit:
+images are converted to RGB as ``convert_to_rgb`` does, resized with Pillow's bicubic filter
+on the uint8 image (:mod:`msmm.data.resize`: a compiled kernel equal to the installed
+Pillow, or Pillow itself), and rescaled (1/255) and normalised by one table look-up per
+channel built with HF's float arithmetic. With the kernel, resize, normalisation and the
+model's layout (tiles, patches, crops) are one pass that writes the float32 output once.
 """
 from __future__ import annotations
 
@@ -13,10 +16,20 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from msmm.data.resize import native
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _offsets(shape: Sequence[int], strides: Sequence[int]) -> np.ndarray:
+    """Element offsets of the C-order positions of an index space of ``shape`` with ``strides``."""
+    offsets = np.zeros(1, np.int64)
+    for n, stride in zip(shape, strides):
+        offsets = (offsets[:, None] + np.arange(n, dtype=np.int64) * stride).ravel()
+    return offsets
 
 
 class PixelNormalizer:
@@ -35,12 +48,39 @@ class PixelNormalizer:
             np.take(self.table[c], channels_first[..., c, :, :], out=out[..., c, :, :])
         return out
 
+    def resize_into(self, image: Image.Image, size: tuple[int, int], dst: np.ndarray, row_axes: int,
+                    top: int = 0, left: int = 0) -> None:
+        """Resize the RGB ``image`` to ``size = (width, height)`` (bicubic), normalise, and write
+        the window at ``(top, left)`` into ``dst``.
+
+        ``dst`` is a float32 view of shape ``(copies, C, *rows, *cols)``, ``len(rows) == row_axes``:
+        window row ``y`` goes to the C-order position ``y`` of ``rows`` (columns likewise), the
+        same values to each copy. A view of tiles or patches puts the model's layout in this pass.
+        """
+        copies, channels, *dims = dst.shape
+        rows, cols = dims[:row_axes], dims[row_axes:]
+        height, width = math.prod(rows), math.prod(cols)
+        kernel = native()
+        if kernel is None:
+            pixels = np.asarray(image.resize(size, Image.BICUBIC))[top : top + height, left : left + width]
+            dst[...] = self(pixels).reshape(channels, *rows, *cols)
+            return
+        strides = [s // dst.itemsize for s in dst.strides]
+        kernel.resize_normalize(np.asarray(image), size, (top, left, height, width), self.table, dst,
+                                _offsets(rows, strides[2 : 2 + row_axes]), _offsets(cols, strides[2 + row_axes :]),
+                                strides[1], copies, strides[0])
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in mode RGB (``image.convert("RGB")``, as transformers' ``convert_to_rgb``)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
 
 def load_image(path: str) -> Image.Image:
     """Open an image as RGB, decoding it fully so a corrupt file fails here."""
     with Image.open(path) as image:
         image.load()
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
 
 
 # ----------------------------------------------------------------------------- InternVL
@@ -96,17 +136,19 @@ class InternVLImageTransform:
         self.normalize = PixelNormalizer(mean, std)
 
     def __call__(self, image: Image.Image, max_tiles: int | None = None) -> np.ndarray:
-        s = self.tile_size
+        image, s = to_rgb(image), self.tile_size
         if not self.dynamic:
-            return self.normalize(np.asarray(image.resize((s, s), Image.BICUBIC))[None])
+            tiles = np.empty((1, 3, s, s), np.float32)
+            self.normalize.resize_into(image, (s, s), tiles, 1)
+            return tiles
         max_tiles = self.max_tiles if max_tiles is None else max_tiles
         cols, rows = closest_tile_grid(image.width, image.height, s, self.min_tiles, max_tiles)
-        canvas = self.normalize(np.asarray(image.resize((cols * s, rows * s), Image.BICUBIC)))  # (3, rows*s, cols*s)
         thumbnail = self.use_thumbnail and rows * cols > 1
         tiles = np.empty((rows * cols + thumbnail, 3, s, s), np.float32)
-        tiles[: rows * cols].reshape(rows, cols, 3, s, s)[...] = canvas.reshape(3, rows, s, cols, s).transpose(1, 3, 0, 2, 4)
+        canvas = tiles[: rows * cols].reshape(rows, cols, 3, s, s).transpose(2, 0, 3, 1, 4)  # (3, rows, s, cols, s)
+        self.normalize.resize_into(image, (cols * s, rows * s), canvas[None], 2)
         if thumbnail:
-            tiles[-1] = self.normalize(np.asarray(image.resize((s, s), Image.BICUBIC)))
+            self.normalize.resize_into(image, (s, s), tiles[-1:], 1)
         return tiles
 
 
@@ -158,20 +200,17 @@ class Qwen2VLImageTransform:
         height, width = smart_resize(
             frames[0].height, frames[0].width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels
         )
-        pixels = self.normalize(np.stack([np.asarray(f.resize((width, height), Image.BICUBIC)) for f in frames]))  # (F, C, H, W)
-        t = self.temporal_patch_size
-        if len(frames) == 1:  # an image: its T copies are a broadcast, copied once by the final reshape
-            pixels = np.broadcast_to(pixels, (t, *pixels.shape[1:]))
-        elif len(frames) % t:
-            pad = np.repeat(pixels[-1:], t - len(frames) % t, axis=0)  # repeat the last frame
-            pixels = np.concatenate([pixels, pad])
-        p, m = self.patch_size, self.merge_size
-        grid_t, grid_h, grid_w = pixels.shape[0] // t, height // p, width // p
-        c = pixels.shape[1]
-        # (F, C, H, W) -> (t, T, C, h/m, m, P, w/m, m, P) -> (t, h/m, w/m, m, m, C, T, P, P)
-        pixels = pixels.reshape(grid_t, t, c, grid_h // m, m, p, grid_w // m, m, p)
-        pixels = pixels.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-        return pixels.reshape(grid_t * grid_h * grid_w, c * t * p * p), (grid_t, grid_h, grid_w)
+        t, p, m, c = self.temporal_patch_size, self.patch_size, self.merge_size, 3
+        grid_t, grid_h, grid_w = -(-len(frames) // t), height // p, width // p
+        patches = np.empty((grid_t * grid_h * grid_w, c * t * p * p), np.float32)
+        # rows (t, h/m, w/m, m, m) x columns (C, T, P, P), seen as (t, T, C, h/m, m, P, w/m, m, P)
+        view = patches.reshape(grid_t, grid_h // m, grid_w // m, m, m, c, t, p, p).transpose(0, 6, 5, 1, 3, 7, 2, 4, 8)
+        for i, frame in enumerate(frames):
+            group, slot = divmod(i, t)
+            # the last frame fills the temporal slots after it too: an image's T copies, a video's padding
+            end = t if i == len(frames) - 1 else slot + 1
+            self.normalize.resize_into(to_rgb(frame), (width, height), view[group, slot:end], 3)
+        return patches, (grid_t, grid_h, grid_w)
 
 
 # ----------------------------------------------------------------------------- LLaVA (CLIP)
@@ -205,15 +244,16 @@ class CLIPImageTransform:
         self.normalize = PixelNormalizer(mean, std)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        image = to_rgb(image)
         if self.pad:
             image = pad_to_square(image, self.background)
         width, height = image.size
         short, long = min(width, height), max(width, height)
         new_short, new_long = self.size, int(self.size * long / short)
         new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-        image = image.resize(new_size, Image.BICUBIC)
         top, left = (new_size[1] - self.crop_size) // 2, (new_size[0] - self.crop_size) // 2
         if top < 0 or left < 0:
             raise ValueError(f"resized image {new_size} is smaller than the crop {self.crop_size}")
-        pixels = np.asarray(image)[top : top + self.crop_size, left : left + self.crop_size]
-        return self.normalize(pixels)
+        out = np.empty((1, 3, self.crop_size, self.crop_size), np.float32)
+        self.normalize.resize_into(image, new_size, out, 1, top, left)
+        return out[0]
