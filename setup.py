@@ -6,7 +6,7 @@ setup(
     description="MindSpore-backend port of MindSpeed-MM with a torch-API shim",
     python_requires=">=3.9",
     packages=find_packages(include=["msmm*", "adapters*", "auto_convert*"]),
-    package_data={"adapters.kernels": ["csrc/*.cpp", "csrc/*.h"]},
+    package_data={"adapters.kernels": ["csrc/*.cpp", "csrc/*.h"], "msmm.data": ["csrc/*.cpp"]},
     install_requires=[
         "mindspore==2.10.0",
         "numpy<2",
