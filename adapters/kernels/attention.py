@@ -70,8 +70,8 @@ def _softmax_add_bprop(x, mask, params, out, dout):
 
 if AVAILABLE:
     _softmax = custom_op(_LIBRARY, "MaskedSoftmax", first_shape, first_dtype, _softmax_bprop)
-    _softmax_keep = custom_op(_LIBRARY, "MaskedSoftmax", first_shape, first_dtype, _softmax_keep_bprop)
-    _softmax_add = custom_op(_LIBRARY, "MaskedSoftmax", first_shape, first_dtype, _softmax_add_bprop)
+    _softmax_keep = custom_op(_LIBRARY, "MaskedSoftmaxKeep", first_shape, first_dtype, _softmax_keep_bprop)
+    _softmax_add = custom_op(_LIBRARY, "MaskedSoftmaxAdd", first_shape, first_dtype, _softmax_add_bprop)
 
 
 def masked_softmax(scores: Tensor, mask: Optional[Tensor], scale: float, queries: int,

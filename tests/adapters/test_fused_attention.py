@@ -1,8 +1,12 @@
-"""The fused CPU attention kernels (adapters/kernels/attention.py) against real torch:
-``F.scaled_dot_product_attention`` values and gradients (q, k, v and an additive mask) for
-bool / additive / causal masks, grouped-query attention, fully masked rows, padding masks and
-L != S, in PyNative and under ``mindspore.jit``, through the fused kernel and through the
-composite it falls back to (``MSMM_FUSED_KERNELS=0``)."""
+"""The fused CPU attention and rotary kernels (adapters/kernels/attention.py, rope.py) against
+real torch, in PyNative and under ``mindspore.jit``, through the fused kernel and through the
+composite it falls back to (``MSMM_FUSED_KERNELS=0``):
+
+- ``F.scaled_dot_product_attention`` values and gradients (q, k, v and an additive mask) for
+  bool / additive / causal masks, grouped-query attention, fully masked rows, padding masks
+  and L != S (decode, chunked prefill);
+- ``F.rotary_embedding`` (adapters only) against torch's ``x * cos + rotate_half(x) * sin``,
+  gradients w.r.t. x, cos and sin, with and without the head transpose."""
 from typing import Callable
 
 import mindspore as ms
@@ -12,9 +16,11 @@ import torch
 
 import adapters.torch.nn.functional as F_MS
 from adapters.kernels import attention as fused_attention
+from adapters.kernels import rope as fused_rope
 from tests.adapters.harness import MODES, randn
 
-pytestmark = pytest.mark.skipif(not fused_attention.AVAILABLE, reason="fused kernels off or not buildable")
+pytestmark = pytest.mark.skipif(not (fused_attention.AVAILABLE and fused_rope.AVAILABLE),
+                                reason="fused kernels off or not buildable")
 
 _KEEP: list = []  # compiled callables live for the session (MindSpore caches graphs by id())
 
@@ -133,3 +139,65 @@ def test_fallback_cases():
     assert not fused_attention.supports(q.astype(ms.float64), k, k, None)
     assert not fused_attention.supports(q, k, k, ms.Tensor(np.ones((1, 1, 3, 1), bool)))
     assert not fused_attention.supports(q[0], k[0], k[0], None)
+
+
+def _rotary_fused(x, cos, sin, transpose_heads):
+    assert fused_rope.supports(x, cos, sin, transpose_heads)
+    return F_MS.rotary_embedding(x, cos, sin, transpose_heads)
+
+
+def _rotary_composite(x, cos, sin, transpose_heads):
+    return F_MS._rotary_composite(x, cos, sin, transpose_heads)
+
+
+def _torch_rotary(x, cos, sin, transpose_heads):
+    if transpose_heads:
+        x, cos, sin = x.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1)
+    x1, x2 = torch.chunk(x, 2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+ROTARY_PATHS = {"fused": _rotary_fused, "composite": _rotary_composite}
+# name -> (x, cos, sin, transpose_heads)
+ROTARY_CASES = {
+    "heads_first_mrope": (randn(2, 5, 3, 8), randn(2, 5, 8, seed=1), randn(2, 5, 8, seed=2), True),
+    "heads_first_shared": (randn(2, 1, 3, 8), randn(1, 1, 8, seed=1), randn(1, 1, 8, seed=2), True),
+    "head_major": (randn(2, 3, 5, 8), randn(2, 1, 5, 8, seed=1), randn(2, 1, 5, 8, seed=2), False),
+    "vision_2d": (randn(1, 3, 6, 4), randn(6, 4, seed=1), randn(6, 4, seed=2), False),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", list(ROTARY_PATHS))
+@pytest.mark.parametrize("case", list(ROTARY_CASES))
+def test_rotary_matches_torch(case, path, mode):
+    _check(ROTARY_PATHS[path], _torch_rotary, ROTARY_CASES[case], mode)
+
+
+def test_rotary_fallback_cases():
+    """Per-head tables, odd head dims and float64 are left to the composite."""
+    x = ms.Tensor(randn(1, 3, 5, 8))
+    table = ms.Tensor(randn(5, 8))
+    assert fused_rope.supports(x, table, table, False)
+    assert not fused_rope.supports(x, ms.Tensor(randn(3, 5, 8)), ms.Tensor(randn(3, 5, 8)), False)
+    assert not fused_rope.supports(x[..., :7], table[:, :7], table[:, :7], False)
+    assert not fused_rope.supports(x.astype(ms.float64), table, table, False)
+
+
+def _three_softmaxes(x, keep, add):
+    return (fused_attention.masked_softmax(x, None, 0.5, 4) + fused_attention.masked_softmax(x, keep, 0.5, 4)
+            + fused_attention.masked_softmax(x, add, 0.5, 4))
+
+
+def _torch_three_softmaxes(x, keep, add):
+    scores = x * 0.5
+    masked = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
+    return torch.softmax(scores, -1) + masked + torch.softmax(scores + add, -1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_softmax_variants_in_one_graph(mode):
+    """Unmasked, bool and additive softmaxes in one graph (MindSpore once mixed up Custom ops
+    of one kernel name there) with their own gradients."""
+    _check(_three_softmaxes, _torch_three_softmaxes,
+           (randn(2, 3, 4, 6), _keep_mask((2, 1, 4, 6), 8), randn(1, 3, 4, 6, seed=9)), mode)

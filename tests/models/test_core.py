@@ -112,7 +112,7 @@ def test_transformer_config_rejects_inconsistent_shapes(kwargs, message):
 
 def test_cached_decode_matches_attention_without_cache():
     """Prompt through the cache (one-hot write), then one token through ``SelfAttention.decode``
-    (select write, grouped matmul, rotate_half as a matmul) equals the last row of plain causal
+    (select write, grouped-query sdpa, rotary with the head transpose) equals the last row of plain causal
     attention over the whole sequence (GQA, 4 heads over 2 groups, a left-padded row)."""
     torch.manual_seed(0)
     config = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, num_query_groups=2,

@@ -126,9 +126,10 @@ bool is_float32(const char* dtype) { return std::strcmp(dtype, "float32") == 0; 
 
 }  // namespace
 
+namespace {
+
 // inputs: x [B, G, R, S] float32, [mask [Bm, Gm, Lm, S] bool or float32], params [4]; output y.
-extern "C" int MaskedSoftmax(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                             void* stream, void* extra) {
+int masked_softmax(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes) {
   const bool masked = nparam == 4;
   if ((nparam != 3 && !masked) || ndims[0] != 4 || !is_float32(dtypes[0])) return 1;
   const int64_t* xs = shapes[0];
@@ -153,6 +154,26 @@ extern "C" int MaskedSoftmax(int nparam, void** params, int* ndims, int64_t** sh
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+// One entry point per Custom op: MindSpore's graph mode mixes up Custom ops of one function
+// name (a 2-input op's graph was called with 3 inputs).
+extern "C" int MaskedSoftmax(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                             void* stream, void* extra) {
+  return nparam == 3 ? masked_softmax(nparam, params, ndims, shapes, dtypes) : 1;
+}
+
+extern "C" int MaskedSoftmaxKeep(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                 void* stream, void* extra) {
+  return nparam == 4 && std::strcmp(dtypes[1], "bool") == 0 ? masked_softmax(nparam, params, ndims, shapes, dtypes)
+                                                            : 1;
+}
+
+extern "C" int MaskedSoftmaxAdd(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                                void* stream, void* extra) {
+  return nparam == 4 && is_float32(dtypes[1]) ? masked_softmax(nparam, params, ndims, shapes, dtypes) : 1;
 }
 
 // inputs: y, dy [B, G, R, S] float32, params [4] (only scale is read); output dx.

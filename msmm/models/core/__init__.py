@@ -4,7 +4,6 @@ from .attention import (
     cached_attention_mask,
     causal_attention_mask,
     dot_product_attention,
-    repeat_kv,
     segment_mask,
     write_cache,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "dot_product_attention",
     "gpt_layer_spec",
     "quick_gelu",
-    "repeat_kv",
     "rotate_half",
     "segment_mask",
     "write_cache",

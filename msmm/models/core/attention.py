@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from .config import TransformerConfig
 from .context_parallel import gather_keys, ring_attention, ring_attention_enabled
 from .parallel_linear import ColumnParallelLinear, RowParallelLinear
-from .rotary import apply_rotary
+from .rotary import apply_rotary_heads_first
 from .tensor_parallel import divide
 
 
@@ -79,14 +78,6 @@ def cached_attention_mask(
     return mask | (slots != 0).unsqueeze(1)
 
 
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[B, G, L, D] -> [B, G * n_rep, L, D], each key/value group repeated for its queries."""
-    if n_rep == 1:
-        return x
-    b, g, l, d = x.shape
-    return x.unsqueeze(2).expand(b, g, n_rep, l, d).reshape(b, g * n_rep, l, d)
-
-
 def dot_product_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -96,9 +87,8 @@ def dot_product_attention(
     scale: Optional[float] = None,
 ) -> torch.Tensor:
     """q [B, H, Lq, D], k/v [B, G, Lk, D] with H a multiple of G (GQA) -> [B, Lq, H * D]."""
-    n_rep = q.shape[1] // k.shape[1]
     out = F.scaled_dot_product_attention(
-        q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, dropout_p=dropout, scale=scale
+        q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
     b, h, l, d = out.shape
     return out.transpose(1, 2).reshape(b, l, h * d)
@@ -106,15 +96,12 @@ def dot_product_attention(
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention of one new token per row: q [B, H, 1, D] over k/v [B, G, S, D] (GQA), mask
-    bool [B|1, 1, 1, S] -> [B, 1, H * D]. The H / G queries of a group attend as one
-    batched matmul against the group's keys (no repeated copy of the cache), in fewer
-    kernels than ``scaled_dot_product_attention`` (every row keeps its own key: no
-    fully-masked rows to guard)."""
+    bool [B|1, 1, 1, S] -> [B, 1, H * D]. With L = 1 the head-major output is a reshape; the
+    cache is not repeated per query head (adapters' CPU kernel stacks a group's query heads
+    into one batched matmul against the group's keys, around its fused masked softmax)."""
     b, h, _, d = q.shape
-    g = k.shape[1]
-    scores = torch.matmul(q.reshape(b, g, h // g, d), k.transpose(-1, -2)) * (1.0 / math.sqrt(d))
-    scores = torch.where(mask, scores, float("-inf"))  # [B, G, H / G, S]
-    return torch.matmul(torch.softmax(scores, -1), v).reshape(b, 1, h * d)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h != k.shape[1])
+    return out.reshape(b, 1, h * d)
 
 
 class SelfAttention(nn.Module):
@@ -132,12 +119,6 @@ class SelfAttention(nn.Module):
         self.head_dim = config.kv_channels
         self.dropout = config.attention_dropout
         self._build_projections(config)
-        # rotate_half as a matmul (a signed permutation, exact): one kernel instead of chunk/neg/cat
-        half = self.head_dim // 2
-        rotation = np.zeros((self.head_dim, self.head_dim), np.float32)
-        rotation[np.arange(half) + half, np.arange(half)] = -1.0
-        rotation[np.arange(half), np.arange(half) + half] = 1.0
-        self.rotate_half = torch.tensor(rotation)
 
     def _build_projections(self, config: TransformerConfig) -> None:
         h, std = config.hidden_size, config.init_method_std
@@ -176,9 +157,8 @@ class SelfAttention(nn.Module):
         if cache is not None and x.shape[1] == 1:
             return self.decode(x, rotary, mask, cache)
         q, k, v = self.project_qkv(x)
-        cos, sin = rotary[0].unsqueeze(1), rotary[1].unsqueeze(1)
-        q = apply_rotary(q.transpose(1, 2), cos, sin)
-        k = apply_rotary(k.transpose(1, 2), cos, sin)
+        q = apply_rotary_heads_first(q, rotary[0], rotary[1])
+        k = apply_rotary_heads_first(k, rotary[0], rotary[1])
         v = v.transpose(1, 2)
         if cache is not None:
             k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v, cache[2])
@@ -207,13 +187,11 @@ class SelfAttention(nn.Module):
         cache: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     ):
         """``forward`` with a cache for one new token per row (x [B, 1, hidden]), in fewer
-        kernels: with L = 1 the head-major layout is a reshape, rotate_half a matmul, the
-        cache write a select, and attention ``decode_attention``. Same values as forward."""
-        b, h, g, d = x.shape[0], self.num_heads, self.num_groups, self.head_dim
+        kernels: with L = 1 the head-major layout of v is a reshape, the cache write a select,
+        and attention ``decode_attention``. Same values as forward."""
+        b, g, d = x.shape[0], self.num_groups, self.head_dim
         q, k, v = self.project_qkv(x)
-        cos, sin = rotary[0].unsqueeze(1).float(), rotary[1].unsqueeze(1).float()  # [B, 1, 1, D]
-        q, k = q.reshape(b, h, 1, d).float(), k.reshape(b, g, 1, d).float()
-        q = (q * cos + torch.matmul(q, self.rotate_half) * sin).to(x.dtype)
-        k = (k * cos + torch.matmul(k, self.rotate_half) * sin).to(x.dtype)
+        q = apply_rotary_heads_first(q, rotary[0], rotary[1])
+        k = apply_rotary_heads_first(k, rotary[0], rotary[1])
         k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v.reshape(b, g, 1, d), cache[2])
         return self.output(decode_attention(q, k, v, mask)), (k, v)

@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .rope_scaling import RopeScaling, scaled_inverse_frequencies
 
@@ -32,10 +33,24 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+# adapters (MindSpore) has a fused rotary kernel, F.rotary_embedding; torch has none
+_fused_rotary = getattr(F, "rotary_embedding", None)
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` [..., D] by angles whose cos/sin [..., D] broadcast against it; fp32 math."""
+    if _fused_rotary is not None:
+        return _fused_rotary(x, cos, sin)
     xf = x.float()
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+def apply_rotary_heads_first(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, L, H, D] by cos/sin [B|1, L, D] and move the heads first: [B, H, L, D]
+    (one kernel with adapters' fused rotary)."""
+    if _fused_rotary is not None:
+        return _fused_rotary(x, cos, sin, transpose_heads=True)
+    return apply_rotary(x.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1))
 
 
 def _cos_sin(freqs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
