@@ -579,24 +579,46 @@ class TorchToAdapters(GradModeRewrite, cst.CSTTransformer):
         return new
 
     def leave_BinaryOperation(self, original: cst.BinaryOperation, updated: cst.BinaryOperation):
-        call = original.left
-        if not (isinstance(original.operator, cst.Multiply) and isinstance(call, cst.Call)
-                and isinstance(call.func, (cst.Name, cst.Attribute))):
+        if not isinstance(original.operator, cst.Multiply):
             return updated
-        name = self._qualname(call.func)
-        if name not in rules.FUSED_PRODUCTS:
-            return updated
-        args = updated.left.args if isinstance(updated.left, cst.Call) else ()
-        if len(args) != 1 or args[0].keyword is not None or args[0].star:
+        found = self._fused_product(original, updated) or self._quick_gelu(original, updated)
+        if found is None:
             return updated  # correct as written, only not fused
-        target, why = rules.FUSED_PRODUCTS[name]
+        code, target, why = found
         try:
-            code = f"{self._torch(original)}.{target}({_arg_code(args[0])}, {_code(updated.right)})"
-            new = self._expression(original, code)
+            new = self._expression(original, f"{self._torch(original)}.{target}({code})")
         except _Skip:
             return updated
         self._changed(original, new, f"fused.{target.rsplit('.', 1)[-1]}", why)
         return new
+
+    def _fused_product(self, original: cst.BinaryOperation, updated: cst.BinaryOperation):
+        """`F.silu(a) * b` -> (arguments, target, why), else None."""
+        call = original.left
+        if not (isinstance(call, cst.Call) and isinstance(call.func, (cst.Name, cst.Attribute))
+                and self._qualname(call.func) in rules.FUSED_PRODUCTS):
+            return None
+        args = updated.left.args if isinstance(updated.left, cst.Call) else ()
+        if len(args) != 1 or args[0].keyword is not None or args[0].star:
+            return None
+        target, why = rules.FUSED_PRODUCTS[self._qualname(call.func)]
+        return f"{_arg_code(args[0])}, {_code(updated.right)}", target, why
+
+    def _quick_gelu(self, original: cst.BinaryOperation, updated: cst.BinaryOperation):
+        """`x * torch.sigmoid(1.702 * x)` (`x` a name or attribute) -> (arguments, target, why)."""
+        x, call = original.left, original.right
+        if not (isinstance(x, (cst.Name, cst.Attribute)) and isinstance(call, cst.Call)
+                and isinstance(call.func, (cst.Name, cst.Attribute))
+                and self._qualname(call.func) in rules.SIGMOIDS and len(call.args) == 1):
+            return None
+        scaled = call.args[0].value
+        if not (call.args[0].keyword is None and not call.args[0].star
+                and isinstance(scaled, cst.BinaryOperation) and isinstance(scaled.operator, cst.Multiply)
+                and isinstance(scaled.left, cst.Float) and scaled.left.value == rules.QUICK_GELU_SCALE
+                and _code(scaled.right) == _code(x)):
+            return None
+        target, why = rules.QUICK_GELU
+        return _code(updated.left), target, why
 
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute):
         if original.attr.value != "is_cuda" or self._is_module_ref(original.value):

@@ -202,6 +202,13 @@ FUSED_PRODUCTS: dict[str, tuple[str, str]] = {
         "is one fused kernel each way on CPU (silu(a) * b as written elsewhere)"),
 }
 
+# `x * torch.sigmoid(1.702 * x)` (HF's QuickGELUActivation, CLIP) -> `{torch}.nn.functional.quick_gelu(x)`
+SIGMOIDS = ("torch.sigmoid", "torch.nn.functional.sigmoid")
+QUICK_GELU_SCALE = "1.702"
+QUICK_GELU = ("nn.functional.quick_gelu",
+              "x * sigmoid(1.702 x) is three MindSpore kernels forward and more backward; adapters' "
+              "F.quick_gelu is one fused kernel each way on CPU (the same composite elsewhere)")
+
 # Top-level vendor packages: their imports are removed, their uses rewritten or reported.
 VENDOR_PACKAGES = ("torch_npu", "apex", "transformer_engine")
 VENDOR_WHY = "no adapters equivalent for this vendor API"

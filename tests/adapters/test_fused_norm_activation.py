@@ -151,13 +151,29 @@ def test_silu_mul_fallback_broadcasts(mode):
 def test_gelu(shape, mode):
     x, = _inputs(shape, scale=3.0)
     x.flat[:3] = [-30.0, 0.0, 30.0]
-    _check(activation.gelu, torch.nn.functional.gelu, [x], mode)
+    _check(F.gelu, torch.nn.functional.gelu, [x], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gelu_tanh_keeps_the_legacy_kernel(mode):
+    def tanh_gelu(x):
+        return F.gelu(x, approximate="tanh")
+
+    _check(tanh_gelu, lambda x: torch.nn.functional.gelu(x, approximate="tanh"), _inputs((3, 37)), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_quick_gelu(mode):
     x, = _inputs((3, 5, 37), scale=3.0)
-    _check(activation.quick_gelu, lambda x: x * torch.sigmoid(1.702 * x), [x], mode)
+    _check(F.quick_gelu, lambda x: x * torch.sigmoid(1.702 * x), [x], mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_quick_gelu_fallback(mode):
+    def composite(x):
+        return F._quick_gelu_composite(x)
+
+    _check(composite, lambda x: x * torch.sigmoid(1.702 * x), _inputs((3, 37)), mode)
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -41,6 +41,7 @@ CASES = [
      "fused.silu_mul"),
     ("y = torch.nn.functional.silu(a) * (b + 1) * 2", "y = torch.nn.functional.silu_mul(a, (b + 1)) * 2",
      "fused.silu_mul"),
+    ("y = x * torch.sigmoid(1.702 * x)", "y = torch.nn.functional.quick_gelu(x)", "fused.quick_gelu"),
     ("y = x.cuda()", "y = x", "device.cuda"),
     ("y = x.npu(0)", "y = x", "device.npu"),
     ("y = x.cpu().numpy()", "y = x.numpy()", "device.cpu"),

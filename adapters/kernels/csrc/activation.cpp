@@ -48,10 +48,10 @@ inline float exp_poly(float x) {
 #pragma omp declare simd notinbranch
 inline float sigmoid(float x) { return 1.f / (1.f + exp_poly(-x)); }
 
-// erf(x) by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7):
-// erf(|x|) = 1 - t * poly(t) * exp(-x^2), t = 1 / (1 + p |x|).
+// erf(x) by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), given exp(-x^2) (the GELU
+// backward needs it too): erf(|x|) = 1 - t * poly(t) * exp(-x^2), t = 1 / (1 + p |x|).
 #pragma omp declare simd notinbranch
-inline float erf_poly(float x) {
+inline float erf_poly(float x, float exp_minus_x2) {
   const float ax = x < 0.f ? -x : x;
   const float t = 1.f / (1.f + 0.3275911f * ax);
   float p = 1.061405429f;
@@ -59,7 +59,7 @@ inline float erf_poly(float x) {
   p = p * t + 1.421413741f;
   p = p * t - 0.284496736f;
   p = p * t + 0.254829592f;
-  const float e = 1.f - p * t * exp_poly(-ax * ax);
+  const float e = 1.f - p * t * exp_minus_x2;
   return x < 0.f ? -e : e;
 }
 
@@ -106,7 +106,10 @@ extern "C" int GeluErf(int nparam, void** params, int* ndims, int64_t** shapes, 
   float* y = static_cast<float*>(params[1]);
   const int64_t n = numel(ndims[0], shapes[0]);
 #pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
-  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.f + erf_poly(x[i] * kSqrtHalf));
+  for (int64_t i = 0; i < n; ++i) {
+    const float z = x[i] * kSqrtHalf;
+    y[i] = 0.5f * x[i] * (1.f + erf_poly(z, exp_poly(-z * z)));
+  }
   return 0;
 }
 
@@ -119,8 +122,10 @@ extern "C" int GeluErfGrad(int nparam, void** params, int* ndims, int64_t** shap
   const int64_t n = numel(ndims[0], shapes[0]);
 #pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
   for (int64_t i = 0; i < n; ++i) {
-    const float cdf = 0.5f * (1.f + erf_poly(x[i] * kSqrtHalf));
-    const float pdf = kInvSqrt2Pi * exp_poly(-0.5f * x[i] * x[i]);
+    const float z = x[i] * kSqrtHalf;
+    const float e = exp_poly(-z * z);  // exp(-x^2 / 2)
+    const float cdf = 0.5f * (1.f + erf_poly(z, e));
+    const float pdf = kInvSqrt2Pi * e;
     dx[i] = dy[i] * (cdf + x[i] * pdf);
   }
   return 0;

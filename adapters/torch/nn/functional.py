@@ -18,16 +18,15 @@ from mindspore.ops import constexpr
 from ...kernels import activation as fused_activation
 from ...kernels import norm as fused_norm
 from ...kernels import attention as fused_attention
-from ...kernels import rope as fused_rope
 from .._dispatch import kernel, register
 from .._dtype import finfo
 
 __all__ = [
     "linear", "conv2d", "conv3d",
     "layer_norm", "rms_norm", "group_norm", "normalize",
-    "gelu", "silu", "silu_mul", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
+    "gelu", "quick_gelu", "silu", "silu_mul", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
     "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
-    "scaled_dot_product_attention", "rotary_embedding",
+    "scaled_dot_product_attention",
     "interpolate", "pad", "embedding", "dropout", "one_hot", "pixel_shuffle", "pixel_unshuffle",
 ]
 
@@ -226,8 +225,11 @@ def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -
 
 
 # ---- activations ---------------------------------------------------------------------
-@register("gelu", "CPU", note="ops.gelu (legacy kernel)")
+@register("gelu", "CPU", note="exact GELU of float32: fused kernel (adapters/kernels/csrc/activation.cpp); "
+                              "else ops.gelu (legacy kernel)")
 def _gelu_cpu(input, approximate):
+    if fused_activation.AVAILABLE and approximate == "none" and _float32(input):
+        return fused_activation.gelu(input)
     return ops.gelu(input, approximate=approximate)
 
 
@@ -244,6 +246,35 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     return _gelu(input, approximate)
+
+
+def _quick_gelu_composite(input):
+    return input * ops.sigmoid(1.702 * input)
+
+
+@register("quick_gelu", "CPU", note="fused float32 kernel (adapters/kernels/csrc/activation.cpp); "
+                                    "else input * sigmoid(1.702 * input)")
+def _quick_gelu_cpu(input):
+    if fused_activation.AVAILABLE and _float32(input):
+        return fused_activation.quick_gelu(input)
+    return _quick_gelu_composite(input)
+
+
+@register("quick_gelu", "Ascend", tested=False, note="input * sigmoid(1.702 * input)")
+def _quick_gelu_ascend(input):
+    return _quick_gelu_composite(input)
+
+
+_quick_gelu = kernel("quick_gelu")
+
+
+def quick_gelu(input: Tensor) -> Tensor:
+    """``input * sigmoid(1.702 * input)`` (CLIP's GELU approximation), one fused kernel where the
+    device has it.
+
+    Not a torch function: auto_convert rewrites ``x * torch.sigmoid(1.702 * x)`` into it.
+    """
+    return _quick_gelu(input)
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
@@ -510,44 +541,6 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         raise ValueError(f"scaled_dot_product_attention: {query.shape[-3]} query heads are not a multiple "
                          f"of {key.shape[-3]} key/value heads")
     return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-
-
-def _rotary_composite(input, cos, sin, transpose_heads):
-    if transpose_heads:
-        input, cos, sin = ops.swapaxes(input, 1, 2), cos.expand_dims(-3), sin.expand_dims(-3)
-    x = input.astype(mindspore.float32)
-    x1, x2 = ops.chunk(x, 2, -1)
-    return (x * cos + ops.cat((-x2, x1), -1) * sin).astype(input.dtype)
-
-
-@register("rotary_embedding", "CPU",
-          note="fused float32 kernel (adapters/kernels/rope.py), with the head transpose; else composite")
-def _rotary_embedding_cpu(input, cos, sin, transpose_heads):
-    if fused_rope.supports(input, cos, sin, transpose_heads):
-        return fused_rope.rotary_embedding(input, cos, sin, transpose_heads)
-    return _rotary_composite(input, cos, sin, transpose_heads)
-
-
-@register("rotary_embedding", "Ascend", tested=False, note="composite")
-def _rotary_embedding_ascend(input, cos, sin, transpose_heads):
-    return _rotary_composite(input, cos, sin, transpose_heads)
-
-
-_rotary_embedding = kernel("rotary_embedding")
-
-
-def rotary_embedding(input: Tensor, cos: Tensor, sin: Tensor, transpose_heads: bool = False) -> Tensor:
-    """Rotary position embedding (not in torch): ``input * cos + rotate_half(input) * sin`` with
-    ``rotate_half(x) = cat(-x2, x1)`` over the halves of the last dim, in float32, cast back to
-    ``input``'s dtype; cos/sin broadcast against ``input``.
-
-    ``transpose_heads``: ``input`` is ``[B, L, H, D]``, cos/sin ``[B|1, L, D]``, and the result
-    is ``[B, H, L, D]``: the rotation of ``input.transpose(1, 2)`` by ``cos.unsqueeze(1)``, in one
-    kernel on CPU.
-    """
-    if transpose_heads and input.ndim != 4:
-        raise ValueError(f"rotary_embedding: transpose_heads needs input [B, L, H, D], got {input.ndim} dims")
-    return _rotary_embedding(input, cos, sin, transpose_heads)
 
 
 # ---- resampling and padding ----------------------------------------------------------
