@@ -18,6 +18,7 @@ from mindspore.ops import constexpr
 from ...kernels import activation as fused_activation
 from ...kernels import norm as fused_norm
 from ...kernels import attention as fused_attention
+from ...kernels import rope as fused_rope
 from .._dispatch import kernel, register
 from .._dtype import finfo
 
@@ -26,7 +27,7 @@ __all__ = [
     "layer_norm", "rms_norm", "group_norm", "normalize",
     "gelu", "quick_gelu", "silu", "silu_mul", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
     "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
-    "scaled_dot_product_attention",
+    "scaled_dot_product_attention", "rotary_embedding",
     "interpolate", "pad", "embedding", "dropout", "one_hot", "pixel_shuffle", "pixel_unshuffle",
 ]
 
@@ -541,6 +542,44 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         raise ValueError(f"scaled_dot_product_attention: {query.shape[-3]} query heads are not a multiple "
                          f"of {key.shape[-3]} key/value heads")
     return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def _rotary_composite(input, cos, sin, transpose_heads):
+    if transpose_heads:
+        input, cos, sin = ops.swapaxes(input, 1, 2), cos.expand_dims(-3), sin.expand_dims(-3)
+    x = input.astype(mindspore.float32)
+    x1, x2 = ops.chunk(x, 2, -1)
+    return (x * cos + ops.cat((-x2, x1), -1) * sin).astype(input.dtype)
+
+
+@register("rotary_embedding", "CPU",
+          note="fused float32 kernel (adapters/kernels/rope.py), with the head transpose; else composite")
+def _rotary_embedding_cpu(input, cos, sin, transpose_heads):
+    if fused_rope.supports(input, cos, sin, transpose_heads):
+        return fused_rope.rotary_embedding(input, cos, sin, transpose_heads)
+    return _rotary_composite(input, cos, sin, transpose_heads)
+
+
+@register("rotary_embedding", "Ascend", tested=False, note="composite")
+def _rotary_embedding_ascend(input, cos, sin, transpose_heads):
+    return _rotary_composite(input, cos, sin, transpose_heads)
+
+
+_rotary_embedding = kernel("rotary_embedding")
+
+
+def rotary_embedding(input: Tensor, cos: Tensor, sin: Tensor, transpose_heads: bool = False) -> Tensor:
+    """Rotary position embedding (not in torch): ``input * cos + rotate_half(input) * sin`` with
+    ``rotate_half(x) = cat(-x2, x1)`` over the halves of the last dim, in float32, cast back to
+    ``input``'s dtype; cos/sin broadcast against ``input``.
+
+    ``transpose_heads``: ``input`` is ``[B, L, H, D]``, cos/sin ``[B|1, L, D]``, and the result
+    is ``[B, H, L, D]``: the rotation of ``input.transpose(1, 2)`` by ``cos.unsqueeze(1)``, in one
+    kernel on CPU.
+    """
+    if transpose_heads and input.ndim != 4:
+        raise ValueError(f"rotary_embedding: transpose_heads needs input [B, L, H, D], got {input.ndim} dims")
+    return _rotary_embedding(input, cos, sin, transpose_heads)
 
 
 # ---- resampling and padding ----------------------------------------------------------
