@@ -16,12 +16,12 @@ _LIBRARY = library("norm", OPENMP)
 AVAILABLE = _LIBRARY is not None
 
 
-def _grad_shapes(*shapes):  # (x, [weight], eps, dy) -> dx, [dweight]
-    return (shapes[0], shapes[1]) if len(shapes) == 4 else shapes[0]
+def _rms_norm_grad_shapes(x, weight, eps, dy):  # -> dx, dweight
+    return x, weight
 
 
-def _grad_dtypes(*dtypes):
-    return (dtypes[0], dtypes[1]) if len(dtypes) == 4 else dtypes[0]
+def _rms_norm_grad_dtypes(x, weight, eps, dy):
+    return x, weight
 
 
 def _layer_norm_grad_shapes(x, weight, eps, dy):  # -> dx, dweight, dbias
@@ -33,7 +33,8 @@ def _layer_norm_grad_dtypes(x, weight, eps, dy):
 
 
 if AVAILABLE:
-    _rms_norm_grad = custom_op(_LIBRARY, "RmsNormGrad", _grad_shapes, _grad_dtypes)
+    _rms_norm_grad = custom_op(_LIBRARY, "RmsNormGrad", _rms_norm_grad_shapes, _rms_norm_grad_dtypes)
+    _rms_norm_unweighted_grad = custom_op(_LIBRARY, "RmsNormUnweightedGrad", first_shape, first_dtype)
     _layer_norm_grad = custom_op(_LIBRARY, "LayerNormGrad", _layer_norm_grad_shapes, _layer_norm_grad_dtypes)
 
 
@@ -43,7 +44,7 @@ def _rms_norm_bprop(x, weight, eps, out, dout):
 
 
 def _rms_norm_unweighted_bprop(x, eps, out, dout):
-    return _rms_norm_grad(x, eps, dout), ops.zeros_like(eps)
+    return _rms_norm_unweighted_grad(x, eps, dout), ops.zeros_like(eps)
 
 
 def _layer_norm_bprop(x, weight, bias, eps, out, dout):
@@ -53,7 +54,7 @@ def _layer_norm_bprop(x, weight, bias, eps, out, dout):
 
 if AVAILABLE:
     _rms_norm = custom_op(_LIBRARY, "RmsNorm", first_shape, first_dtype, _rms_norm_bprop)
-    _rms_norm_unweighted = custom_op(_LIBRARY, "RmsNorm", first_shape, first_dtype, _rms_norm_unweighted_bprop)
+    _rms_norm_unweighted = custom_op(_LIBRARY, "RmsNormUnweighted", first_shape, first_dtype, _rms_norm_unweighted_bprop)
     _layer_norm = custom_op(_LIBRARY, "LayerNorm", first_shape, first_dtype, _layer_norm_bprop)
 
 

@@ -83,6 +83,17 @@ def test_rms_norm_without_weight(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_rms_norm_with_and_without_weight_in_one_graph(mode):
+    def fused(x, w):
+        return F.rms_norm(x, (37,), w, 1e-6) + F.rms_norm(x * 2.0, (37,), None, 1e-5)
+
+    def reference(x, w):
+        return torch.nn.functional.rms_norm(x, (37,), w, 1e-6) + torch.nn.functional.rms_norm(x * 2.0, (37,), None, 1e-5)
+
+    _check(fused, reference, _inputs((3, 5, 37), (37,)), mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("eps", [1e-5, 1e-2])
 def test_layer_norm(shape, eps, mode):

@@ -77,12 +77,9 @@ class Partials {
   std::vector<float> data_;
 };
 
-}  // namespace
-
-// RmsNorm(x, [weight], eps) -> y = x * rsqrt(mean(x^2) + eps) [* weight]
-extern "C" int RmsNorm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                       void* stream, void* extra) {
-  const bool weighted = nparam == 4;
+// rms_norm(x, [weight], eps) -> y = x * rsqrt(mean(x^2) + eps) [* weight]
+int rms_norm(bool weighted, void** params, int* ndims, int64_t** shapes) {
+  const int nparam = weighted ? 4 : 3;
   const float* x = static_cast<const float*>(params[0]);
   const float* w = weighted ? static_cast<const float*>(params[1]) : nullptr;
   const float eps = *static_cast<const float*>(params[weighted ? 2 : 1]);
@@ -105,11 +102,9 @@ extern "C" int RmsNorm(int nparam, void** params, int* ndims, int64_t** shapes, 
   return 0;
 }
 
-// RmsNormGrad(x, [weight], eps, dy) -> dx, [dweight]
+// rms_norm_grad(x, [weight], eps, dy) -> dx, [dweight]
 //   g = dy * w;  dx = rstd * (g - x * rstd^2 * mean(g * x));  dw = sum_rows(dy * x * rstd)
-extern "C" int RmsNormGrad(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
-                           void* stream, void* extra) {
-  const bool weighted = nparam == 6;
+int rms_norm_grad(bool weighted, void** params, int* ndims, int64_t** shapes) {
   const float* x = static_cast<const float*>(params[0]);
   const float* w = weighted ? static_cast<const float*>(params[1]) : nullptr;
   const float eps = *static_cast<const float*>(params[weighted ? 2 : 1]);
@@ -152,6 +147,27 @@ extern "C" int RmsNormGrad(int nparam, void** params, int* ndims, int64_t** shap
   }
   if (weighted) partials.reduce_into(threads, 0, dw);
   return 0;
+}
+
+}  // namespace
+
+// One entry point per signature: graph mode mixes up Custom ops of one function name that
+// take different numbers of inputs.
+extern "C" int RmsNorm(int, void** params, int* ndims, int64_t** shapes, const char**, void*, void*) {
+  return rms_norm(true, params, ndims, shapes);
+}
+
+extern "C" int RmsNormUnweighted(int, void** params, int* ndims, int64_t** shapes, const char**, void*, void*) {
+  return rms_norm(false, params, ndims, shapes);
+}
+
+extern "C" int RmsNormGrad(int, void** params, int* ndims, int64_t** shapes, const char**, void*, void*) {
+  return rms_norm_grad(true, params, ndims, shapes);
+}
+
+extern "C" int RmsNormUnweightedGrad(int, void** params, int* ndims, int64_t** shapes, const char**, void*,
+                                     void*) {
+  return rms_norm_grad(false, params, ndims, shapes);
 }
 
 // LayerNorm(x, weight, bias, eps) -> y = (x - mean) * rsqrt(var + eps) * weight + bias
