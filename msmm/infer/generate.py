@@ -5,7 +5,7 @@ runs once through the decoder, writing every layer's keys and values into caches
 length (at least ``prompt + max_new_tokens``, a multiple of ``CACHE_BUCKET``); each new
 token then runs alone, written at its slot, attending over the whole cache under a mask.
 All shapes are fixed per bucket: on MindSpore the prompt embeddings (vision included), the
-prefill and the decode step are one compiled graph each, serving every prompt whose
+prefill and a block of decode steps are one compiled graph each, serving every prompt whose
 length falls in the same buckets.
 
 Generation calls model methods only: ``vision_token_ids``, ``embedding_inputs`` and
@@ -15,9 +15,12 @@ whose ``init_kv_cache``, ``get_input_embeddings`` and ``forward_with_cache`` run
 and the decode steps. A text ``CausalLM`` and the VLMs of ``msmm.models`` have them all.
 
 The loop uses the ``torch`` the model was imported with (real PyTorch, or
-``adapters.torch`` through the auto_convert hook). Greedy tokens are the graphs' argmax;
-sampling (temperature, top-k, top-p) and the repetition penalty run in numpy on the last
-logits, with HF ``generate`` semantics.
+``adapters.torch`` through the auto_convert hook). Tokens are chosen inside the graphs
+(``sampling``: greedy argmax, or temperature / top-k / top-p sampling, after the repetition
+penalty, with HF ``generate`` semantics) and fed to the next step there: one graph call runs
+``steps_per_call`` decode steps, and only token ids come back to the host, which applies the
+stop tokens per row. ``process_logits`` / ``choose`` are the same choice in numpy, for
+msmm-serve's per-request settings.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from msmm import runtime
+
+from . import sampling
 
 
 @dataclass
@@ -202,15 +207,83 @@ def decode_step(decoder: Any, torch: Any) -> Callable:
     return _graph(decoder, "decode", step, torch, 4)
 
 
+def decode_block(decoder: Any, torch: Any, steps: int, do_sample: bool, penalize: bool) -> Callable:
+    """``block(token [B, 1], position [B, 1] | [3, B, 1], index [B], mask [B, Lmax], seen [B, V],
+    controls [4], uniforms [B, steps], caches) -> (tokens [B, steps], the last token [B, 1],
+    position + steps, index + steps, seen, caches)``: ``steps`` decode steps in one call (one
+    graph on MindSpore, the steps unrolled), each token chosen on the device (``sampling``: the
+    argmax, or drawn with ``controls`` and the step's ``uniforms``; with ``penalize`` the
+    repetition penalty over ``seen`` first, and the token marked in it) and fed to the next
+    step. Only the ids leave the graph; a row that meets a stop token runs on, and the caller
+    drops its tokens after the stop (rows are independent: the other rows' tokens are as if
+    it had stopped)."""
+
+    def block(token, position, index, mask, seen, controls, uniforms, caches):
+        slots = torch.arange(mask.shape[1]).unsqueeze(0)
+        embed = decoder.get_input_embeddings()
+        tokens = ()
+        for i in range(steps):
+            slot = (slots == index.unsqueeze(1)).float().unsqueeze(1)  # [B, 1, Lmax]
+            logits, caches = decoder.forward_with_cache(embed(token), position, mask, caches, slot)
+            # rebuilt as a fresh tuple: MindSpore (2.10) mis-indexes the nested tuple a cell call
+            # returns when the next unrolled call takes it as it is
+            caches = tuple((kv[0], kv[1]) for kv in caches)
+            if penalize:
+                logits = sampling.penalize(torch, logits, seen, controls[3])
+            if do_sample:
+                token = sampling.sample(torch, logits, controls, uniforms[:, i])
+            else:
+                token = torch.argmax(logits, -1, keepdim=True)
+            if penalize:
+                seen = sampling.mark_seen(torch, seen, token)
+            tokens = tokens + (token,)
+            position, index = position + 1, index + 1
+        return torch.cat(tokens, 1), token, position, index, seen, caches
+
+    return _graph(decoder, f"decode_block({steps}, sample={do_sample}, penalize={penalize})", block, torch, 7)
+
+
+def first_token_step(decoder: Any, torch: Any, do_sample: bool, penalize: bool) -> Callable:
+    """``pick(logits [B, V], seen [B, V], controls [4], uniform [B]) -> (token [B, 1], seen)``:
+    the prompt's next token chosen as ``decode_block`` chooses (one small graph on MindSpore)."""
+
+    def pick(logits, seen, controls, uniform):
+        if penalize:
+            logits = sampling.penalize(torch, logits, seen, controls[3])
+        if do_sample:
+            token = sampling.sample(torch, logits, controls, uniform)
+        else:
+            token = torch.argmax(logits, -1, keepdim=True)
+        if penalize:
+            seen = sampling.mark_seen(torch, seen, token)
+        return token, seen
+
+    return _graph(decoder, f"first_token(sample={do_sample}, penalize={penalize})", pick, torch)
+
+
 def _on_host(config: GenerationConfig) -> bool:
-    """Whether tokens are chosen on the host from the logits (else: the graph's argmax)."""
+    """Whether msmm-serve chooses a request's tokens on the host from the logits (else: the
+    graph's argmax)."""
     return config.do_sample or config.repetition_penalty != 1.0
 
 
-def cache_length(prompt_length: int, max_new_tokens: int) -> int:
-    """The KV-cache length for a prompt and ``max_new_tokens``: at least the padded prompt and
-    every new token, rounded up to a multiple of ``CACHE_BUCKET``."""
-    return -(-max(prompt_bucket(prompt_length), prompt_length + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+STEPS_PER_CALL = 8  # decode steps per graph call when tokens are not streamed (generate)
+
+
+def steps_per_call(streaming: bool) -> int:
+    """How many decode steps one graph call runs: the one place that chooses. A streamed answer
+    (msmm-infer, msmm-chat) takes 1, so each token shows as soon as it exists; ``generate``
+    takes ``STEPS_PER_CALL`` (fewer graph launches and host round trips). msmm-serve runs
+    ``decode_step`` (rows join and leave between steps)."""
+    return 1 if streaming else STEPS_PER_CALL
+
+
+def cache_length(prompt_length: int, max_new_tokens: int, steps: int = 1) -> int:
+    """The KV-cache length for a prompt and ``max_new_tokens`` decoded ``steps`` per call: at
+    least the padded prompt and every token the decode calls write (the last call may run
+    past ``max_new_tokens``), rounded up to a multiple of ``CACHE_BUCKET``."""
+    decoded = -(-max(max_new_tokens - 1, 0) // steps) * steps
+    return -(-max(prompt_bucket(prompt_length), prompt_length + 1 + decoded) // CACHE_BUCKET) * CACHE_BUCKET
 
 
 @dataclass
@@ -249,45 +322,55 @@ def prefill(model: Any, input_ids: np.ndarray, attention_mask: np.ndarray, total
 
 
 def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
-                    config: GenerationConfig = GenerationConfig(), **vision: Any) -> Iterator[np.ndarray]:
-    """Yields the next token ids [B] one step at a time (rows that stopped yield pad)."""
+                    config: GenerationConfig = GenerationConfig(), steps: Optional[int] = None,
+                    **vision: Any) -> Iterator[np.ndarray]:
+    """Yields the next token ids [B] one at a time (rows that stopped yield pad). ``steps``
+    decode steps run per graph call (default ``steps_per_call(streaming=True)``): a call's
+    tokens are yielded together when it returns."""
     torch = torch_of(model)
+    steps = steps or steps_per_call(streaming=True)
     input_ids = np.asarray(input_ids, np.int64)
     b, l = input_ids.shape
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int64)
     rng = np.random.default_rng(config.seed)
-    on_host = _on_host(config)
+    penalize = config.repetition_penalty != 1.0
     stop = np.asarray(list(config.stop_token_ids), np.int64)
-    total = cache_length(l, config.max_new_tokens)
+    total = cache_length(l, config.max_new_tokens, steps)
     with torch.no_grad():
         state = prefill(model, input_ids, attention_mask, total, **vision)
-        logits, greedy, caches = state.logits, state.greedy, state.caches
+        vocab = state.logits.shape[-1]
+        controls = torch.tensor(sampling.controls(config))
+        seen = torch.tensor(sampling.presence(input_ids, vocab) if penalize else np.zeros((b, 1), np.float32))
+        if config.do_sample or penalize:
+            pick = first_token_step(state.decoder, torch, config.do_sample, penalize)
+            fed, seen = pick(state.logits, seen, controls, torch.tensor(rng.random(b, np.float32)))
+        else:
+            fed = state.greedy
+        tokens = _numpy(fed)
         mask = torch.tensor(np.concatenate([attention_mask, np.ones((b, total - l), np.int64)], 1))
-        step_fn = decode_step(state.decoder, torch)
-        seen = input_ids
-        done = np.zeros(b, bool)
-        token = choose(process_logits(_numpy(logits), seen, config), config, rng) if on_host else _numpy(greedy)[:, 0]
+        block = decode_block(state.decoder, torch, steps, config.do_sample, penalize)
         position = torch.tensor(state.next_position[..., None])  # [B, 1] | [3, B, 1]
         index = torch.tensor(np.full(b, l, np.int64))
-        fed = torch.tensor(token[:, None].astype(np.int64)) if on_host else greedy
-        for step in range(config.max_new_tokens):
-            token = np.where(done, config.pad_token_id, token)
-            done |= np.isin(token, stop)
-            yield token
-            if done.all() or step + 1 == config.max_new_tokens:
-                return
-            logits, greedy, position, index, caches = step_fn(fed, position, index, mask, caches)
-            if on_host:
-                seen = np.concatenate([seen, token[:, None]], 1)
-                token = choose(process_logits(_numpy(logits), seen, config), config, rng)
-                fed = torch.tensor(token[:, None].astype(np.int64))
-            else:  # greedy: the graph's argmax is the next token and goes back in as it is
-                fed = greedy
-                token = _numpy(greedy)[:, 0]
+        caches, no_uniforms = state.caches, torch.tensor(np.zeros((b, steps), np.float32))
+        done = np.zeros(b, bool)
+        produced = 0
+        while True:
+            for token in tokens.T:
+                token = np.where(done, config.pad_token_id, token)
+                done |= np.isin(token, stop)
+                produced += 1
+                yield token
+                if done.all() or produced == config.max_new_tokens:
+                    return
+            # drawn step by step (each step a number per row): the same tokens whatever the steps per call
+            uniforms = torch.tensor(rng.random((steps, b), np.float32).T.copy()) if config.do_sample else no_uniforms
+            out, fed, position, index, seen, caches = block(fed, position, index, mask, seen, controls, uniforms,
+                                                            caches)
+            tokens = _numpy(out)
 
 
 def generate(model: Any, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None,
              config: GenerationConfig = GenerationConfig(), **vision: Any) -> np.ndarray:
     """New token ids [B, T] (T <= max_new_tokens; rows that stopped early are padded)."""
-    steps = list(generate_stream(model, input_ids, attention_mask, config, **vision))
+    steps = list(generate_stream(model, input_ids, attention_mask, config, steps_per_call(streaming=False), **vision))
     return np.stack(steps, 1) if steps else np.zeros((len(input_ids), 0), np.int64)
