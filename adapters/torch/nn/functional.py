@@ -16,8 +16,9 @@ from mindspore import Tensor, mint, ops
 from mindspore.ops import constexpr
 
 from ...kernels import activation as fused_activation
-from ...kernels import norm as fused_norm
 from ...kernels import attention as fused_attention
+from ...kernels import gemv as fused_gemv
+from ...kernels import norm as fused_norm
 from ...kernels import rope as fused_rope
 from .._dispatch import kernel, register
 from .._dtype import finfo
@@ -39,9 +40,25 @@ def _ntuple(value: _IntOrTuple, n: int) -> Tuple[int, ...]:
 
 
 # ---- linear and convolution ----------------------------------------------------------
+@register("linear", "CPU", note="fused float32 GEMV for at most 8 rows (decoding; adapters/kernels/csrc/gemv.cpp); "
+                               "else mint linear")
+def _linear_cpu(input, weight, bias):
+    if fused_gemv.serves(input, weight, bias):
+        return fused_gemv.linear(input, weight, bias)
+    return mint.nn.functional.linear(input, weight, bias)
+
+
+@register("linear", "Ascend", tested=False, note="mint linear")
+def _linear_ascend(input, weight, bias):
+    return mint.nn.functional.linear(input, weight, bias)
+
+
+_linear = kernel("linear")
+
+
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``input @ weight.T + bias``; weight is ``[out_features, in_features]``."""
-    return mint.nn.functional.linear(input, weight, bias)
+    return _linear(input, weight, bias)
 
 
 def _conv_padding(padding: Union[str, _IntOrTuple], kernel_size: Tuple[int, ...],
