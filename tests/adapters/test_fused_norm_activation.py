@@ -130,6 +130,17 @@ def test_norm_fallbacks(mode):
     _check(layer_norm, lambda x, w, b: torch.nn.functional.layer_norm(x, (37,), w, b, 1e-5), [x, w, b], mode)
 
 
+def test_non_contiguous_views():
+    """A transposed view reaches the kernels as the values it shows (MindSpore copies it first)."""
+    x, = _inputs((4, 16, 6))
+    view = ms.mint.transpose(ms.Tensor(x), 1, 2)
+    want = torch.tensor(x).transpose(1, 2)
+    np.testing.assert_allclose(F.rms_norm(view, (16,), None, 1e-6).asnumpy(),
+                               torch.nn.functional.rms_norm(want, (16,), None, 1e-6).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(F.silu_mul(view, view).asnumpy(),
+                               (torch.nn.functional.silu(want) * want).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_rms_norm_other_dtypes_and_shapes_use_the_composite():
     x, w = _inputs((2, 3, 8), (3, 8))
     got = F.rms_norm(ms.Tensor(x), (3, 8), ms.Tensor(w), 1e-6).asnumpy()
