@@ -302,7 +302,8 @@ def silu(input: Tensor, inplace: bool = False) -> Tensor:
 @register("silu_mul", "CPU", note="fused float32 kernel (adapters/kernels/csrc/activation.cpp) for operands "
                                   "of one shape; else silu(input) * other")
 def _silu_mul_cpu(input, other):
-    if fused_activation.AVAILABLE and input.shape == other.shape and _float32(input) and _float32(other):
+    if fused_activation.AVAILABLE and isinstance(other, Tensor) and input.shape == other.shape \
+            and _float32(input) and _float32(other):
         return fused_activation.silu_mul(input, other)
     return ops.silu(input) * other
 
