@@ -1,59 +1,61 @@
-"""Samples/s of msmm's data preprocessing against the HF processors (transformers 4.53).
+"""msmm's image preprocessing against the HF processors (transformers 4.53, the slow PIL-based
+ones: the fast ones need torchvision), per stage and end to end, one thread each.
 
-Both sides read the same generated JPEGs of mixed sizes from disk, preprocess the image
-(InternVL tiling / Qwen2-VL patches / CLIP crop), render and tokenise the conversation with
-the vision tokens expanded, and pad a batch:
+Three peers, each run in its own fresh process (none imports MindSpore; asserted):
 
-* msmm: ``MultimodalDataset.get`` + ``PaddingCollator`` through ``DataLoader``;
-* HF: ``processor(text=apply_chat_template(...), images=..., padding=True)`` with the slow
-  (PIL) image processors -- the fast ones need torchvision -- in the same number of worker
-  processes (``multiprocessing.Pool.imap`` over batches), batches returned to the main
-  process through shared memory like msmm's.
+* ``hf``: ``GotOcr2ImageProcessor`` (InternVL tiles), ``Qwen2VLImageProcessor``,
+  ``LlavaImageProcessor`` (CLIP 336 with pad-to-square);
+* ``msmm_pil``: msmm's transforms with ``MSMM_FUSED_KERNELS=0``: PIL's resize, then the
+  normalisation table and the layout copy in numpy (msmm before the resize kernel);
+* ``msmm``: msmm's transforms with the resize kernel (``msmm/data/csrc/resize.cpp``):
+  resize + rescale/normalise + tile/patch/crop layout in one pass.
 
-    python benchmarks/data_pipeline.py --images 200 --workers 2 --output benchmarks/data_pipeline.json
+All three produce the same pixel values bit for bit (tests/data/test_image_processing.py).
+
+``stages``: per image of each size class (JPEGs written here, upscaled and downscaled, square,
+tall and panoramic), the median milliseconds of decode (``Image.open`` + ``load`` +
+``convert("RGB")``), resize (time inside PIL's ``Image.resize``), rescale + normalise (HF's
+``rescale`` and ``normalize``; msmm's table look-up), the fused kernel call, and the rest
+(patchify / tiling / crop / pad / conversions between PIL and numpy).
+``pipeline``: samples/s of the whole data path: image decode and preprocessing, chat template
+and tokenisation with the vision tokens expanded, padding a batch of 8 (msmm:
+``MultimodalDataset`` + ``PaddingCollator`` through ``DataLoader``; HF: ``processor(text=...,
+images=..., padding=True)``), in the main process (workers 0) unless ``--workers`` adds more.
+
+Peers alternate run by run; each figure is the median over ``--repeats`` runs. Thread pools
+are held to one thread (``TOKENIZERS_PARALLELISM=false``, ``RAYON_NUM_THREADS=1``,
+``OMP_NUM_THREADS=1``): HF's image processors are single-threaded, so is msmm's kernel.
+
+    python benchmarks/data_pipeline.py --output benchmarks/data_pipeline.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable, Dict, List
 
 import numpy as np
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "data")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "data"), os.path.dirname(os.path.abspath(__file__))]
 
-from transformers import (  # noqa: E402
-    CLIPImageProcessor,
-    GotOcr2ImageProcessor,
-    InternVLProcessor,
-    LlavaProcessor,
-    Qwen2VLImageProcessor,
-    Qwen2VLProcessor,
-)
+from _env import machine  # noqa: E402  (reads /proc only: no torch, no MindSpore)
 
-from msmm.data.collate import PaddingCollator  # noqa: E402
-from msmm.data.dataset import InternVLVision, LlavaVision, MultimodalDataset, Qwen2VLVision  # noqa: E402
-from msmm.data.image_processing import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    CLIPImageTransform,
-    InternVLImageTransform,
-    Qwen2VLImageTransform,
-)
-from msmm.data.loader import DataLoader, share_batch, unshare_batch  # noqa: E402
-from msmm.data.records import Message, Record  # noqa: E402
-from msmm.data.sampler import EpochSampler  # noqa: E402
-from msmm.data.templates import TEMPLATES, ConversationEncoder  # noqa: E402
-from msmm.data.video import InternVLFrameSampler, Qwen2VLFrameSampler  # noqa: E402
-from tokenizers_for_tests import qwen2_tokenizer  # noqa: E402  (real Qwen2 vocabulary, offline)
-
+PEERS = {"hf": {}, "msmm_pil": {"MSMM_FUSED_KERNELS": "0"}, "msmm": {"MSMM_FUSED_KERNELS": "1"}}
+ONE_THREAD = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+FAMILIES = ("internvl", "qwen2vl", "llava")
+# (name, width, height): upscaled, VGA, HD, large, tall, panorama
+SIZE_CLASSES = [("small 320x240", 320, 240), ("vga 640x480", 640, 480), ("hd 1280x720", 1280, 720),
+                ("large 2048x1536", 2048, 1536), ("tall 600x1800", 600, 1800), ("panorama 2400x480", 2400, 480)]
+STAGES = ("decode", "resize", "rescale_normalize", "fused_resize_normalize_layout", "other")
 BATCH = 8
 MAX_TILES = 6
 QWEN_MAX_PIXELS = 28 * 28 * 1024
@@ -67,22 +69,119 @@ VICUNA = ("{{ bos_token }}{{ default_system }}{{ ' ' }}{% for m in messages %}{%
           "USER: {{ m['content'] }} {% else %}ASSISTANT: {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
 
 
-def make_images(folder: str, count: int, seed: int = 0) -> list[str]:
-    """``count`` JPEGs, 160-1600 px a side, gradients + noise."""
+def write_image(path: str, width: int, height: int, rng: np.random.Generator) -> str:
+    """A JPEG of gradients, stripes and noise."""
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + 2 * y) % 256], -1)
+    pixels = np.clip(pixels + rng.integers(-30, 30, pixels.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def make_images(folder: str, per_class: int, mixed: int, seed: int = 0) -> Dict[str, List[str]]:
+    """``per_class`` images of each size class, and ``mixed`` of random sizes (160-1600 px a side)."""
     rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        width, height = (int(v) for v in rng.integers(160, 1600, 2))
-        y, x = np.mgrid[0:height, 0:width]
-        pixels = np.stack([x * 255 // width, y * 255 // height, (x + 2 * y) % 256], -1)
-        pixels = np.clip(pixels + rng.integers(-30, 30, pixels.shape), 0, 255).astype(np.uint8)
-        path = os.path.join(folder, f"{i:04d}.jpg")
-        Image.fromarray(pixels).save(path, quality=90)
-        paths.append(path)
-    return paths
+    images = {name: [write_image(os.path.join(folder, f"{name.split()[0]}{i}.jpg"), w, h, rng) for i in range(per_class)]
+              for name, w, h in SIZE_CLASSES}
+    sizes = rng.integers(160, 1600, (mixed, 2))
+    images["mixed"] = [write_image(os.path.join(folder, f"mixed{i:03d}.jpg"), int(w), int(h), rng) for i, (w, h) in enumerate(sizes)]
+    return images
+
+
+# ----------------------------------------------------------------------------- peers (run in workers)
+
+
+def hf_image_processor(family: str):
+    from transformers import GotOcr2ImageProcessor, LlavaImageProcessor, Qwen2VLImageProcessor
+
+    from msmm.data.image_processing import IMAGENET_MEAN, IMAGENET_STD
+
+    if family == "internvl":
+        return GotOcr2ImageProcessor(size={"height": 448, "width": 448}, crop_to_patches=True, max_patches=MAX_TILES,
+                                     image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    if family == "qwen2vl":
+        return Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=QWEN_MAX_PIXELS)
+    return LlavaImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_pad=True)
+
+
+def msmm_transform(family: str):
+    from msmm.data.image_processing import CLIPImageTransform, InternVLImageTransform, Qwen2VLImageTransform
+
+    if family == "internvl":
+        return InternVLImageTransform(448, 1, MAX_TILES)
+    if family == "qwen2vl":
+        return Qwen2VLImageTransform(56 * 56, QWEN_MAX_PIXELS)
+    return CLIPImageTransform(336, 336, pad_to_square=True)
+
+
+class StageTimer:
+    """Seconds spent inside wrapped methods, by stage (the outermost wrapped call counts)."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+        self._depth = 0
+
+    def wrap(self, owner, name: str, stage: str) -> None:
+        method = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+
+def stage_worker(peer: str, family: str, images: Dict[str, List[str]], passes: int) -> dict:
+    """Per size class, per stage: median milliseconds per image over the images and passes."""
+    timer = StageTimer()
+    timer.wrap(Image.Image, "resize", "resize")
+    if peer == "hf":
+        from transformers.image_processing_utils import BaseImageProcessor
+
+        processor = hf_image_processor(family)
+        timer.wrap(BaseImageProcessor, "rescale", "rescale_normalize")
+        timer.wrap(BaseImageProcessor, "normalize", "rescale_normalize")
+
+        def decode(path: str) -> Image.Image:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+
+        run: Callable = lambda image: processor(images=image, return_tensors="np")  # noqa: E731
+    else:
+        from msmm.data.image_processing import PixelNormalizer, load_image
+        from msmm.data.resize import NativeResize, native
+
+        assert (native() is not None) == (peer == "msmm"), f"{peer}: resize kernel {'missing' if native() is None else 'on'}"
+        decode, run = load_image, msmm_transform(family)
+        timer.wrap(PixelNormalizer, "__call__", "rescale_normalize")
+        timer.wrap(NativeResize, "resize_normalize", "fused_resize_normalize_layout")
+    samples: Dict[str, Dict[str, List[float]]] = {}
+    for _ in range(passes):
+        for size_class, paths in images.items():
+            for path in paths:
+                start = time.perf_counter()
+                image = decode(path)
+                decoded = time.perf_counter()
+                timer.seconds.clear()
+                run(image)
+                total = time.perf_counter() - decoded
+                stages = {"decode": decoded - start, **timer.seconds}
+                stages["other"] = total - sum(timer.seconds.values())
+                stages["total"] = total + stages["decode"]
+                for stage, seconds in stages.items():
+                    samples.setdefault(size_class, {}).setdefault(stage, []).append(seconds * 1e3)
+    return {size_class: {stage: statistics.median(v) for stage, v in by_stage.items()} for size_class, by_stage in samples.items()}
 
 
 def tokenizer_for(family: str):
+    from tokenizers_for_tests import qwen2_tokenizer  # the real Qwen2 vocabulary, offline
+
     tok = qwen2_tokenizer()
     if family == "llava":
         tok = tok.__class__(tokenizer_object=tok.backend_tokenizer.__class__.from_str(tok.backend_tokenizer.to_str()),
@@ -91,108 +190,170 @@ def tokenizer_for(family: str):
     return tok
 
 
-def msmm_dataset(family: str, paths: list[str], tokenizer) -> tuple[MultimodalDataset, int]:
-    records = [Record([Message("user", QUESTION), Message("assistant", ANSWER)], [p], [], p) for p in paths]
-    if family == "internvl":
-        vision = InternVLVision(InternVLImageTransform(448, 1, MAX_TILES), InternVLFrameSampler(), 256)
-        template = "internvl2_5"
-    elif family == "qwen2vl":
-        t = Qwen2VLImageTransform(56 * 56, QWEN_MAX_PIXELS)
-        vision, template = Qwen2VLVision(t, t, Qwen2VLFrameSampler()), "qwen2vl"
-    else:
-        vision, template = LlavaVision(CLIPImageTransform(336, 336, pad_to_square=True)), "llava-v1"
-    encoder = ConversationEncoder(tokenizer, template, family)
-    return MultimodalDataset(records, encoder, vision), tokenizer.pad_token_id
+def hf_pipeline(family: str, paths: List[str], workers: int) -> float:
+    """Samples/s of ``processor(text, images, padding=True)`` over batches of BATCH."""
+    import multiprocessing
 
+    from transformers import InternVLProcessor, LlavaProcessor, Qwen2VLProcessor
 
-def hf_processor(family: str, tokenizer):
-    if family == "internvl":
-        InternVLProcessor.video_processor_class = "GotOcr2ImageProcessor"  # no torchvision: no video processor
-        ip = GotOcr2ImageProcessor(size={"height": 448, "width": 448}, crop_to_patches=True, max_patches=MAX_TILES,
-                                   image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-        return InternVLProcessor(image_processor=ip, tokenizer=tokenizer, video_processor=ip, image_seq_length=256)
-    if family == "qwen2vl":
-        Qwen2VLProcessor.video_processor_class = "Qwen2VLImageProcessor"
-        ip = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=QWEN_MAX_PIXELS)
-        return Qwen2VLProcessor(image_processor=ip, tokenizer=tokenizer, video_processor=ip)
-    ip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    return LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1)
+    from msmm.data.loader import unshare_batch
+    from msmm.data.templates import TEMPLATES
 
+    def processor_for(tok):
+        ip = hf_image_processor(family)
+        if family == "internvl":
+            InternVLProcessor.video_processor_class = "GotOcr2ImageProcessor"  # no torchvision: no video processor
+            return InternVLProcessor(image_processor=ip, tokenizer=tok, video_processor=ip, image_seq_length=256)
+        if family == "qwen2vl":
+            Qwen2VLProcessor.video_processor_class = "Qwen2VLImageProcessor"
+            return Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=ip)
+        return LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                              num_additional_image_tokens=1)
 
-_HF: dict = {}
-
-
-def _hf_init(family: str, in_worker: bool = False) -> None:
     tok = tokenizer_for(family)
-    _HF["in_worker"] = in_worker
-    _HF["family"], _HF["processor"], _HF["tokenizer"] = family, hf_processor(family, tok), tok
-
-
-def _hf_batch(paths: list[str]) -> dict:
-    family, processor, tok = _HF["family"], _HF["processor"], _HF["tokenizer"]
+    processor = processor_for(tok)
     marker = {"internvl": "<IMG_CONTEXT>", "qwen2vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>"}[family]
-    template = VICUNA if family == "llava" else CHATML
     name = {"internvl": "internvl2_5", "qwen2vl": "qwen2vl", "llava": "llava-v1"}[family]
     conversation = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": ANSWER}]
-    text = tok.apply_chat_template(conversation, chat_template=template, tokenize=False, image_marker=marker,
-                                   default_system=TEMPLATES[name].default_system)
-    images = []
-    for p in paths:
-        with Image.open(p) as im:
-            images.append(im.convert("RGB"))
-    if family == "llava":  # LLaVA-1.5 pad-to-square, as msmm's side does
-        processor.image_processor.do_pad = True
-    out = processor(text=[text] * len(paths), images=images, padding=True, return_tensors="np", add_special_tokens=False)
-    batch = {k: np.asarray(v) for k, v in out.items()}
-    return share_batch(batch) if _HF.get("in_worker") else batch
+    text = tok.apply_chat_template(conversation, chat_template=VICUNA if family == "llava" else CHATML, tokenize=False,
+                                   image_marker=marker, default_system=TEMPLATES[name].default_system)
 
+    def batch(chunk: List[str]) -> dict:
+        images = []
+        for path in chunk:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        out = processor(text=[text] * len(chunk), images=images, padding=True, return_tensors="np", add_special_tokens=False)
+        return {k: np.asarray(v) for k, v in out.items()}
 
-def run_hf(family: str, paths: list[str], workers: int) -> float:
-    batches = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
+    chunks = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
     start = time.perf_counter()
     if workers == 0:
-        _hf_init(family)
-        n = sum(len(b["input_ids"]) for b in map(_hf_batch, batches))
+        n = sum(len(b["input_ids"]) for b in map(batch, chunks))
     else:  # batches come back through shared memory, as msmm's DataLoader returns them
-        with multiprocessing.get_context("fork").Pool(workers, _hf_init, (family, True)) as pool:
-            n = sum(len(unshare_batch(b)["input_ids"]) for b in pool.imap(_hf_batch, batches))
+        _FORKED["batch"] = batch
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            n = sum(len(unshare_batch(b)["input_ids"]) for b in pool.imap(_shared_batch, chunks))
     return n / (time.perf_counter() - start)
 
 
-def run_msmm(family: str, paths: list[str], workers: int) -> float:
+_FORKED: Dict[str, Callable] = {}  # the batch function, inherited by forked pool workers
+
+
+def _shared_batch(chunk: List[str]) -> dict:
+    from msmm.data.loader import share_batch
+
+    return share_batch(_FORKED["batch"](chunk))
+
+
+def msmm_pipeline(family: str, paths: List[str], workers: int) -> float:
+    """Samples/s of ``MultimodalDataset`` + ``PaddingCollator`` through ``DataLoader``."""
+    from msmm.data.collate import PaddingCollator
+    from msmm.data.dataset import InternVLVision, LlavaVision, MultimodalDataset, Qwen2VLVision
+    from msmm.data.loader import DataLoader
+    from msmm.data.records import Message, Record
+    from msmm.data.sampler import EpochSampler
+    from msmm.data.templates import ConversationEncoder
+    from msmm.data.video import InternVLFrameSampler, Qwen2VLFrameSampler
+
     tok = tokenizer_for(family)
-    dataset, pad_id = msmm_dataset(family, paths, tok)
-    loader = DataLoader(dataset, EpochSampler(len(dataset), shuffle=False), PaddingCollator(pad_id), BATCH, workers, drop_last=False)
+    transform = msmm_transform(family)
+    if family == "internvl":
+        vision, template = InternVLVision(transform, InternVLFrameSampler(), 256), "internvl2_5"
+    elif family == "qwen2vl":
+        vision, template = Qwen2VLVision(transform, transform, Qwen2VLFrameSampler()), "qwen2vl"
+    else:
+        vision, template = LlavaVision(transform), "llava-v1"
+    records = [Record([Message("user", QUESTION), Message("assistant", ANSWER)], [p], [], p) for p in paths]
+    dataset = MultimodalDataset(records, ConversationEncoder(tok, template, family), vision)
+    loader = DataLoader(dataset, EpochSampler(len(dataset), shuffle=False), PaddingCollator(tok.pad_token_id), BATCH,
+                        workers, drop_last=False)
     start = time.perf_counter()
     n = sum(len(batch["input_ids"]) for batch in loader)
     return n / (time.perf_counter() - start)
 
 
+def worker_main(task: dict) -> dict:
+    if task["mode"] == "stages":
+        result = stage_worker(task["peer"], task["family"], task["images"], task["passes"])
+    else:
+        run = hf_pipeline if task["peer"] == "hf" else msmm_pipeline
+        result = {"samples_per_s": run(task["family"], task["paths"], task["workers"])}
+    assert "mindspore" not in sys.modules, f"{task['peer']} imported mindspore"
+    return result
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_worker(task: dict) -> dict:
+    env = {**os.environ, **ONE_THREAD, **PEERS[task["peer"]]}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(task)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{task['peer']} {task['mode']} {task['family']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median_of(runs: List[dict]) -> dict:
+    """Key-wise median of nested dicts of numbers."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: median_of([r[k] for r in runs]) for k in first if all(k in r for r in runs)}
+    return round(statistics.median(runs), 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--families", default="internvl,qwen2vl,llava")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate HF/msmm runs, keep the best of each")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--per-class", type=int, default=2, help="images per size class (stages)")
+    parser.add_argument("--passes", type=int, default=2, help="passes over the images per stages run")
+    parser.add_argument("--mixed", type=int, default=48, help="images of random sizes (pipeline)")
+    parser.add_argument("--workers", default="0", help="comma-separated loader worker counts (pipeline)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per peer, alternating; medians reported")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "data_pipeline.json"))
     args = parser.parse_args()
-    results = {"images": args.images, "batch_size": BATCH, "machine": f"{platform.machine()}, {os.cpu_count()} cpus", "runs": []}
+    if args.worker:
+        print(json.dumps(worker_main(json.loads(args.worker))))
+        return
+    results = {"machine": machine(), "threads": "1 per peer (" + ", ".join(f"{k}={v}" for k, v in ONE_THREAD.items()) + ")",
+               "peers": {"hf": "transformers slow image processors", "msmm_pil": "msmm, MSMM_FUSED_KERNELS=0 (PIL resize)",
+                         "msmm": "msmm with the resize kernel"},
+               "settings": {"per_class": args.per_class, "passes": args.passes, "mixed_images": args.mixed,
+                            "repeats": args.repeats, "batch_size": BATCH, "internvl_max_tiles": MAX_TILES,
+                            "qwen2vl_max_pixels": QWEN_MAX_PIXELS},
+               "stages_ms": {}, "pipeline": []}
     with tempfile.TemporaryDirectory() as folder:
-        paths = make_images(folder, args.images)
-        qwen2_tokenizer()  # build once before forking workers
+        images = make_images(folder, args.per_class, args.mixed)
+        classes = {k: v for k, v in images.items() if k != "mixed"}
         for family in args.families.split(","):
-            for workers in (0, args.workers):
-                hf = ours = 0.0
-                for _ in range(args.repeats):  # alternating: a shared machine's load hits both sides
-                    hf = max(hf, run_hf(family, paths, workers))
-                    ours = max(ours, run_msmm(family, paths, workers))
-                run = {"load_average": round(os.getloadavg()[0], 1), "family": family, "workers": workers, "msmm_samples_per_s": round(ours, 2),
-                       "hf_samples_per_s": round(hf, 2), "ratio": round(ours / hf, 2)}
-                results["runs"].append(run)
-                print(json.dumps(run), flush=True)
+            runs: Dict[str, List[dict]] = {peer: [] for peer in PEERS}
+            for _ in range(args.repeats):  # alternating: a shared machine's load hits every peer
+                for peer in PEERS:
+                    runs[peer].append(run_worker({"mode": "stages", "peer": peer, "family": family, "images": classes,
+                                                  "passes": args.passes}))
+            table = {peer: median_of(r) for peer, r in runs.items()}
+            for size_class in classes:
+                hf_total = table["hf"][size_class]["total"]
+                table.setdefault("speedup_vs_hf", {})[size_class] = {
+                    peer: round(hf_total / table[peer][size_class]["total"], 2) for peer in ("msmm_pil", "msmm")}
+            results["stages_ms"][family] = table
+            print(family, json.dumps(table["speedup_vs_hf"]), flush=True)
+            for workers in (int(w) for w in args.workers.split(",")):
+                rates: Dict[str, List[float]] = {peer: [] for peer in PEERS}
+                for _ in range(args.repeats):
+                    for peer in PEERS:
+                        rates[peer].append(run_worker({"mode": "pipeline", "peer": peer, "family": family,
+                                                       "paths": images["mixed"], "workers": workers})["samples_per_s"])
+                row = {"family": family, "workers": workers, "load_average": round(os.getloadavg()[0], 1)}
+                row.update({f"{peer}_samples_per_s": round(statistics.median(r), 2) for peer, r in rates.items()})
+                row.update({f"{peer}_vs_hf": round(row[f"{peer}_samples_per_s"] / row["hf_samples_per_s"], 2)
+                            for peer in ("msmm_pil", "msmm")})
+                results["pipeline"].append(row)
+                print(json.dumps(row), flush=True)
     with open(args.output, "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump(results, f, indent=1)
     print(f"wrote {args.output}")
 
 

@@ -49,13 +49,14 @@ class PixelNormalizer:
         return out
 
     def resize_into(self, image: Image.Image, size: tuple[int, int], dst: np.ndarray, row_axes: int,
-                    top: int = 0, left: int = 0) -> None:
+                    top: int = 0, left: int = 0, band: int = 1) -> None:
         """Resize the RGB ``image`` to ``size = (width, height)`` (bicubic), normalise, and write
         the window at ``(top, left)`` into ``dst``.
 
         ``dst`` is a float32 view of shape ``(copies, C, *rows, *cols)``, ``len(rows) == row_axes``:
         window row ``y`` goes to the C-order position ``y`` of ``rows`` (columns likewise), the
-        same values to each copy. A view of tiles or patches puts the model's layout in this pass.
+        same values to each copy. A view of tiles or patches puts the model's layout in this pass;
+        ``band`` (the patch size for patches) is how many rows the kernel writes together.
         """
         copies, channels, *dims = dst.shape
         rows, cols = dims[:row_axes], dims[row_axes:]
@@ -68,7 +69,7 @@ class PixelNormalizer:
         strides = [s // dst.itemsize for s in dst.strides]
         kernel.resize_normalize(np.asarray(image), size, (top, left, height, width), self.table, dst,
                                 _offsets(rows, strides[2 : 2 + row_axes]), _offsets(cols, strides[2 + row_axes :]),
-                                strides[1], copies, strides[0])
+                                strides[1], copies, strides[0], band)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -209,7 +210,7 @@ class Qwen2VLImageTransform:
             group, slot = divmod(i, t)
             # the last frame fills the temporal slots after it too: an image's T copies, a video's padding
             end = t if i == len(frames) - 1 else slot + 1
-            self.normalize.resize_into(to_rgb(frame), (width, height), view[group, slot:end], 3)
+            self.normalize.resize_into(to_rgb(frame), (width, height), view[group, slot:end], 3, band=p)
         return patches, (grid_t, grid_h, grid_w)
 
 

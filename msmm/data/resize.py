@@ -37,7 +37,7 @@ class NativeResize:
         self._u8 = library.msmm_resize_u8
         self._u8.argtypes, self._u8.restype = [*_GEOMETRY, _PTR], ctypes.c_int
         self._normalize = library.msmm_resize_normalize
-        self._normalize.argtypes = [*_GEOMETRY, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64]
+        self._normalize.argtypes = [*_GEOMETRY, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64]
         self._normalize.restype = ctypes.c_int
 
     def _geometry(self, pixels: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]) -> list:
@@ -57,10 +57,12 @@ class NativeResize:
 
     def resize_normalize(self, pixels: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int],
                          table: np.ndarray, dst: np.ndarray, row_offsets: np.ndarray, col_offsets: np.ndarray,
-                         channel_stride: int, copies: int, copy_stride: int) -> None:
+                         channel_stride: int, copies: int, copy_stride: int, band: int = 1) -> None:
         """Window pixel ``(y, x)``, channel ``c``, value ``v`` -> ``table[c, v]`` written at element
         ``row_offsets[y] + col_offsets[x] + c * channel_stride + t * copy_stride`` of ``dst``'s
-        data, ``t < copies``. The caller vouches that these stay inside ``dst``."""
+        data, ``t < copies``; the caller vouches that these stay inside ``dst``. Rows are written
+        ``band`` at a time, run of consecutive columns by run (the patch size writes patches in
+        memory order)."""
         if table.dtype != np.float32 or not table.flags.c_contiguous or table.shape != (pixels.shape[2], 256):
             raise ValueError(f"expected a contiguous float32 ({pixels.shape[2]}, 256) table, got {table.dtype} {table.shape}")
         if dst.dtype != np.float32 or not dst.flags.writeable:
@@ -70,7 +72,7 @@ class NativeResize:
         if rows.shape != (window[2],) or cols.shape != (window[3],):
             raise ValueError(f"{rows.shape} row and {cols.shape} column offsets for a {window[2]} x {window[3]} window")
         _check(self._normalize(*self._geometry(pixels, size, window), table.ctypes.data, dst.ctypes.data,
-                               rows.ctypes.data, cols.ctypes.data, channel_stride, copies, copy_stride))
+                               rows.ctypes.data, cols.ctypes.data, channel_stride, copies, copy_stride, band))
 
 
 def _check(status: int) -> None:

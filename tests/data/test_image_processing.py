@@ -1,9 +1,14 @@
-"""Image preprocessing equals the HF processors of transformers 4.53 (slow, PIL-based ones)."""
+"""Image preprocessing equals the HF processors of transformers 4.53 (slow, PIL-based ones) bit
+for bit, with the resize kernel (msmm/data/csrc/resize.cpp) and with its PIL fallback; the
+kernel equals the installed Pillow's bicubic resize."""
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 from transformers import CLIPImageProcessor, GotOcr2ImageProcessor, LlavaImageProcessor, Qwen2VLImageProcessor
 
+from msmm.data import image_processing, resize
 from msmm.data.image_processing import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -13,8 +18,10 @@ from msmm.data.image_processing import (
     closest_tile_grid,
 )
 
-# (width, height): square, landscape, portrait, tiny, extreme aspect ratios, exact 5:4 and 2:1
+# (width, height): square, landscape, portrait, tiny, extreme aspect ratios, exact 5:4 and 2:1, odd
 SIZES = [(448, 448), (1000, 700), (300, 900), (37, 23), (1600, 120), (560, 448), (896, 448), (50, 1200), (641, 479)]
+# non-RGB inputs, converted as transformers' convert_to_rgb does (image.convert("RGB"))
+MODES = ["RGBA", "L", "P", "LA", "CMYK"]
 
 
 def _image(width, height, seed):
@@ -25,20 +32,93 @@ def _image(width, height, seed):
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
+def _inputs(seed):
+    """SIZES as RGB images, then one image per non-RGB mode (RGBA with a varying alpha)."""
+    images = [_image(w, h, seed + i) for i, (w, h) in enumerate(SIZES)]
+    for i, mode in enumerate(MODES):
+        base = _image(211 + 37 * i, 157 + 53 * i, seed + 100 + i)
+        if mode in ("RGBA", "LA"):
+            base.putalpha(Image.fromarray(np.arange(base.width * base.height, dtype=np.uint8).reshape(base.height, base.width)))
+        images.append(base.convert(mode))
+    return images
+
+
+@pytest.fixture(params=["kernel", "pil"])
+def path(request, monkeypatch):
+    """Run a test with the resize kernel, then with the PIL fallback (no compiler / MSMM_FUSED_KERNELS=0)."""
+    if request.param == "kernel":
+        if resize.native() is None:
+            pytest.skip("resize kernel off (MSMM_FUSED_KERNELS=0) or not buildable here")
+    else:
+        monkeypatch.setattr(image_processing, "native", lambda: None)
+    return request.param
+
+
+def test_kernel_is_built_and_matches_this_pillow():
+    if os.environ.get("MSMM_FUSED_KERNELS") == "0":
+        pytest.skip("MSMM_FUSED_KERNELS=0")
+    kernel = resize.native()
+    assert kernel is not None, "the resize kernel did not build or does not reproduce this Pillow"
+    pillow13 = int(Image.__version__.split(".")[0]) >= 13
+    assert kernel.order == (1 if pillow13 else 0)  # Pillow 13 runs the vertical pass first on tall reductions
+
+
+def test_kernel_off_by_environment(monkeypatch):
+    monkeypatch.setenv("MSMM_FUSED_KERNELS", "0")
+    assert resize.native.__wrapped__() is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resize_kernel_equals_pillow(seed):
+    """Random sizes (up and down, extreme aspect ratios, 1 px sides, both pass orders), whole
+    images and crop windows, 1, 3 or 4 channels: equal to Image.resize(size, BICUBIC), every byte."""
+    kernel = resize.native()
+    if kernel is None:
+        pytest.skip("resize kernel off")
+    rng = np.random.default_rng(seed)
+    for case in range(40):
+        channels = (1, 4)[case % 2] if case % 5 == 0 else 3
+        in_w, in_h = (int(v) for v in rng.integers(1, 400, 2))
+        out_w, out_h = (int(v) for v in rng.integers(1, 400, 2))
+        if case % 3 == 0:
+            out_h = int(rng.integers(1, 12))  # a strong vertical reduction: vertical pass first on Pillow 13
+        pixels = rng.integers(0, 256, (in_h, in_w, channels), np.uint8)
+        mode = {1: "L", 3: "RGB", 4: "RGBX"}[channels]  # RGBX: 4 bands resized without alpha premultiplication
+        image = Image.frombytes(mode, (in_w, in_h), pixels.tobytes())
+        expected = np.asarray(image.resize((out_w, out_h), Image.BICUBIC)).reshape(out_h, out_w, channels)
+        np.testing.assert_array_equal(kernel.resize(pixels, (out_w, out_h)), expected, err_msg=f"{in_w}x{in_h} -> {out_w}x{out_h}")
+        top, left = int(rng.integers(0, out_h)), int(rng.integers(0, out_w))
+        height, width = int(rng.integers(1, out_h - top + 1)), int(rng.integers(1, out_w - left + 1))
+        window = kernel.resize(pixels, (out_w, out_h), (top, left, height, width))
+        np.testing.assert_array_equal(window, expected[top : top + height, left : left + width])
+
+
+def test_resize_function_equals_pillow(path):
+    for i, (w, h) in enumerate(SIZES):
+        image = _image(w, h, 40 + i)
+        np.testing.assert_array_equal(resize.resize(image, (333, 251)), np.asarray(image.resize((333, 251), Image.BICUBIC)))
+
+
 @pytest.mark.parametrize("max_tiles", [1, 6, 12])
-def test_internvl_tiles_equal_gotocr2(max_tiles):
+def test_internvl_tiles_equal_gotocr2(max_tiles, path):
     ref = GotOcr2ImageProcessor(
         size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1, max_patches=max_tiles,
         image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
     )
     ours = InternVLImageTransform(448, min_tiles=1, max_tiles=max_tiles)
-    for i, (w, h) in enumerate(SIZES):
-        image = _image(w, h, i)
+    for image in _inputs(0):
         expected = ref(images=image, return_tensors="np")
         got = ours(image)
-        assert got.shape == expected["pixel_values"].shape, (w, h)
         assert int(expected["num_patches"][0]) == got.shape[0]
-        np.testing.assert_array_equal(got, expected["pixel_values"])
+        np.testing.assert_array_equal(got, expected["pixel_values"], err_msg=f"{image.mode} {image.size}")
+
+
+def test_internvl_fixed_size_equals_gotocr2(path):
+    ref = GotOcr2ImageProcessor(size={"height": 448, "width": 448}, crop_to_patches=False,
+                                image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    ours = InternVLImageTransform(448, dynamic=False)
+    for image in _inputs(50)[:4]:
+        np.testing.assert_array_equal(ours(image), ref(images=image, return_tensors="np")["pixel_values"])
 
 
 def test_closest_grid_tie_prefers_more_tiles_only_for_large_images():
@@ -48,36 +128,35 @@ def test_closest_grid_tie_prefers_more_tiles_only_for_large_images():
     assert closest_tile_grid(1500, 1000, 448, 1, 12) == (3, 2)
 
 
-def test_qwen2vl_patches_equal_hf():
+def test_qwen2vl_patches_equal_hf(path):
     kwargs = dict(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
     ref = Qwen2VLImageProcessor(**kwargs)
     ours = Qwen2VLImageTransform(**kwargs)
-    for i, (w, h) in enumerate(SIZES[:-2]):
-        image = _image(w, h, 10 + i)
+    for image in _inputs(10):
         expected = ref(images=image, return_tensors="np")
         patches, grid = ours(image)
-        assert list(grid) == expected["image_grid_thw"][0].tolist(), (w, h)
-        np.testing.assert_array_equal(patches, expected["pixel_values"])
+        assert list(grid) == expected["image_grid_thw"][0].tolist(), image.size
+        np.testing.assert_array_equal(patches, expected["pixel_values"], err_msg=f"{image.mode} {image.size}")
 
 
-def test_qwen2vl_video_frames_equal_hf_with_temporal_padding():
+@pytest.mark.parametrize("count", [4, 5])
+def test_qwen2vl_video_frames_equal_hf_with_temporal_padding(count, path):
     ref = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     ours = Qwen2VLImageTransform(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    frames = [_image(160, 120, 30 + k) for k in range(5)]  # odd count: last frame repeated
+    frames = [_image(160, 120, 30 + k) for k in range(count)]  # odd count: last frame repeated
     expected = ref(images=None, videos=[frames], return_tensors="np")
     patches, grid = ours.frames(frames)
-    assert list(grid) == expected["video_grid_thw"][0].tolist() and grid[0] == 3
+    assert list(grid) == expected["video_grid_thw"][0].tolist() and grid[0] == (count + 1) // 2
     np.testing.assert_array_equal(patches, expected["pixel_values_videos"])
 
 
 @pytest.mark.parametrize("pad", [False, True])
-def test_clip_equals_hf(pad):
+def test_clip_equals_hf(pad, path):
     if pad:
         ref = LlavaImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_pad=True)
     else:
         ref = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     ours = CLIPImageTransform(336, 336, pad_to_square=pad)
-    for i, (w, h) in enumerate(SIZES):
-        image = _image(w, h, 20 + i)
+    for image in _inputs(20):
         expected = ref(images=image, return_tensors="np")["pixel_values"][0]
-        np.testing.assert_array_equal(ours(image), expected)
+        np.testing.assert_array_equal(ours(image), expected, err_msg=f"{image.mode} {image.size}")

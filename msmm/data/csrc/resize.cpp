@@ -23,8 +23,8 @@
 #include <new>
 #include <vector>
 
-#ifdef __SSE2__
-#include <emmintrin.h>
+#if defined(__SSE2__) || defined(__AVX512F__)
+#include <immintrin.h>
 #endif
 
 namespace {
@@ -250,6 +250,36 @@ void resample(const uint8_t* src, int64_t in_h, int64_t in_w, int64_t src_stride
   }
 }
 
+// Window columns [x, x + n) land on consecutive output elements from offset.
+struct Run {
+  int64_t x, n, offset;
+};
+
+// out[x] = table[in[x]] for x < n.
+void look_up(const uint8_t* __restrict in, int64_t n, const float* __restrict table, float* __restrict out) {
+  int64_t x = 0;
+#ifdef __AVX512F__
+  for (; x + 16 <= n; x += 16) {
+    const __m512i index = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + x)));
+    _mm512_storeu_ps(out + x, _mm512_i32gather_ps(index, table, 4));
+  }
+#endif
+  for (; x < n; ++x) out[x] = table[in[x]];
+}
+
+void copy_floats(const float* __restrict from, int64_t n, float* __restrict to) {
+  int64_t x = 0;
+#ifdef __AVX512F__
+  for (; x + 16 <= n; x += 16) _mm512_storeu_ps(to + x, _mm512_loadu_ps(from + x));
+  if (x < n) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (n - x)) - 1);
+    _mm512_mask_storeu_ps(to + x, mask, _mm512_maskz_loadu_ps(mask, from + x));
+  }
+#else
+  std::memcpy(to, from, n * sizeof(float));
+#endif
+}
+
 bool valid(int64_t in_h, int64_t in_w, int64_t src_stride, int64_t channels, int64_t out_h, int64_t out_w,
            int64_t y0, int64_t y1, int64_t x0, int64_t x1, int order) {
   return in_h > 0 && in_w > 0 && channels > 0 && src_stride >= in_w * channels && out_h > 0 && out_w > 0 &&
@@ -286,38 +316,39 @@ int msmm_resize_u8(const uint8_t* src, int64_t in_h, int64_t in_w, int64_t src_s
 // The same window, the value v of channel c at window pixel (y, x) written as
 // table[c * 256 + v] (float32) to dst[row_offset[y] + col_offset[x] + c * channel_stride +
 // t * copy_stride] for t < copies (offsets in elements): rescale, normalise and the model's
-// layout in the same pass.
+// layout in the same pass. Rows are written `band` at a time, run of consecutive columns by
+// run: with band = the patch size, a patch layout is written in memory order.
 int msmm_resize_normalize(const uint8_t* src, int64_t in_h, int64_t in_w, int64_t src_stride, int64_t channels,
                           int64_t out_h, int64_t out_w, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int order,
                           const float* table, float* dst, const int64_t* row_offset, const int64_t* col_offset,
-                          int64_t channel_stride, int64_t copies, int64_t copy_stride) {
-  if (!valid(in_h, in_w, src_stride, channels, out_h, out_w, y0, y1, x0, x1, order) || copies < 1) return -1;
-  struct Run {  // window columns [x, x + n) land on consecutive elements from offset
-    int64_t x, n, offset;
-  };
+                          int64_t channel_stride, int64_t copies, int64_t copy_stride, int64_t band) {
+  if (!valid(in_h, in_w, src_stride, channels, out_h, out_w, y0, y1, x0, x1, order) || copies < 1 || band < 1)
+    return -1;
+  const int64_t cols = x1 - x0, rows = y1 - y0;
+  band = std::min(band, rows);
   try {
     std::vector<Run> runs;
-    for (int64_t x = 0; x < x1 - x0; ++x) {
+    for (int64_t x = 0; x < cols; ++x) {
       if (!runs.empty() && col_offset[x] == runs.back().offset + runs.back().n) {
         ++runs.back().n;
       } else {
         runs.push_back({x, 1, col_offset[x]});
       }
     }
+    std::vector<float> values(channels * band * cols);  // values[(c * band + r) * cols + x] of the current band
     resample(src, in_h, in_w, src_stride, channels, out_h, out_w, y0, y1, x0, x1, order,
              [&](int64_t y, const uint8_t* planes, int64_t plane_stride) {
-               for (int64_t c = 0; c < channels; ++c) {
-                 const float* __restrict lut = table + c * 256;
-                 const uint8_t* __restrict plane = planes + c * plane_stride;
-                 for (int64_t t = 0; t < copies; ++t) {
-                   float* out = dst + row_offset[y] + c * channel_stride + t * copy_stride;
-                   for (const Run& run : runs) {
-                     float* __restrict o = out + run.offset;
-                     const uint8_t* __restrict p = plane + run.x;
-                     for (int64_t j = 0; j < run.n; ++j) o[j] = lut[p[j]];
-                   }
-                 }
-               }
+               const int64_t r = y % band;
+               for (int64_t c = 0; c < channels; ++c)
+                 look_up(planes + c * plane_stride, cols, table + c * 256, values.data() + (c * band + r) * cols);
+               if (r + 1 < band && y + 1 < rows) return;
+               const int64_t first = y - r;
+               for (const Run& run : runs)
+                 for (int64_t c = 0; c < channels; ++c)
+                   for (int64_t t = 0; t < copies; ++t)
+                     for (int64_t i = 0; i <= r; ++i)
+                       copy_floats(values.data() + (c * band + i) * cols + run.x, run.n,
+                                   dst + row_offset[first + i] + run.offset + c * channel_stride + t * copy_stride);
              });
   } catch (const std::bad_alloc&) {
     return -2;
