@@ -48,9 +48,10 @@ class PixelNormalizer:
             np.take(self.table[c], channels_first[..., c, :, :], out=out[..., c, :, :])
         return out
 
-    def resize_into(self, image: Image.Image, size: tuple[int, int], dst: np.ndarray, row_axes: int,
+    def resize_into(self, image: Image.Image | np.ndarray, size: tuple[int, int], dst: np.ndarray, row_axes: int,
                     top: int = 0, left: int = 0, band: int = 1) -> None:
-        """Resize the RGB ``image`` to ``size = (width, height)`` (bicubic), normalise, and write
+        """Resize the RGB ``image`` (or uint8 ``(H, W, 3)`` pixels) to ``size = (width, height)``
+        (bicubic), normalise, and write
         the window at ``(top, left)`` into ``dst``.
 
         ``dst`` is a float32 view of shape ``(copies, C, *rows, *cols)``, ``len(rows) == row_axes``:
@@ -63,6 +64,7 @@ class PixelNormalizer:
         height, width = math.prod(rows), math.prod(cols)
         kernel = native()
         if kernel is None:
+            image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
             pixels = np.asarray(image.resize(size, Image.BICUBIC))[top : top + height, left : left + width]
             dst[...] = self(pixels).reshape(channels, *rows, *cols)
             return
@@ -70,6 +72,15 @@ class PixelNormalizer:
         kernel.resize_normalize(np.asarray(image), size, (top, left, height, width), self.table, dst,
                                 _offsets(rows, strides[2 : 2 + row_axes]), _offsets(cols, strides[2 + row_axes :]),
                                 strides[1], copies, strides[0], band)
+
+
+def support_bounds(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The input range ``[start, stop)`` each output index of Pillow's bicubic resize reads."""
+    scale = in_size / out_size
+    support = 2.0 * max(scale, 1.0)
+    center = (np.arange(out_size) + 0.5) * scale
+    start = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    return start, np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -246,7 +257,9 @@ class CLIPImageTransform:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         image = to_rgb(image)
-        if self.pad:
+        if self.pad and image.width != image.height:
+            if native() is not None:
+                return self._padded(image)
             image = pad_to_square(image, self.background)
         width, height = image.size
         short, long = min(width, height), max(width, height)
@@ -257,4 +270,28 @@ class CLIPImageTransform:
             raise ValueError(f"resized image {new_size} is smaller than the crop {self.crop_size}")
         out = np.empty((1, 3, self.crop_size, self.crop_size), np.float32)
         self.normalize.resize_into(image, new_size, out, 1, top, left)
+        return out[0]
+
+    def _padded(self, image: Image.Image) -> np.ndarray:
+        """pad-to-square, resize and crop, resampling only the image's footprint: an output pixel
+        whose filter support lies in the padding is the background colour exactly (the fixed-point
+        weights sum to one within far less than half a level), so it is filled, not computed."""
+        width, height = image.size
+        side, s, crop = max(width, height), self.size, self.crop_size
+        top, left = (side - height) // 2, (side - width) // 2
+        canvas = np.empty((side, side, 3), np.uint8)
+        canvas.reshape(side, side * 3)[...] = np.tile(np.asarray(self.background, np.uint8), side)  # whole rows: fast
+        canvas[top : top + height, left : left + width] = np.asarray(image)
+        out = np.empty((1, 3, crop, crop), np.float32)
+        out[0] = self.normalize.table[np.arange(3), self.background][:, None, None]
+        offset = (s - crop) // 2  # the centre crop of the (s, s) resize
+        live = []
+        for lo, n in ((top, height), (left, width)):
+            start, stop = support_bounds(side, s)
+            inside = np.flatnonzero((stop > lo) & (start < lo + n))
+            first, last = max(inside[0], offset), min(inside[-1] + 1, offset + crop)
+            live.append(slice(first - offset, max(first, last) - offset))
+        rows, cols = live
+        if rows.stop > rows.start and cols.stop > cols.start:
+            self.normalize.resize_into(canvas, (s, s), out[:, :, rows, cols], 1, rows.start + offset, cols.start + offset)
         return out[0]
