@@ -9,9 +9,9 @@ from __future__ import annotations
 from mindspore import Tensor
 
 from .build import library
-from .custom import OPENMP, custom_op, first_dtype, first_shape
+from .custom import THREADED, custom_op, first_dtype, first_shape
 
-_LIBRARY = library("activation", OPENMP)
+_LIBRARY = library("activation", THREADED)
 AVAILABLE = _LIBRARY is not None
 
 

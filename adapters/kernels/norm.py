@@ -10,9 +10,9 @@ from typing import Optional
 from mindspore import Tensor, ops
 
 from .build import library
-from .custom import OPENMP, custom_op, first_dtype, first_shape, scalar
+from .custom import THREADED, custom_op, first_dtype, first_shape, scalar
 
-_LIBRARY = library("norm", OPENMP)
+_LIBRARY = library("norm", THREADED)
 AVAILABLE = _LIBRARY is not None
 
 

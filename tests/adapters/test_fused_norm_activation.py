@@ -130,6 +130,17 @@ def test_norm_fallbacks(mode):
     _check(layer_norm, lambda x, w, b: torch.nn.functional.layer_norm(x, (37,), w, b, 1e-5), [x, w, b], mode)
 
 
+def test_large_inputs_split_over_threads():
+    """Above 256k (norms) / 128k (activations) elements a call is split over the cores (the
+    weight gradients sum 1100 rows in float32: absolute tolerance for their rounding)."""
+    x, w, b = _inputs((1100, 256), (256,), (256,))
+    _check(lambda x, w: F.rms_norm(x, (256,), w, 1e-6),
+           lambda x, w: torch.nn.functional.rms_norm(x, (256,), w, 1e-6), [x, w], "pynative", rtol=1e-4, atol=1e-3)
+    _check(lambda x, w, b: F.layer_norm(x, (256,), w, b),
+           lambda x, w, b: torch.nn.functional.layer_norm(x, (256,), w, b), [x, w, b], "pynative", rtol=1e-4, atol=1e-3)
+    _check(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [x[:600], x[500:]], "pynative")
+
+
 def test_non_contiguous_views():
     """A transposed view reaches the kernels as the values it shows (MindSpore copies it first)."""
     x, = _inputs((4, 16, 6))

@@ -5,16 +5,16 @@
 //
 // MindSpore AOT custom-op ABI: params holds the inputs then the outputs. exp and erf are
 // polynomial so that the loops vectorise (libm's calls keep them scalar). Large calls are
-// split statically over the OpenMP threads.
-#include <omp.h>
-
+// split statically over the pool's threads (parallel.h).
 #include <cstdint>
 #include <cstring>
 
+#include "parallel.h"
+
 namespace {
 
-// Elements per call before a second thread pays for waking it (a passive OpenMP thread sleeps
-// between calls); at 528k elements two threads took silu_mul 0.22 -> 0.14 ms on an idle core.
+// Elements per call before a second thread pays for waking it (helpers sleep between calls);
+// at 528k elements two threads took silu_mul 0.22 -> 0.14 ms on an idle core.
 constexpr int64_t kParallelMin = 1 << 17;
 
 int64_t numel(int ndim, const int64_t* shape) {
@@ -23,7 +23,6 @@ int64_t numel(int ndim, const int64_t* shape) {
   return n;
 }
 
-int threads_for(int64_t n) { return n < kParallelMin ? 1 : omp_get_max_threads(); }
 
 // exp(x) to ~1 ulp (Cephes expf): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
 // polynomial, 2^n put into the exponent bits. Clamped to the float range.
@@ -78,8 +77,10 @@ extern "C" int SiluMul(int nparam, void** params, int* ndims, int64_t** shapes, 
   const float* b = static_cast<const float*>(params[1]);
   float* y = static_cast<float*>(params[2]);
   const int64_t n = numel(ndims[0], shapes[0]);
-#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
-  for (int64_t i = 0; i < n; ++i) y[i] = a[i] * sigmoid(a[i]) * b[i];
+  msmm::parallel_for(n, kParallelMin, [=](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) y[i] = a[i] * sigmoid(a[i]) * b[i];
+  });
   return 0;
 }
 
@@ -92,12 +93,14 @@ extern "C" int SiluMulGrad(int nparam, void** params, int* ndims, int64_t** shap
   float* da = static_cast<float*>(params[3]);
   float* db = static_cast<float*>(params[4]);
   const int64_t n = numel(ndims[0], shapes[0]);
-#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
-  for (int64_t i = 0; i < n; ++i) {
-    const float s = sigmoid(a[i]);
-    da[i] = dy[i] * b[i] * s * (1.f + a[i] * (1.f - s));
-    db[i] = dy[i] * a[i] * s;
-  }
+  msmm::parallel_for(n, kParallelMin, [=](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float s = sigmoid(a[i]);
+      da[i] = dy[i] * b[i] * s * (1.f + a[i] * (1.f - s));
+      db[i] = dy[i] * a[i] * s;
+    }
+  });
   return 0;
 }
 
@@ -107,11 +110,13 @@ extern "C" int GeluErf(int nparam, void** params, int* ndims, int64_t** shapes, 
   const float* x = static_cast<const float*>(params[0]);
   float* y = static_cast<float*>(params[1]);
   const int64_t n = numel(ndims[0], shapes[0]);
-#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
-  for (int64_t i = 0; i < n; ++i) {
-    const float z = x[i] * kSqrtHalf;
-    y[i] = 0.5f * x[i] * (1.f + erf_poly(z, exp_poly(-z * z)));
-  }
+  msmm::parallel_for(n, kParallelMin, [=](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float z = x[i] * kSqrtHalf;
+      y[i] = 0.5f * x[i] * (1.f + erf_poly(z, exp_poly(-z * z)));
+    }
+  });
   return 0;
 }
 
@@ -122,14 +127,16 @@ extern "C" int GeluErfGrad(int nparam, void** params, int* ndims, int64_t** shap
   const float* dy = static_cast<const float*>(params[1]);
   float* dx = static_cast<float*>(params[2]);
   const int64_t n = numel(ndims[0], shapes[0]);
-#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
-  for (int64_t i = 0; i < n; ++i) {
-    const float z = x[i] * kSqrtHalf;
-    const float e = exp_poly(-z * z);  // exp(-x^2 / 2)
-    const float cdf = 0.5f * (1.f + erf_poly(z, e));
-    const float pdf = kInvSqrt2Pi * e;
-    dx[i] = dy[i] * (cdf + x[i] * pdf);
-  }
+  msmm::parallel_for(n, kParallelMin, [=](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float z = x[i] * kSqrtHalf;
+      const float e = exp_poly(-z * z);  // exp(-x^2 / 2)
+      const float cdf = 0.5f * (1.f + erf_poly(z, e));
+      const float pdf = kInvSqrt2Pi * e;
+      dx[i] = dy[i] * (cdf + x[i] * pdf);
+    }
+  });
   return 0;
 }
 
@@ -139,8 +146,10 @@ extern "C" int QuickGelu(int nparam, void** params, int* ndims, int64_t** shapes
   const float* x = static_cast<const float*>(params[0]);
   float* y = static_cast<float*>(params[1]);
   const int64_t n = numel(ndims[0], shapes[0]);
-#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoid(kQuick * x[i]);
+  msmm::parallel_for(n, kParallelMin, [=](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) y[i] = x[i] * sigmoid(kQuick * x[i]);
+  });
   return 0;
 }
 
@@ -151,10 +160,12 @@ extern "C" int QuickGeluGrad(int nparam, void** params, int* ndims, int64_t** sh
   const float* dy = static_cast<const float*>(params[1]);
   float* dx = static_cast<float*>(params[2]);
   const int64_t n = numel(ndims[0], shapes[0]);
-#pragma omp parallel for simd schedule(static) num_threads(threads_for(n))
-  for (int64_t i = 0; i < n; ++i) {
-    const float s = sigmoid(kQuick * x[i]);
-    dx[i] = dy[i] * s * (1.f + kQuick * x[i] * (1.f - s));
-  }
+  msmm::parallel_for(n, kParallelMin, [=](int, int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const float s = sigmoid(kQuick * x[i]);
+      dx[i] = dy[i] * s * (1.f + kQuick * x[i] * (1.f - s));
+    }
+  });
   return 0;
 }

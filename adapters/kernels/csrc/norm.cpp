@@ -2,19 +2,19 @@
 //
 // MindSpore AOT custom-op ABI: params holds the inputs then the outputs; eps arrives as a
 // one-element float32 tensor. Rows are independent: they are split statically over the
-// OpenMP threads when a call has enough work to pay for waking them (kParallelMin).
+// pool's threads (parallel.h) when a call has enough work to pay for waking them.
 // The backward recomputes the row statistics from x (one more read of a row that is in
 // cache anyway) instead of saving them from the forward.
-#include <omp.h>
-
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "parallel.h"
+
 namespace {
 
-// Elements per call before a second thread pays for waking it (a passive OpenMP thread sleeps
-// between calls): at [516, 256] the split made both norms slower (23 -> 38 us forward).
+// Elements per call before a second thread pays for waking it (helpers sleep between calls):
+// at [516, 256] a split made both norms slower (23 -> 38 us forward).
 constexpr int64_t kParallelMin = 1 << 18;
 
 struct Rows {
@@ -28,10 +28,10 @@ Rows rows_of(int ndim, const int64_t* shape) {
   return rows;
 }
 
-int threads_for(const Rows& rows) {
-  if (rows.count < 2 || rows.count * rows.width < kParallelMin) return 1;
-  const int n = omp_get_max_threads();
-  return static_cast<int>(n < rows.count ? n : rows.count);
+// Rows per call below which one thread does them all.
+int64_t min_split(const Rows& rows) {
+  const int64_t r = kParallelMin / (rows.width > 0 ? rows.width : 1);
+  return r > 2 ? r : 2;
 }
 
 inline float sum(const float* x, int64_t n) {
@@ -61,12 +61,12 @@ inline float centred_sum_squares(const float* x, float mean, int64_t n) {
 // Per-thread accumulators of the parameter gradients, summed into `out` at the end.
 class Partials {
  public:
-  Partials(int threads, int64_t width, int count) : width_(width), count_(count),
-                                                    data_(static_cast<size_t>(threads) * width * count, 0.f) {}
+  Partials(int parts, int64_t width, int count) : width_(width), count_(count),
+                                                  data_(static_cast<size_t>(parts) * width * count, 0.f) {}
   float* of(int thread, int which) { return data_.data() + (static_cast<int64_t>(thread) * count_ + which) * width_; }
-  void reduce_into(int threads, int which, float* out) {
+  void reduce_into(int parts, int which, float* out) {
     for (int64_t i = 0; i < width_; ++i) out[i] = 0.f;
-    for (int t = 0; t < threads; ++t) {
+    for (int t = 0; t < parts; ++t) {
       const float* p = of(t, which);
 #pragma omp simd
       for (int64_t i = 0; i < width_; ++i) out[i] += p[i];
@@ -88,19 +88,20 @@ int rms_norm(bool weighted, void** params, int* ndims, int64_t** shapes) {
   float* y = static_cast<float*>(params[nparam - 1]);
   const Rows rows = rows_of(ndims[0], shapes[0]);
   const int64_t h = rows.width;
-#pragma omp parallel for schedule(static) num_threads(threads_for(rows))
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float* xr = x + r * h;
-    float* yr = y + r * h;
-    const float rstd = 1.f / std::sqrt(sum_squares(xr, h) / static_cast<float>(h) + eps);
-    if (w != nullptr) {
+  msmm::parallel_for(rows.count, min_split(rows), [=](int, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = x + r * h;
+      float* yr = y + r * h;
+      const float rstd = 1.f / std::sqrt(sum_squares(xr, h) / static_cast<float>(h) + eps);
+      if (w != nullptr) {
 #pragma omp simd
-      for (int64_t i = 0; i < h; ++i) yr[i] = (xr[i] * rstd) * w[i];
-    } else {
+        for (int64_t i = 0; i < h; ++i) yr[i] = (xr[i] * rstd) * w[i];
+      } else {
 #pragma omp simd
-      for (int64_t i = 0; i < h; ++i) yr[i] = xr[i] * rstd;
+        for (int64_t i = 0; i < h; ++i) yr[i] = xr[i] * rstd;
+      }
     }
-  }
+  });
   return 0;
 }
 
@@ -115,13 +116,12 @@ int rms_norm_grad(bool weighted, void** params, int* ndims, int64_t** shapes) {
   float* dw = weighted ? static_cast<float*>(params[5]) : nullptr;
   const Rows rows = rows_of(ndims[0], shapes[0]);
   const int64_t h = rows.width;
-  const int threads = threads_for(rows);
-  Partials partials(weighted ? threads : 0, h, 1);
-#pragma omp parallel num_threads(threads)
-  {
-    float* acc = weighted ? partials.of(omp_get_thread_num(), 0) : nullptr;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows.count; ++r) {
+  const int parts = msmm::parallel_parts(rows.count, min_split(rows));
+  Partials partials(weighted ? parts : 0, h, 1);
+  Partials* sums = &partials;  // captured by value: the loops see no aliasing through a closure
+  msmm::parallel_for(rows.count, min_split(rows), [=](int part, int64_t begin, int64_t end) {
+    float* acc = weighted ? sums->of(part, 0) : nullptr;
+    for (int64_t r = begin; r < end; ++r) {
       const float* xr = x + r * h;
       const float* dyr = dy + r * h;
       float* dxr = dx + r * h;
@@ -146,8 +146,8 @@ int rms_norm_grad(bool weighted, void** params, int* ndims, int64_t** shapes) {
         for (int64_t i = 0; i < h; ++i) dxr[i] = rstd * dyr[i] - c * xr[i];
       }
     }
-  }
-  if (weighted) partials.reduce_into(threads, 0, dw);
+  });
+  if (weighted) partials.reduce_into(parts, 0, dw);
   return 0;
 }
 
@@ -172,6 +172,18 @@ extern "C" int RmsNormUnweightedGrad(int, void** params, int* ndims, int64_t** s
   return rms_norm_grad(false, params, ndims, shapes);
 }
 
+namespace {
+
+void layer_norm_row(const float* x, const float* w, const float* b, float eps, int64_t h, float* y) {
+  const float inv_h = 1.f / static_cast<float>(h);
+  const float mean = sum(x, h) * inv_h;
+  const float rstd = 1.f / std::sqrt(centred_sum_squares(x, mean, h) * inv_h + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < h; ++i) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+}  // namespace
+
 // LayerNorm(x, weight, bias, eps) -> y = (x - mean) * rsqrt(var + eps) * weight + bias
 extern "C" int LayerNorm(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
                          void* stream, void* extra) {
@@ -182,16 +194,9 @@ extern "C" int LayerNorm(int nparam, void** params, int* ndims, int64_t** shapes
   float* y = static_cast<float*>(params[4]);
   const Rows rows = rows_of(ndims[0], shapes[0]);
   const int64_t h = rows.width;
-  const float inv_h = 1.f / static_cast<float>(h);
-#pragma omp parallel for schedule(static) num_threads(threads_for(rows))
-  for (int64_t r = 0; r < rows.count; ++r) {
-    const float* xr = x + r * h;
-    float* yr = y + r * h;
-    const float mean = sum(xr, h) * inv_h;
-    const float rstd = 1.f / std::sqrt(centred_sum_squares(xr, mean, h) * inv_h + eps);
-#pragma omp simd
-    for (int64_t i = 0; i < h; ++i) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-  }
+  msmm::parallel_for(rows.count, min_split(rows), [=](int, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) layer_norm_row(x + r * h, w, b, eps, h, y + r * h);
+  });
   return 0;
 }
 
@@ -209,14 +214,13 @@ extern "C" int LayerNormGrad(int nparam, void** params, int* ndims, int64_t** sh
   const Rows rows = rows_of(ndims[0], shapes[0]);
   const int64_t h = rows.width;
   const float inv_h = 1.f / static_cast<float>(h);
-  const int threads = threads_for(rows);
-  Partials partials(threads, h, 2);
-#pragma omp parallel num_threads(threads)
-  {
-    float* acc_w = partials.of(omp_get_thread_num(), 0);
-    float* acc_b = partials.of(omp_get_thread_num(), 1);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows.count; ++r) {
+  const int parts = msmm::parallel_parts(rows.count, min_split(rows));
+  Partials partials(parts, h, 2);
+  Partials* sums = &partials;
+  msmm::parallel_for(rows.count, min_split(rows), [=](int part, int64_t begin, int64_t end) {
+    float* acc_w = sums->of(part, 0);
+    float* acc_b = sums->of(part, 1);
+    for (int64_t r = begin; r < end; ++r) {
       const float* xr = x + r * h;
       const float* dyr = dy + r * h;
       float* dxr = dx + r * h;
@@ -238,8 +242,8 @@ extern "C" int LayerNormGrad(int nparam, void** params, int* ndims, int64_t** sh
         acc_b[i] += dyr[i];
       }
     }
-  }
-  partials.reduce_into(threads, 0, dw);
-  partials.reduce_into(threads, 1, db);
+  });
+  partials.reduce_into(parts, 0, dw);
+  partials.reduce_into(parts, 1, db);
   return 0;
 }
