@@ -144,13 +144,16 @@ def _groups(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor]) -
 
 
 def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
-              scale: Optional[float]) -> Tensor:
-    """``softmax(q k^T * scale + mask) v`` for inputs :func:`supports` accepts: query
+              scale: Optional[float], dropout_p: float = 0.0) -> Tensor:
+    """``dropout(softmax(q k^T * scale + mask)) v`` for inputs :func:`supports` accepts: query
     ``[B, H, L, D]``, key/value ``[B, Hkv, S, D]`` (H a multiple of Hkv). ``is_causal``: top-left
-    aligned (query i attends to keys j <= i), as torch."""
+    aligned (query i attends to keys j <= i), as torch. Dropout (``dropout_p > 0``) is
+    MindSpore's kernel on the probabilities, as ``F.dropout`` on CPU."""
     batch, heads, length, dim = query.shape
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     mask = None if attn_mask is None else _mask_4d(attn_mask)
     q, k, v = _groups(query, key, value, mask)
     probs = masked_softmax(_scores(q, k), mask, scale, length, is_causal)
+    if dropout_p > 0.0:
+        probs = ops.dropout(probs, p=dropout_p, training=True)
     return _weighted(probs, v).reshape(batch, heads, length, value.shape[3])

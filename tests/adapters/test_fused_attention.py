@@ -201,3 +201,24 @@ def test_softmax_variants_in_one_graph(mode):
     of one kernel name there) with their own gradients."""
     _check(_three_softmaxes, _torch_three_softmaxes,
            (randn(2, 3, 4, 6), _keep_mask((2, 1, 4, 6), 8), randn(1, 3, 4, 6, seed=9)), mode)
+
+
+def _dropped_probs(q, k, v, mask):
+    return F_MS.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.5, enable_gqa=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sdpa_dropout(mode):
+    """Dropout on the fused path (MindSpore's RNG, so checked by structure): with v the identity
+    the output is the probabilities, each either dropped (0) or torch's value / (1 - p)."""
+    q, k = randn(2, 4, 5, 6), randn(2, 2, 6, 6, seed=1)
+    v = np.broadcast_to(np.eye(6, dtype=np.float32), (2, 2, 6, 6)).copy()
+    mask = _keep_mask((2, 1, 5, 6), 3, dead_row=False)
+    assert fused_attention.supports(*map(ms.Tensor, (q, k, v, mask)))
+    run = ms.jit(_dropped_probs) if mode == "graph" else _dropped_probs
+    _KEEP.append(run)
+    got = run(*map(ms.Tensor, (q, k, v, mask))).asnumpy()
+    want = _torch_sdpa(*map(torch.tensor, (q, k, v, mask)), False, None).numpy() / 0.5
+    kept = got != 0
+    assert 0 < kept[want != 0].mean() < 1
+    np.testing.assert_allclose(got[kept], want[kept], rtol=1e-5, atol=1e-6)

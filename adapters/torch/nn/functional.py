@@ -508,10 +508,10 @@ def _attention_math(query, key, value, attn_mask, dropout_p, is_causal, scale, e
 
 @register("scaled_dot_product_attention", "CPU",
           note="fused masked softmax between two BatchMatMuls (adapters/kernels/attention.py) for float32 4D "
-               "inputs without dropout, else composite math attention")
+               "inputs, else composite math attention")
 def _sdpa_cpu(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-    if dropout_p == 0.0 and fused_attention.supports(query, key, value, attn_mask):
-        return fused_attention.attention(query, key, value, attn_mask, is_causal, scale)
+    if fused_attention.supports(query, key, value, attn_mask):
+        return fused_attention.attention(query, key, value, attn_mask, is_causal, scale, dropout_p)
     return _attention_math(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
 
