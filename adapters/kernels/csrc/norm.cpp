@@ -61,12 +61,12 @@ inline float centred_sum_squares(const float* x, float mean, int64_t n) {
 // Per-thread accumulators of the parameter gradients, summed into `out` at the end.
 class Partials {
  public:
-  Partials(int parts, int64_t width, int count) : width_(width), count_(count),
-                                                  data_(static_cast<size_t>(parts) * width * count, 0.f) {}
+  Partials(int workers, int64_t width, int count) : width_(width), count_(count),
+                                                    data_(static_cast<size_t>(workers) * width * count, 0.f) {}
   float* of(int thread, int which) { return data_.data() + (static_cast<int64_t>(thread) * count_ + which) * width_; }
-  void reduce_into(int parts, int which, float* out) {
+  void reduce_into(int workers, int which, float* out) {
     for (int64_t i = 0; i < width_; ++i) out[i] = 0.f;
-    for (int t = 0; t < parts; ++t) {
+    for (int t = 0; t < workers; ++t) {
       const float* p = of(t, which);
 #pragma omp simd
       for (int64_t i = 0; i < width_; ++i) out[i] += p[i];
@@ -116,11 +116,11 @@ int rms_norm_grad(bool weighted, void** params, int* ndims, int64_t** shapes) {
   float* dw = weighted ? static_cast<float*>(params[5]) : nullptr;
   const Rows rows = rows_of(ndims[0], shapes[0]);
   const int64_t h = rows.width;
-  const int parts = msmm::parallel_parts(rows.count, min_split(rows));
-  Partials partials(weighted ? parts : 0, h, 1);
+  const int workers = msmm::parallel_workers(rows.count, min_split(rows));
+  Partials partials(weighted ? workers : 0, h, 1);
   Partials* sums = &partials;  // captured by value: the loops see no aliasing through a closure
-  msmm::parallel_for(rows.count, min_split(rows), [=](int part, int64_t begin, int64_t end) {
-    float* acc = weighted ? sums->of(part, 0) : nullptr;
+  msmm::parallel_for(rows.count, min_split(rows), [=](int worker, int64_t begin, int64_t end) {
+    float* acc = weighted ? sums->of(worker, 0) : nullptr;
     for (int64_t r = begin; r < end; ++r) {
       const float* xr = x + r * h;
       const float* dyr = dy + r * h;
@@ -147,7 +147,7 @@ int rms_norm_grad(bool weighted, void** params, int* ndims, int64_t** shapes) {
       }
     }
   });
-  if (weighted) partials.reduce_into(parts, 0, dw);
+  if (weighted) partials.reduce_into(workers, 0, dw);
   return 0;
 }
 
@@ -214,12 +214,12 @@ extern "C" int LayerNormGrad(int nparam, void** params, int* ndims, int64_t** sh
   const Rows rows = rows_of(ndims[0], shapes[0]);
   const int64_t h = rows.width;
   const float inv_h = 1.f / static_cast<float>(h);
-  const int parts = msmm::parallel_parts(rows.count, min_split(rows));
-  Partials partials(parts, h, 2);
+  const int workers = msmm::parallel_workers(rows.count, min_split(rows));
+  Partials partials(workers, h, 2);
   Partials* sums = &partials;
-  msmm::parallel_for(rows.count, min_split(rows), [=](int part, int64_t begin, int64_t end) {
-    float* acc_w = sums->of(part, 0);
-    float* acc_b = sums->of(part, 1);
+  msmm::parallel_for(rows.count, min_split(rows), [=](int worker, int64_t begin, int64_t end) {
+    float* acc_w = sums->of(worker, 0);
+    float* acc_b = sums->of(worker, 1);
     for (int64_t r = begin; r < end; ++r) {
       const float* xr = x + r * h;
       const float* dyr = dy + r * h;
@@ -243,7 +243,7 @@ extern "C" int LayerNormGrad(int nparam, void** params, int* ndims, int64_t** sh
       }
     }
   });
-  partials.reduce_into(parts, 0, dw);
-  partials.reduce_into(parts, 1, db);
+  partials.reduce_into(workers, 0, dw);
+  partials.reduce_into(workers, 1, db);
   return 0;
 }

@@ -37,31 +37,36 @@ class ThreadPool {
 
   int size() const { return helpers_ + 1; }
 
-  // fn(part) for part in [0, parts), parts <= size(); the caller runs part 0. A call made
-  // while another is running (two MindSpore threads) runs all its parts on the caller.
-  void run(int parts, const std::function<void(int)>& fn) {
+  // fn(worker, chunk) for every chunk in [0, chunks), worker in [0, size()): the caller is
+  // worker 0 and takes chunks itself until none is left, so a helper that is not scheduled
+  // in time (a busy machine) delays the call by at most the chunk it holds. A call made
+  // while another is running (two MindSpore threads) runs all its chunks on the caller.
+  void run(int chunks, const std::function<void(int, int)>& fn) {
     std::unique_lock<std::mutex> call(call_mutex_, std::try_to_lock);
-    if (parts <= 1 || !call.owns_lock()) {
-      for (int p = 0; p < parts; ++p) fn(p);
+    if (helpers_ == 0 || chunks <= 1 || !call.owns_lock()) {
+      for (int c = 0; c < chunks; ++c) fn(0, c);
       return;
     }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      task_ = &fn;
-      parts_ = parts;
-      next_ = 1;
-      pending_ = parts - 1;
-      ++generation_;
-    }
-    wake_.notify_all();
-    fn(0);
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    task_ = &fn;
+    chunks_ = chunks;
+    next_ = 0;
+    completed_ = 0;
+    ++generation_;
+    wake_.notify_all();
+    while (next_ < chunks_) {
+      const int c = next_++;
+      lock.unlock();
+      fn(0, c);
+      lock.lock();
+      ++completed_;
+    }
+    done_.wait(lock, [this] { return completed_ == chunks_; });
   }
 
  private:
   explicit ThreadPool(int threads) : helpers_(threads - 1) {
-    for (int i = 0; i < helpers_; ++i) std::thread([this] { work(); }).detach();
+    for (int i = 1; i <= helpers_; ++i) std::thread([this, i] { work(i); }).detach();
   }
 
   static int wanted_threads() {
@@ -74,19 +79,20 @@ class ThreadPool {
     return n > 0 ? n : 1;
   }
 
-  void work() {
+  void work(int worker) {
     uint64_t seen = 0;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
       wake_.wait(lock, [&] { return generation_ != seen; });
       seen = generation_;
-      if (next_ >= parts_) continue;
-      const int part = next_++;
-      const std::function<void(int)>* task = task_;
-      lock.unlock();
-      (*task)(part);
-      lock.lock();
-      if (--pending_ == 0) done_.notify_one();
+      while (generation_ == seen && next_ < chunks_) {  // claims under the lock: never a stale task
+        const int c = next_++;
+        const std::function<void(int, int)>* task = task_;
+        lock.unlock();
+        (*task)(worker, c);
+        lock.lock();
+        if (++completed_ == chunks_) done_.notify_one();
+      }
     }
   }
 
@@ -94,29 +100,30 @@ class ThreadPool {
   std::mutex call_mutex_;
   std::mutex mutex_;
   std::condition_variable wake_, done_;
-  const std::function<void(int)>* task_ = nullptr;
+  const std::function<void(int, int)>* task_ = nullptr;
   uint64_t generation_ = 0;
-  int parts_ = 0, next_ = 0, pending_ = 0;
+  int chunks_ = 0, next_ = 0, completed_ = 0;
 };
 
-// body(part, begin, end) over [0, n) in contiguous static parts: one part when n < min_split,
-// else one per thread.
+// The workers a parallel_for(n, min_split, ...) may use (for per-worker accumulators).
+inline int parallel_workers(int64_t n, int64_t min_split) {
+  return n < min_split ? 1 : ThreadPool::instance().size();
+}
+
+// body(worker, begin, end) over [0, n): all on the caller when n < min_split, else in
+// kChunksPerWorker contiguous chunks per worker, each worker accumulating into its own slot.
+constexpr int kChunksPerWorker = 4;
+
 template <class Body>
 void parallel_for(int64_t n, int64_t min_split, Body&& body) {
-  ThreadPool& pool = ThreadPool::instance();
-  const int parts = n < min_split ? 1 : static_cast<int>(pool.size() < n ? pool.size() : n);
-  if (parts <= 1) {
+  const int workers = parallel_workers(n, min_split);
+  const int64_t wanted = static_cast<int64_t>(workers) * kChunksPerWorker;
+  const int chunks = static_cast<int>(workers == 1 ? 1 : (wanted < n ? wanted : n));
+  if (chunks <= 1) {
     body(0, int64_t{0}, n);
     return;
   }
-  pool.run(parts, [&](int p) { body(p, n * p / parts, n * (p + 1) / parts); });
-}
-
-// The number of parts parallel_for(n, min_split, ...) makes (for per-part accumulators).
-inline int parallel_parts(int64_t n, int64_t min_split) {
-  if (n < min_split) return 1;
-  const int threads = ThreadPool::instance().size();
-  return static_cast<int>(threads < n ? threads : n);
+  ThreadPool::instance().run(chunks, [&](int worker, int c) { body(worker, n * c / chunks, n * (c + 1) / chunks); });
 }
 
 }  // namespace msmm
