@@ -6,6 +6,7 @@ One full step = forward + backward + gradient clipping + AdamW update (msmm: ``T
 what a training run executes). Every backend runs in its own fresh process: a torch worker never
 imports MindSpore (checked at its end), so neither MindSpore's start-up nor its thread pools
 touch torch (on some CPUs they slow torch down by up to 80x: docs/performance.md, "Measuring").
+``msmm_one_graph`` is msmm with ``MSMM_ONE_GRAPH_STEP=1`` (the whole step one compiled graph).
 Per process: 3 warm-up steps (compilation), then the median of 10 timed steps, wall and CPU
 time (``time.process_time``, all threads), peak RSS, and for msmm the resident memory at each
 stage of start-up. The machine is shared, so msmm and torch eager alternate for ``--rounds``
@@ -54,6 +55,8 @@ CONFIGS = {
 # the sanity step: plain HF Qwen2, hidden 64, 2 layers, 2 x 128 tokens, AdamW
 SANITY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, batch=2, tokens=128)
+BACKENDS = ("msmm", "msmm_one_graph", "torch_eager", "torch_compile")
+BACKEND_ENV = {"msmm_one_graph": {"MSMM_ONE_GRAPH_STEP": "1"}}  # the whole step as one compiled graph
 PIN_ENV = "MSMM_BENCH_PIN_CORE"  # a worker pins itself to this core first
 SANITY_LIMIT = 2.0  # torch eager may be at most this much slower per token than the sanity step
 VOCAB, VISION_START, VISION_END, IMAGE = 1024, 1000, 1001, 1002
@@ -267,7 +270,7 @@ def run_same_process(condition: str, threads: int) -> dict:
 
 def worker(args: List[str]) -> dict:
     kind, threads = args[0], int(args[-1])
-    if kind == "msmm":
+    if kind.startswith("msmm"):
         return run_msmm(args[1], threads)
     if kind == "count":
         return run_count(args[1], int(args[2]))
@@ -289,6 +292,7 @@ def spawn(args: List[str], mode: str, extra_env: Optional[Dict[str, str]] = None
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), GLOG_v="3", PYTHONPATH=REPO, **(extra_env or {}))
     if mode == "1pinned":
         env[PIN_ENV] = str(affinity()[-1])
+    env.update(BACKEND_ENV.get(args[0], {}))
     command = [sys.executable, os.path.abspath(__file__), "--worker", *args, str(threads)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -337,9 +341,10 @@ def benchmark(args) -> dict:
             entry = {"tokens_per_step": tokens, "rounds": rounds}
             for b in (*args.backends, "sanity"):
                 entry[b] = median_of(rounds, b)
-            for peer in ("torch_eager", "torch_compile"):
-                entry[f"msmm_over_{peer}"] = ratio(rounds, "msmm", peer, "step_s")
-                entry[f"msmm_over_{peer}_cpu_time"] = ratio(rounds, "msmm", peer, "cpu_s")
+            for ours, peer in (("msmm", "torch_eager"), ("msmm", "torch_compile"), ("msmm_one_graph", "torch_eager"),
+                               ("msmm_one_graph", "msmm")):
+                entry[f"{ours}_over_{peer}"] = ratio(rounds, ours, peer, "step_s")
+                entry[f"{ours}_over_{peer}_cpu_time"] = ratio(rounds, ours, peer, "cpu_s")
             if entry.get("msmm") and entry.get("torch_eager"):
                 entry["msmm_over_torch_eager_peak_rss"] = entry["msmm"]["peak_rss_mb"] / entry["torch_eager"]["peak_rss_mb"]
             if entry.get("torch_eager") and entry.get("sanity"):
@@ -378,9 +383,9 @@ def check_sanity(entry: dict, name: str, mode: str, tokens: int) -> None:
 
 
 def table(results: dict) -> None:
-    print("\n| config | threads | msmm ms | torch eager ms | torch.compile ms | msmm / eager (wall) | (CPU) | "
-          "RSS msmm / eager MB | eager / plain HF step |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| config | threads | msmm ms | one-graph ms | torch eager ms | torch.compile ms | msmm / eager (wall) | "
+          "(CPU) | RSS msmm / eager MB | eager / plain HF step |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key, e in results["runs"].items():
         name, mode = key.split("@")
 
@@ -392,7 +397,7 @@ def table(results: dict) -> None:
 
         rss = (f"{e['msmm']['peak_rss_mb']:.0f} / {e['torch_eager']['peak_rss_mb']:.0f}"
                if e.get("msmm") and e.get("torch_eager") else "-")
-        print(f"| {name} | {mode} | {ms('msmm')} | {ms('torch_eager')} | {ms('torch_compile')} | "
+        print(f"| {name} | {mode} | {ms('msmm')} | {ms('msmm_one_graph')} | {ms('torch_eager')} | {ms('torch_compile')} | "
               f"{num(e.get('msmm_over_torch_eager'))} | {num(e.get('msmm_over_torch_eager_cpu_time'))} | {rss} | "
               f"{num(e.get('torch_eager_over_sanity_step'))} |")
 
@@ -453,8 +458,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", nargs="+", default=list(THREAD_MODES), choices=list(THREAD_MODES))
-    parser.add_argument("--backends", nargs="+", default=["msmm", "torch_eager", "torch_compile"],
-                        choices=["msmm", "torch_eager", "torch_compile"])
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count-kernels", action="store_true", help="kernels per decoder layer, MSMM_FUSED_KERNELS=0 and 1")
     parser.add_argument("--same-process", action="store_true",

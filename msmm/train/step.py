@@ -1,13 +1,21 @@
 """The compiled training step: gradient accumulation, clipping, AdamW.
 
-Three graphs (``mindspore.jit``, AST capture), each compiled once per input shape:
+With one micro-batch per step on one rank and ``MSMM_ONE_GRAPH_STEP=1`` (``one_graph``, set
+by the trainer), the whole step is one graph,
+``whole_step(labels, inputs, lr)``: forward + backward, the gradient norm (one ``SumSquares``
+kernel), the clip factor and the AdamW update, which an in-graph guard skips when the loss or
+the norm is not finite (the parameters, moments and step count stay as they were). The
+gradients go straight from the backward into the update, never into the buffers below.
+
+Otherwise three graphs (``mindspore.jit``, AST capture), each compiled once per input shape:
 
 * ``micro_step(labels, **inputs)``: forward + backward of one micro-batch over the
   trainable parameters only (``value_and_grad`` with ``weights=``; frozen parameters get no
   gradient), each gradient written (first micro-batch of a step: ``ops.assign``, so no
   zeroing pass is needed) or added (``ops.assign_add``) in-graph into its fp32 buffer;
 * ``grad_sumsq(scale)``: the squared L2 norms of the (scaled) accumulated gradients, of
-  tensor-parallel shards and of the rest (the trainer sums the first over the ranks);
+  tensor-parallel shards and of the rest (the trainer sums the first over the ranks), one
+  ``SumSquares`` kernel each (``adapters.kernels.optim``);
 * ``apply(lr, coef)``: one AdamW update from the gradients times ``coef`` (coef = 1/denominator
   times the clip factor).
 
@@ -29,6 +37,7 @@ import mindspore
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from adapters.kernels.optim import sum_squares
 from msmm import runtime
 
 from .loss import REDUCTIONS, VocabParallelCrossEntropy, micro_batch_loss
@@ -76,6 +85,12 @@ class MicroResult:
     tokens: int  # counted (label) tokens
 
 
+@dataclass
+class StepResult(MicroResult):
+    grad_norm: float  # of the gradients of the mean loss (numerator / denominator)
+    applied: bool  # False: the loss or the norm was not finite, the update was skipped
+
+
 class TrainStep(nn.Cell):
     """Owns the gradient buffer and the compiled graphs for ``model`` and ``optimizer``."""
 
@@ -100,6 +115,9 @@ class TrainStep(nn.Cell):
             for name, p in zip(optimizer.names, self.weights)])
         self._accumulating = False  # False: the next micro-batch overwrites the buffers
         self._grad_fn = mindspore.value_and_grad(self._loss, None, self.weights, has_aux=True)
+        self.one_graph = False  # the trainer sets it when a step is one micro-batch on one rank
+        self._last_batch: Optional[Dict[str, Tensor]] = None  # of whole_step, to name a non-finite gradient
+        self.whole_step = runtime.jit(self._whole_step)
         self.micro_step_first = runtime.jit(self._micro_step_first)
         self.micro_step = runtime.jit(self._micro_step)
         self.grad_sumsq = runtime.jit(self._grad_sumsq)
@@ -128,6 +146,19 @@ class TrainStep(nn.Cell):
             ops.assign_add(self.grad_acc[k], grads[k].astype(mindspore.float32))
         return numerator, denominator, tokens
 
+    def _whole_step(self, labels: Tensor, inputs: Dict[str, Tensor], lr: Tensor):
+        (numerator, denominator, tokens), grads = self._grad_fn(labels, inputs)
+        grads = tuple(g if g.dtype == mindspore.float32 else g.astype(mindspore.float32) for g in grads)
+        scale = 1.0 / ops.maximum(denominator.astype(mindspore.float32), 1e-12)
+        norm = ops.sqrt(sum_squares(grads, scale.reshape(1))).reshape(())
+        finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(numerator * scale))
+        coef = scale
+        if self.clip_grad > 0:
+            coef = scale * ops.minimum(self.clip_grad / (norm + 1e-6), 1.0)
+        if finite:
+            self.optimizer(grads, lr, coef)
+        return numerator, denominator, tokens, norm, finite
+
     def _reduce_scatter_grads(self) -> Tensor:
         return self.optimizer.reduce_scatter_grads(self.grad_acc)
 
@@ -139,13 +170,9 @@ class TrainStep(nn.Cell):
             return self.optimizer.grad_sumsq(scale)
         sums = []
         for part in (True, False):
-            grads = [g.reshape(-1) for g, sharded in zip(self.grad_acc, self.sharded) if sharded == part]
-            if grads:
-                flat = ops.concat(grads) * scale
-                sums.append((flat * flat).sum())
-            else:
-                sums.append(ops.zeros((), mindspore.float32))
-        return ops.concat([x.reshape(1) for x in sums])
+            sums.append(sum_squares([g for g, sharded in zip(self.grad_acc, self.sharded) if sharded == part],
+                                    scale.reshape(1)))
+        return ops.concat(sums)
 
     def grad_norm(self, scale: float, sum_over_tensor_parallel: Optional[Callable[[Tensor], Tensor]] = None,
                   sum_over_data_parallel: Optional[Callable[[Tensor], Tensor]] = None,
@@ -189,6 +216,17 @@ class TrainStep(nn.Cell):
         self._accumulating = True
         return MicroResult(float(numerator.asnumpy()), float(denominator.asnumpy()), int(tokens.asnumpy()))
 
+    def step(self, batch: Dict[str, Tensor], lr: float) -> StepResult:
+        """The whole step on one micro-batch (``one_graph``): forward, backward, clip, AdamW at
+        ``lr``, skipped in-graph if the loss or the gradient norm is not finite."""
+        inputs = dict(batch)
+        labels = inputs.pop("labels")
+        numerator, denominator, tokens, norm, finite = self.whole_step(
+            labels, mindspore.mutable(inputs), Tensor(lr, mindspore.float32))
+        self._last_batch = batch
+        return StepResult(float(numerator.asnumpy()), float(denominator.asnumpy()), int(tokens.asnumpy()),
+                          float(norm.asnumpy()), bool(finite.asnumpy()))
+
     def update(self, lr: float, coef: float) -> None:
         """One optimizer step from the accumulated gradients times ``coef``; the buffers are
         overwritten by the next micro-batch."""
@@ -196,7 +234,13 @@ class TrainStep(nn.Cell):
         self._accumulating = False
 
     def first_nonfinite_grad(self) -> Optional[str]:
-        """Name of the first parameter whose gradient holds a NaN or Inf (for the error message)."""
+        """Name of the first parameter whose gradient holds a NaN or Inf (for the error message).
+        After ``step`` (whose gradients are not kept) the micro-batch's gradients are computed
+        again into the buffers: the skipped update left the parameters as they were."""
+        if self.one_graph and self._last_batch is not None:
+            self.zero_grad()
+            self.forward_backward(self._last_batch)
+            self.zero_grad()
         for name, grad in zip(self.optimizer.names, self.grad_acc):
             if not np.isfinite(grad.asnumpy()).all():
                 return name

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from .evaluation import Evaluator
 
 Batch = Dict[str, np.ndarray]
+# "1": a step of one micro-batch on one rank is one compiled graph (``TrainStep.step``). Off by
+# default: on 2 cores it saved no measurable time and took 115-170 MB more peak RSS
+# (docs/performance.md, "Train step")
+ONE_GRAPH_ENV = "MSMM_ONE_GRAPH_STEP"
 
 
 @dataclass
@@ -220,6 +225,12 @@ class InputBuilder:
                 "label_counts": (shifted != IGNORE_INDEX).sum(axis=1).astype(np.int64)}
 
 
+def batch_size_and_tokens(batch: Batch) -> Tuple[int, int]:
+    """(samples, tokens) of a micro-batch: its rows and its attended tokens."""
+    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].size)
+    return int(batch["input_ids"].shape[0]), tokens
+
+
 def unique_parameter_names(model: nn.Cell) -> None:
     """Give every Parameter its full dotted name. Layers swapped in after construction
     (LoRA) carry names relative to their parent, and ParameterTuple needs unique names."""
@@ -287,6 +298,9 @@ class Trainer:
             self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad, vocab_parallel,
                                      sharded, world.cp_size)
         self.sequence_parallel_grads = self._sequence_parallel_grads(sharded)
+        # one micro-batch on one rank: forward, backward, clip and update in one graph (if asked)
+        self.step_fn.one_graph = (self.stage is None and world.size == 1 and self.micro_batches == 1
+                                  and os.environ.get(ONE_GRAPH_ENV, "0") == "1")
         self.iteration = 0
         self.arguments = arguments or {}
         self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
@@ -334,15 +348,40 @@ class Trainer:
     # ---- one optimizer step ----------------------------------------------------------------
 
     def train_step(self) -> Dict[str, float]:
-        """Accumulate the micro-batches of one global batch, reduce, clip, update."""
+        """Accumulate the micro-batches of one global batch, reduce, clip, update; with one
+        micro-batch on one rank (``one_graph``) all of it is one compiled graph."""
         step = self.iteration + 1
+        lr = self.schedule(self.iteration)
+        if self.step_fn.one_graph:
+            batch = self.stream.next()
+            samples, tokens = batch_size_and_tokens(batch)
+            result = self.step_fn.step(self.inputs(batch), lr)
+            norm, finite = result.grad_norm, result.applied
+            loss = result.numerator / max(result.denominator, 1e-12)
+        else:
+            loss, norm, finite, samples, tokens = self._accumulate_and_update(lr)
+        if not finite:
+            what = f"the loss is {loss}" if not math.isfinite(loss) else \
+                f"the gradient norm is {norm} (first non-finite gradient: {self.step_fn.first_nonfinite_grad()})"
+            if not self.config.skip_nonfinite_steps:
+                raise NonFiniteError(f"iteration {step}: {what}; stopping (--skip-nonfinite-steps skips such steps instead)")
+            self.logger.warn(f"iteration {step}: {what}; step skipped, parameters unchanged")
+            self.step_fn.zero_grad()
+        self.iteration = step
+        return {"loss": loss, "lr": lr, "grad_norm": norm, "skipped": not finite,
+                "samples": samples * self.world.dp_size, "tokens": tokens}
+
+    def _accumulate_and_update(self, lr: float) -> Tuple[float, float, bool, int, int]:
+        """(loss, grad norm, finite, samples, tokens) of a step of several micro-batches or
+        ranks: gradients accumulated into the buffers, reduced over the ranks, clipped and
+        applied if finite."""
         numerator = denominator = 0.0
         tokens = samples = 0
         batches = []
         for _ in range(self.micro_batches):
             batch = self.stream.next()
-            samples += int(batch["input_ids"].shape[0])
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].size)
+            size, counted = batch_size_and_tokens(batch)
+            samples, tokens = samples + size, tokens + counted
             # a non-finite loss is caught after the all-reduce below, on every rank alike
             # (raising here on one rank would leave the others waiting in the collective)
             if self.stage is not None:  # the pipeline schedule runs every micro-batch of the step
@@ -368,22 +407,12 @@ class Trainer:
         scale = 1.0 / max(denominator, 1e-12)
         norm = self.step_fn.grad_norm(scale, self.world.all_reduce_tensor_parallel, self.world.all_reduce_sum,
                                       self.world.all_reduce_pipeline if self.stage is not None else None)
-        lr = self.schedule(self.iteration)
         loss = numerator / max(denominator, 1e-12)
         finite = math.isfinite(norm) and math.isfinite(loss)
         if finite:
             clip = min(1.0, self.config.clip_grad / (norm + 1e-6)) if self.config.clip_grad > 0 else 1.0
             self.step_fn.update(lr, scale * clip)
-        else:
-            what = f"the loss is {loss}" if not math.isfinite(loss) else \
-                f"the gradient norm is {norm} (first non-finite gradient: {self.step_fn.first_nonfinite_grad()})"
-            if not self.config.skip_nonfinite_steps:
-                raise NonFiniteError(f"iteration {step}: {what}; stopping (--skip-nonfinite-steps skips such steps instead)")
-            self.logger.warn(f"iteration {step}: {what}; step skipped, parameters unchanged")
-            self.step_fn.zero_grad()
-        self.iteration = step
-        return {"loss": loss, "lr": lr, "grad_norm": norm, "skipped": not finite,
-                "samples": samples * self.world.dp_size, "tokens": tokens}
+        return loss, norm, finite, samples, tokens
 
     # ---- the loop ---------------------------------------------------------------------------
 
