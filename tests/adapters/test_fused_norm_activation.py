@@ -152,6 +152,14 @@ def test_non_contiguous_views():
                                (torch.nn.functional.silu(want) * want).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_mismatched_shapes_raise_as_in_torch():
+    x, w = _inputs((3, 8), (6,))
+    with pytest.raises(Exception):
+        F.rms_norm(ms.Tensor(x), (8,), ms.Tensor(w), 1e-6).asnumpy()
+    with pytest.raises(Exception):
+        F.layer_norm(ms.Tensor(x), (6,)).asnumpy()
+
+
 def test_rms_norm_other_dtypes_and_shapes_use_the_composite():
     x, w = _inputs((2, 3, 8), (3, 8))
     got = F.rms_norm(ms.Tensor(x), (3, 8), ms.Tensor(w), 1e-6).asnumpy()

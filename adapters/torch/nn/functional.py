@@ -154,6 +154,18 @@ def _float32(tensor: Optional[Tensor]) -> bool:
     return tensor is None or tensor.dtype == mindspore.float32
 
 
+def _fused_norm(input: Tensor, normalized_shape: Tuple[int, ...], weight: Optional[Tensor],
+                bias: Optional[Tensor] = None) -> bool:
+    """The fused norms serve float32 over the last dim, with affine parameters of that size
+    (anything else goes to the composite, which raises torch's errors)."""
+    if not (fused_norm.AVAILABLE and len(normalized_shape) == 1 and input.shape[-1] == normalized_shape[0]):
+        return False
+    for param in (weight, bias):
+        if param is not None and tuple(param.shape) != normalized_shape:
+            return False
+    return _float32(input) and _float32(weight) and _float32(bias)
+
+
 def _layer_norm_legacy(input, normalized_shape, weight, bias, eps):
     axis = input.ndim - len(normalized_shape)
     weight = ops.ones(normalized_shape, input.dtype) if weight is None else weight
@@ -164,8 +176,7 @@ def _layer_norm_legacy(input, normalized_shape, weight, bias, eps):
 @register("layer_norm", "CPU", note="fused float32 kernel over the last dim (adapters/kernels/csrc/norm.cpp); "
                                     "else ops.LayerNorm (legacy kernel)")
 def _layer_norm_cpu(input, normalized_shape, weight, bias, eps):
-    fused = fused_norm.AVAILABLE and len(normalized_shape) == 1
-    if not (fused and _float32(input) and _float32(weight) and _float32(bias)):
+    if not _fused_norm(input, normalized_shape, weight, bias):
         return _layer_norm_legacy(input, normalized_shape, weight, bias, eps)
     weight = ops.ones(normalized_shape, input.dtype) if weight is None else weight
     bias = ops.zeros(normalized_shape, input.dtype) if bias is None else bias
@@ -196,7 +207,7 @@ def _rms_norm_composite(input, normalized_shape, weight, eps):
 @register("rms_norm", "CPU", note="fused float32 kernel over the last dim (adapters/kernels/csrc/norm.cpp); else "
                                   "composite x * rsqrt(mean(x^2) + eps) * weight, fp32 math for fp16/bf16")
 def _rms_norm_cpu(input, normalized_shape, weight, eps):
-    if fused_norm.AVAILABLE and len(normalized_shape) == 1 and _float32(input) and _float32(weight):
+    if _fused_norm(input, normalized_shape, weight):
         return fused_norm.rms_norm(input, weight, eps)
     return _rms_norm_composite(input, normalized_shape, weight, eps)
 
