@@ -13,14 +13,16 @@ Three peers, each run in its own fresh process (none imports MindSpore; asserted
 All three produce the same pixel values bit for bit (tests/data/test_image_processing.py).
 
 ``stages``: per image of each size class (JPEGs written here, upscaled and downscaled, square,
-tall and panoramic), the median milliseconds of decode (``Image.open`` + ``load`` +
+tall and panoramic), the median thread CPU milliseconds (wall time on an idle machine, and
+steady when the machine is shared) of decode (``Image.open`` + ``load`` +
 ``convert("RGB")``), resize (time inside PIL's ``Image.resize``), rescale + normalise (HF's
 ``rescale`` and ``normalize``; msmm's table look-up), the fused kernel call, and the rest
 (patchify / tiling / crop / pad / conversions between PIL and numpy).
 ``pipeline``: samples/s of the whole data path: image decode and preprocessing, chat template
 and tokenisation with the vision tokens expanded, padding a batch of 8 (msmm:
 ``MultimodalDataset`` + ``PaddingCollator`` through ``DataLoader``; HF: ``processor(text=...,
-images=..., padding=True)``), in the main process (workers 0) unless ``--workers`` adds more.
+images=..., padding=True)``), in the main process (workers 0) unless ``--workers`` adds more;
+wall clock, and for workers 0 also per CPU second of the process.
 
 Peers alternate run by run; each figure is the median over ``--repeats`` runs. Thread pools
 are held to one thread (``TOKENIZERS_PARALLELISM=false``, ``RAYON_NUM_THREADS=1``,
@@ -38,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
@@ -55,7 +57,7 @@ FAMILIES = ("internvl", "qwen2vl", "llava")
 # (name, width, height): upscaled, VGA, HD, large, tall, panorama
 SIZE_CLASSES = [("small 320x240", 320, 240), ("vga 640x480", 640, 480), ("hd 1280x720", 1280, 720),
                 ("large 2048x1536", 2048, 1536), ("tall 600x1800", 600, 1800), ("panorama 2400x480", 2400, 480)]
-STAGES = ("decode", "resize", "rescale_normalize", "fused_resize_normalize_layout", "other")
+CLOCK = time.thread_time  # stage timings: CPU time of the (only) working thread
 BATCH = 8
 MAX_TILES = 6
 QWEN_MAX_PIXELS = 28 * 28 * 1024
@@ -126,13 +128,13 @@ class StageTimer:
 
         def timed(*args, **kwargs):
             self._depth += 1
-            start = time.perf_counter()
+            start = CLOCK()
             try:
                 return method(*args, **kwargs)
             finally:
                 self._depth -= 1
                 if self._depth == 0:
-                    self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+                    self.seconds[stage] = self.seconds.get(stage, 0.0) + CLOCK() - start
 
         setattr(owner, name, timed)
 
@@ -165,12 +167,12 @@ def stage_worker(peer: str, family: str, images: Dict[str, List[str]], passes: i
     for _ in range(passes):
         for size_class, paths in images.items():
             for path in paths:
-                start = time.perf_counter()
+                start = CLOCK()
                 image = decode(path)
-                decoded = time.perf_counter()
+                decoded = CLOCK()
                 timer.seconds.clear()
                 run(image)
-                total = time.perf_counter() - decoded
+                total = CLOCK() - decoded
                 stages = {"decode": decoded - start, **timer.seconds}
                 stages["other"] = total - sum(timer.seconds.values())
                 stages["total"] = total + stages["decode"]
@@ -190,8 +192,9 @@ def tokenizer_for(family: str):
     return tok
 
 
-def hf_pipeline(family: str, paths: List[str], workers: int) -> float:
-    """Samples/s of ``processor(text, images, padding=True)`` over batches of BATCH."""
+def hf_pipeline(family: str, paths: List[str], workers: int) -> Tuple[float, float]:
+    """Samples per second and per process CPU second of ``processor(text, images, padding=True)``
+    over batches of BATCH."""
     import multiprocessing
 
     from transformers import InternVLProcessor, LlavaProcessor, Qwen2VLProcessor
@@ -227,14 +230,14 @@ def hf_pipeline(family: str, paths: List[str], workers: int) -> float:
         return {k: np.asarray(v) for k, v in out.items()}
 
     chunks = [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if workers == 0:
         n = sum(len(b["input_ids"]) for b in map(batch, chunks))
     else:  # batches come back through shared memory, as msmm's DataLoader returns them
         _FORKED["batch"] = batch
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             n = sum(len(unshare_batch(b)["input_ids"]) for b in pool.imap(_shared_batch, chunks))
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
 _FORKED: Dict[str, Callable] = {}  # the batch function, inherited by forked pool workers
@@ -246,8 +249,9 @@ def _shared_batch(chunk: List[str]) -> dict:
     return share_batch(_FORKED["batch"](chunk))
 
 
-def msmm_pipeline(family: str, paths: List[str], workers: int) -> float:
-    """Samples/s of ``MultimodalDataset`` + ``PaddingCollator`` through ``DataLoader``."""
+def msmm_pipeline(family: str, paths: List[str], workers: int) -> Tuple[float, float]:
+    """Samples per second and per process CPU second of ``MultimodalDataset`` +
+    ``PaddingCollator`` through ``DataLoader``."""
     from msmm.data.collate import PaddingCollator
     from msmm.data.dataset import InternVLVision, LlavaVision, MultimodalDataset, Qwen2VLVision
     from msmm.data.loader import DataLoader
@@ -268,9 +272,9 @@ def msmm_pipeline(family: str, paths: List[str], workers: int) -> float:
     dataset = MultimodalDataset(records, ConversationEncoder(tok, template, family), vision)
     loader = DataLoader(dataset, EpochSampler(len(dataset), shuffle=False), PaddingCollator(tok.pad_token_id), BATCH,
                         workers, drop_last=False)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     n = sum(len(batch["input_ids"]) for batch in loader)
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
 def worker_main(task: dict) -> dict:
@@ -278,7 +282,8 @@ def worker_main(task: dict) -> dict:
         result = stage_worker(task["peer"], task["family"], task["images"], task["passes"])
     else:
         run = hf_pipeline if task["peer"] == "hf" else msmm_pipeline
-        result = {"samples_per_s": run(task["family"], task["paths"], task["workers"])}
+        wall, cpu = run(task["family"], task["paths"], task["workers"])
+        result = {"samples_per_s": wall, "samples_per_cpu_s": cpu}
     assert "mindspore" not in sys.modules, f"{task['peer']} imported mindspore"
     return result
 
@@ -341,15 +346,16 @@ def main() -> None:
             results["stages_ms"][family] = table
             print(family, json.dumps(table["speedup_vs_hf"]), flush=True)
             for workers in (int(w) for w in args.workers.split(",")):
-                rates: Dict[str, List[float]] = {peer: [] for peer in PEERS}
+                rates: Dict[str, List[dict]] = {peer: [] for peer in PEERS}
                 for _ in range(args.repeats):
                     for peer in PEERS:
                         rates[peer].append(run_worker({"mode": "pipeline", "peer": peer, "family": family,
-                                                       "paths": images["mixed"], "workers": workers})["samples_per_s"])
+                                                       "paths": images["mixed"], "workers": workers}))
                 row = {"family": family, "workers": workers, "load_average": round(os.getloadavg()[0], 1)}
-                row.update({f"{peer}_samples_per_s": round(statistics.median(r), 2) for peer, r in rates.items()})
-                row.update({f"{peer}_vs_hf": round(row[f"{peer}_samples_per_s"] / row["hf_samples_per_s"], 2)
-                            for peer in ("msmm_pil", "msmm")})
+                for unit in ("samples_per_s", "samples_per_cpu_s") if workers == 0 else ("samples_per_s",):
+                    median = {peer: statistics.median(r[unit] for r in runs) for peer, runs in rates.items()}
+                    row.update({f"{peer}_{unit}": round(m, 2) for peer, m in median.items()})
+                    row.update({f"{peer}_vs_hf_{unit}": round(median[peer] / median["hf"], 2) for peer in ("msmm_pil", "msmm")})
                 results["pipeline"].append(row)
                 print(json.dumps(row), flush=True)
     with open(args.output, "w") as f:

@@ -15,6 +15,12 @@ from msmm.data.video import InternVLFrameSampler, Qwen2VLFrameSampler, read_vide
 Sample = dict[str, np.ndarray]
 
 
+def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.concatenate``, but a single part is returned as is: a sample's pixels are tens of MB,
+    and a copy of them into fresh memory cost as much as preprocessing them (issue 18)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class InternVLVision:
     """Tiles per image (the tile budget shared among a record's images), one tile per video frame."""
 
@@ -26,7 +32,7 @@ class InternVLVision:
         tiles = [self.transform(im, max_tiles=max_tiles) for im in images]
         video_tiles = [np.concatenate([self.transform(f, max_tiles=1) for f in v.frames]) for v in videos]
         s = self.transform.tile_size
-        pixels = np.concatenate(tiles + video_tiles) if tiles or video_tiles else np.zeros((0, 3, s, s), np.float32)
+        pixels = _concat(tiles + video_tiles) if tiles or video_tiles else np.zeros((0, 3, s, s), np.float32)
         out = {"pixel_values": pixels, "image_flags": np.ones(len(pixels), np.int64)}
         return out, [len(t) * self.tokens_per_tile for t in tiles], [[self.tokens_per_tile] * len(v) for v in video_tiles]
 
@@ -48,7 +54,7 @@ class Qwen2VLVision:
             if not items:
                 continue
             patches, grids = zip(*(transform.frames(frames) for frames in items))
-            out[f"pixel_values{key}"] = np.concatenate(patches)
+            out[f"pixel_values{key}"] = _concat(patches)
             out[f"{'video' if key else 'image'}_grid_thw"] = np.asarray(grids, np.int64)
             tokens += [int(np.prod(g)) // merge for g in grids]
         return out, image_tokens, [[n] for n in video_tokens]
