@@ -22,9 +22,9 @@ from mindspore import Tensor, ops
 from mindspore.ops import constexpr
 
 from .build import library
-from .custom import OPENMP, custom_op, first_dtype, first_shape
+from .custom import THREADED, custom_op, first_dtype, first_shape
 
-_LIBRARY = library("attention", OPENMP)
+_LIBRARY = library("attention", THREADED)
 AVAILABLE = _LIBRARY is not None
 
 _scores = ops.BatchMatMul(transpose_b=True)  # q k^T without a transposed copy of k

@@ -18,9 +18,9 @@ from mindspore import Tensor
 from mindspore.ops import constexpr
 
 from .build import library
-from .custom import OPENMP, custom_op, first_dtype
+from .custom import THREADED, custom_op, first_dtype
 
-_LIBRARY = library("rope", OPENMP)
+_LIBRARY = library("rope", THREADED)
 AVAILABLE = _LIBRARY is not None
 
 

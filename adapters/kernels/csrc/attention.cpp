@@ -11,16 +11,23 @@
 // gives zeros (torch's sdpa). params = [scale, L, causal, offset] as float32.
 //
 // MindSpore AOT custom-op ABI: params holds the inputs then the outputs. exp is polynomial
-// so that the loops vectorise; rows are split statically over the OpenMP threads.
-#include <omp.h>
-
+// so that the loops vectorise; rows are split over the pool's threads (parallel.h) when a
+// call has enough work to pay for waking them.
 #include <cstdint>
 #include <cstring>
 #include <limits>
 
+#include "parallel.h"
+
 namespace {
 
 constexpr int64_t kParallelMin = 1 << 17;  // elements per call before waking a second thread pays (~80 us of work)
+
+// Rows per call before splitting: kParallelMin elements, at least 2 rows.
+int64_t min_split(int64_t width) {
+  const int64_t rows = kParallelMin / (width > 0 ? width : 1);
+  return rows > 2 ? rows : 2;
+}
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // exp(x) to ~1 ulp (Cephes expf) for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a
@@ -84,42 +91,45 @@ float masked_scores(const float* x, const void* mask, float scale, int64_t limit
 }
 
 template <Mask kind>
-void softmax_rows(const Layout& s, const float* x, const void* mask, float* y) {
-  const int64_t total_rows = s.batch * s.groups * s.rows;
+void softmax_row(const Layout& s, int64_t row, const float* x, const void* mask, float* y) {
   const size_t mask_item = kind == Mask::kAdd ? sizeof(float) : sizeof(uint8_t);
-  const int threads = total_rows * s.keys < kParallelMin ? 1 : omp_get_max_threads();
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t row = 0; row < total_rows; ++row) {
-    const int64_t r = row % s.rows, g = (row / s.rows) % s.groups, b = row / (s.rows * s.groups);
-    const int64_t query = r % s.queries;
-    const void* mask_row = nullptr;
-    if constexpr (kind != Mask::kNone) {
-      const int64_t mb = s.mask_batch == 1 ? 0 : b, mg = s.mask_groups == 1 ? 0 : g;
-      const int64_t mr = s.mask_rows == 1 ? 0 : query;
-      const int64_t index = ((mb * s.mask_groups + mg) * s.mask_rows + mr) * s.keys;
-      mask_row = static_cast<const char*>(mask) + index * mask_item;
-    }
-    int64_t limit = s.keys;
-    if (s.causal) {
-      const int64_t last = query + s.offset + 1;
-      limit = last < 0 ? 0 : (last < s.keys ? last : s.keys);
-    }
-    const float* xr = x + row * s.keys;
-    float* yr = y + row * s.keys;
-    const float top = masked_scores<kind>(xr, mask_row, s.scale, limit, yr);
-    if (top == kNegInf) limit = 0;  // fully masked: zeros
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < limit; ++j) {
-      const float e = yr[j] == kNegInf ? 0.f : exp_neg(yr[j] - top);
-      yr[j] = e;
-      sum += e;
-    }
-    const float inv = limit > 0 ? 1.f / sum : 0.f;
-#pragma omp simd
-    for (int64_t j = 0; j < limit; ++j) yr[j] *= inv;
-    for (int64_t j = limit; j < s.keys; ++j) yr[j] = 0.f;
+  const int64_t r = row % s.rows, g = (row / s.rows) % s.groups, b = row / (s.rows * s.groups);
+  const int64_t query = r % s.queries;
+  const void* mask_row = nullptr;
+  if constexpr (kind != Mask::kNone) {
+    const int64_t mb = s.mask_batch == 1 ? 0 : b, mg = s.mask_groups == 1 ? 0 : g;
+    const int64_t mr = s.mask_rows == 1 ? 0 : query;
+    const int64_t index = ((mb * s.mask_groups + mg) * s.mask_rows + mr) * s.keys;
+    mask_row = static_cast<const char*>(mask) + index * mask_item;
   }
+  int64_t limit = s.keys;
+  if (s.causal) {
+    const int64_t last = query + s.offset + 1;
+    limit = last < 0 ? 0 : (last < s.keys ? last : s.keys);
+  }
+  const float* xr = x + row * s.keys;
+  float* yr = y + row * s.keys;
+  const float top = masked_scores<kind>(xr, mask_row, s.scale, limit, yr);
+  if (top == kNegInf) limit = 0;  // fully masked: zeros
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < limit; ++j) {
+    const float e = yr[j] == kNegInf ? 0.f : exp_neg(yr[j] - top);
+    yr[j] = e;
+    sum += e;
+  }
+  const float inv = limit > 0 ? 1.f / sum : 0.f;
+#pragma omp simd
+  for (int64_t j = 0; j < limit; ++j) yr[j] *= inv;
+  for (int64_t j = limit; j < s.keys; ++j) yr[j] = 0.f;
+}
+
+template <Mask kind>
+void softmax_rows(const Layout& s, const float* x, const void* mask, float* y) {
+  const Layout layout = s;
+  msmm::parallel_for(s.batch * s.groups * s.rows, min_split(s.keys), [=](int, int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) softmax_row<kind>(layout, row, x, mask, y);
+  });
 }
 
 bool is_float32(const char* dtype) { return std::strcmp(dtype, "float32") == 0; }
@@ -187,17 +197,17 @@ extern "C" int MaskedSoftmaxGrad(int nparam, void** params, int* ndims, int64_t*
   const float* dy = static_cast<const float*>(params[1]);
   const float scale = static_cast<const float*>(params[2])[0];
   float* dx = static_cast<float*>(params[3]);
-  const int threads = rows * keys < kParallelMin ? 1 : omp_get_max_threads();
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t row = 0; row < rows; ++row) {
-    const float* yr = y + row * keys;
-    const float* dyr = dy + row * keys;
-    float* dxr = dx + row * keys;
-    float dot = 0.f;
+  msmm::parallel_for(rows, min_split(keys), [=](int, int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float* yr = y + row * keys;
+      const float* dyr = dy + row * keys;
+      float* dxr = dx + row * keys;
+      float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < keys; ++j) dot += dyr[j] * yr[j];
+      for (int64_t j = 0; j < keys; ++j) dot += dyr[j] * yr[j];
 #pragma omp simd
-    for (int64_t j = 0; j < keys; ++j) dxr[j] = (dyr[j] - dot) * yr[j] * scale;
-  }
+      for (int64_t j = 0; j < keys; ++j) dxr[j] = (dyr[j] - dot) * yr[j] * scale;
+    }
+  });
   return 0;
 }

@@ -10,11 +10,11 @@
 // their gradients the other way round); the others keep x's [B, H, L, D].
 //
 // MindSpore AOT custom-op ABI: params holds the inputs then the outputs. Rows of D are split
-// statically over the OpenMP threads.
-#include <omp.h>
-
+// over the pool's threads (parallel.h) when a call has enough work to pay for waking them.
 #include <cstdint>
 #include <cstring>
+
+#include "parallel.h"
 
 namespace {
 
@@ -33,7 +33,7 @@ bool dims_of(const int64_t* x_shape, int* ndims, int64_t** shapes, const char** 
   if (ndims[0] != 4 || ndims[1] != 3 || ndims[2] != 3) return false;
   const int64_t* x = x_shape;
   *d = Dims{x[0], heads_first ? x[2] : x[1], heads_first ? x[1] : x[2], x[3], shapes[1][0]};
-  if (d->dim % 2 || shapes[1][1] != d->length || shapes[1][2] != d->dim) return false;
+  if (d->dim == 0 || d->dim % 2 || shapes[1][1] != d->length || shapes[1][2] != d->dim) return false;
   return d->table_batch == 1 || d->table_batch == d->batch;
 }
 
@@ -49,53 +49,67 @@ Row row_of(const Dims& d, bool heads_first, int64_t b, int64_t h, int64_t l) {
   return Row{head_major, x, table};
 }
 
-int threads_for(const Dims& d) {
-  return d.batch * d.heads * d.length * d.dim < kParallelMin ? 1 : omp_get_max_threads();
+// Rows of D per call before splitting: kParallelMin elements, at least 2 rows.
+int64_t min_split(const Dims& d) {
+  const int64_t rows = kParallelMin / d.dim;
+  return rows > 2 ? rows : 2;
+}
+
+// body(b, h, l) for every row of D, the rows split over the pool's threads. The indices are
+// stepped, not divided out per row: a row is only ~20 cycles of work.
+template <class Body>
+void for_each_row(const Dims& d, Body body) {
+  msmm::parallel_for(d.batch * d.heads * d.length, min_split(d), [=](int, int64_t begin, int64_t end) {
+    int64_t b = begin / (d.heads * d.length), h = (begin / d.length) % d.heads, l = begin % d.length;
+    for (int64_t row = begin; row < end; ++row) {
+      body(b, h, l);
+      if (++l == d.length) {
+        l = 0;
+        if (++h == d.heads) h = 0, ++b;
+      }
+    }
+  });
 }
 
 void forward(const Dims& d, bool heads_first, const float* x, const float* cos, const float* sin, float* y) {
   const int64_t half = d.dim / 2;
-#pragma omp parallel for collapse(3) schedule(static) num_threads(threads_for(d))
-  for (int64_t b = 0; b < d.batch; ++b)
-    for (int64_t h = 0; h < d.heads; ++h)
-      for (int64_t l = 0; l < d.length; ++l) {
-        const Row r = row_of(d, heads_first, b, h, l);
-        const float *xr = x + r.x, *c = cos + r.table, *s = sin + r.table;
-        float* yr = y + r.head_major;
+  for_each_row(d, [=](int64_t b, int64_t h, int64_t l) {
+    const Row r = row_of(d, heads_first, b, h, l);
+    const float *xr = x + r.x, *c = cos + r.table, *s = sin + r.table;
+    float* yr = y + r.head_major;
 #pragma omp simd
-        for (int64_t i = 0; i < half; ++i) {
-          yr[i] = xr[i] * c[i] - xr[i + half] * s[i];
-          yr[i + half] = xr[i + half] * c[i + half] + xr[i] * s[i + half];
-        }
-      }
+    for (int64_t i = 0; i < half; ++i) {
+      yr[i] = xr[i] * c[i] - xr[i + half] * s[i];
+      yr[i + half] = xr[i + half] * c[i + half] + xr[i] * s[i + half];
+    }
+  });
 }
 
 void backward(const Dims& d, bool heads_first, const float* dy, const float* cos, const float* sin, float* dx) {
   const int64_t half = d.dim / 2;
-#pragma omp parallel for collapse(3) schedule(static) num_threads(threads_for(d))
-  for (int64_t b = 0; b < d.batch; ++b)
-    for (int64_t h = 0; h < d.heads; ++h)
-      for (int64_t l = 0; l < d.length; ++l) {
-        const Row r = row_of(d, heads_first, b, h, l);
-        const float *g = dy + r.head_major, *c = cos + r.table, *s = sin + r.table;
-        float* dxr = dx + r.x;
+  for_each_row(d, [=](int64_t b, int64_t h, int64_t l) {
+    const Row r = row_of(d, heads_first, b, h, l);
+    const float *g = dy + r.head_major, *c = cos + r.table, *s = sin + r.table;
+    float* dxr = dx + r.x;
 #pragma omp simd
-        for (int64_t i = 0; i < half; ++i) {
-          dxr[i] = g[i] * c[i] + g[i + half] * s[i + half];
-          dxr[i + half] = g[i + half] * c[i + half] - g[i] * s[i];
-        }
-      }
+    for (int64_t i = 0; i < half; ++i) {
+      dxr[i] = g[i] * c[i] + g[i + half] * s[i + half];
+      dxr[i + half] = g[i + half] * c[i + half] - g[i] * s[i];
+    }
+  });
 }
 
 // dcos, dsin [Bc, L, D]: each table row sums over the heads (and the batch when Bc = 1);
 // threads split the table rows, so no two write the same one.
 void table_grads(const Dims& d, bool heads_first, const float* x, const float* dy, float* dcos, float* dsin) {
   const int64_t half = d.dim / 2, batches = d.table_batch == 1 ? d.batch : 1;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(d))
-  for (int64_t tb = 0; tb < d.table_batch; ++tb)
-    for (int64_t l = 0; l < d.length; ++l) {
-      float* dc = dcos + (tb * d.length + l) * d.dim;
-      float* ds = dsin + (tb * d.length + l) * d.dim;
+  const int64_t per_row = batches * d.heads * d.dim;  // elements read per table row
+  const int64_t rows_min = kParallelMin / per_row > 2 ? kParallelMin / per_row : 2;
+  msmm::parallel_for(d.table_batch * d.length, rows_min, [=](int, int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t tb = row / d.length, l = row % d.length;
+      float* dc = dcos + row * d.dim;
+      float* ds = dsin + row * d.dim;
       for (int64_t i = 0; i < d.dim; ++i) dc[i] = ds[i] = 0.f;
       for (int64_t k = 0; k < batches; ++k)
         for (int64_t h = 0; h < d.heads; ++h) {
@@ -110,6 +124,7 @@ void table_grads(const Dims& d, bool heads_first, const float* x, const float* d
           }
         }
     }
+  });
 }
 
 template <bool heads_first>
