@@ -5,6 +5,9 @@ weights (random, built in code), one image, batch 1.
 
     python benchmarks/generate.py [--layers 4 --hidden 256 --new 64 --threads 1 --rounds 7]
 
+Both sides get the same thread budget: ``--threads`` torch threads and as many MindSpore
+runtime threads (``--ms-threads`` overrides; 0 leaves MindSpore's default).
+
 Each side runs in its own worker process: the HF worker never imports MindSpore (checked:
 MindSpore in a process slows torch down on some CPUs, issue 18), the msmm worker never runs
 torch. The parent imports neither; it asks the workers for one round at a time, alternating,
@@ -226,12 +229,16 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--ms-threads", type=int, default=0, help="MindSpore runtime threads (0: its default)")
+    parser.add_argument("--ms-threads", type=int, default=None,
+                        help="MindSpore runtime threads (default: --threads, the budget torch gets; 0: MindSpore's "
+                             "default)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--worker", choices=("hf", "msmm"), help=argparse.SUPPRESS)
     parser.add_argument("--directory", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ms_threads is None:
+        args.ms_threads = args.threads
     if args.worker:
         return worker(args)
     from benchmarks._env import machine

@@ -280,10 +280,12 @@ def steps_per_call(streaming: bool) -> int:
 
 def cache_length(prompt_length: int, max_new_tokens: int, steps: int = 1) -> int:
     """The KV-cache length for a prompt and ``max_new_tokens`` decoded ``steps`` per call: at
-    least the padded prompt and every token the decode calls write (the last call may run
-    past ``max_new_tokens``), rounded up to a multiple of ``CACHE_BUCKET``."""
-    decoded = -(-max(max_new_tokens - 1, 0) // steps) * steps
-    return -(-max(prompt_bucket(prompt_length), prompt_length + 1 + decoded) // CACHE_BUCKET) * CACHE_BUCKET
+    least the padded prompt, the prompt and the new tokens, and every slot the decode calls
+    write (one per step; the last call may run past ``max_new_tokens``), rounded up to a
+    multiple of ``CACHE_BUCKET``."""
+    written = -(-max(max_new_tokens - 1, 0) // steps) * steps  # the first new token comes from the prefill
+    needed = prompt_length + max(max_new_tokens, written)
+    return -(-max(prompt_bucket(prompt_length), needed) // CACHE_BUCKET) * CACHE_BUCKET
 
 
 @dataclass
@@ -327,6 +329,8 @@ def generate_stream(model: Any, input_ids: np.ndarray, attention_mask: Optional[
     """Yields the next token ids [B] one at a time (rows that stopped yield pad). ``steps``
     decode steps run per graph call (default ``steps_per_call(streaming=True)``): a call's
     tokens are yielded together when it returns."""
+    if config.max_new_tokens < 1:
+        return
     torch = torch_of(model)
     steps = steps or steps_per_call(streaming=True)
     input_ids = np.asarray(input_ids, np.int64)
