@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay: one fused ``AdamWeightDecay`` kernel per parameter.
+"""AdamW with decoupled weight decay: one kernel for every float32 parameter
+(``adapters.kernels.optim.adamw_``, in place), else one ``AdamWeightDecay`` kernel per parameter.
 
 State is per parameter (first and second moments, fp32), updated in place by MindSpore's
 ``AdamWeightDecay`` kernel (``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
@@ -12,7 +13,9 @@ i.e. with ``bc1 = 1 - beta1^t`` and ``s2 = sqrt(1 - beta2^t)``: ``lr' = lr s2 / 
 ``eps' = eps s2``, ``wd' = wd bc1 / s2`` (the same arithmetic, rounded differently). One
 kernel per parameter replaces the flat-buffer version's split / reshape / assign chain,
 which cost more than the update itself on CPU. bf16 / fp16 parameters (Ascend) keep an
-fp32 master that the kernel updates and that is cast into the parameter.
+fp32 master that the kernel updates and that is cast into the parameter. When every parameter
+is float32 and the fused CPU kernels are built, one C++ kernel does the same arithmetic for all
+of them, the ``coef`` scaling included (small config, 1 thread: 53 -> 12 ms per update).
 
 Parameter groups follow Megatron's default: biases and 1-D parameters (norm weights) take
 no weight decay.
@@ -24,6 +27,8 @@ from typing import Dict, Sequence, Tuple
 import mindspore
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+
+from adapters.kernels import optim as fused
 
 
 def no_weight_decay(name: str, param: Parameter) -> bool:
@@ -77,6 +82,10 @@ class AdamW(AdamWBase):
             for name, shape in zip(self.names, self.shapes)])
         self.step = Parameter(Tensor(0, mindspore.int32), name="step", requires_grad=False)
         self.adam = ops.AdamWeightDecay()
+        # one in-place kernel for all parameters: float32 ones only (no masters), on CPU
+        self.fused = (fused.AVAILABLE and bool(self.names) and not low
+                      and mindspore.get_context("device_target") == "CPU")
+        self.decay_mask = Tensor(np.array(self.decayed, np.float32))
 
     def sync_master(self) -> Tensor:
         """fp32 masters <- the parameters' current values (call it in a graph after loading weights)."""
@@ -87,13 +96,18 @@ class AdamW(AdamWBase):
 
     def construct(self, grads: Tuple[Tensor, ...], lr: Tensor, coef: Tensor) -> Tensor:
         step = self.step + 1
-        ops.assign(self.step, step)
         t = step.astype(mindspore.float32)
         bias_correction1 = 1.0 - ops.pow(self.beta1, t)
         bias_correction2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, t))
         kernel_lr = lr * bias_correction2_sqrt / bias_correction1
         kernel_eps = self.eps * bias_correction2_sqrt
         kernel_decay = self.weight_decay * bias_correction1 / bias_correction2_sqrt
+        if self.fused:  # the step count's assign depends on the in-place kernel: that keeps it in the graph
+            done = fused.adamw_(self.params, self.exp_avg, self.exp_avg_sq, grads, self.decay_mask * kernel_decay,
+                                kernel_lr, self.beta1, self.beta2, kernel_eps, coef)
+            ops.assign(self.step, ops.depend(step, done))
+            return step
+        ops.assign(self.step, step)
         no_decay = kernel_decay * 0.0
         for k in range(len(self.params)):
             target = self.params[k] if self.master_of[k] < 0 else self.masters[self.master_of[k]]

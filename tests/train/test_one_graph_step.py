@@ -119,3 +119,33 @@ def test_non_finite_gradient_with_a_finite_loss_is_named(monkeypatch, rng, one_g
     trainer.model.gate.set_data(Tensor(np.array([0.0] + [1.0] * (WIDTH - 1), np.float32)))
     with pytest.raises(NonFiniteError, match=r"gradient norm is (inf|nan) \(first non-finite gradient: gate\)"):
         trainer.train_step()
+
+
+def test_fused_adamw_updates_like_adam_weight_decay(rng):
+    """One in-place kernel for every parameter equals one AdamWeightDecay per parameter,
+    weight decay groups, the gradient scale and the step count included."""
+    from adapters.kernels import optim
+    from mindspore import Parameter
+    from msmm.train.optimizer import AdamW
+
+    if not optim.AVAILABLE:
+        pytest.skip("fused kernels off or not built")
+    shapes = {"a.weight": (300, 70), "a.bias": (70,), "norm.weight": (5,), "b.weight": (3, 4)}
+    start = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    grads = [[Tensor(rng.standard_normal(s).astype(np.float32)) for s in shapes.values()] for _ in range(3)]
+    results = []
+    for fused in (False, True):
+        opt = AdamW([(n, Parameter(Tensor(v), name=n)) for n, v in start.items()], weight_decay=0.1, betas=(0.9, 0.95))
+        assert opt.fused
+        opt.fused = fused
+        update = mindspore.jit(opt.construct)
+        for g in grads:
+            update(mindspore.mutable(tuple(g)), Tensor(1e-2, mindspore.float32), Tensor(0.7, mindspore.float32))
+        results.append(({n: p.asnumpy() for n, p in zip(opt.names, opt.params)}, opt.state_arrays(False)))
+    (weights_ref, state_ref), (weights, state) = results
+    assert int(state["optimizer.step"][0]) == 3
+    for name in shapes:
+        assert not np.array_equal(weights[name], start[name])
+        np.testing.assert_allclose(weights[name], weights_ref[name], rtol=1e-6, atol=1e-7)
+    for key in state_ref:
+        np.testing.assert_allclose(state[key], state_ref[key], rtol=1e-5, atol=1e-9)
