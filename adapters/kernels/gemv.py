@@ -48,8 +48,12 @@ def serves(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     rows = 1
     for size in x.shape[:-1]:
         rows *= size
-    return (AVAILABLE and rows <= MAX_ROWS and len(weight.shape) == 2 and x.dtype == mindspore.float32
-            and weight.dtype == mindspore.float32 and (bias is None or bias.dtype == mindspore.float32))
+    # the kernel reads K from x and N from weight: other widths / bias shapes (read out of
+    # bounds, no error) go to MindSpore's MatMul, which raises torch's error or broadcasts
+    return (AVAILABLE and rows <= MAX_ROWS and len(weight.shape) == 2 and len(x.shape) >= 1
+            and weight.shape[1] == x.shape[-1] and x.dtype == mindspore.float32
+            and weight.dtype == mindspore.float32
+            and (bias is None or (bias.dtype == mindspore.float32 and tuple(bias.shape) == (weight.shape[0],))))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:

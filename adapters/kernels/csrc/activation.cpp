@@ -6,6 +6,7 @@
 // MindSpore AOT custom-op ABI: params holds the inputs then the outputs. exp and erf are
 // polynomial so that the loops vectorise (libm's calls keep them scalar). Large calls are
 // split statically over the pool's threads (parallel.h).
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -25,9 +26,12 @@ int64_t numel(int ndim, const int64_t* shape) {
 
 
 // exp(x) to ~1 ulp (Cephes expf): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6
-// polynomial, 2^n put into the exponent bits. Clamped to the float range.
+// polynomial, 2^n put into the exponent bits. Above ln(FLT_MAX) it is inf and below the
+// normal range 0, as expf rounds them (a clamped finite value made sigmoid(-inf) ~3e-39, so
+// quick_gelu(-3e38) gave -1.25 and silu(-3e38) * -3e38 gave inf instead of torch's 0 and NaN).
 #pragma omp declare simd notinbranch
 inline float exp_poly(float x) {
+  const float x0 = x;
   x = x < -87.33654f ? -87.33654f : x;
   x = x > 88.3762626647949f ? 88.3762626647949f : x;
   const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
@@ -43,7 +47,8 @@ inline float exp_poly(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;  // n in [-126, 127] after the clamp
+  const float y = p * scale;  // n in [-126, 127] after the clamp
+  return x0 > 88.72283935546875f ? INFINITY : (x0 < -87.33654f ? 0.f : y);
 }
 
 #pragma omp declare simd notinbranch

@@ -110,7 +110,11 @@ void softmax_row(const Layout& s, int64_t row, const float* x, const void* mask,
   const float* xr = x + row * s.keys;
   float* yr = y + row * s.keys;
   const float top = masked_scores<kind>(xr, mask_row, s.scale, limit, yr);
-  if (top == kNegInf) limit = 0;  // fully masked: zeros
+  if (top == kNegInf) {  // fully masked: zeros, unless a kept score is NaN (the max skips NaN;
+    bool nan = false;     // torch gives a NaN row, as for any NaN score)
+    for (int64_t j = 0; j < limit; ++j) nan = nan || yr[j] != yr[j];
+    if (!nan) limit = 0;
+  }
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < limit; ++j) {

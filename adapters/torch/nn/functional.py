@@ -201,7 +201,7 @@ def _rms_norm_composite(input, normalized_shape, weight, eps):
     dims = tuple(range(input.ndim - len(normalized_shape), input.ndim))
     x = input.astype(mindspore.float32) if input.dtype in (mindspore.float16, mindspore.bfloat16) else input
     out = (x * ops.rsqrt(x.pow(2).mean(dims, keep_dims=True) + eps)).astype(input.dtype)
-    return out if weight is None else out * weight
+    return out if weight is None else (out * weight).astype(input.dtype)  # torch: input's dtype
 
 
 @register("rms_norm", "CPU", note="fused float32 kernel over the last dim (adapters/kernels/csrc/norm.cpp); else "
@@ -570,6 +570,10 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     if enable_gqa and query.shape[-3] % key.shape[-3]:
         raise ValueError(f"scaled_dot_product_attention: {query.shape[-3]} query heads are not a multiple "
                          f"of {key.shape[-3]} key/value heads")
+    if query.shape[-2] == 0 or key.shape[-2] == 0:
+        # no queries or no keys: zeros, as torch (MindSpore's CPU matmuls leave an output whose
+        # inner dim is empty unwritten, and the fused softmax refuses zero rows)
+        return ops.zeros(tuple(query.shape[:-1]) + (value.shape[-1],), query.dtype)
     return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
 
