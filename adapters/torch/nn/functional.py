@@ -521,7 +521,8 @@ def _attention_math(query, key, value, attn_mask, dropout_p, is_causal, scale, e
           note="fused masked softmax between two BatchMatMuls (adapters/kernels/attention.py) for float32 4D "
                "inputs, else composite math attention")
 def _sdpa_cpu(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-    if fused_attention.supports(query, key, value, attn_mask):
+    # scale 0: the fused backward gets an additive mask's gradient by unscaling (0 / 0)
+    if fused_attention.supports(query, key, value, attn_mask) and scale != 0.0:
         return fused_attention.attention(query, key, value, attn_mask, is_causal, scale, dropout_p)
     return _attention_math(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
 
