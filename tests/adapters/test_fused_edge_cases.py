@@ -760,3 +760,22 @@ def test_sdpa_dropout_gqa_shape():
     out = F.scaled_dot_product_attention(ms.Tensor(q), ms.Tensor(k), ms.Tensor(v), dropout_p=0.3,
                                          enable_gqa=True).asnumpy()
     assert out.shape == (2, 4, 6, 8) and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_sdpa_mask_views(kind, mode):
+    """HF slices a preallocated mask to the key length (mask[:, :, :, :S]) or transposes one."""
+    big = _bool_mask((B, 1, L, S + 3), 21) if kind == "bool" else _float_mask((B, 1, L, S + 3), 21)
+    tr = _bool_mask((S, L), 22, dead=False) if kind == "bool" else _float_mask((S, L), 22, dead=False)
+
+    def fn(q, k, v, m, t):
+        return (F.scaled_dot_product_attention(q, k, v, m[:, :, :, 1:S + 1])
+                + F.scaled_dot_product_attention(q, k, v, T.transpose(t, 0, 1)))
+
+    def ref(q, k, v, m, t):
+        return (TF.scaled_dot_product_attention(q, k, v, m[:, :, :, 1:S + 1])
+                + TF.scaled_dot_product_attention(q, k, v, t.transpose(0, 1)))
+
+    check(fn, ref, [randn(B, H, L, D), randn(B, H, S, D, seed=1), randn(B, H, S, D, seed=2), big, tr], mode,
+          ndiff=3, rtol=1e-4, atol=1e-5)
