@@ -54,6 +54,14 @@ OPS: Dict[str, dict] = {
     # x [B, L, H, D], cos, sin [B, L, D] -> [B, H, L, D]
     "rotary": dict(shapes=[(2, 258, 8, 32), (2, 258, 32), (2, 258, 32)], out_shape=(2, 8, 258, 32),
                    note="RoPE with the head transpose: 2 per decoder layer (q and k)"),
+    # x [B, L, H, D] -> [B, H, L, D]
+    "transpose": dict(shapes=[(2, 258, 8, 32)], out_shape=(2, 8, 258, 32),
+                      note="transpose(1, 2): v to head-major and the attention output back, 2 per decoder layer"),
+    # q [B, H, L, D] (after rotary), k [B, Hkv, S, D], v [B, S, Hkv, D] as projected, causal mask -> [B, L, H * D]
+    "attention_block": dict(shapes=[(2, 8, 258, 32), (2, 4, 258, 32), (2, 258, 4, 32)], causal_mask=(2, 1, 258, 258),
+                            out_shape=(2, 258, 256),
+                            note="v.transpose(1, 2), sdpa, out.transpose(1, 2).reshape: the decoder's attention "
+                                 "after rotary (fused sdpa in both MindSpore columns; composite = mint.transpose)"),
 }
 
 
@@ -70,7 +78,17 @@ def _torch_ops() -> Dict[str, Callable]:
         "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
         "attention": lambda q, k, v, mask: F.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True),
         "rotary": _torch_rotary,
+        "transpose": lambda x: x.transpose(1, 2),
+        "attention_block": _torch_attention_block,
     }
+
+
+def _torch_attention_block(q, k, v, mask):
+    import torch.nn.functional as F
+
+    out = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), mask, enable_gqa=True)
+    b, h, length, d = out.shape
+    return out.transpose(1, 2).reshape(b, length, h * d)
 
 
 def _torch_rotary(x, cos, sin):
@@ -112,7 +130,7 @@ def torch_worker(ops: List[str], calls: int) -> Dict[str, dict]:
 
 
 # ---- MindSpore worker ------------------------------------------------------------------------
-F = ops = None  # bound in mindspore_worker: the graphs below read them as globals
+F = ops = T = mint = None  # bound in mindspore_worker: the graphs below read them as globals
 
 
 def _rms_norm_fused(x, w):
@@ -171,6 +189,28 @@ def _rotary_composite(x, cos, sin):  # msmm's apply_rotary(x.transpose(1, 2), co
     return F._rotary_composite(x, cos, sin, True)
 
 
+def _transpose_fused(x):
+    return T.transpose(x, 1, 2)
+
+
+def _transpose_composite(x):  # adapters' torch.transpose before: mint.transpose
+    return mint.transpose(x, 1, 2)
+
+
+def _attention_block(q, k, v, mask, transpose):
+    out = F.scaled_dot_product_attention(q, k, transpose(v, 1, 2), mask, enable_gqa=True)
+    b, h, length, d = out.shape
+    return transpose(out, 1, 2).reshape(b, length, h * d)
+
+
+def _attention_block_fused(q, k, v, mask):
+    return _attention_block(q, k, v, mask, T.transpose)
+
+
+def _attention_block_composite(q, k, v, mask):
+    return _attention_block(q, k, v, mask, mint.transpose)
+
+
 def _mindspore_ops() -> Dict[str, Tuple[Callable, Callable]]:
     return {name: (globals()[f"_{name}_fused"], globals()[f"_{name}_composite"]) for name in OPS}
 
@@ -187,7 +227,7 @@ def _forward_backward(fn: Callable) -> Callable:
 
 
 def mindspore_worker(ops_: List[str], calls: int, rounds: int) -> Dict[str, dict]:
-    global F, ops
+    global F, ops, T, mint
     os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
     import mindspore
     import numpy as np
@@ -195,7 +235,7 @@ def mindspore_worker(ops_: List[str], calls: int, rounds: int) -> Dict[str, dict
     import adapters.torch  # noqa: F401
     from adapters.torch.nn import functional
 
-    F, ops = functional, mindspore.ops
+    F, ops, T, mint = functional, mindspore.ops, adapters.torch, mindspore.mint
     table = _mindspore_ops()
     results = {}
     for name in ops_:

@@ -13,6 +13,7 @@ import mindspore
 from mindspore import mint, ops
 from mindspore.ops import constexpr
 
+from ..kernels import transpose as fused_transpose
 from ._dispatch import kernel, register
 
 __all__ = [
@@ -28,13 +29,56 @@ def reshape(input, shape: Sequence[int]):
     return mint.reshape(input, tuple(shape))
 
 
+@constexpr
+def _single_swap(dims: tuple):
+    """(a, b) when the permutation ``dims`` only swaps dims a and b, else None."""
+    rank = len(dims)
+    moved = [i for i, d in enumerate(dims) if d % rank != i] if rank else []
+    if len(moved) == 2 and dims[moved[0]] % rank == moved[1] and dims[moved[1]] % rank == moved[0]:
+        return moved[0], moved[1]
+    return None
+
+
+@register("permute", "CPU", note="a permutation that swaps two dims: the transpose entry's blocked copy; "
+                                 "else mint.permute")
+def _permute_cpu(input, dims):
+    swap = _single_swap(dims)
+    if swap is not None and fused_transpose.supports(input, swap[0], swap[1]):
+        return fused_transpose.swap_dims(input, swap[0], swap[1])
+    return mint.permute(input, dims)
+
+
+@register("permute", "Ascend", tested=False)
+def _permute_ascend(input, dims):
+    return mint.permute(input, dims)
+
+
+_permute = kernel("permute")
+
+
 def permute(input, dims: Sequence[int]):
-    return mint.permute(input, tuple(dims))
+    return _permute(input, tuple(dims))
+
+
+@register("transpose", "CPU", note="float32/int32 of at least 4096 elements: blocked copy (memcpy'd rows when the "
+                                   "last dim stays last; adapters/kernels/csrc/transpose.cpp); else mint.transpose")
+def _transpose_cpu(input, dim0, dim1):
+    if fused_transpose.supports(input, dim0, dim1):
+        return fused_transpose.swap_dims(input, dim0, dim1)
+    return mint.transpose(input, dim0, dim1)
+
+
+@register("transpose", "Ascend", tested=False)
+def _transpose_ascend(input, dim0, dim1):
+    return mint.transpose(input, dim0, dim1)
+
+
+_transpose = kernel("transpose")
 
 
 def transpose(input, dim0: int, dim1: int):
     """Swap two dims (torch meaning; ``Tensor.transpose`` in graph mode is a permutation)."""
-    return mint.transpose(input, dim0, dim1)
+    return _transpose(input, dim0, dim1)
 
 
 swapaxes = swapdims = transpose

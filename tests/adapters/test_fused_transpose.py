@@ -1,0 +1,191 @@
+"""The fused CPU transpose (adapters/kernels/transpose.py) behind adapters' ``torch.transpose``,
+``swapaxes`` and ``permute`` (a permutation that swaps two dims) against real torch, values and
+gradients, in PyNative and under ``mindspore.jit``, through the fused kernel and through the
+``mint`` kernels it falls back to: several ranks and dim pairs (memcpy'd rows, short rows in
+tiles, the last dim swapped), non-contiguous inputs, int32, and the calls left to ``mint``
+(small tensors, other dtypes, general permutations)."""
+from typing import Callable
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+from mindspore import mint
+
+import adapters.torch as torch_ms
+from adapters.kernels import transpose as fused_transpose
+from tests.adapters.harness import MODES, randn
+
+pytestmark = pytest.mark.skipif(not fused_transpose.AVAILABLE, reason="fused kernels off or not buildable")
+
+_KEEP: list = []  # compiled callables live for the session (MindSpore caches graphs by id())
+
+# name -> (input shape, dim0, dim1); every one at least MIN_ELEMENTS elements
+SWAPS = {
+    "attention_heads_first": ((2, 40, 4, 32), 1, 2),     # [B, L, H, D] -> [B, H, L, D]: rows of D
+    "attention_back_negative": ((2, 4, 40, 32), -3, -2),
+    "last_two": ((2, 3, 40, 37), -1, -2),                 # C = 1: tiles, ragged edges
+    "outer_with_between": ((6, 5, 7, 4, 9), 0, 3),        # M > 1, C = 9
+    "short_rows": ((3, 70, 10, 2), 1, 2),                 # C = 2: tiles of 2-element items
+    "matrix": ((70, 90), 0, 1),
+    "rank3_reversed_args": ((50, 7, 20), 2, 0),
+}
+
+
+def _fused_transpose(x, d0, d1):
+    assert fused_transpose.supports(x, d0, d1)
+    return torch_ms.transpose(x, d0, d1)
+
+
+def _fused_swapaxes(x, d0, d1):
+    assert fused_transpose.supports(x, d0, d1)
+    return torch_ms.swapaxes(x, d0, d1)
+
+
+def _fused_permute(x, d0, d1):
+    dims = list(range(x.ndim))
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    assert fused_transpose.supports(x, d0, d1)
+    return torch_ms.permute(x, dims)
+
+
+def _fallback(x, d0, d1):
+    return mint.transpose(x, d0, d1)
+
+
+PATHS = {"transpose": _fused_transpose, "swapaxes": _fused_swapaxes, "permute": _fused_permute,
+         "fallback": _fallback}
+
+
+def _torch_transpose(x, d0, d1):
+    return x.transpose(d0, d1)
+
+
+def _compare(got: ms.Tensor, want: torch.Tensor, what: str) -> None:
+    np.testing.assert_array_equal(got.asnumpy(), want.detach().numpy(), err_msg=what)
+
+
+def _check(fn: Callable, ref: Callable, x: np.ndarray, args: tuple, mode: str, prepare=None) -> None:
+    """Values of fn vs ref and the gradient of sum(out * w) w.r.t. x; ``prepare`` turns the
+    MindSpore input into what fn receives (a non-contiguous view) inside the differentiated call."""
+    ref_x = torch.tensor(x, requires_grad=True)
+    want = ref(ref_x if prepare is None else prepare[1](ref_x), *args)
+    weight = np.random.default_rng(9).standard_normal(tuple(want.shape)).astype(np.float32)
+    (want_grad,) = torch.autograd.grad((want * torch.tensor(weight)).sum(), [ref_x])
+
+    def run(x):
+        return fn(x if prepare is None else prepare[0](x), *args)
+
+    def loss(x):
+        return (run(x) * ms.Tensor(weight)).sum()
+
+    forward, grad = run, ms.grad(loss, grad_position=0)
+    if mode == "graph":
+        forward, grad = ms.jit(run), ms.jit(grad)
+    _KEEP.extend((forward, grad, run, loss))
+    _compare(forward(ms.Tensor(x)), want, f"output ({mode})")
+    _compare(grad(ms.Tensor(x)), want_grad, f"grad ({mode})")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("case", list(SWAPS))
+def test_swap_matches_torch(case, path, mode):
+    shape, d0, d1 = SWAPS[case]
+    _check(PATHS[path], _torch_transpose, randn(*shape), (d0, d1), mode)
+
+
+def _ms_transposed_view(x):  # a strided view in PyNative (mint's TransposeExtView), [4, 40, 2, 32]
+    return mint.transpose(x, 0, 2)
+
+
+def _torch_transposed_view(x):
+    return x.transpose(0, 2)
+
+
+def _ms_slice(x):  # x[:, 1:] of [2, 41, 4, 32]: not contiguous
+    return x[:, 1:]
+
+
+def _torch_slice(x):
+    return x[:, 1:]
+
+
+NON_CONTIGUOUS = {"transposed_view": ((2, 40, 4, 32), (_ms_transposed_view, _torch_transposed_view)),
+                  "slice": ((2, 41, 4, 32), (_ms_slice, _torch_slice))}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", list(NON_CONTIGUOUS))
+def test_non_contiguous_input(case, mode):
+    shape, prepare = NON_CONTIGUOUS[case]
+    _check(_fused_transpose, _torch_transpose, randn(*shape), (1, 2), mode, prepare)
+
+
+def _int_transpose(x):
+    return torch_ms.transpose(x, 1, 2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_int32(mode):
+    x = np.arange(2 * 40 * 4 * 32, dtype=np.int32).reshape(2, 40, 4, 32)
+    assert fused_transpose.supports(ms.Tensor(x), 1, 2)
+    run = ms.jit(_int_transpose) if mode == "graph" else _int_transpose
+    _KEEP.append(run)
+    np.testing.assert_array_equal(run(ms.Tensor(x)).asnumpy(), np.swapaxes(x, 1, 2))
+
+
+def _general_permute(x):
+    return torch_ms.permute(x, (1, 2, 0, 3))
+
+
+def _torch_general_permute(x):
+    return x.permute(1, 2, 0, 3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_left_to_mint(mode):
+    """Small tensors, float64 and permutations that are not one swap keep mint's kernels, and
+    still match torch."""
+    small, big = ms.Tensor(randn(2, 3, 4, 5)), ms.Tensor(randn(2, 40, 4, 32))
+    assert not fused_transpose.supports(small, 1, 2)
+    assert not fused_transpose.supports(big.astype(ms.float64), 1, 2)
+    assert not fused_transpose.supports(big, 1, 1)
+    assert not fused_transpose.supports(ms.Tensor(randn(1, 4000, 4)), 0, 1)  # a size-1 dim: a reshape
+    _check(torch_ms.transpose, _torch_transpose, randn(2, 3, 4, 5), (1, 2), mode)
+    _check(_general_permute, _torch_general_permute, randn(2, 40, 4, 32), (), mode)
+    x = randn(2, 40, 4, 32).astype(np.float64)
+    np.testing.assert_array_equal(torch_ms.transpose(ms.Tensor(x), 1, 2).asnumpy(), np.swapaxes(x, 1, 2))
+
+
+def _two_ways(x):
+    """Both directions around attention in one graph: to head-major and back."""
+    heads_first = torch_ms.transpose(x, 1, 2)
+    return torch_ms.transpose(heads_first * 2.0, 1, 2) + torch_ms.transpose(heads_first, 1, 2).sum()
+
+
+def _torch_two_ways(x):
+    heads_first = x.transpose(1, 2)
+    return (heads_first * 2.0).transpose(1, 2) + heads_first.transpose(1, 2).sum()
+
+
+def _two_ways_sum(x):
+    return _two_ways(x).sum()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_round_trip_in_one_graph(mode):
+    x = randn(2, 40, 4, 32)
+
+    def close(got, want, what):
+        np.testing.assert_allclose(got.asnumpy(), want.detach().numpy(), rtol=1e-5, atol=1e-3, err_msg=what)
+
+    ref_x = torch.tensor(x, requires_grad=True)
+    want = _torch_two_ways(ref_x)
+    (want_grad,) = torch.autograd.grad(want.sum(), [ref_x])
+    forward, grad = _two_ways, ms.grad(_two_ways_sum, grad_position=0)
+    if mode == "graph":
+        forward, grad = ms.jit(_two_ways), ms.jit(grad)
+    _KEEP.extend((forward, grad))
+    close(forward(ms.Tensor(x)), want, "output")
+    close(grad(ms.Tensor(x)), want_grad, "grad")
