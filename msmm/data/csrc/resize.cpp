@@ -104,7 +104,7 @@ inline void blend(const uint8_t* __restrict base, int64_t step, const int32_t* _
 
 // Output row i of the vertical pass over rows of `width` bytes (channels interleaved).
 void vertical_pass_row(const uint8_t* in, int64_t in_stride, int64_t first_row, const Axis& axis, int64_t i,
-                  int64_t width, uint8_t* out) {
+                       int64_t width, uint8_t* out) {
   const uint8_t* base = in + (axis.start[i] - first_row) * in_stride;
   const int32_t* weights = &axis.weights[i * axis.ksize];
   int64_t j = 0;
@@ -112,8 +112,8 @@ void vertical_pass_row(const uint8_t* in, int64_t in_stride, int64_t first_row, 
   if (j < width) blend<kLanes + 1>(base + j, in_stride, weights, axis.count[i], out + j, width - j);
 }
 
-// Scratch buffers kept per thread between calls: fresh multi-megabyte allocations would be
-// page-faulted in (and zeroed by the kernel) on every image.
+// Scratch buffers kept per thread between calls (they grow to the largest image seen): fresh
+// multi-megabyte allocations would be page-faulted in, and zeroed by the kernel, every image.
 enum Slot { kStrip, kBlended, kMid, kOut, kLine, kSlots };
 
 uint8_t* scratch(Slot slot, int64_t bytes) {
