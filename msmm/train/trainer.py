@@ -16,7 +16,7 @@ from mindspore import Tensor, nn
 from msmm.checkpoint import train_state as ckpt
 from msmm.checkpoint.layout import shard_dirs, shard_name
 from msmm.checkpoint.parallel import REPLICATED, ParallelConfig, tp_kind
-from msmm.runtime import HOST_BLOCKING_ENV, async_queue_threads
+from msmm.runtime import HOST_BLOCKING_ENV, async_queue_threads, release_free_heap
 
 from .distributed import World
 from .logger import TrainLogger, peak_memory_mb
@@ -302,6 +302,7 @@ class Trainer:
         self.step_fn.one_graph = (self.stage is None and world.size == 1 and self.micro_batches == 1
                                   and os.environ.get(ONE_GRAPH_ENV, "0") == "1")
         self.iteration = 0
+        self._heap_released = False
         self.arguments = arguments or {}
         self.model_config = model_config  # model.json as parsed (model_config_record), stored in every checkpoint
         self.logger = TrainLogger(config.log_dir, enabled=world.rank == 0, log_tps=config.log_tps)
@@ -367,6 +368,9 @@ class Trainer:
                 raise NonFiniteError(f"iteration {step}: {what}; stopping (--skip-nonfinite-steps skips such steps instead)")
             self.logger.warn(f"iteration {step}: {what}; step skipped, parameters unchanged")
             self.step_fn.zero_grad()
+        if not self._heap_released:  # after the first step: the compilation's freed heap back to the OS
+            release_free_heap()
+            self._heap_released = True
         self.iteration = step
         return {"loss": loss, "lr": lr, "grad_norm": norm, "skipped": not finite,
                 "samples": samples * self.world.dp_size, "tokens": tokens}
