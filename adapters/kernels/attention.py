@@ -29,6 +29,11 @@ AVAILABLE = _LIBRARY is not None
 
 _scores = ops.BatchMatMul(transpose_b=True)  # q k^T without a transposed copy of k
 _weighted = ops.BatchMatMul()
+_weighted_t = ops.BatchMatMul(transpose_a=True)  # p^T dy without a transposed copy of p
+
+# Queries per call up to which one fused pass per row (Attend) beats two BatchMatMuls around
+# the softmax kernel: decoding (L = 1) and short chunks; longer ones are matmul-bound.
+ATTEND_MAX_QUERIES = 16
 
 
 @constexpr
@@ -89,6 +94,32 @@ def masked_softmax(scores: Tensor, mask: Optional[Tensor], scale: float, queries
     if mask.dtype == mindspore.bool_:
         return _softmax_keep(scores, mask, params)
     return _softmax_add(scores, mask, params)
+
+
+def _attend_grads(q, k, v, probs, dout, params):
+    """Gradients of ``probs v`` with ``probs = softmax(q k^T * scale + mask)`` for q, k, v."""
+    dv = _weighted_t(probs, dout)
+    dscores = _softmax_grad(probs, _scores(dout, v), params)
+    return _weighted(dscores, k), _weighted_t(dscores, q), dv
+
+
+def _attend_bprop(q, k, v, params, out, dout):
+    probs = _softmax(_scores(q, k), params)
+    return (*_attend_grads(q, k, v, probs, dout, params), ops.zeros_like(params))
+
+
+def _attend_keep_bprop(q, k, v, mask, params, out, dout):
+    probs = _softmax_keep(_scores(q, k), mask, params)
+    return (*_attend_grads(q, k, v, probs, dout, params), ops.zeros_like(mask), ops.zeros_like(params))
+
+
+def _attend_shape(q, k, v, *rest):
+    return list(q[:3]) + [v[3]]
+
+
+if AVAILABLE:
+    _attend = custom_op(_LIBRARY, "Attend", _attend_shape, first_dtype, _attend_bprop)
+    _attend_keep = custom_op(_LIBRARY, "AttendKeep", _attend_shape, first_dtype, _attend_keep_bprop)
 
 
 def _mask_4d(mask: Tensor) -> Tensor:
@@ -153,6 +184,10 @@ def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Ten
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     mask = None if attn_mask is None else _mask_4d(attn_mask)
     q, k, v = _groups(query, key, value, mask)
+    if length <= ATTEND_MAX_QUERIES and dropout_p == 0.0 and (mask is None or mask.dtype == mindspore.bool_):
+        params = _params(scale, length, is_causal, 0)
+        out = _attend(q, k, v, params) if mask is None else _attend_keep(q, k, v, mask, params)
+        return out.reshape(batch, heads, length, value.shape[3])
     probs = masked_softmax(_scores(q, k), mask, scale, length, is_causal)
     if dropout_p > 0.0:
         probs = ops.dropout(probs, p=dropout_p, training=True)

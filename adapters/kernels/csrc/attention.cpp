@@ -2,6 +2,9 @@
 //
 //   MaskedSoftmax      y = softmax(x * scale + mask) over the last dim of x [B, G, R, S]
 //   MaskedSoftmaxGrad  dx = (dy - sum(dy * y)) * y * scale
+//   Attend / AttendKeep  o = softmax(q k^T * scale [+ keep-mask]) v for a few query rows
+//                        (decoding): scores, softmax and the weighted sum of values per row
+//                        in one pass, no [R, S] score tensor and no batched matmul calls
 //
 // The mask is optional and never materialised at x's size: a bool keep-mask (false = -inf)
 // or an additive float mask [Bm, Gm, Lm, S] with each of Bm, Gm, Lm either 1 or x's dim
@@ -16,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "parallel.h"
 
@@ -90,26 +94,32 @@ float masked_scores(const float* x, const void* mask, float scale, int64_t limit
   return top;
 }
 
+// Where row `row` of x [B, G, R, S] reads its mask, and how many keys it may see (causal).
 template <Mask kind>
-void softmax_row(const Layout& s, int64_t row, const float* x, const void* mask, float* y) {
-  const size_t mask_item = kind == Mask::kAdd ? sizeof(float) : sizeof(uint8_t);
+const void* row_mask(const Layout& s, int64_t row, const void* mask, int64_t* limit) {
   const int64_t r = row % s.rows, g = (row / s.rows) % s.groups, b = row / (s.rows * s.groups);
   const int64_t query = r % s.queries;
-  const void* mask_row = nullptr;
-  if constexpr (kind != Mask::kNone) {
+  *limit = s.keys;
+  if (s.causal) {
+    const int64_t last = query + s.offset + 1;
+    *limit = last < 0 ? 0 : (last < s.keys ? last : s.keys);
+  }
+  if constexpr (kind == Mask::kNone) {
+    return nullptr;
+  } else {
+    const size_t mask_item = kind == Mask::kAdd ? sizeof(float) : sizeof(uint8_t);
     const int64_t mb = s.mask_batch == 1 ? 0 : b, mg = s.mask_groups == 1 ? 0 : g;
     const int64_t mr = s.mask_rows == 1 ? 0 : query;
     const int64_t index = ((mb * s.mask_groups + mg) * s.mask_rows + mr) * s.keys;
-    mask_row = static_cast<const char*>(mask) + index * mask_item;
+    return static_cast<const char*>(mask) + index * mask_item;
   }
-  int64_t limit = s.keys;
-  if (s.causal) {
-    const int64_t last = query + s.offset + 1;
-    limit = last < 0 ? 0 : (last < s.keys ? last : s.keys);
-  }
-  const float* xr = x + row * s.keys;
-  float* yr = y + row * s.keys;
-  const float top = masked_scores<kind>(xr, mask_row, s.scale, limit, yr);
+}
+
+// y[0, keys) = the masked softmax of one row of raw scores xr (xr may be y), keys past
+// `limit` (causal) zero.
+template <Mask kind>
+void softmax_span(const float* xr, const void* mask_row, float scale, int64_t limit, int64_t keys, float* yr) {
+  const float top = masked_scores<kind>(xr, mask_row, scale, limit, yr);
   if (top == kNegInf) {  // fully masked: zeros, unless a kept score is NaN (the max skips NaN;
     bool nan = false;     // torch gives a NaN row, as for any NaN score)
     for (int64_t j = 0; j < limit; ++j) nan = nan || yr[j] != yr[j];
@@ -125,7 +135,42 @@ void softmax_row(const Layout& s, int64_t row, const float* x, const void* mask,
   const float inv = limit > 0 ? 1.f / sum : 0.f;
 #pragma omp simd
   for (int64_t j = 0; j < limit; ++j) yr[j] *= inv;
-  for (int64_t j = limit; j < s.keys; ++j) yr[j] = 0.f;
+  for (int64_t j = limit; j < keys; ++j) yr[j] = 0.f;
+}
+
+template <Mask kind>
+void softmax_row(const Layout& s, int64_t row, const float* x, const void* mask, float* y) {
+  int64_t limit;
+  const void* mask_row = row_mask<kind>(s, row, mask, &limit);
+  softmax_span<kind>(x + row * s.keys, mask_row, s.scale, limit, s.keys, y + row * s.keys);
+}
+
+// One row of attention: o_r = softmax(q_r k^T * scale + mask) v, q_r [D], k [S, D], v [S, Dv].
+template <Mask kind>
+void attend_row(const Layout& s, int64_t row, int64_t dim, int64_t vdim, const float* q, const float* k,
+                const float* v, const void* mask, float* o, float* scores) {
+  int64_t limit;
+  const void* mask_row = row_mask<kind>(s, row, mask, &limit);
+  const int64_t head = row / s.rows;  // b * G + g
+  const float* qr = q + row * dim;
+  const float* kh = k + head * s.keys * dim;
+  const float* vh = v + head * s.keys * vdim;
+  for (int64_t j = 0; j < limit; ++j) {
+    const float* kj = kh + j * dim;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t d = 0; d < dim; ++d) dot += qr[d] * kj[d];
+    scores[j] = dot;
+  }
+  softmax_span<kind>(scores, mask_row, s.scale, limit, s.keys, scores);
+  float* orow = o + row * vdim;
+  for (int64_t d = 0; d < vdim; ++d) orow[d] = 0.f;
+  for (int64_t j = 0; j < s.keys; ++j) {  // every key, as a matmul: 0 * NaN in v stays NaN
+    const float p = scores[j];
+    const float* vj = vh + j * vdim;
+#pragma omp simd
+    for (int64_t d = 0; d < vdim; ++d) orow[d] += p * vj[d];
+  }
 }
 
 template <Mask kind>
@@ -214,4 +259,58 @@ extern "C" int MaskedSoftmaxGrad(int nparam, void** params, int* ndims, int64_t*
     }
   });
   return 0;
+}
+
+namespace {
+
+// inputs: q [B, G, R, D], k [B, G, S, D], v [B, G, S, Dv] float32, [keep-mask [Bm, Gm, Lm, S]
+// bool], params [4]; output o [B, G, R, Dv].
+int attend(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, bool masked) {
+  if (nparam != (masked ? 6 : 5)) return 1;
+  for (int i = 0; i < 3; ++i)
+    if (ndims[i] != 4 || !is_float32(dtypes[i])) return 1;
+  const int64_t *qs = shapes[0], *ks = shapes[1], *vs = shapes[2];
+  if (ks[0] != qs[0] || ks[1] != qs[1] || ks[3] != qs[3] || vs[0] != qs[0] || vs[1] != qs[1] || vs[2] != ks[2])
+    return 1;
+  const float* p = static_cast<const float*>(params[masked ? 4 : 3]);
+  Layout s{qs[0], qs[1], qs[2], ks[2], 1, 1, 1, static_cast<int64_t>(p[1]), p[0], p[2] != 0.f,
+           static_cast<int64_t>(p[3])};
+  if (s.queries < 1) return 1;
+  const void* mask = nullptr;
+  if (masked) {
+    const int64_t* ms = shapes[3];
+    if (ndims[3] != 4 || ms[3] != s.keys || std::strcmp(dtypes[3], "bool") != 0) return 1;
+    s.mask_batch = ms[0], s.mask_groups = ms[1], s.mask_rows = ms[2];
+    mask = params[3];
+  }
+  const int64_t dim = qs[3], vdim = vs[3];
+  const float *q = static_cast<const float*>(params[0]), *k = static_cast<const float*>(params[1]),
+              *v = static_cast<const float*>(params[2]);
+  float* o = static_cast<float*>(params[nparam - 1]);
+  const Layout layout = s;
+  const int64_t work = s.keys * (dim + vdim);  // multiply-adds per row
+  const int64_t min_rows = kParallelMin / (work > 0 ? work : 1);
+  msmm::parallel_for(s.batch * s.groups * s.rows, min_rows > 2 ? min_rows : 2, [=](int, int64_t begin, int64_t end) {
+    static thread_local std::vector<float> scratch;
+    if (static_cast<int64_t>(scratch.size()) < layout.keys) scratch.resize(layout.keys);
+    for (int64_t row = begin; row < end; ++row) {
+      if (masked)
+        attend_row<Mask::kKeep>(layout, row, dim, vdim, q, k, v, mask, o, scratch.data());
+      else
+        attend_row<Mask::kNone>(layout, row, dim, vdim, q, k, v, nullptr, o, scratch.data());
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+extern "C" int Attend(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* stream,
+                      void* extra) {
+  return attend(nparam, params, ndims, shapes, dtypes, false);
+}
+
+extern "C" int AttendKeep(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes,
+                          void* stream, void* extra) {
+  return attend(nparam, params, ndims, shapes, dtypes, true);
 }
