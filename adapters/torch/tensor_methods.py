@@ -156,7 +156,12 @@ def _repeat_shapes(shape: tuple, repeats: tuple) -> tuple:
 def repeat(input, *repeats):
     """Tile ``input`` ``repeats`` times per dim (leading new dims allowed), as torch's repeat."""
     repeats = _sizes(repeats)
-    return mint.tile(input.reshape(_repeat_shapes(tuple(input.shape), repeats)), repeats)
+    shape = _repeat_shapes(tuple(input.shape), repeats)
+    if 0 in repeats or 0 in shape:  # an empty result: MindSpore's CPU Tile backward leaves the
+        # input's gradient unwritten (garbage); torch's is zeros
+        out = ops.zeros(tuple(s * r for s, r in zip(shape, repeats)), input.dtype)
+        return out + input.sum() * 0 if ops.is_floating_point(input) else out
+    return mint.tile(input.reshape(shape), repeats)
 
 
 # ------------------------------------------------------------------------ new tensors

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vmath.h"
 
 namespace {
 
@@ -33,27 +34,6 @@ int64_t min_split(int64_t width) {
   return rows > 2 ? rows : 2;
 }
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// exp(x) to ~1 ulp (Cephes expf) for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a
-// degree-6 polynomial, 2^n put into the exponent bits.
-#pragma omp declare simd notinbranch
-inline float exp_neg(float x) {
-  x = x < -87.33654f ? -87.33654f : x;
-  const float shifter = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504088896341f + shifter) - shifter;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return p * two_n;
-}
 
 enum class Mask { kNone, kKeep, kAdd };
 
@@ -128,7 +108,7 @@ void softmax_span(const float* xr, const void* mask_row, float scale, int64_t li
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < limit; ++j) {
-    const float e = yr[j] == kNegInf ? 0.f : exp_neg(yr[j] - top);
+    const float e = yr[j] == kNegInf ? 0.f : msmm::exp_poly(yr[j] - top);
     yr[j] = e;
     sum += e;
   }

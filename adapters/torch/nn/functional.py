@@ -43,9 +43,21 @@ def _ntuple(value: _IntOrTuple, n: int) -> Tuple[int, ...]:
 @register("linear", "CPU", note="fused float32 GEMV for at most 8 rows (decoding; adapters/kernels/csrc/gemv.cpp); "
                                "else mint linear")
 def _linear_cpu(input, weight, bias):
+    if 0 in input.shape or 0 in weight.shape:
+        return _empty_linear(input, weight, bias)
     if fused_gemv.serves(input, weight, bias):
         return fused_gemv.linear(input, weight, bias)
     return mint.nn.functional.linear(input, weight, bias)
+
+
+def _empty_linear(input, weight, bias):
+    """A linear with no rows or no input features, as torch: ``bias`` (or zeros) in the output,
+    zero gradients for weight and bias (MindSpore's CPU MatMul leaves the output of an empty
+    product, here the weight gradient of zero rows, unwritten)."""
+    if input.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"linear: input has {input.shape[-1]} features, weight expects {weight.shape[-1]}")
+    out = ops.zeros(tuple(input.shape[:-1]) + (weight.shape[0],), input.dtype) + weight.sum() * 0
+    return out if bias is None else out + bias
 
 
 @register("linear", "Ascend", tested=False, note="mint linear")
