@@ -19,11 +19,7 @@ namespace {
 // at 528k elements two threads took silu_mul 0.22 -> 0.14 ms on an idle core.
 constexpr int64_t kParallelMin = 1 << 17;
 
-int64_t numel(int ndim, const int64_t* shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
+using msmm::numel;
 
 
 using msmm::exp_poly;

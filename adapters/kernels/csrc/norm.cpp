@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vmath.h"
 
 namespace {
 
@@ -41,12 +42,7 @@ inline float sum(const float* x, int64_t n) {
   return s;
 }
 
-inline float sum_squares(const float* x, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += x[i] * x[i];
-  return s;
-}
+using msmm::sum_squares;
 
 inline float centred_sum_squares(const float* x, float mean, int64_t n) {
   float s = 0.f;

@@ -11,23 +11,14 @@
 #include <cstdint>
 #include <vector>
 
+#include "vmath.h"
+
 namespace {
 
 constexpr int64_t kBlock = 4096;
 constexpr int64_t kParallelMin = 1 << 18;  // elements below which one thread does it all
 
-int64_t numel(int ndim, const int64_t* shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
-
-inline float block_sum_squares(const float* x, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += x[i] * x[i];
-  return s;
-}
+using msmm::numel;
 
 struct Block {
   const float* data;
@@ -53,7 +44,7 @@ extern "C" int SumSquares(int nparam, void** params, int* ndims, int64_t** shape
   const int64_t count = static_cast<int64_t>(blocks.size());
   const int threads = total < kParallelMin ? 1 : omp_get_max_threads();
 #pragma omp parallel for schedule(static) reduction(+ : sum) num_threads(threads)
-  for (int64_t b = 0; b < count; ++b) sum += block_sum_squares(blocks[b].data, blocks[b].size);
+  for (int64_t b = 0; b < count; ++b) sum += msmm::sum_squares(blocks[b].data, blocks[b].size);
   static_cast<float*>(params[nparam - 1])[0] = static_cast<float>(sum * scale * scale);
   return 0;
 }

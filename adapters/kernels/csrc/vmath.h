@@ -33,4 +33,19 @@ inline float exp_poly(float x) {
   return x0 > 88.72283935546875f ? INFINITY : (x0 < -87.33654f ? 0.f : y);
 }
 
+// Elements of a tensor of rank `ndim` and extents `shape` (the AOT ABI's ndims / shapes).
+inline int64_t numel(int ndim, const int64_t* shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+// sum of x[i]^2 over [0, n), vectorised.
+inline float sum_squares(const float* x, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += x[i] * x[i];
+  return s;
+}
+
 }  // namespace msmm
