@@ -146,6 +146,64 @@ def check(cases: str, name: str, inputs: Sequence, *, mode: str, grad: bool = Tr
     _record(api or f"{cases}.{name}", mode)
 
 
+def check_function(fn: Callable, torch_fn: Callable, inputs: Sequence, mode: str, *,
+                   wrt: Optional[Sequence[int]] = None, rtol: float = 1e-5, atol: float = 1e-5,
+                   check_dtype: bool = True, seed: int = 7) -> None:
+    """``fn`` (MindSpore / adapters) against ``torch_fn`` (real torch) on the same inputs.
+
+    For a function that is not a case file's (a fused kernel, an adapters-only op beside its
+    torch formula). ``inputs``: numpy arrays (tensors) or Python values passed as they are.
+    Compares the value (shape, dtype unless ``check_dtype=False``, numbers in float64) and the
+    gradients of ``sum(out * w)``, ``w`` random with ``seed``, w.r.t. the inputs at ``wrt``
+    (default: every floating array; ``()``: value only). ``mode``: "pynative", or "graph" /
+    "jit" for one ``mindspore.jit`` call of the value and gradients.
+    """
+    arrays = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
+    wrt = [i for i in arrays if _is_float(inputs[i])] if wrt is None else list(wrt)
+    ref_in = [torch_ref.tensor(x, requires_grad=i in wrt) if i in arrays else x for i, x in enumerate(inputs)]
+    want = torch_fn(*ref_in)
+    want_np = _to_numpy(want)
+    weight = np.random.default_rng(seed).standard_normal(want_np.shape)
+    weight = weight.astype(np.float64 if want_np.dtype == np.float64 else np.float32)
+    want_grads = []
+    if wrt:
+        ref_loss = (want.to(torch_ref.from_numpy(weight).dtype) * torch_ref.from_numpy(weight)).sum()
+        grads = torch_ref.autograd.grad(ref_loss, [ref_in[i] for i in wrt], allow_unused=True)
+        want_grads = [np.zeros_like(inputs[i]) if g is None else _to_numpy(g) for i, g in zip(wrt, grads)]
+
+    ms_in = [ms.Tensor(x) if i in arrays else x for i, x in enumerate(inputs)]
+    compiled = mode in ("graph", "jit")
+    got_grads = []
+    if wrt:
+        w = ms.Tensor(weight)
+
+        def loss(*args):
+            out = fn(*args)
+            return (out.astype(w.dtype) * w).sum(), out
+
+        step = ms.value_and_grad(loss, grad_position=tuple(wrt), has_aux=True)
+        step = ms.jit(step) if compiled else step
+        _COMPILED.extend((loss, step))
+        (_, got), grads = step(*ms_in)
+        got = got[0] if isinstance(got, tuple) else got
+        got_grads = [_to_numpy(g) for g in (grads if isinstance(grads, tuple) else (grads,))]
+    else:
+        run = ms.jit(fn) if compiled else fn
+        _COMPILED.append(run)
+        got = run(*ms_in)
+
+    got_np = _to_numpy(got)
+    assert got_np.shape == want_np.shape, f"output ({mode}): shape {got_np.shape} != torch {want_np.shape}"
+    if check_dtype:
+        assert got_np.dtype == want_np.dtype, f"output ({mode}): dtype {got_np.dtype} != torch {want_np.dtype}"
+    np.testing.assert_allclose(got_np.astype(np.float64), want_np.astype(np.float64), rtol=rtol, atol=atol,
+                               err_msg=f"output ({mode})")
+    for i, g, w_ in zip(wrt, got_grads, want_grads):
+        assert g.shape == w_.shape, f"gradient of input {i} ({mode}): shape {g.shape} != torch {w_.shape}"
+        np.testing.assert_allclose(g.astype(np.float64), w_.astype(np.float64), rtol=rtol, atol=atol,
+                                   err_msg=f"gradient of input {i} ({mode})")
+
+
 def check_module(cases: str, builder: str, inputs: Sequence, *, mode: str, train: bool = False,
                  rtol: float = 1e-5, atol: float = 1e-6, api: Optional[str] = None,
                  seed: int = 0) -> None:

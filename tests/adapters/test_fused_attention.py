@@ -7,8 +7,6 @@ composite it falls back to (``MSMM_FUSED_KERNELS=0``):
   and L != S (decode, chunked prefill);
 - ``F.rotary_embedding`` (adapters only) against torch's ``x * cos + rotate_half(x) * sin``,
   gradients w.r.t. x, cos and sin, with and without the head transpose."""
-from typing import Callable
-
 import mindspore as ms
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ import torch
 import adapters.torch.nn.functional as F_MS
 from adapters.kernels import attention as fused_attention
 from adapters.kernels import rope as fused_rope
-from tests.adapters.harness import MODES, randn
+from tests.adapters.harness import MODES, check_function, randn
 
 pytestmark = pytest.mark.skipif(not (fused_attention.AVAILABLE and fused_rope.AVAILABLE),
                                 reason="fused kernels off or not buildable")
@@ -81,38 +79,11 @@ def _torch_sdpa(q, k, v, mask, causal, scale):
                                                             scale=scale, enable_gqa=True)
 
 
-def _compare(got: ms.Tensor, want: torch.Tensor, what: str) -> None:
-    np.testing.assert_allclose(got.asnumpy(), want.detach().numpy(), rtol=1e-5, atol=1e-5, err_msg=what)
-
-
-def _check(fn: Callable, ref: Callable, inputs: tuple, mode: str) -> None:
-    """Values of fn vs ref and the gradients of sum(out * w) w.r.t. the float tensor inputs."""
-    arrays = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray)]
-    wrt = [i for i in arrays if inputs[i].dtype == np.float32]
-    ref_in = [torch.tensor(x, requires_grad=i in wrt) if i in arrays else x for i, x in enumerate(inputs)]
-    want = ref(*ref_in)
-    weight = np.random.default_rng(9).standard_normal(tuple(want.shape)).astype(np.float32)
-    want_grads = torch.autograd.grad((want * torch.tensor(weight)).sum(), [ref_in[i] for i in wrt])
-
-    def loss(*args):
-        return (fn(*args) * ms.Tensor(weight)).sum()
-
-    ms_in = [ms.Tensor(x) if i in arrays else x for i, x in enumerate(inputs)]
-    run, grad = fn, ms.grad(loss, grad_position=tuple(wrt))
-    if mode == "graph":
-        run, grad = ms.jit(fn), ms.jit(grad)
-    _KEEP.extend((run, grad, loss))
-    _compare(run(*ms_in), want, f"output ({mode})")
-    grads = grad(*ms_in)
-    for i, got, expected in zip(wrt, grads if len(wrt) > 1 else (grads,), want_grads):
-        _compare(got, expected, f"grad of input {i} ({mode})")
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("case", list(CASES))
 def test_sdpa_matches_torch(case, path, mode):
-    _check(PATHS[path], _torch_sdpa, CASES[case], mode)
+    check_function(PATHS[path], _torch_sdpa, CASES[case], mode, seed=9)
 
 
 def _softmax_causal_offset(x, offset):
@@ -129,7 +100,8 @@ def _torch_softmax_causal_offset(x, offset):
 @pytest.mark.parametrize("offset", [2, -1])
 def test_masked_softmax_causal_offset(offset, mode):
     """Bottom-right aligned causal band (offset S - L) and a band with empty rows (offset -1)."""
-    _check(_softmax_causal_offset, _torch_softmax_causal_offset, (randn(2, 3, 4, 6), offset), mode)
+    check_function(_softmax_causal_offset, _torch_softmax_causal_offset, (randn(2, 3, 4, 6), offset), mode,
+                   seed=9)
 
 
 def test_fallback_cases():
@@ -171,7 +143,7 @@ ROTARY_CASES = {
 @pytest.mark.parametrize("path", list(ROTARY_PATHS))
 @pytest.mark.parametrize("case", list(ROTARY_CASES))
 def test_rotary_matches_torch(case, path, mode):
-    _check(ROTARY_PATHS[path], _torch_rotary, ROTARY_CASES[case], mode)
+    check_function(ROTARY_PATHS[path], _torch_rotary, ROTARY_CASES[case], mode, seed=9)
 
 
 def test_rotary_fallback_cases():
@@ -199,8 +171,8 @@ def _torch_three_softmaxes(x, keep, add):
 def test_softmax_variants_in_one_graph(mode):
     """Unmasked, bool and additive softmaxes in one graph (MindSpore once mixed up Custom ops
     of one kernel name there) with their own gradients."""
-    _check(_three_softmaxes, _torch_three_softmaxes,
-           (randn(2, 3, 4, 6), _keep_mask((2, 1, 4, 6), 8), randn(1, 3, 4, 6, seed=9)), mode)
+    check_function(_three_softmaxes, _torch_three_softmaxes,
+                   (randn(2, 3, 4, 6), _keep_mask((2, 1, 4, 6), 8), randn(1, 3, 4, 6, seed=9)), mode, seed=9)
 
 
 def _dropped_probs(q, k, v, mask):

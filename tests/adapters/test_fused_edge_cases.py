@@ -4,7 +4,7 @@ not use: non-contiguous views (transposed, strided, offset slices), broadcasting
 1-D / 0-size / 1-element dims, extreme magnitudes, inf / NaN, float64 and float16 (the
 fallbacks), multi-dim normalized shapes, sdpa masks of every broadcast shape, GQA, causal
 with L != S, dropout statistics; and the auto_convert rules that must (not) fire."""
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List
 
 import mindspore as ms
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 
 import adapters.torch as T
 from adapters.torch.nn import functional as F
+from tests.adapters.harness import check_function
 
 torch.set_num_threads(1)
 MODES = ("pynative", "jit")
@@ -26,65 +27,6 @@ def _pairs(cases, jit=()):
 
 _COMPILED: List[Callable] = []  # graphs are cached by id(): keep compiled callables alive
 TF = torch.nn.functional
-
-
-def _grad_of(shape, dtype):
-    return np.random.default_rng(7).standard_normal(shape).astype(dtype)
-
-
-def _run(fn, inputs, ndiff, grad_of, mode):
-    weight = ms.Tensor(grad_of)
-
-    def loss(*args):
-        out = fn(*args)
-        return (out.astype(weight.dtype) * weight).sum(), out
-
-    if ndiff == 0:
-        call = ms.jit(fn) if mode == "jit" else fn
-        if mode == "jit":
-            _COMPILED.append(call)
-        out = call(*(ms.Tensor(a) for a in inputs))
-        return out.asnumpy(), []
-    step = ms.value_and_grad(loss, grad_position=tuple(range(ndiff)), has_aux=True)
-    if mode == "jit":
-        step = ms.jit(step)
-        _COMPILED.append(step)
-    (_, out), grads = step(*(ms.Tensor(a) for a in inputs))
-    out = out[0] if isinstance(out, tuple) else out
-    grads = grads if isinstance(grads, tuple) else (grads,)
-    return out.asnumpy(), [g.asnumpy() for g in grads]
-
-
-def _reference(fn, inputs, ndiff, grad_of):
-    tensors = [torch.tensor(a, requires_grad=i < ndiff) for i, a in enumerate(inputs)]
-    out = fn(*tensors)
-    if ndiff:
-        (out.to(torch.from_numpy(grad_of).dtype) * torch.from_numpy(grad_of)).sum().backward()
-    return out.detach().numpy(), [t.grad.numpy() if t.grad is not None else np.zeros_like(a)
-                                  for t, a in zip(tensors[:ndiff], inputs)]
-
-
-def check(fn, ref_fn, inputs: Sequence[np.ndarray], mode: str, ndiff: Optional[int] = None,
-          rtol=1e-5, atol=1e-5, grads=True):
-    """fn (adapters) and ref_fn (torch) agree on value, dtype and the gradients of the first
-    ``ndiff`` inputs (default: every floating input)."""
-    inputs = list(inputs)
-    if ndiff is None:
-        ndiff = sum(1 for a in inputs if np.issubdtype(a.dtype, np.floating))
-    ndiff = ndiff if grads else 0
-    want0 = ref_fn(*[torch.tensor(a) for a in inputs]).detach().numpy()
-    grad_dtype = np.float64 if want0.dtype == np.float64 else np.float32
-    grad_of = _grad_of(want0.shape, grad_dtype)
-    got, got_grads = _run(fn, inputs, ndiff, grad_of, mode)
-    want, want_grads = _reference(ref_fn, inputs, ndiff, grad_of)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    assert got.dtype == want.dtype, (got.dtype, want.dtype)
-    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol,
-                               err_msg="value")
-    for i, (g, w) in enumerate(zip(got_grads, want_grads)):
-        assert g.shape == w.shape, (i, g.shape, w.shape)
-        np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol,
-                                   err_msg=f"gradient of input {i}")
 
 
 def randn(*shape, seed=0, dtype=np.float32, scale=1.0):
@@ -135,7 +77,7 @@ def test_rms_norm_views(view, mode):
     def fn(x, w):
         return F.rms_norm(ms_view(x), (8,), w, 1e-6)
 
-    check(fn, lambda x, w: TF.rms_norm(t_view(x), (8,), w, 1e-6), [randn(*shape), randn(8, seed=1)], mode)
+    check_function(fn, lambda x, w: TF.rms_norm(t_view(x), (8,), w, 1e-6), [randn(*shape), randn(8, seed=1)], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -146,7 +88,7 @@ def test_layer_norm_views(view, mode):
     def fn(x, w, b):
         return F.layer_norm(ms_view(x), (8,), w, b, 1e-5)
 
-    check(fn, lambda x, w, b: TF.layer_norm(t_view(x), (8,), w, b, 1e-5),
+    check_function(fn, lambda x, w, b: TF.layer_norm(t_view(x), (8,), w, b, 1e-5),
           [randn(*shape), randn(8, seed=1), randn(8, seed=2)], mode)
 
 
@@ -203,7 +145,7 @@ def test_rms_norm_cases(case, mode):
     tol = _tol(dtype)
     if rtol:
         tol["rtol"] = rtol
-    check(fn, ref, inputs, mode, **tol)
+    check_function(fn, ref, inputs, mode, **tol)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -211,7 +153,7 @@ def test_rms_norm_default_eps(mode):
     def fn(x, w):
         return F.rms_norm(x, (8,), w)
 
-    check(fn, lambda x, w: TF.rms_norm(x, (8,), w), [randn(3, 8, scale=1e-4), randn(8, seed=1)], mode,
+    check_function(fn, lambda x, w: TF.rms_norm(x, (8,), w), [randn(3, 8, scale=1e-4), randn(8, seed=1)], mode,
           rtol=1e-4)
 
 
@@ -236,7 +178,7 @@ def test_layer_norm_cases(case, mode):
     tol = _tol(dtype)
     if case in ("eps_tiny", "big_values"):
         tol["rtol"] = 1e-4
-    check(fn, ref, inputs, mode, **tol)
+    check_function(fn, ref, inputs, mode, **tol)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -244,11 +186,11 @@ def test_layer_norm_bias_without_weight(mode):
     def fn(x, b):
         return F.layer_norm(x, (8,), None, b)
 
-    check(fn, lambda x, b: TF.layer_norm(x, (8,), None, b), [randn(3, 8), randn(8, seed=2)], mode)
+    check_function(fn, lambda x, b: TF.layer_norm(x, (8,), None, b), [randn(3, 8), randn(8, seed=2)], mode)
 
 
 def test_rms_norm_mixed_dtypes_keep_the_input_dtype():
-    check(lambda x, w: F.rms_norm(x, (8,), w, 1e-5), lambda x, w: TF.rms_norm(x, (8,), w, 1e-5),
+    check_function(lambda x, w: F.rms_norm(x, (8,), w, 1e-5), lambda x, w: TF.rms_norm(x, (8,), w, 1e-5),
           [randn(3, 8, dtype=np.float16), randn(8, seed=1)], "pynative", rtol=2e-2, atol=2e-2)
 
 
@@ -301,10 +243,10 @@ def test_activation_special_values(name, mode):
         return ms_fn(x)
 
     # values only: torch's own gradients at +-inf / huge inputs are NaN or inf by formula
-    check(fn, t_fn, [GELU_SPECIAL if name.startswith("gelu") else SPECIAL], mode, rtol=1e-5, atol=1e-6,
-          grads=False)
+    check_function(fn, t_fn, [GELU_SPECIAL if name.startswith("gelu") else SPECIAL], mode, rtol=1e-5, atol=1e-6,
+          wrt=())
     finite = SPECIAL[np.abs(SPECIAL) < 1e3]
-    check(fn, t_fn, [finite], mode, rtol=1e-4, atol=1e-6)
+    check_function(fn, t_fn, [finite], mode, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("view,mode", _pairs(VIEWS, ("strided_last", "transpose01")))
@@ -316,7 +258,7 @@ def test_activation_views(name, view, mode):
     def fn(x):
         return ms_fn(ms_view(x))
 
-    check(fn, lambda x: t_fn(t_view(x)), [randn(*shape)], mode, rtol=1e-5, atol=1e-6)
+    check_function(fn, lambda x: t_fn(t_view(x)), [randn(*shape)], mode, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["pynative"])
@@ -328,7 +270,7 @@ def test_activation_dtypes(name, dtype, mode):
     def fn(x):
         return ms_fn(x)
 
-    check(fn, t_fn, [randn(3, 5, dtype=dtype)], mode, **_tol(dtype))
+    check_function(fn, t_fn, [randn(3, 5, dtype=dtype)], mode, **_tol(dtype))
 
 
 @pytest.mark.parametrize("mode", ["pynative"])
@@ -340,7 +282,7 @@ def test_activation_small_shapes(shape, name, mode):
     def fn(x):
         return ms_fn(x)
 
-    check(fn, t_fn, [randn(*shape) if shape else np.array(0.7, np.float32)], mode)
+    check_function(fn, t_fn, [randn(*shape) if shape else np.array(0.7, np.float32)], mode)
 
 
 SILU_MUL = {
@@ -361,7 +303,7 @@ def test_silu_mul_broadcast(case, mode):
         return F.silu_mul(a, b)
 
     b = randn(*b_shape, seed=1) if b_shape else np.array(1.5, np.float32)
-    check(fn, lambda a, b: TF.silu(a) * b, [randn(*a_shape), b], mode)
+    check_function(fn, lambda a, b: TF.silu(a) * b, [randn(*a_shape), b], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -369,7 +311,7 @@ def test_silu_mul_python_scalar(mode):
     def fn(a):
         return F.silu_mul(a, 2.5)
 
-    check(fn, lambda a: TF.silu(a) * 2.5, [randn(3, 8)], mode)
+    check_function(fn, lambda a: TF.silu(a) * 2.5, [randn(3, 8)], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -377,7 +319,7 @@ def test_silu_mul_mixed_dtypes(mode):
     def fn(a, b):
         return F.silu_mul(a, b)
 
-    check(fn, lambda a, b: TF.silu(a) * b, [randn(3, 8, dtype=np.float16), randn(3, 8, seed=1)], mode,
+    check_function(fn, lambda a, b: TF.silu(a) * b, [randn(3, 8, dtype=np.float16), randn(3, 8, seed=1)], mode,
           rtol=2e-3, atol=2e-3)
 
 
@@ -386,7 +328,7 @@ def test_silu_mul_views_of_both(mode):
     def fn(a, b):
         return F.silu_mul(T.transpose(a, 0, 1), b[:, ::2])
 
-    check(fn, lambda a, b: TF.silu(a.transpose(0, 1)) * b[:, ::2], [randn(8, 3), randn(3, 16, seed=1)], mode)
+    check_function(fn, lambda a, b: TF.silu(a.transpose(0, 1)) * b[:, ::2], [randn(8, 3), randn(3, 16, seed=1)], mode)
 
 
 # ---- linear ---------------------------------------------------------------------------
@@ -411,7 +353,7 @@ def test_linear_cases(case, mode):
     def fn(x, w, *b):
         return F.linear(x, w, b[0] if b else None)
 
-    check(fn, lambda x, w, *b: TF.linear(x, w, b[0] if b else None), inputs, mode, rtol=1e-5, atol=1e-5)
+    check_function(fn, lambda x, w, *b: TF.linear(x, w, b[0] if b else None), inputs, mode, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("view,mode", _pairs(["weight_transposed", "x_strided", "x_transposed", "weight_sliced"],
@@ -437,7 +379,7 @@ def test_linear_views(view, mode):
     def fn(x, w, b):
         return ms_fn(x, w, b)
 
-    check(fn, t_fn, inputs, mode)
+    check_function(fn, t_fn, inputs, mode)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16], ids=["float64", "float16"])
@@ -445,7 +387,7 @@ def test_linear_dtypes(dtype):
     def fn(x, w, b):
         return F.linear(x, w, b)
 
-    check(fn, TF.linear, [randn(2, 16, dtype=dtype), randn(5, 16, seed=1, dtype=dtype),
+    check_function(fn, TF.linear, [randn(2, 16, dtype=dtype), randn(5, 16, seed=1, dtype=dtype),
                           randn(5, seed=2, dtype=dtype)], "pynative", **_tol(dtype))
 
 
@@ -544,7 +486,7 @@ SDPA_JIT = ("mask_LS_float_gqa", "mask_B11S_bool_gqa", "mask_BHLS_bool_gqa", "ca
 def test_sdpa_cases(case, mode):
     inputs, kwargs = _sdpa_inputs(case)
     fn, ref = _sdpa_fns(len(inputs) == 4, kwargs)
-    check(fn, ref, inputs, mode, rtol=1e-4, atol=1e-5)
+    check_function(fn, ref, inputs, mode, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("case,mode", _pairs(["mask_B1LS_bool", "mask_LS_float", "causal_L_gt_S"], ["mask_LS_float"]))
@@ -552,7 +494,7 @@ def test_sdpa_huge_scores(case, mode):
     """Scores of ~1e4 (softmax overflow if not max-subtracted)."""
     inputs, kwargs = _sdpa_inputs(case, big=40.0)
     fn, ref = _sdpa_fns(len(inputs) == 4, kwargs)
-    check(fn, ref, inputs, mode, rtol=1e-3, atol=1e-3, grads=False)
+    check_function(fn, ref, inputs, mode, rtol=1e-3, atol=1e-3, wrt=())
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -561,7 +503,7 @@ def test_sdpa_nan_propagates(mode):
     inputs[0][0, 0, 2, 3] = np.nan
     inputs[2][1, 2, 4, 0] = np.nan
     fn, ref = _sdpa_fns(True, kwargs)
-    check(fn, ref, inputs, mode, rtol=1e-4, atol=1e-5, grads=False)
+    check_function(fn, ref, inputs, mode, rtol=1e-4, atol=1e-5, wrt=())
 
 
 @pytest.mark.parametrize("mode", ["pynative"])  # a Python-level guard: the same under jit
@@ -570,8 +512,8 @@ def test_sdpa_empty(empty, mode):
     """No keys: torch gives zeros (MindSpore's matmul over an empty inner dim left garbage)."""
     s, l = (0, L) if empty == "keys" else (S, 0)
     for _ in range(3):  # garbage shows up once the allocator reuses dirty memory
-        check(_sdpa_fns(False, {})[0], _sdpa_fns(False, {})[1],
-              [randn(B, H, l, D), randn(B, H, s, D, seed=1), randn(B, H, s, D, seed=2)], mode, grads=False)
+        check_function(_sdpa_fns(False, {})[0], _sdpa_fns(False, {})[1],
+              [randn(B, H, l, D), randn(B, H, s, D, seed=1), randn(B, H, s, D, seed=2)], mode, wrt=())
         ms.Tensor(np.full((256, 256), 7.0, np.float32)).asnumpy()
 
 
@@ -580,7 +522,7 @@ def test_sdpa_empty(empty, mode):
 def test_sdpa_dtypes(case, dtype):
     inputs, kwargs = _sdpa_inputs(case, dtype=dtype)
     fn, ref = _sdpa_fns(len(inputs) == 4, kwargs)
-    check(fn, ref, inputs, "pynative", **({"rtol": 1e-2, "atol": 1e-2} if dtype == np.float16 else {}))
+    check_function(fn, ref, inputs, "pynative", **({"rtol": 1e-2, "atol": 1e-2} if dtype == np.float16 else {}))
 
 
 @pytest.mark.parametrize("view,mode", _pairs(["q_transposed", "k_sliced", "v_strided"], ["q_transposed"]))
@@ -598,7 +540,7 @@ def test_sdpa_views(view, mode):
         return TF.scaled_dot_product_attention(q.transpose(1, 2), k[:, :, 1:] if view == "k_sliced" else k[:, :, :S],
                                                v[..., ::2] if view == "v_strided" else v[..., :D], m)
 
-    check(fn, ref, [q, k, v, mask], mode, rtol=1e-4, atol=1e-5)
+    check_function(fn, ref, [q, k, v, mask], mode, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -656,7 +598,7 @@ def test_rotary_cases(case, mode):
     def fn(x, c, s):
         return F.rotary_embedding(x, c, s, heads)
 
-    check(fn, lambda x, c, s: _rope_ref(x, c, s, heads),
+    check_function(fn, lambda x, c, s: _rope_ref(x, c, s, heads),
           [randn(*x_shape), randn(*t_shape, seed=1), randn(*t_shape, seed=2)], mode)
 
 
@@ -669,7 +611,7 @@ def test_rotary_views(heads, mode):
 
     x = randn(2, 5, 3, 8) if not heads else randn(2, 3, 5, 8)
     t = (5, 8) if not heads else (1, 5, 8)  # L = 5 either way
-    check(fn, lambda x, c, s: _rope_ref(x.transpose(1, 2), c, s, heads),
+    check_function(fn, lambda x, c, s: _rope_ref(x.transpose(1, 2), c, s, heads),
           [x, randn(*t, seed=1), randn(*t, seed=2)], mode)
 
 
@@ -678,7 +620,7 @@ def test_rotary_sliced_tables(mode):
     def fn(x, c, s):
         return F.rotary_embedding(x, c[:5], s[1:6], False)
 
-    check(fn, lambda x, c, s: _rope_ref(x, c[:5], s[1:6]), [randn(2, 3, 5, 8), randn(7, 8, seed=1),
+    check_function(fn, lambda x, c, s: _rope_ref(x, c[:5], s[1:6]), [randn(2, 3, 5, 8), randn(7, 8, seed=1),
                                                               randn(7, 8, seed=2)], mode)
 
 
@@ -687,7 +629,7 @@ def test_rotary_dtypes(dtype):
     def fn(x, c, s):
         return F.rotary_embedding(x, c, s, False)
 
-    check(fn, _rope_ref, [randn(2, 3, 5, 8, dtype=dtype), randn(5, 8, seed=1), randn(5, 8, seed=2)],
+    check_function(fn, _rope_ref, [randn(2, 3, 5, 8, dtype=dtype), randn(5, 8, seed=1), randn(5, 8, seed=2)],
           "pynative", **_tol(dtype))
 
 
@@ -742,7 +684,7 @@ def test_norm_strided_weight(mode):
     def fn(x, w, b):
         return F.layer_norm(x, (8,), w[::2], b[1:9]) + F.rms_norm(x, (8,), w[1::2], 1e-6)
 
-    check(fn, lambda x, w, b: TF.layer_norm(x, (8,), w[::2], b[1:9]) + TF.rms_norm(x, (8,), w[1::2], 1e-6),
+    check_function(fn, lambda x, w, b: TF.layer_norm(x, (8,), w[::2], b[1:9]) + TF.rms_norm(x, (8,), w[1::2], 1e-6),
           [randn(3, 8), randn(16, seed=1), randn(10, seed=2)], mode)
 
 
@@ -751,7 +693,7 @@ def test_rotary_transposed_tables(mode):
     def fn(x, c, s):
         return F.rotary_embedding(x, T.transpose(c, 0, 1), T.transpose(s, 0, 1), False)
 
-    check(fn, lambda x, c, s: _rope_ref(x, c.transpose(0, 1), s.transpose(0, 1)),
+    check_function(fn, lambda x, c, s: _rope_ref(x, c.transpose(0, 1), s.transpose(0, 1)),
           [randn(2, 3, 5, 8), randn(8, 5, seed=1), randn(8, 5, seed=2)], mode)
 
 
@@ -777,5 +719,5 @@ def test_sdpa_mask_views(kind, mode):
         return (TF.scaled_dot_product_attention(q, k, v, m[:, :, :, 1:S + 1])
                 + TF.scaled_dot_product_attention(q, k, v, t.transpose(0, 1)))
 
-    check(fn, ref, [randn(B, H, L, D), randn(B, H, S, D, seed=1), randn(B, H, S, D, seed=2), big, tr], mode,
-          ndiff=3, rtol=1e-4, atol=1e-5)
+    check_function(fn, ref, [randn(B, H, L, D), randn(B, H, S, D, seed=1), randn(B, H, S, D, seed=2), big, tr], mode,
+          wrt=(0, 1, 2), rtol=1e-4, atol=1e-5)

@@ -1,7 +1,6 @@
 """The fused CPU kernels of adapters/kernels (norms, activations) against real torch: values
 and gradients, PyNative and mindspore.jit, the fused path and the composite fallback it
 replaces (what runs without a compiler or with MSMM_FUSED_KERNELS=0)."""
-from typing import Callable, List
 
 import mindspore as ms
 import numpy as np
@@ -11,49 +10,13 @@ import torch
 import adapters.torch  # noqa: F401  (starts the runtime settings the shim needs)
 from adapters.kernels import activation, build, norm
 from adapters.torch.nn import functional as F
+from tests.adapters.harness import check_function
 
 pytestmark = pytest.mark.skipif(not (norm.AVAILABLE and activation.AVAILABLE),
                                 reason="fused kernels not built here (no compiler or MSMM_FUSED_KERNELS=0)")
 
 MODES = ("pynative", "jit")
 SHAPES = [(1, 7), (3, 5, 37), (2, 3, 64)]  # one row, odd hidden size, a multiple of 16
-_COMPILED: List[Callable] = []  # graphs are cached by id(): keep compiled callables alive
-
-
-def _run(fn: Callable, inputs: List[np.ndarray], grad_of: np.ndarray, mode: str):
-    """``fn(*inputs)`` and the gradients of ``sum(fn(*inputs) * grad_of)`` for every input."""
-    weight = ms.Tensor(grad_of)
-
-    def loss(*args):
-        out = fn(*args)
-        return (out * weight).sum(), out
-
-    step = ms.value_and_grad(loss, grad_position=tuple(range(len(inputs))), has_aux=True)
-    if mode == "jit":
-        step = ms.jit(step)
-        _COMPILED.append(step)
-    (_, out), grads = step(*(ms.Tensor(a) for a in inputs))
-    out = out[0] if isinstance(out, tuple) else out
-    grads = grads if isinstance(grads, tuple) else (grads,)
-    return out.asnumpy(), [g.asnumpy() for g in grads]
-
-
-def _reference(fn: Callable, inputs: List[np.ndarray], grad_of: np.ndarray):
-    tensors = [torch.tensor(a, requires_grad=True) for a in inputs]
-    out = fn(*tensors)
-    (out * torch.tensor(grad_of)).sum().backward()
-    return out.detach().numpy(), [t.grad.numpy() for t in tensors]
-
-
-def _check(fn, ref_fn, inputs, mode, rtol=1e-5, atol=1e-5):
-    rng = np.random.default_rng(1)
-    out_shape = _reference(ref_fn, inputs, np.ones(1, np.float32))[0].shape
-    grad_of = rng.standard_normal(out_shape).astype(np.float32)
-    got, got_grads = _run(fn, inputs, grad_of, mode)
-    want, want_grads = _reference(ref_fn, inputs, grad_of)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg="value")
-    for i, (g, w) in enumerate(zip(got_grads, want_grads)):
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"gradient of input {i}")
 
 
 def _inputs(*shapes, scale: float = 1.0):
@@ -71,7 +34,7 @@ def test_rms_norm(shape, eps, mode):
     def fused(x, w):
         return norm.rms_norm(x, w, eps)
 
-    _check(fused, lambda x, w: torch.nn.functional.rms_norm(x, (h,), w, eps), _inputs(shape, (h,)), mode)
+    check_function(fused, lambda x, w: torch.nn.functional.rms_norm(x, (h,), w, eps), _inputs(shape, (h,)), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -79,7 +42,7 @@ def test_rms_norm_without_weight(mode):
     def fused(x):
         return F.rms_norm(x, (37,), None, 1e-6)
 
-    _check(fused, lambda x: torch.nn.functional.rms_norm(x, (37,), None, 1e-6), _inputs((3, 5, 37)), mode)
+    check_function(fused, lambda x: torch.nn.functional.rms_norm(x, (37,), None, 1e-6), _inputs((3, 5, 37)), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -90,7 +53,7 @@ def test_rms_norm_with_and_without_weight_in_one_graph(mode):
     def reference(x, w):
         return torch.nn.functional.rms_norm(x, (37,), w, 1e-6) + torch.nn.functional.rms_norm(x * 2.0, (37,), None, 1e-5)
 
-    _check(fused, reference, _inputs((3, 5, 37), (37,)), mode)
+    check_function(fused, reference, _inputs((3, 5, 37), (37,)), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -103,7 +66,7 @@ def test_layer_norm(shape, eps, mode):
     def fused(x, w, b):
         return norm.layer_norm(x, w, b, eps)
 
-    _check(fused, lambda x, w, b: torch.nn.functional.layer_norm(x, (h,), w, b, eps), [x + 3.0, w, b], mode)
+    check_function(fused, lambda x, w, b: torch.nn.functional.layer_norm(x, (h,), w, b, eps), [x + 3.0, w, b], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -111,7 +74,7 @@ def test_layer_norm_without_affine_goes_through_the_dispatch(mode):
     def fused(x):
         return F.layer_norm(x, (37,))
 
-    _check(fused, lambda x: torch.nn.functional.layer_norm(x, (37,)),
+    check_function(fused, lambda x: torch.nn.functional.layer_norm(x, (37,)),
            _inputs((3, 5, 37)), mode)
 
 
@@ -126,19 +89,19 @@ def test_norm_fallbacks(mode):
     def layer_norm(x, w, b):
         return F._layer_norm_legacy(x, (37,), w, b, 1e-5)
 
-    _check(rms_norm, lambda x, w: torch.nn.functional.rms_norm(x, (37,), w, 1e-6), [x, w], mode)
-    _check(layer_norm, lambda x, w, b: torch.nn.functional.layer_norm(x, (37,), w, b, 1e-5), [x, w, b], mode)
+    check_function(rms_norm, lambda x, w: torch.nn.functional.rms_norm(x, (37,), w, 1e-6), [x, w], mode)
+    check_function(layer_norm, lambda x, w, b: torch.nn.functional.layer_norm(x, (37,), w, b, 1e-5), [x, w, b], mode)
 
 
 def test_large_inputs_split_over_threads():
     """Above 256k (norms) / 128k (activations) elements a call is split over the cores (the
     weight gradients sum 1100 rows in float32: absolute tolerance for their rounding)."""
     x, w, b = _inputs((1100, 256), (256,), (256,))
-    _check(lambda x, w: F.rms_norm(x, (256,), w, 1e-6),
+    check_function(lambda x, w: F.rms_norm(x, (256,), w, 1e-6),
            lambda x, w: torch.nn.functional.rms_norm(x, (256,), w, 1e-6), [x, w], "pynative", rtol=1e-4, atol=1e-3)
-    _check(lambda x, w, b: F.layer_norm(x, (256,), w, b),
+    check_function(lambda x, w, b: F.layer_norm(x, (256,), w, b),
            lambda x, w, b: torch.nn.functional.layer_norm(x, (256,), w, b), [x, w, b], "pynative", rtol=1e-4, atol=1e-3)
-    _check(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [x[:600], x[500:]], "pynative")
+    check_function(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [x[:600], x[500:]], "pynative")
 
 
 def test_non_contiguous_views():
@@ -178,13 +141,13 @@ def test_rms_norm_other_dtypes_and_shapes_use_the_composite():
 def test_silu_mul(shape, mode):
     a, b = _inputs(shape, shape, scale=4.0)
     a.flat[:4] = [-100.0, -60.0, 60.0, 100.0]  # saturated sigmoid both ways
-    _check(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [a, b], mode)
+    check_function(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [a, b], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_silu_mul_fallback_broadcasts(mode):
     a, b = _inputs((3, 5, 37), (37,))
-    _check(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [a, b], mode)
+    check_function(F.silu_mul, lambda a, b: torch.nn.functional.silu(a) * b, [a, b], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -192,7 +155,7 @@ def test_silu_mul_fallback_broadcasts(mode):
 def test_gelu(shape, mode):
     x, = _inputs(shape, scale=3.0)
     x.flat[:3] = [-30.0, 0.0, 30.0]
-    _check(F.gelu, torch.nn.functional.gelu, [x], mode)
+    check_function(F.gelu, torch.nn.functional.gelu, [x], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -200,13 +163,13 @@ def test_gelu_tanh_keeps_the_legacy_kernel(mode):
     def tanh_gelu(x):
         return F.gelu(x, approximate="tanh")
 
-    _check(tanh_gelu, lambda x: torch.nn.functional.gelu(x, approximate="tanh"), _inputs((3, 37)), mode)
+    check_function(tanh_gelu, lambda x: torch.nn.functional.gelu(x, approximate="tanh"), _inputs((3, 37)), mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_quick_gelu(mode):
     x, = _inputs((3, 5, 37), scale=3.0)
-    _check(F.quick_gelu, lambda x: x * torch.sigmoid(1.702 * x), [x], mode)
+    check_function(F.quick_gelu, lambda x: x * torch.sigmoid(1.702 * x), [x], mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -214,7 +177,7 @@ def test_quick_gelu_fallback(mode):
     def composite(x):
         return F._quick_gelu_composite(x)
 
-    _check(composite, lambda x: x * torch.sigmoid(1.702 * x), _inputs((3, 37)), mode)
+    check_function(composite, lambda x: x * torch.sigmoid(1.702 * x), _inputs((3, 37)), mode)
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -14,7 +14,7 @@ from mindspore import mint
 
 import adapters.torch as torch_ms
 from adapters.kernels import transpose as fused_transpose
-from tests.adapters.harness import MODES, randn
+from tests.adapters.harness import MODES, check_function, randn
 
 pytestmark = pytest.mark.skipif(not fused_transpose.AVAILABLE, reason="fused kernels off or not buildable")
 
@@ -61,30 +61,19 @@ def _torch_transpose(x, d0, d1):
     return x.transpose(d0, d1)
 
 
-def _compare(got: ms.Tensor, want: torch.Tensor, what: str) -> None:
-    np.testing.assert_array_equal(got.asnumpy(), want.detach().numpy(), err_msg=what)
-
-
 def _check(fn: Callable, ref: Callable, x: np.ndarray, args: tuple, mode: str, prepare=None) -> None:
-    """Values of fn vs ref and the gradient of sum(out * w) w.r.t. x; ``prepare`` turns the
-    MindSpore input into what fn receives (a non-contiguous view) inside the differentiated call."""
-    ref_x = torch.tensor(x, requires_grad=True)
-    want = ref(ref_x if prepare is None else prepare[1](ref_x), *args)
-    weight = np.random.default_rng(9).standard_normal(tuple(want.shape)).astype(np.float32)
-    (want_grad,) = torch.autograd.grad((want * torch.tensor(weight)).sum(), [ref_x])
+    """fn(x, *args) equals ref(x, *args) exactly, values and gradients; ``prepare`` (MindSpore,
+    torch) turns the input into what fn and ref receive (a non-contiguous view) inside the
+    differentiated call."""
+    ms_prepare, torch_prepare = prepare or (None, None)
 
     def run(x):
-        return fn(x if prepare is None else prepare[0](x), *args)
+        return fn(x if ms_prepare is None else ms_prepare(x), *args)
 
-    def loss(x):
-        return (run(x) * ms.Tensor(weight)).sum()
+    def reference(x):
+        return ref(x if torch_prepare is None else torch_prepare(x), *args)
 
-    forward, grad = run, ms.grad(loss, grad_position=0)
-    if mode == "graph":
-        forward, grad = ms.jit(run), ms.jit(grad)
-    _KEEP.extend((forward, grad, run, loss))
-    _compare(forward(ms.Tensor(x)), want, f"output ({mode})")
-    _compare(grad(ms.Tensor(x)), want_grad, f"grad ({mode})")
+    check_function(run, reference, [x], mode, rtol=0, atol=0, seed=9)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -169,23 +158,6 @@ def _torch_two_ways(x):
     return (heads_first * 2.0).transpose(1, 2) + heads_first.transpose(1, 2).sum()
 
 
-def _two_ways_sum(x):
-    return _two_ways(x).sum()
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_round_trip_in_one_graph(mode):
-    x = randn(2, 40, 4, 32)
-
-    def close(got, want, what):
-        np.testing.assert_allclose(got.asnumpy(), want.detach().numpy(), rtol=1e-5, atol=1e-3, err_msg=what)
-
-    ref_x = torch.tensor(x, requires_grad=True)
-    want = _torch_two_ways(ref_x)
-    (want_grad,) = torch.autograd.grad(want.sum(), [ref_x])
-    forward, grad = _two_ways, ms.grad(_two_ways_sum, grad_position=0)
-    if mode == "graph":
-        forward, grad = ms.jit(_two_ways), ms.jit(grad)
-    _KEEP.extend((forward, grad))
-    close(forward(ms.Tensor(x)), want, "output")
-    close(grad(ms.Tensor(x)), want_grad, "grad")
+    check_function(_two_ways, _torch_two_ways, [randn(2, 40, 4, 32)], mode, rtol=1e-5, atol=1e-3)
