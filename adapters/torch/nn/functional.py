@@ -17,6 +17,7 @@ from mindspore.ops import constexpr
 
 from ...kernels import activation as fused_activation
 from ...kernels import attention as fused_attention
+from ...kernels import cache as fused_cache
 from ...kernels import gemv as fused_gemv
 from ...kernels import norm as fused_norm
 from ...kernels import rope as fused_rope
@@ -28,7 +29,7 @@ __all__ = [
     "layer_norm", "rms_norm", "group_norm", "normalize",
     "gelu", "quick_gelu", "silu", "silu_mul", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
     "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
-    "scaled_dot_product_attention", "rotary_embedding",
+    "scaled_dot_product_attention", "rotary_embedding", "write_slots",
     "interpolate", "pad", "embedding", "dropout", "one_hot", "pixel_shuffle", "pixel_unshuffle",
 ]
 
@@ -626,6 +627,39 @@ def rotary_embedding(input: Tensor, cos: Tensor, sin: Tensor, transpose_heads: b
     if transpose_heads and input.ndim != 4:
         raise ValueError(f"rotary_embedding: transpose_heads needs input [B, L, H, D], got {input.ndim} dims")
     return _rotary_embedding(input, cos, sin, transpose_heads)
+
+
+def _write_slots_composite(cache, new, slots):
+    marked = (slots != 0).reshape(slots.shape[0], 1, slots.shape[-1], 1)
+    return ops.select(marked, new.broadcast_to(cache.shape), cache)
+
+
+@register("write_slots", "CPU",
+          note="fused kernel (adapters/kernels/cache.py): a copy of the cache and the new rows; else composite select")
+def _write_slots_cpu(cache, new, slots):
+    if fused_cache.serves(cache, new, slots):
+        return fused_cache.write_slots(cache, new, slots)
+    return _write_slots_composite(cache, new, slots)
+
+
+@register("write_slots", "Ascend", tested=False, note="composite select")
+def _write_slots_ascend(cache, new, slots):
+    return _write_slots_composite(cache, new, slots)
+
+
+_write_slots = kernel("write_slots")
+
+
+def write_slots(cache: Tensor, new: Tensor, slots: Tensor) -> Tensor:
+    """KV-cache write of one new row per sequence (not in torch): ``cache`` [B, G, S, D] with
+    ``new`` [B, G, 1, D] written at every slot marked non-zero in ``slots`` [B|1, 1, S] (or
+    [B|1, S]), i.e. ``torch.where((slots != 0).reshape(-1, 1, S, 1), new, cache)``; on CPU one
+    kernel that copies the cache and the new rows instead of a broadcast select over the cache.
+    """
+    if cache.ndim != 4 or new.ndim != 4 or new.shape[2] != 1:
+        raise ValueError(f"write_slots: cache [B, G, S, D] and new [B, G, 1, D], got {tuple(cache.shape)} and "
+                         f"{tuple(new.shape)}")
+    return _write_slots(cache, new, slots)
 
 
 # ---- resampling and padding ----------------------------------------------------------

@@ -49,14 +49,24 @@ def causal_attention_mask(
     return mask | (pos.unsqueeze(1) == pos.unsqueeze(0))
 
 
+# adapters (MindSpore) has a one-kernel cache write, F.write_slots; torch has none
+_write_slots = getattr(F, "write_slots", None)
+
+
 def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """Static-shape KV-cache update: cache [B, G, Lmax, D] with rows ``slots`` [L, Lmax]
     (one-hot, float: row i marks the position of new token i) replaced by new [B, G, L, D].
-    A matmul with a one-hot matrix (for one new token a select at its slot), exact in
+    A matmul with a one-hot matrix (for one new token a write at its slot), exact in
     floating point, so one compiled graph serves every decode step (no data-dependent
     shapes or in-place writes). One new token per row may also come with per-row slots
-    [B, 1, Lmax] (rows at different cache positions: continuous batching)."""
-    if slots.shape[-2] == 1:  # one new token (decoding): a select, no matmul over the cache
+    [B, 1, Lmax] (rows at different cache positions: continuous batching).
+
+    One new token (decoding) is ``where(slot, new, cache)``: with adapters one kernel,
+    ``F.write_slots`` (on CPU a copy of the cache and the new row at its slot, not a broadcast
+    select that reads the condition and both operands per element)."""
+    if slots.shape[-2] == 1:  # one new token (decoding): no matmul over the cache
+        if _write_slots is not None:
+            return _write_slots(cache, new, slots)
         return torch.where((slots != 0).reshape(-1, 1, slots.shape[-1], 1), new, cache)
     kept = cache * (1.0 - slots.sum(0)).reshape(1, 1, slots.shape[1], 1)
     return kept + torch.matmul(slots.transpose(0, 1).to(new.dtype), new)
