@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from msmm.data.resize import native
+from msmm.data.resize import Canvas, native
+from msmm.data.resize import pixels as image_pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,7 +50,7 @@ class PixelNormalizer:
         return out
 
     def resize_into(self, image: Image.Image | np.ndarray, size: tuple[int, int], dst: np.ndarray, row_axes: int,
-                    top: int = 0, left: int = 0, band: int = 1) -> None:
+                    top: int = 0, left: int = 0, band: int = 1, canvas: Canvas | None = None) -> None:
         """Resize the RGB ``image`` (or uint8 ``(H, W, 3)`` pixels) to ``size = (width, height)``
         (bicubic), normalise, and write
         the window at ``(top, left)`` into ``dst``.
@@ -58,20 +59,23 @@ class PixelNormalizer:
         window row ``y`` goes to the C-order position ``y`` of ``rows`` (columns likewise), the
         same values to each copy. A view of tiles or patches puts the model's layout in this pass;
         ``band`` (the patch size for patches) is how many rows the kernel writes together.
+        With ``canvas`` (kernel only) the image placed on that canvas is what is resized.
         """
         copies, channels, *dims = dst.shape
         rows, cols = dims[:row_axes], dims[row_axes:]
         height, width = math.prod(rows), math.prod(cols)
         kernel = native()
         if kernel is None:
+            if canvas is not None:
+                raise ValueError("resize_into: a virtual canvas needs the resize kernel")
             image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
             pixels = np.asarray(image.resize(size, Image.BICUBIC))[top : top + height, left : left + width]
             dst[...] = self(pixels).reshape(channels, *rows, *cols)
             return
         strides = [s // dst.itemsize for s in dst.strides]
-        kernel.resize_normalize(np.asarray(image), size, (top, left, height, width), self.table, dst,
+        kernel.resize_normalize(image_pixels(image), size, (top, left, height, width), self.table, dst,
                                 _offsets(rows, strides[2 : 2 + row_axes]), _offsets(cols, strides[2 + row_axes :]),
-                                strides[1], copies, strides[0], band)
+                                strides[1], copies, strides[0], band, canvas)
 
 
 def support_bounds(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -275,23 +279,23 @@ class CLIPImageTransform:
     def _padded(self, image: Image.Image) -> np.ndarray:
         """pad-to-square, resize and crop, resampling only the image's footprint: an output pixel
         whose filter support lies in the padding is the background colour exactly (the fixed-point
-        weights sum to one within far less than half a level), so it is filled, not computed."""
+        weights sum to one within far less than half a level), so it is filled, not computed. The
+        square canvas is not built: the kernel reads the image where it lies on it and the
+        background elsewhere."""
         width, height = image.size
         side, s, crop = max(width, height), self.size, self.crop_size
         top, left = (side - height) // 2, (side - width) // 2
-        canvas = np.empty((side, side, 3), np.uint8)
-        canvas.reshape(side, side * 3)[...] = np.tile(np.asarray(self.background, np.uint8), side)  # whole rows: fast
-        canvas[top : top + height, left : left + width] = np.asarray(image)
         out = np.empty((1, 3, crop, crop), np.float32)
         out[0] = self.normalize.table[np.arange(3), self.background][:, None, None]
         offset = (s - crop) // 2  # the centre crop of the (s, s) resize
+        start, stop = support_bounds(side, s)
         live = []
         for lo, n in ((top, height), (left, width)):
-            start, stop = support_bounds(side, s)
             inside = np.flatnonzero((stop > lo) & (start < lo + n))
             first, last = max(inside[0], offset), min(inside[-1] + 1, offset + crop)
             live.append(slice(first - offset, max(first, last) - offset))
         rows, cols = live
         if rows.stop > rows.start and cols.stop > cols.start:
-            self.normalize.resize_into(canvas, (s, s), out[:, :, rows, cols], 1, rows.start + offset, cols.start + offset)
+            self.normalize.resize_into(image, (s, s), out[:, :, rows, cols], 1, rows.start + offset, cols.start + offset,
+                                       canvas=Canvas(side, side, top, left, bytes(self.background)))
         return out[0]

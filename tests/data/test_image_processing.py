@@ -93,6 +93,54 @@ def test_resize_kernel_equals_pillow(seed):
         np.testing.assert_array_equal(window, expected[top : top + height, left : left + width])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_resize_kernel_canvas_and_rgbx_equal_pillow(seed):
+    """The image read where it lies on a virtual canvas of a background colour (LLaVA's
+    pad-to-square, never built) and read from Pillow's own RGBX memory (pixels 4 bytes apart):
+    equal to pasting it on the canvas and Image.resize(size, BICUBIC), every byte, whole and
+    windowed, up and down, both pass orders, images touching and not touching the borders."""
+    kernel = resize.native()
+    if kernel is None:
+        pytest.skip("resize kernel off")
+    rng = np.random.default_rng(100 + seed)
+    for case in range(40):
+        h, w = (int(v) for v in rng.integers(1, 300, 2))
+        canvas_h, canvas_w = h + int(rng.integers(0, 200)), w + int(rng.integers(0, 200))
+        top, left = int(rng.integers(0, canvas_h - h + 1)), int(rng.integers(0, canvas_w - w + 1))
+        background = bytes(int(v) for v in rng.integers(0, 256, 3))
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8))
+        canvas = Image.new("RGB", (canvas_w, canvas_h), tuple(background))
+        canvas.paste(image, (left, top))
+        out_w, out_h = (int(v) for v in rng.integers(1, 400, 2))
+        if case % 4 == 0:
+            out_h = int(rng.integers(1, 12))  # vertical pass first on Pillow 13
+        if case % 7 == 0:
+            out_w = canvas_w  # no horizontal pass
+        expected = np.asarray(canvas.resize((out_w, out_h), Image.BICUBIC))
+        y0, x0 = int(rng.integers(0, out_h)), int(rng.integers(0, out_w))
+        window = (y0, x0, int(rng.integers(1, out_h - y0 + 1)), int(rng.integers(1, out_w - x0 + 1)))
+        place = resize.Canvas(canvas_h, canvas_w, top, left, background)
+        for pixels in (np.asarray(image), resize.pixels(image)):
+            got = kernel.resize(pixels, (out_w, out_h), window, place)
+            np.testing.assert_array_equal(got, expected[y0 : y0 + window[2], x0 : x0 + window[3]],
+                                          err_msg=f"{w}x{h} at {left},{top} on {canvas_w}x{canvas_h} -> {out_w}x{out_h}")
+        np.testing.assert_array_equal(kernel.resize(resize.pixels(canvas), (out_w, out_h)), expected)
+
+
+def test_pixels_reads_the_image_memory():
+    """resize.pixels: a read-only view of the image's RGBX memory when Pillow exports it (one
+    block), np.asarray's copy otherwise (an image over 16 MB); the same values either way."""
+    small, large = _image(300, 200, 7), _image(2500, 1700, 8)
+    view = resize.pixels(small)
+    np.testing.assert_array_equal(view, np.asarray(small))
+    assert not view.flags.writeable
+    if hasattr(small, "__arrow_c_array__"):  # Pillow >= 11.2
+        assert view.strides[1] == 4
+    np.testing.assert_array_equal(resize.pixels(large), np.asarray(large))
+    del small  # the view holds the image's memory
+    np.testing.assert_array_equal(view[:2, :2], np.asarray(_image(300, 200, 7))[:2, :2])
+
+
 def test_resize_function_equals_pillow(path):
     for i, (w, h) in enumerate(SIZES):
         image = _image(w, h, 40 + i)

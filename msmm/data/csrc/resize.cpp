@@ -114,7 +114,7 @@ void vertical_pass_row(const uint8_t* in, int64_t in_stride, int64_t first_row, 
 
 // Scratch buffers kept per thread between calls (they grow to the largest image seen): fresh
 // multi-megabyte allocations would be page-faulted in, and zeroed by the kernel, every image.
-enum Slot { kStrip, kBlended, kMid, kOut, kLine, kSlots };
+enum Slot { kStrip, kBlended, kMid, kOut, kLine, kCanvas, kSlots };
 
 uint8_t* scratch(Slot slot, int64_t bytes) {
   thread_local std::vector<uint8_t> buffers[kSlots];
@@ -166,19 +166,79 @@ void transpose(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t col
     for (int64_t i = 0; i < rows; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
 }
 
-// Horizontal pass over `rows` rows of `in` (channels interleaved; its pixel 0 is input column
-// `lo`) to output columns [x0, x1), written planar: out[c * plane_stride + r * row_stride + x].
+// dst[(x * channels + c) * dst_stride + i] = src[i * src_stride + x * pixel + c] for i < rows,
+// x < pixels, c < channels: a transpose that drops the bytes of a pixel past its channels (the
+// X of RGBX storage). The last pixel of a row is read for its `channels` bytes only (an RGB
+// view of RGBX storage may end there).
+void transpose_pixels(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t pixels, int64_t pixel,
+                      int64_t channels, uint8_t* dst, int64_t dst_stride) {
+  if (pixel == channels) return transpose(src, src_stride, rows, pixels * channels, dst, dst_stride);
+  int64_t x = 0;
+#ifdef __SSE2__
+  if (pixel == 4 && channels == 3) {  // 16 x 16 byte blocks of 4 pixels, 12 of their 16 rows kept
+    alignas(16) uint8_t block[16 * 16];
+    for (; x + 4 < pixels; x += 4) {
+      int64_t i = 0;
+      for (; i + 16 <= rows; i += 16) {
+        transpose16(src + i * src_stride + x * 4, src_stride, block, 16);
+        for (int j = 0; j < 16; ++j) {
+          if ((j & 3) == 3) continue;
+          std::memcpy(dst + ((x + j / 4) * 3 + (j & 3)) * dst_stride + i, block + j * 16, 16);
+        }
+      }
+      for (; i < rows; ++i)
+        for (int64_t k = x; k < x + 4; ++k)
+          for (int64_t c = 0; c < 3; ++c) dst[(k * 3 + c) * dst_stride + i] = src[i * src_stride + k * 4 + c];
+    }
+  }
+#endif
+  for (; x < pixels; ++x)
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t i = 0; i < rows; ++i) dst[(x * channels + c) * dst_stride + i] = src[i * src_stride + x * pixel + c];
+}
+
+// The input of a resize: an image of h x w pixels (rows `stride` bytes apart, pixels `pixel`
+// bytes apart, `pixel` >= channels: RGBX storage reads as RGB) placed at (top, left) on a
+// canvas whose other pixels are `background` (LLaVA's pad-to-square without building the
+// canvas). Without padding the canvas is the image.
+struct Source {
+  const uint8_t* data;
+  int64_t stride, pixel, top, left, h, w;
+  const uint8_t* background;  // `channels` bytes, or null when the image is the whole canvas
+};
+
+// Canvas rows [row, row + n) and columns [lo, lo + span), transposed into strip[(x * channels + c) * kLanes + r].
+void fill_strip(const Source& src, int64_t channels, int64_t row, int64_t n, int64_t lo, int64_t span, uint8_t* strip) {
+  const int64_t p = src.pixel;
+  const int64_t ya = std::max(row, src.top), yb = std::min(row + n, src.top + src.h);
+  const int64_t xa = std::max(lo, src.left), xb = std::min(lo + span, src.left + src.w);
+  if (!src.background) {
+    transpose_pixels(src.data + row * src.stride + lo * p, src.stride, n, span, p, channels, strip, kLanes);
+    return;
+  }
+  const bool none = ya >= yb || xa >= xb, partial_rows = ya > row || yb < row + n;
+  for (int64_t x = 0; x < span; ++x) {
+    if (!none && !partial_rows && lo + x >= xa && lo + x < xb) continue;
+    for (int64_t c = 0; c < channels; ++c) std::memset(strip + (x * channels + c) * kLanes, src.background[c], kLanes);
+  }
+  if (!none)
+    transpose_pixels(src.data + (ya - src.top) * src.stride + (xa - src.left) * p, src.stride, yb - ya, xb - xa, p,
+                     channels, strip + (xa - lo) * channels * kLanes + (ya - row), kLanes);
+}
+
+// Horizontal pass over canvas rows [first, first + rows) of `src`, input columns [lo, lo + span),
+// to output columns [x0, x1), written planar: out[c * plane_stride + r * row_stride + x].
 // A strip of kLanes rows is transposed, so that byte (x, c) of all its rows is one contiguous
 // run of kLanes; each output pixel and channel is blended across the kLanes rows at once, and
 // each channel transposed back.
-void horizontal_pass(const uint8_t* in, int64_t in_stride, int64_t rows, int64_t channels, int64_t lo, int64_t span,
+void horizontal_pass(const Source& src, int64_t first, int64_t rows, int64_t channels, int64_t lo, int64_t span,
                      const Axis& axis, int64_t x0, int64_t x1, uint8_t* out, int64_t plane_stride, int64_t row_stride) {
   const int64_t cols = x1 - x0;
   uint8_t* strip = scratch(kStrip, span * channels * kLanes);  // strip[(x * channels + c) * kLanes + r]
   uint8_t* blended = scratch(kBlended, cols * channels * kLanes);  // the same for the output pixels
   for (int64_t r0 = 0; r0 < rows; r0 += kLanes) {
     const int64_t n = std::min(kLanes, rows - r0);
-    transpose(in + r0 * in_stride, in_stride, n, span * channels, strip, kLanes);
+    fill_strip(src, channels, first + r0, n, lo, span, strip);
     for (int64_t x = 0; x < cols; ++x) {
       const int64_t i = x0 + x;
       for (int64_t c = 0; c < channels; ++c)
@@ -190,18 +250,36 @@ void horizontal_pass(const uint8_t* in, int64_t in_stride, int64_t rows, int64_t
   }
 }
 
-// planes[c * cols + x] = row[x * channels + c]
-void deinterleave(const uint8_t* row, int64_t cols, int64_t channels, uint8_t* planes) {
-  for (int64_t c = 0; c < channels; ++c)
-    for (int64_t x = 0; x < cols; ++x) planes[c * cols + x] = row[x * channels + c];
+// Canvas rows [first, last) and columns [lo, hi) of a padded source, written densely (pixels
+// `src.pixel` bytes apart) to dst: the passes that read the input row by row read this.
+void materialise(const Source& src, int64_t channels, int64_t first, int64_t last, int64_t lo, int64_t hi, uint8_t* dst) {
+  const int64_t p = src.pixel, width = (hi - lo) * p;
+  const int64_t xa = std::max(lo, src.left), xb = std::min(hi, src.left + src.w);
+  for (int64_t y = first; y < last; ++y) {
+    uint8_t* row = dst + (y - first) * width;
+    const bool inside = y >= src.top && y < src.top + src.h && xa < xb;
+    for (int64_t x = lo; x < hi; ++x) {
+      if (inside && x >= xa && x < xb) continue;
+      for (int64_t c = 0; c < p; ++c) row[(x - lo) * p + c] = c < channels ? src.background[c] : 0;
+    }
+    if (inside)
+      std::memcpy(row + (xa - lo) * p, src.data + (y - src.top) * src.stride + (xa - src.left) * p, (xb - xa) * p - (p - channels));
+  }
 }
 
-// Window [y0, y1) x [x0, x1) of the (out_h, out_w) resize, one row at a time, planar:
-// sink(window_row, planes, plane_stride), channel c of the row at planes + c * plane_stride.
+// planes[c * cols + x] = row[x * pixel + c]
+void deinterleave(const uint8_t* row, int64_t cols, int64_t channels, int64_t pixel, uint8_t* planes) {
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t x = 0; x < cols; ++x) planes[c * cols + x] = row[x * pixel + c];
+}
+
+// Window [y0, y1) x [x0, x1) of the (out_h, out_w) resize of the (in_h, in_w) canvas of `src`,
+// one row at a time, planar: sink(window_row, planes, plane_stride), channel c of the row at
+// planes + c * plane_stride.
 template <class Sink>
-void resample(const uint8_t* src, int64_t in_h, int64_t in_w, int64_t src_stride, int64_t channels, int64_t out_h,
-              int64_t out_w, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int order, Sink sink) {
-  const int64_t rows = y1 - y0, cols = x1 - x0;
+void resample(Source src, int64_t in_h, int64_t in_w, int64_t channels, int64_t out_h, int64_t out_w, int64_t y0,
+              int64_t y1, int64_t x0, int64_t x1, int order, Sink sink) {
+  const int64_t rows = y1 - y0, cols = x1 - x0, p = src.pixel;
   const bool horizontal = out_w != in_w, vertical = out_h != in_h;
   const bool vertical_first = vertical && horizontal && order == 1 && in_h > out_h &&
                             in_h - out_h > 2 * (in_w - out_w);
@@ -213,32 +291,40 @@ void resample(const uint8_t* src, int64_t in_h, int64_t in_w, int64_t src_stride
   const int64_t last = vertical ? vy.start[y1 - 1] + vy.count[y1 - 1] : y1;
   const int64_t lo = horizontal ? hx.start[x0] : x0;
   const int64_t hi = horizontal ? hx.start[x1 - 1] + hx.count[x1 - 1] : x1;
-  const uint8_t* window = src + first * src_stride + lo * channels;
-  uint8_t* line = scratch(kLine, 2 * cols * channels);
+  if (src.background && (!horizontal || vertical_first)) {  // these passes read rows: build the rows they read
+    uint8_t* canvas = scratch(kCanvas, (last - first) * (hi - lo) * p);
+    materialise(src, channels, first, last, lo, hi, canvas);
+    src = {canvas - first * (hi - lo) * p - lo * p, (hi - lo) * p, p, 0, 0, in_h, in_w, nullptr};
+  }
+  const int64_t src_stride = src.stride;
+  const uint8_t* window = src.data + first * src_stride + lo * p;  // (unpadded sources only)
+  uint8_t* line = scratch(kLine, 2 * cols * p);
   if (!horizontal) {  // rows stay interleaved until the sink
     for (int64_t y = 0; y < rows; ++y) {
       const uint8_t* row = window + y * src_stride;
       if (vertical) {
-        vertical_pass_row(window, src_stride, first, vy, y0 + y, cols * channels, line + cols * channels);
-        row = line + cols * channels;
+        vertical_pass_row(window, src_stride, first, vy, y0 + y, cols * p - (p - channels), line + cols * p);
+        row = line + cols * p;
       }
-      deinterleave(row, cols, channels, line);
+      deinterleave(row, cols, channels, p, line);
       sink(y, line, cols);
     }
     return;
   }
   if (vertical_first) {
-    const int64_t stride = (hi - lo) * channels;
+    const int64_t stride = (hi - lo) * p;
     uint8_t* mid = scratch(kMid, rows * stride);
     uint8_t* out = scratch(kOut, rows * cols * channels);
-    for (int64_t y = 0; y < rows; ++y) vertical_pass_row(window, src_stride, first, vy, y0 + y, stride, mid + y * stride);
-    horizontal_pass(mid, stride, rows, channels, lo, hi - lo, hx, x0, x1, out, rows * cols, cols);
+    for (int64_t y = 0; y < rows; ++y)
+      vertical_pass_row(window, src_stride, first, vy, y0 + y, stride - (p - channels), mid + y * stride);
+    const Source dense{mid - lo * p, stride, p, 0, 0, rows, in_w, nullptr};
+    horizontal_pass(dense, 0, rows, channels, lo, hi - lo, hx, x0, x1, out, rows * cols, cols);
     for (int64_t y = 0; y < rows; ++y) sink(y, out + y * cols, rows * cols);
     return;
   }
   const int64_t plane = (last - first) * cols;
   uint8_t* mid = scratch(kMid, plane * channels);  // rows [first, last) after the horizontal pass
-  horizontal_pass(window, src_stride, last - first, channels, lo, hi - lo, hx, x0, x1, mid, plane, cols);
+  horizontal_pass(src, first, last - first, channels, lo, hi - lo, hx, x0, x1, mid, plane, cols);
   for (int64_t y = 0; y < rows; ++y) {
     if (!vertical) {
       sink(y, mid + y * cols, plane);
@@ -280,33 +366,57 @@ void copy_floats(const float* __restrict from, int64_t n, float* __restrict to) 
 #endif
 }
 
-bool valid(int64_t in_h, int64_t in_w, int64_t src_stride, int64_t channels, int64_t out_h, int64_t out_w,
-           int64_t y0, int64_t y1, int64_t x0, int64_t x1, int order) {
-  return in_h > 0 && in_w > 0 && channels > 0 && src_stride >= in_w * channels && out_h > 0 && out_w > 0 &&
-         0 <= y0 && y0 < y1 && y1 <= out_h && 0 <= x0 && x0 < x1 && x1 <= out_w && (order == 0 || order == 1) &&
-         in_h < (1 << 24) && in_w < (1 << 24) && out_h < (1 << 24) && out_w < (1 << 24);
+// The arguments every entry point takes: the image, its place on the canvas, the resize and its window.
+struct Geometry {
+  const uint8_t* src;
+  int64_t img_h, img_w, src_stride, pixel, channels;  // the image (pixel: bytes per pixel, >= channels)
+  int64_t in_h, in_w, top, left;                       // the canvas and where the image lies on it
+  const uint8_t* background;                           // channels bytes; null: the canvas is the image
+  int64_t out_h, out_w, y0, y1, x0, x1;
+  int order;
+};
+
+bool valid(const Geometry& g) {
+  constexpr int64_t kMax = int64_t(1) << 24;
+  const bool padded = g.background != nullptr;
+  return g.img_h > 0 && g.img_w > 0 && g.channels > 0 && g.pixel >= g.channels && g.src_stride >= g.img_w * g.pixel &&
+         g.out_h > 0 && g.out_w > 0 && 0 <= g.y0 && g.y0 < g.y1 && g.y1 <= g.out_h && 0 <= g.x0 && g.x0 < g.x1 &&
+         g.x1 <= g.out_w && (g.order == 0 || g.order == 1) && g.in_h < kMax && g.in_w < kMax && g.out_h < kMax &&
+         g.out_w < kMax &&
+         (padded ? (0 <= g.top && 0 <= g.left && g.top + g.img_h <= g.in_h && g.left + g.img_w <= g.in_w)
+                 : (g.top == 0 && g.left == 0 && g.in_h == g.img_h && g.in_w == g.img_w));
+}
+
+template <class Sink>
+void resample(const Geometry& g, Sink sink) {
+  const Source src{g.src, g.src_stride, g.pixel, g.top, g.left, g.img_h, g.img_w, g.background};
+  resample(src, g.in_h, g.in_w, g.channels, g.out_h, g.out_w, g.y0, g.y1, g.x0, g.x1, g.order, sink);
 }
 
 }  // namespace
 
 extern "C" {
 
-// Window [y0, y1) x [x0, x1) of the (out_h, out_w) bicubic resize of src (in_h, in_w,
-// channels; rows src_stride bytes apart) into dst ((y1 - y0), (x1 - x0), channels),
-// contiguous. order: 0 = horizontal pass first (Pillow < 13), 1 = Pillow 13's choice.
-// Returns 0, -1 on bad arguments, -2 when out of memory.
-int msmm_resize_u8(const uint8_t* src, int64_t in_h, int64_t in_w, int64_t src_stride, int64_t channels,
+// Window [y0, y1) x [x0, x1) of the (out_h, out_w) bicubic resize of a canvas of (in_h, in_w)
+// pixels into dst ((y1 - y0), (x1 - x0), channels), contiguous. The canvas is the image src
+// (img_h, img_w pixels of `channels` bytes, `pixel` bytes apart, rows src_stride bytes apart)
+// placed at (top, left), the rest `background` (channels bytes); with background null the
+// canvas is the image itself (top = left = 0, in = img). order: 0 = horizontal pass first
+// (Pillow < 13), 1 = Pillow 13's choice. Returns 0, -1 on bad arguments, -2 when out of memory.
+int msmm_resize_u8(const uint8_t* src, int64_t img_h, int64_t img_w, int64_t src_stride, int64_t pixel,
+                   int64_t channels, int64_t in_h, int64_t in_w, int64_t top, int64_t left, const uint8_t* background,
                    int64_t out_h, int64_t out_w, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int order,
                    uint8_t* dst) {
-  if (!valid(in_h, in_w, src_stride, channels, out_h, out_w, y0, y1, x0, x1, order)) return -1;
+  const Geometry g{src, img_h, img_w, src_stride, pixel, channels, in_h, in_w, top, left, background,
+                   out_h, out_w, y0, y1, x0, x1, order};
+  if (!valid(g)) return -1;
   const int64_t cols = x1 - x0;
   try {
-    resample(src, in_h, in_w, src_stride, channels, out_h, out_w, y0, y1, x0, x1, order,
-             [&](int64_t y, const uint8_t* planes, int64_t plane_stride) {
-               uint8_t* out = dst + y * cols * channels;
-               for (int64_t c = 0; c < channels; ++c)
-                 for (int64_t x = 0; x < cols; ++x) out[x * channels + c] = planes[c * plane_stride + x];
-             });
+    resample(g, [&](int64_t y, const uint8_t* planes, int64_t plane_stride) {
+      uint8_t* out = dst + y * cols * channels;
+      for (int64_t c = 0; c < channels; ++c)
+        for (int64_t x = 0; x < cols; ++x) out[x * channels + c] = planes[c * plane_stride + x];
+    });
   } catch (const std::bad_alloc&) {
     return -2;
   }
@@ -318,12 +428,15 @@ int msmm_resize_u8(const uint8_t* src, int64_t in_h, int64_t in_w, int64_t src_s
 // t * copy_stride] for t < copies (offsets in elements): rescale, normalise and the model's
 // layout in the same pass. Rows are written `band` at a time, run of consecutive columns by
 // run: with band = the patch size, a patch layout is written in memory order.
-int msmm_resize_normalize(const uint8_t* src, int64_t in_h, int64_t in_w, int64_t src_stride, int64_t channels,
-                          int64_t out_h, int64_t out_w, int64_t y0, int64_t y1, int64_t x0, int64_t x1, int order,
-                          const float* table, float* dst, const int64_t* row_offset, const int64_t* col_offset,
-                          int64_t channel_stride, int64_t copies, int64_t copy_stride, int64_t band) {
-  if (!valid(in_h, in_w, src_stride, channels, out_h, out_w, y0, y1, x0, x1, order) || copies < 1 || band < 1)
-    return -1;
+int msmm_resize_normalize(const uint8_t* src, int64_t img_h, int64_t img_w, int64_t src_stride, int64_t pixel,
+                          int64_t channels, int64_t in_h, int64_t in_w, int64_t top, int64_t left,
+                          const uint8_t* background, int64_t out_h, int64_t out_w, int64_t y0, int64_t y1, int64_t x0,
+                          int64_t x1, int order, const float* table, float* dst, const int64_t* row_offset,
+                          const int64_t* col_offset, int64_t channel_stride, int64_t copies, int64_t copy_stride,
+                          int64_t band) {
+  const Geometry g{src, img_h, img_w, src_stride, pixel, channels, in_h, in_w, top, left, background,
+                   out_h, out_w, y0, y1, x0, x1, order};
+  if (!valid(g) || copies < 1 || band < 1) return -1;
   const int64_t cols = x1 - x0, rows = y1 - y0;
   band = std::min(band, rows);
   try {
@@ -336,20 +449,19 @@ int msmm_resize_normalize(const uint8_t* src, int64_t in_h, int64_t in_w, int64_
       }
     }
     std::vector<float> values(channels * band * cols);  // values[(c * band + r) * cols + x] of the current band
-    resample(src, in_h, in_w, src_stride, channels, out_h, out_w, y0, y1, x0, x1, order,
-             [&](int64_t y, const uint8_t* planes, int64_t plane_stride) {
-               const int64_t r = y % band;
-               for (int64_t c = 0; c < channels; ++c)
-                 look_up(planes + c * plane_stride, cols, table + c * 256, values.data() + (c * band + r) * cols);
-               if (r + 1 < band && y + 1 < rows) return;
-               const int64_t first = y - r;
-               for (const Run& run : runs)
-                 for (int64_t c = 0; c < channels; ++c)
-                   for (int64_t t = 0; t < copies; ++t)
-                     for (int64_t i = 0; i <= r; ++i)
-                       copy_floats(values.data() + (c * band + i) * cols + run.x, run.n,
-                                   dst + row_offset[first + i] + run.offset + c * channel_stride + t * copy_stride);
-             });
+    resample(g, [&](int64_t y, const uint8_t* planes, int64_t plane_stride) {
+      const int64_t r = y % band;
+      for (int64_t c = 0; c < channels; ++c)
+        look_up(planes + c * plane_stride, cols, table + c * 256, values.data() + (c * band + r) * cols);
+      if (r + 1 < band && y + 1 < rows) return;
+      const int64_t first = y - r;
+      for (const Run& run : runs)
+        for (int64_t c = 0; c < channels; ++c)
+          for (int64_t t = 0; t < copies; ++t)
+            for (int64_t i = 0; i <= r; ++i)
+              copy_floats(values.data() + (c * band + i) * cols + run.x, run.n,
+                          dst + row_offset[first + i] + run.offset + c * channel_stride + t * copy_stride);
+    });
   } catch (const std::bad_alloc&) {
     return -2;
   }
