@@ -6,11 +6,13 @@ from typing import Sequence
 
 import numpy as np
 
+from msmm.data.arena import join
 from msmm.data.templates import IGNORE_INDEX
 
 Sample = dict[str, np.ndarray]
 TEXT_KEYS = ("input_ids", "labels")
-# Vision tensors are concatenated along their first axis, in sample order.
+# Vision tensors are concatenated along their first axis, in sample order (a view, not a copy,
+# when the loader built the samples end to end in its batch arena: msmm.data.arena).
 VISION_KEYS = ("pixel_values", "image_flags", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
 
@@ -19,7 +21,7 @@ def _concat_vision(samples: Sequence[Sample]) -> Sample:
     for key in VISION_KEYS:
         parts = [s[key] for s in samples if key in s]
         if parts:
-            out[key] = np.concatenate(parts)
+            out[key] = join(parts)
     return out
 
 

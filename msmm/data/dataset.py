@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from msmm.data.arena import join
 from msmm.data.bad_input import BadInput
 from msmm.data.image_processing import CLIPImageTransform, InternVLImageTransform, Qwen2VLImageTransform, load_image
 from msmm.data.records import Record
@@ -13,12 +14,6 @@ from msmm.data.templates import ConversationEncoder, PlaceholderError
 from msmm.data.video import InternVLFrameSampler, Qwen2VLFrameSampler, read_video
 
 Sample = dict[str, np.ndarray]
-
-
-def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """``np.concatenate``, but a single part is returned as is: a sample's pixels are tens of MB,
-    and a copy of them into fresh memory cost as much as preprocessing them (issue 18)."""
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class InternVLVision:
@@ -30,9 +25,9 @@ class InternVLVision:
     def __call__(self, images, videos, rng) -> tuple[Sample, list[int], list[list[int]]]:
         max_tiles = max(1, self.transform.max_tiles // max(len(images), 1))
         tiles = [self.transform(im, max_tiles=max_tiles) for im in images]
-        video_tiles = [np.concatenate([self.transform(f, max_tiles=1) for f in v.frames]) for v in videos]
+        video_tiles = [join([self.transform(f, max_tiles=1) for f in v.frames]) for v in videos]
         s = self.transform.tile_size
-        pixels = _concat(tiles + video_tiles) if tiles or video_tiles else np.zeros((0, 3, s, s), np.float32)
+        pixels = join(tiles + video_tiles) if tiles or video_tiles else np.zeros((0, 3, s, s), np.float32)
         out = {"pixel_values": pixels, "image_flags": np.ones(len(pixels), np.int64)}
         return out, [len(t) * self.tokens_per_tile for t in tiles], [[self.tokens_per_tile] * len(v) for v in video_tiles]
 
@@ -54,7 +49,7 @@ class Qwen2VLVision:
             if not items:
                 continue
             patches, grids = zip(*(transform.frames(frames) for frames in items))
-            out[f"pixel_values{key}"] = _concat(patches)
+            out[f"pixel_values{key}"] = join(patches)
             out[f"{'video' if key else 'image'}_grid_thw"] = np.asarray(grids, np.int64)
             tokens += [int(np.prod(g)) // merge for g in grids]
         return out, image_tokens, [[n] for n in video_tokens]
@@ -70,7 +65,7 @@ class LlavaVision:
 
     def __call__(self, images, videos, rng) -> tuple[Sample, list[int], list[list[int]]]:
         s = self.transform.crop_size
-        pixels = np.stack([self.transform(im) for im in images]) if images else np.zeros((0, 3, s, s), np.float32)
+        pixels = join([self.transform(im)[None] for im in images]) if images else np.zeros((0, 3, s, s), np.float32)
         return {"pixel_values": pixels}, [self.tokens] * len(images), []
 
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from msmm.data.arena import empty as batch_empty  # a sample's output: in the batch's memory when a loader builds it
 from msmm.data.resize import Canvas, native
 from msmm.data.resize import pixels as image_pixels
 
@@ -154,13 +155,13 @@ class InternVLImageTransform:
     def __call__(self, image: Image.Image, max_tiles: int | None = None) -> np.ndarray:
         image, s = to_rgb(image), self.tile_size
         if not self.dynamic:
-            tiles = np.empty((1, 3, s, s), np.float32)
+            tiles = batch_empty((1, 3, s, s), np.float32)
             self.normalize.resize_into(image, (s, s), tiles, 1)
             return tiles
         max_tiles = self.max_tiles if max_tiles is None else max_tiles
         cols, rows = closest_tile_grid(image.width, image.height, s, self.min_tiles, max_tiles)
         thumbnail = self.use_thumbnail and rows * cols > 1
-        tiles = np.empty((rows * cols + thumbnail, 3, s, s), np.float32)
+        tiles = batch_empty((rows * cols + thumbnail, 3, s, s), np.float32)
         canvas = tiles[: rows * cols].reshape(rows, cols, 3, s, s).transpose(2, 0, 3, 1, 4)  # (3, rows, s, cols, s)
         self.normalize.resize_into(image, (cols * s, rows * s), canvas[None], 2)
         if thumbnail:
@@ -218,7 +219,7 @@ class Qwen2VLImageTransform:
         )
         t, p, m, c = self.temporal_patch_size, self.patch_size, self.merge_size, 3
         grid_t, grid_h, grid_w = -(-len(frames) // t), height // p, width // p
-        patches = np.empty((grid_t * grid_h * grid_w, c * t * p * p), np.float32)
+        patches = batch_empty((grid_t * grid_h * grid_w, c * t * p * p), np.float32)
         # rows (t, h/m, w/m, m, m) x columns (C, T, P, P), seen as (t, T, C, h/m, m, P, w/m, m, P)
         view = patches.reshape(grid_t, grid_h // m, grid_w // m, m, m, c, t, p, p).transpose(0, 6, 5, 1, 3, 7, 2, 4, 8)
         for i, frame in enumerate(frames):
@@ -272,7 +273,7 @@ class CLIPImageTransform:
         top, left = (new_size[1] - self.crop_size) // 2, (new_size[0] - self.crop_size) // 2
         if top < 0 or left < 0:
             raise ValueError(f"resized image {new_size} is smaller than the crop {self.crop_size}")
-        out = np.empty((1, 3, self.crop_size, self.crop_size), np.float32)
+        out = batch_empty((1, 3, self.crop_size, self.crop_size), np.float32)
         self.normalize.resize_into(image, new_size, out, 1, top, left)
         return out[0]
 
@@ -285,7 +286,7 @@ class CLIPImageTransform:
         width, height = image.size
         side, s, crop = max(width, height), self.size, self.crop_size
         top, left = (side - height) // 2, (side - width) // 2
-        out = np.empty((1, 3, crop, crop), np.float32)
+        out = batch_empty((1, 3, crop, crop), np.float32)
         out[0] = self.normalize.table[np.arange(3), self.background][:, None, None]
         offset = (s - crop) // 2  # the centre crop of the (s, s) resize
         start, stop = support_bounds(side, s)

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
+from msmm.data import arena
 from msmm.data.bad_input import KINDS, BadInput, BadInputLog
 from msmm.data.dataset import MultimodalDataset
 from msmm.data.sampler import EpochSampler
@@ -37,7 +38,9 @@ class _SharedArray:
     def take(self) -> np.ndarray:
         block = shared_memory.SharedMemory(name=self.name)
         try:
-            return np.ndarray(self.shape, self.dtype, buffer=block.buf).copy()
+            out = arena.empty(self.shape, self.dtype)  # in the batch's memory when the loader collates
+            out[...] = np.ndarray(self.shape, self.dtype, buffer=block.buf)
+            return out
         finally:
             block.close()
             block.unlink()
@@ -97,6 +100,7 @@ class DataLoader:
         self.log = log if log is not None else BadInputLog()
         self.mp_context = mp_context
         self.epoch, self.batch_index, self.position = 0, 0, 0
+        self._arena = arena.BatchArena(batch_size)
 
     def state_dict(self) -> dict[str, int]:
         state = {"epoch": self.epoch, "batch_index": self.batch_index, "position": self.position,
@@ -121,7 +125,7 @@ class DataLoader:
         in_worker = self.num_workers > 0
         jobs = [(int(i), epoch, in_worker) for i in order[self.position:]]
         if not in_worker:  # this loader's dataset (the worker state is per process: another loader may have set it)
-            yield from self._fill((self.dataset.get(index, e) for index, e, _ in jobs), order, epoch)
+            yield from self._fill((self._get(index, e) for index, e, _ in jobs), order, epoch)
         else:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no Rust thread pool across fork
             context = multiprocessing.get_context(self.mp_context)
@@ -130,8 +134,16 @@ class DataLoader:
         self.log.epoch_summary(epoch)
         self.epoch, self.batch_index, self.position = epoch + 1, 0, 0
 
+    def _get(self, index: int, epoch: int) -> Union[dict, BadInput]:
+        with self._arena.active():  # the sample's arrays laid after the batch's previous ones
+            return self.dataset.get(index, epoch)
+
     def _fill(self, results, order: np.ndarray, epoch: int) -> Iterator[Batch]:
+        """Micro-batches of the good samples of ``results``. Each micro-batch's samples are built
+        (workers 0) or copied out of shared memory (workers) end to end in the batch arena, so the
+        collator's concatenation of their vision tensors is a view (msmm.data.arena)."""
         pending, consumed = [], self.position
+        self._arena.start_batch()
         first = {}  # index -> its first position in the order: a padding repeat is not reported twice
         for p, i in enumerate(order.tolist()):
             first.setdefault(i, p)
@@ -141,16 +153,18 @@ class DataLoader:
                 if first[int(order[consumed - 1])] == consumed - 1:
                     self.log.report(item)
                 continue
-            pending.append(unshare_batch(item))
+            with self._arena.active():
+                pending.append(unshare_batch(item))
             if len(pending) == self.batch_size:
                 self.batch_index, self.position = self.batch_index + 1, consumed
                 yield self.collate(pending)
                 pending = []
+                self._arena.start_batch()
         if not pending:
             return
         if self.drop_last:  # complete it with the epoch's first good samples (already reported if bad)
             for i in range(len(order) * self.batch_size):
-                item = self.dataset.get(int(order[i % len(order)]), epoch)
+                item = self._get(int(order[i % len(order)]), epoch)
                 if not isinstance(item, BadInput):
                     pending.append(item)
                     if len(pending) == self.batch_size:
