@@ -189,3 +189,27 @@ def test_llava_image_token_added_to_a_text_only_tokenizer():
     assert add_missing_vision_tokens(vicuna, "llava") is None
     encoder = ConversationEncoder(vicuna, "plain", "llava")
     assert list(encoder.context_ids) == [5]
+
+
+@pytest.mark.parametrize("tokenizer", [tiny_tokenizer, qwen2_tokenizer])
+def test_direct_backend_encoding_equals_the_tokenizer_call(tokenizer):
+    """ConversationEncoder calls the Rust tokenizer itself when that is what tokenizer(text,
+    add_special_tokens=False) does; the ids, labels and char -> token spans are the same, and
+    with truncation, padding or special-token splitting set on the backend it calls the wrapper."""
+    tok = tokenizer()
+    for template in ("qwen2vl", "llava-v1", "internvl2_5") if tokenizer is tiny_tokenizer else ("qwen2vl", "internvl2_5"):
+        encoder = ConversationEncoder(tok, template, FAMILY[template])
+        assert encoder._backend is tok._tokenizer
+        for messages, counts in CONVERSATIONS:
+            messages = [Message(r, c) for r, c in messages]
+            direct = encoder(messages, image_tokens=counts)
+            encoder._backend = None
+            wrapped = encoder(messages, image_tokens=counts)
+            encoder._backend = tok._tokenizer
+            np.testing.assert_array_equal(direct.input_ids, wrapped.input_ids)
+            np.testing.assert_array_equal(direct.labels, wrapped.labels)
+            text, _ = encoder.render(messages)
+            tok._tokenizer.enable_truncation(4)  # the wrapper would turn it off: so must we
+            ids, _ = encoder._encode(text)
+            assert tok._tokenizer.truncation is None
+            np.testing.assert_array_equal(ids, tok(text, add_special_tokens=False)["input_ids"])
