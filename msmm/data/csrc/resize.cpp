@@ -126,6 +126,8 @@ uint8_t* scratch(Slot slot, int64_t bytes) {
 #ifdef __SSE2__
 // dst[j * dst_stride + i] = src[i * src_stride + j] for a 16 x 16 block: four rounds of
 // interleaving (bytes, pairs, quads, eights) of the rows.
+// kDropX: the 16 columns are 4 RGBX pixels; only their R, G, B rows are stored (12 rows of dst).
+template <bool kDropX = false>
 inline void transpose16(const uint8_t* src, int64_t src_stride, uint8_t* dst, int64_t dst_stride) {
   __m128i a[16], b[16];
   for (int i = 0; i < 16; ++i) a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * src_stride));
@@ -147,6 +149,11 @@ inline void transpose16(const uint8_t* src, int64_t src_stride, uint8_t* dst, in
   }
   // after four perfect shuffles the row holding column j is the bit-reversal of j
   static const int kRow[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+  if (kDropX) {  // 16 columns = 4 RGBX pixels: keep R, G, B, dst rows 0-11
+    for (int j = 0; j < 16; ++j)
+      if ((j & 3) != 3) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + ((j >> 2) * 3 + (j & 3)) * dst_stride), a[kRow[j]]);
+    return;
+  }
   for (int j = 0; j < 16; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j * dst_stride), a[kRow[j]]);
 }
 #endif
@@ -176,16 +183,11 @@ void transpose_pixels(const uint8_t* src, int64_t src_stride, int64_t rows, int6
   int64_t x = 0;
 #ifdef __SSE2__
   if (pixel == 4 && channels == 3) {  // 16 x 16 byte blocks of 4 pixels, 12 of their 16 rows kept
-    alignas(16) uint8_t block[16 * 16];
     for (; x + 4 < pixels; x += 4) {
+      if ((x & 15) == 0)  // the source lines two ahead, for all rows: 64 row streams defeat the hardware prefetcher
+        for (int64_t r = 0; r < rows; ++r) _mm_prefetch(reinterpret_cast<const char*>(src + r * src_stride + (x + 64) * 4), _MM_HINT_T0);
       int64_t i = 0;
-      for (; i + 16 <= rows; i += 16) {
-        transpose16(src + i * src_stride + x * 4, src_stride, block, 16);
-        for (int j = 0; j < 16; ++j) {
-          if ((j & 3) == 3) continue;
-          std::memcpy(dst + ((x + j / 4) * 3 + (j & 3)) * dst_stride + i, block + j * 16, 16);
-        }
-      }
+      for (; i + 16 <= rows; i += 16) transpose16<true>(src + i * src_stride + x * 4, src_stride, dst + x * 3 * dst_stride + i, dst_stride);
       for (; i < rows; ++i)
         for (int64_t k = x; k < x + 4; ++k)
           for (int64_t c = 0; c < 3; ++c) dst[(k * 3 + c) * dst_stride + i] = src[i * src_stride + k * 4 + c];
