@@ -118,9 +118,11 @@ def timed(step, warmup: int = WARMUP, steps: int = STEPS) -> Dict[str, float]:
 # ---- workers (each in its own process) ---------------------------------------------------------
 
 def run_torch(name: str, threads: int, compiled: bool) -> dict:
+    memory = {"python": rss_mb()}  # the same stages as msmm's (build_msmm_trainer)
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
+    memory["torch_transformers_imported"] = rss_mb()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = hf_config(name)
@@ -128,6 +130,7 @@ def run_torch(name: str, threads: int, compiled: bool) -> dict:
     model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(**cfg, attn_implementation="sdpa")).float().train()
     batch = {k: torch.tensor(v) for k, v in make_batch(name).items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+    memory["model_built"] = rss_mb()
 
     def fwd_bwd():
         loss = model(**batch, use_cache=False).loss
@@ -143,6 +146,8 @@ def run_torch(name: str, threads: int, compiled: bool) -> dict:
         opt.step()
 
     result = {**timed(step), "peak_rss_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+    memory["after_timed_steps"] = rss_mb()
+    result["rss_mb"] = memory
     if not compiled:  # the sanity step in this process too: equal to a fresh process's if torch is healthy here
         result["sanity_in_process"] = run_sanity(threads)
     return result
@@ -183,12 +188,14 @@ def build_msmm_trainer(name: str, threads: int, text_layers: Optional[int] = Non
 
     mindspore.set_context(mode=mindspore.PYNATIVE_MODE, runtime_num_threads=threads)
     memory["mindspore_started"] = rss_mb()
+    breakdown = {"mindspore_started": runtime.memory_breakdown()}
     from msmm.models.qwen2_vl import Qwen2VL, Qwen2VLConfig
     from msmm.train.trainer import TrainConfig, Trainer
 
     mindspore.set_seed(0)
     model = Qwen2VL(Qwen2VLConfig.from_hf(hf_config(name, text_layers)))
     memory["model_built"] = rss_mb()
+    breakdown["model_built"] = runtime.memory_breakdown()
     batch = make_batch(name)
 
     class Same:
@@ -206,18 +213,21 @@ def build_msmm_trainer(name: str, threads: int, text_layers: Optional[int] = Non
     config = TrainConfig(train_iters=10**6, global_batch_size=size, micro_batch_size=size, lr=1e-5, log_interval=10**9)
     trainer = Trainer(model, config, Same())
     memory["trainer_built"] = rss_mb()
+    breakdown["trainer_built"] = runtime.memory_breakdown()
+    memory["breakdown"] = breakdown  # MB by kind per stage: runtime.memory_breakdown()
     return trainer, memory
 
 
 def run_msmm(name: str, threads: int) -> dict:
     trainer, memory = build_msmm_trainer(name, threads)
+    from msmm import runtime
+
     start = time.perf_counter()
     trainer.train_step()
     first = time.perf_counter() - start
-    memory["after_step_1"] = rss_mb()
+    memory["after_step_1"] = rss_mb()  # after the trainer's malloc_trim (runtime.release_free_heap)
+    memory["breakdown"]["after_step_1"] = runtime.memory_breakdown()
     result = timed(trainer.train_step, WARMUP - 1)
-    from msmm import runtime
-
     memory["after_timed_steps"] = rss_mb()
     return {**result, "first_step_s": first, "peak_rss_mb": peak_rss_mb(), "rss_mb": memory,
             "compiled_callables": len(runtime._compiled) // 2, "host_pipeline_threads": runtime.async_queue_threads()}

@@ -124,6 +124,59 @@ def jit(fn: Callable) -> Callable:
     return compiled
 
 
+POOL_MAPPING_MB = 512  # an anonymous mapping at least this big is MindSpore's CPU memory pool block
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def memory_breakdown() -> dict:
+    """Where this process's resident memory is, in MB (Linux ``/proc/self/smaps``; ``{}``
+    elsewhere): ``rss``; ``libs`` (file-backed pages: MindSpore's shared libraries and the
+    rest); ``heap`` (the main malloc arena, ``[heap]``); ``pool`` (resident part of the
+    anonymous mappings of at least ``POOL_MAPPING_MB``: MindSpore's CPU memory pool mallocs its
+    block, ~1 GB, in one piece, and only the pages its tensors touched count); ``anon`` (the
+    other anonymous mappings: Python's object arenas, other threads' malloc arenas, large
+    mmapped blocks, thread stacks). With glibc also ``malloc_in_use`` and ``malloc_free``
+    (``mallinfo2`` over every arena, mmapped blocks included in neither): free bytes held by
+    malloc, resident unless trimmed. docs/performance.md, "Memory", reads these per start-up
+    stage."""
+    try:
+        smaps = open("/proc/self/smaps")
+    except OSError:
+        return {}
+    out = {"libs": 0.0, "heap": 0.0, "pool": 0.0, "anon": 0.0}
+    kind = "anon"
+    with smaps:
+        for line in smaps:
+            first = line.split(None, 6)
+            if "-" in first[0] and len(first) >= 5 and ":" not in first[0]:  # a mapping's header line
+                lo, hi = (int(x, 16) for x in first[0].split("-"))
+                path = first[5].strip() if len(first) > 5 else ""
+                if path.startswith("/"):
+                    kind = "libs"
+                elif path == "[heap]":
+                    kind = "heap"
+                elif path:  # [stack], [vdso], [vvar]...
+                    kind = "anon"
+                else:
+                    kind = "pool" if hi - lo >= POOL_MAPPING_MB << 20 else "anon"
+            elif first[0] == "Rss:":
+                out[kind] += int(first[1]) / 1024
+    out["rss"] = sum(out.values())
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+        return out
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    out["malloc_in_use"] = info.uordblks / 2**20
+    out["malloc_free"] = info.fordblks / 2**20
+    return out
+
+
 def release_free_heap() -> None:
     """Hand the C heap's free pages back to the OS (glibc's ``malloc_trim``; nothing where the
     C library has none). Compiling the training step's graphs frees 50 MB (tiny config) to
