@@ -146,3 +146,15 @@ def test_loader_batches_equal_plain_concatenation(collator, workers, drop_last):
     assert_batches_equal(kept, expected)  # still intact after another epoch
     if workers == 0 and collator != "padding":
         assert all(b["pixel_values"].base is not None for b in kept)  # joined as views
+
+
+def test_lazy_sample_generator_draws_as_default_rng():
+    """MultimodalDataset seeds a sample's generator on first use only; the draws are the same."""
+    from msmm.data.dataset import _LazyGenerator
+
+    seed = [0, 3, 17]
+    lazy, eager = _LazyGenerator(seed), np.random.default_rng(seed)
+    assert lazy._rng is None
+    np.testing.assert_array_equal(lazy.integers(0, 100, 7), eager.integers(0, 100, 7))
+    np.testing.assert_array_equal(lazy.permutation(20), eager.permutation(20))
+    np.testing.assert_array_equal(lazy.integers([0, 5], [3, 9]), eager.integers([0, 5], [3, 9]))
