@@ -10,6 +10,7 @@ model's layout (tiles, patches, crops) are one pass that writes the float32 outp
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -86,6 +87,15 @@ def support_bounds(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]
     center = (np.arange(out_size) + 0.5) * scale
     start = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
     return start, np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=512)
+def _support_bounds(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`support_bounds`, kept per (side, size) and read-only."""
+    bounds = support_bounds(in_size, out_size)
+    for b in bounds:
+        b.flags.writeable = False
+    return bounds
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -259,6 +269,7 @@ class CLIPImageTransform:
         self.size, self.crop_size, self.pad = size, crop_size, pad_to_square
         self.background = tuple(int(x * 255) for x in mean)
         self.normalize = PixelNormalizer(mean, std)
+        self._background_values = self.normalize.table[np.arange(3), self.background][:, None, None]  # (3, 1, 1)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         image = to_rgb(image)
@@ -287,9 +298,9 @@ class CLIPImageTransform:
         side, s, crop = max(width, height), self.size, self.crop_size
         top, left = (side - height) // 2, (side - width) // 2
         out = batch_empty((1, 3, crop, crop), np.float32)
-        out[0] = self.normalize.table[np.arange(3), self.background][:, None, None]
+        out[0] = self._background_values
         offset = (s - crop) // 2  # the centre crop of the (s, s) resize
-        start, stop = support_bounds(side, s)
+        start, stop = _support_bounds(side, s)
         live = []
         for lo, n in ((top, height), (left, width)):
             inside = np.flatnonzero((stop > lo) & (start < lo + n))
