@@ -342,10 +342,14 @@ LINEAR = {
     "zero_rows": ((0, 16), (5, 16), True),
     "one_out": ((2, 16), (1, 16), True),
     "k_one": ((2, 1), (5, 1), True),
+    # more than 8 rows: one MatMul(transpose_b) over the rows (its backward has no Transpose)
+    "rows_12_2d_no_bias": ((12, 16), (7, 16), False),
+    "rows_24_4d": ((2, 3, 4, 16), (7, 16), True),
+    "rows_132_3d_wide": ((2, 66, 16), (40, 16), True),
 }
 
 
-@pytest.mark.parametrize("case,mode", _pairs(LINEAR, ("one_d", "rows_8_3d", "rows_9_3d")))
+@pytest.mark.parametrize("case,mode", _pairs(LINEAR, ("one_d", "rows_8_3d", "rows_9_3d", "rows_24_4d")))
 def test_linear_cases(case, mode):
     x_shape, w_shape, bias = LINEAR[case]
     inputs = [randn(*x_shape), randn(*w_shape, seed=1)] + ([randn(w_shape[0], seed=2)] if bias else [])

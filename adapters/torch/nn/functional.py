@@ -42,13 +42,37 @@ def _ntuple(value: _IntOrTuple, n: int) -> Tuple[int, ...]:
 
 # ---- linear and convolution ----------------------------------------------------------
 @register("linear", "CPU", note="fused float32 GEMV for at most 8 rows (decoding; adapters/kernels/csrc/gemv.cpp); "
-                               "else mint linear")
+                               "float32 rows: one MatMul(transpose_b) on the rows [.., K] -> [M, K]; else mint linear")
 def _linear_cpu(input, weight, bias):
     if 0 in input.shape or 0 in weight.shape:
         return _empty_linear(input, weight, bias)
     if fused_gemv.serves(input, weight, bias):
         return fused_gemv.linear(input, weight, bias)
+    if _matmul_rows_serves(input, weight, bias):
+        return _linear_rows(input, weight, bias)
     return mint.nn.functional.linear(input, weight, bias)
+
+
+_matmul_nt = ops.MatMul(transpose_b=True)
+
+
+def _matmul_rows_serves(input, weight, bias) -> bool:
+    return (len(input.shape) >= 2 and len(weight.shape) == 2 and input.shape[-1] == weight.shape[1]
+            and input.dtype == mindspore.float32 and weight.dtype == mindspore.float32
+            and (bias is None or (bias.dtype == mindspore.float32 and tuple(bias.shape) == (weight.shape[0],))))
+
+
+def _linear_rows(input, weight, bias):
+    """``input @ weight.T + bias`` as one ``MatMul(transpose_b=True)`` over the rows of ``input``
+    (a free reshape to [M, K] and back). MindSpore's ``Dense`` (mint's linear) does the same
+    forward, but its backward transposes the output gradient and the weight gradient with
+    ``Transpose`` kernels (two per weight, 0.2 ms each at the LM head of the tiny train step);
+    MatMul's own backward is two MatMuls with transpose flags and no copies."""
+    rows = input if len(input.shape) == 2 else input.reshape(-1, input.shape[-1])
+    out = _matmul_nt(rows, weight)
+    if bias is not None:
+        out = out + bias
+    return out if len(input.shape) == 2 else out.reshape(tuple(input.shape[:-1]) + (weight.shape[0],))
 
 
 def _empty_linear(input, weight, bias):
