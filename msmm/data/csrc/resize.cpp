@@ -220,7 +220,9 @@ void transpose_pixels(const uint8_t* src, int64_t src_stride, int64_t rows, int6
   if (pixel == 4 && channels == 3) {  // 16 x 16 byte blocks of 4 pixels, 12 of their 16 rows kept
 #ifdef __AVX512BW__
     for (; x + 16 < pixels; x += 16) {  // four blocks at a time (whole cache lines of 16 pixels)
-      for (int64_t r = 0; r < rows; ++r) _mm_prefetch(reinterpret_cast<const char*>(src + r * src_stride + (x + 64) * 4), _MM_HINT_T0);
+      // the source lines 4 ahead, for all rows of the strip, into L2: 64 row streams defeat the hardware
+      // prefetcher; into L1 they evict each other when the row stride is a multiple of 4 KB (2048 px)
+      for (int64_t r = 0; r < rows; ++r) _mm_prefetch(reinterpret_cast<const char*>(src + r * src_stride + (x + 64) * 4), _MM_HINT_T1);
       int64_t i = 0;
       for (; i + 16 <= rows; i += 16) transpose16_rgbx_x4(src + i * src_stride + x * 4, src_stride, dst + x * 3 * dst_stride + i, dst_stride);
       for (; i < rows; ++i)
@@ -229,8 +231,8 @@ void transpose_pixels(const uint8_t* src, int64_t src_stride, int64_t rows, int6
     }
 #endif
     for (; x + 4 < pixels; x += 4) {
-      if ((x & 15) == 0)  // the source lines two ahead, for all rows: 64 row streams defeat the hardware prefetcher
-        for (int64_t r = 0; r < rows; ++r) _mm_prefetch(reinterpret_cast<const char*>(src + r * src_stride + (x + 64) * 4), _MM_HINT_T0);
+      if ((x & 15) == 0)  // (see above)
+        for (int64_t r = 0; r < rows; ++r) _mm_prefetch(reinterpret_cast<const char*>(src + r * src_stride + (x + 64) * 4), _MM_HINT_T1);
       int64_t i = 0;
       for (; i + 16 <= rows; i += 16) transpose16<true>(src + i * src_stride + x * 4, src_stride, dst + x * 3 * dst_stride + i, dst_stride);
       for (; i < rows; ++i)
