@@ -29,7 +29,7 @@ __all__ = [
     "layer_norm", "rms_norm", "group_norm", "normalize",
     "gelu", "quick_gelu", "silu", "silu_mul", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
     "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
-    "scaled_dot_product_attention", "rotary_embedding", "write_slots",
+    "scaled_dot_product_attention", "rotary_embedding", "write_slots", "write_rows", "project_qkv",
     "interpolate", "pad", "embedding", "dropout", "one_hot", "pixel_shuffle", "pixel_unshuffle",
 ]
 
@@ -684,6 +684,86 @@ def write_slots(cache: Tensor, new: Tensor, slots: Tensor) -> Tensor:
         raise ValueError(f"write_slots: cache [B, G, S, D] and new [B, G, 1, D], got {tuple(cache.shape)} and "
                          f"{tuple(new.shape)}")
     return _write_slots(cache, new, slots)
+
+
+def _write_rows_composite(cache, new, slots):
+    kept = cache * (1.0 - slots.sum(0)).reshape(1, 1, slots.shape[1], 1)
+    return kept + mint.matmul(slots.transpose(1, 0).astype(new.dtype), new)
+
+
+@register("write_rows", "CPU",
+          note="fused kernel (adapters/kernels/cache.py): a copy of the cache and the new rows; else one-hot matmul")
+def _write_rows_cpu(cache, new, slots):
+    if fused_cache.serves_rows(cache, new, slots):
+        return fused_cache.write_rows(cache, new, slots)
+    return _write_rows_composite(cache, new, slots)
+
+
+@register("write_rows", "Ascend", tested=False, note="one-hot matmul")
+def _write_rows_ascend(cache, new, slots):
+    return _write_rows_composite(cache, new, slots)
+
+
+_write_rows = kernel("write_rows")
+
+
+def write_rows(cache: Tensor, new: Tensor, slots: Tensor) -> Tensor:
+    """KV-cache write of several new rows (not in torch; the prefill's): ``cache`` [B, G, S, D]
+    with row i of ``new`` [B, G, L, D] at the slot marked in row i of ``slots`` [L, S] (one-hot
+    rows at distinct slots), i.e. ``cache * (1 - slots.sum(0))[:, None] + slots.T @ new``; on CPU
+    one kernel that copies the cache and the rows instead of the one-hot matmul.
+    """
+    if cache.ndim != 4 or new.ndim != 4 or slots.ndim != 2:
+        raise ValueError(f"write_rows: cache [B, G, S, D], new [B, G, L, D] and slots [L, S], got "
+                         f"{tuple(cache.shape)}, {tuple(new.shape)} and {tuple(slots.shape)}")
+    return _write_rows(cache, new, slots)
+
+
+def _project_qkv_composite(x, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, cos, sin, k_cache, v_cache,
+                           slots):
+    b, g, _, d = k_cache.shape
+    cos, sin = cos.reshape(-1, 1, d), sin.reshape(-1, 1, d)
+    heads = q_weight.shape[0] // d
+    q = rotary_embedding(linear(x, q_weight, q_bias).reshape(b, 1, heads, d), cos, sin, True)
+    k = rotary_embedding(linear(x, k_weight, k_bias).reshape(b, 1, g, d), cos, sin, True)
+    v = linear(x, v_weight, v_bias).reshape(b, g, 1, d)
+    return q.reshape(b, g, heads // g, d), write_slots(k_cache, k, slots), write_slots(v_cache, v, slots)
+
+
+@register("project_qkv", "CPU",
+          note="fused kernel (adapters/kernels/cache.py): the three projections, both rotations and both cache "
+               "writes; else composite")
+def _project_qkv_cpu(*args):
+    if fused_cache.serves_project_qkv(*args):
+        return fused_cache.project_qkv(*args)
+    return _project_qkv_composite(*args)
+
+
+@register("project_qkv", "Ascend", tested=False, note="composite")
+def _project_qkv_ascend(*args):
+    return _project_qkv_composite(*args)
+
+
+_project_qkv = kernel("project_qkv")
+
+
+def project_qkv(x: Tensor, q_weight: Tensor, q_bias: Optional[Tensor], k_weight: Tensor, k_bias: Optional[Tensor],
+                v_weight: Tensor, v_bias: Optional[Tensor], cos: Tensor, sin: Tensor, k_cache: Tensor,
+                v_cache: Tensor, slots: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """A decode step's attention inputs (not in torch): for x [B, 1, hidden] (one new token per
+    sequence) and caches [B, G, S, D], the rotated queries ``rotary_embedding(linear(x, q_weight,
+    q_bias).reshape(B, 1, H, D), cos, sin, True)`` as [B, G, H / G, D] (each key/value group's
+    query heads as rows: ``scaled_dot_product_attention`` of it over the caches, with a mask the
+    same for every head, is grouped-query attention), and the caches with
+    ``k = rotary_embedding(linear(x, k_weight, k_bias).reshape(B, 1, G, D), cos, sin, True)`` and
+    ``v = linear(x, v_weight, v_bias).reshape(B, G, 1, D)`` written at ``slots`` [B|1, 1, S] as
+    :func:`write_slots` writes. cos / sin [B|1, 1, D]. On CPU one kernel instead of seven (three
+    GEMVs, two rotations, two writes) and the reshapes between them.
+    """
+    if x.ndim != 3 or x.shape[1] != 1 or k_cache.ndim != 4:
+        raise ValueError(f"project_qkv: x [B, 1, hidden] and caches [B, G, S, D], got {tuple(x.shape)} and "
+                         f"{tuple(k_cache.shape)}")
+    return _project_qkv(x, q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, cos, sin, k_cache, v_cache, slots)
 
 
 # ---- resampling and padding ----------------------------------------------------------

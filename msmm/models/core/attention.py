@@ -49,8 +49,12 @@ def causal_attention_mask(
     return mask | (pos.unsqueeze(1) == pos.unsqueeze(0))
 
 
-# adapters (MindSpore) has a one-kernel cache write, F.write_slots; torch has none
+# adapters (MindSpore) has one-kernel cache writes, F.write_slots (a new row per sequence) and
+# F.write_rows (the prefill's rows), and a one-kernel decode projection (q/k/v, their rotation,
+# both cache writes), F.project_qkv; torch has none of them
 _write_slots = getattr(F, "write_slots", None)
+_write_rows = getattr(F, "write_rows", None)
+_project_qkv = getattr(F, "project_qkv", None)
 
 
 def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -63,11 +67,14 @@ def write_cache(cache: torch.Tensor, new: torch.Tensor, slots: torch.Tensor) -> 
 
     One new token (decoding) is ``where(slot, new, cache)``: with adapters one kernel,
     ``F.write_slots`` (on CPU a copy of the cache and the new row at its slot, not a broadcast
-    select that reads the condition and both operands per element)."""
+    select that reads the condition and both operands per element); several (the prefill)
+    with adapters ``F.write_rows`` (the rows copied to their slots, not a matmul)."""
     if slots.shape[-2] == 1:  # one new token (decoding): no matmul over the cache
         if _write_slots is not None:
             return _write_slots(cache, new, slots)
         return torch.where((slots != 0).reshape(-1, 1, slots.shape[-1], 1), new, cache)
+    if _write_rows is not None:
+        return _write_rows(cache, new, slots)
     kept = cache * (1.0 - slots.sum(0)).reshape(1, 1, slots.shape[1], 1)
     return kept + torch.matmul(slots.transpose(0, 1).to(new.dtype), new)
 
@@ -129,6 +136,9 @@ class SelfAttention(nn.Module):
         self.head_dim = config.kv_channels
         self.dropout = config.attention_dropout
         self._build_projections(config)
+        # decode through F.project_qkv: this class's q/k/v layout (subclasses with another
+        # override project_qkv), checked again per call for the linear layers
+        self._project_qkv_layout = type(self).project_qkv is SelfAttention.project_qkv
 
     def _build_projections(self, config: TransformerConfig) -> None:
         h, std = config.hidden_size, config.init_method_std
@@ -198,10 +208,26 @@ class SelfAttention(nn.Module):
     ):
         """``forward`` with a cache for one new token per row (x [B, 1, hidden]), in fewer
         kernels: with L = 1 the head-major layout of v is a reshape, the cache write a select,
-        and attention ``decode_attention``. Same values as forward."""
+        and attention ``decode_attention``. Same values as forward. With adapters (MindSpore)
+        and plain q/k/v linear layers, projections, rotations and cache writes are one kernel,
+        ``F.project_qkv``, whose queries come grouped by key/value head."""
         b, g, d = x.shape[0], self.num_groups, self.head_dim
+        if self._fused_qkv():
+            q, k, v = _project_qkv(x, self.q_proj.weight, self.q_proj.bias, self.k_proj.weight, self.k_proj.bias,
+                                   self.v_proj.weight, self.v_proj.bias, rotary[0], rotary[1], cache[0], cache[1],
+                                   cache[2])
+            # q [B, G, H / G, D]: a group's query heads as rows over the group's keys (mask [B|1, 1, 1, S])
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.output(out.reshape(b, 1, self.num_heads * d)), (k, v)
         q, k, v = self.project_qkv(x)
         q = apply_rotary_heads_first(q, rotary[0], rotary[1])
         k = apply_rotary_heads_first(k, rotary[0], rotary[1])
         k, v = write_cache(cache[0], k, cache[2]), write_cache(cache[1], v.reshape(b, g, 1, d), cache[2])
         return self.output(decode_attention(q, k, v, mask)), (k, v)
+
+    def _fused_qkv(self) -> bool:
+        """Whether ``decode`` takes ``F.project_qkv`` (adapters only): the q/k/v layout of this
+        class and plain q/k/v linear layers (not LoRA or quantized, no sequence parallelism)."""
+        return (_project_qkv is not None and self._project_qkv_layout
+                and isinstance(self.q_proj, ColumnParallelLinear) and isinstance(self.k_proj, ColumnParallelLinear)
+                and isinstance(self.v_proj, ColumnParallelLinear) and not self.q_proj.sequence_parallel)
