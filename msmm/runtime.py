@@ -356,8 +356,7 @@ def _fingerprint(obj, h, seen: dict, files: set, depth: int, values: bool = True
             _fingerprint(obj._msmm_jit_of, h, seen, files, depth + 1, values)
         elif hasattr(obj, "__wrapped__"):  # a decorator's wrapper (mindspore.jit's closes over its creation time)
             _fingerprint(obj.__wrapped__, h, seen, files, depth + 1, values)
-        elif inspect.isfunction(obj) and not (obj.__module__ or "").startswith("mindspore"):
-            # closures and defaults are captured values too
+        elif inspect.isfunction(obj):  # closures and defaults are captured values too
             _fingerprint(obj.__defaults__, h, seen, files, depth + 1, values)
             _fingerprint(obj.__kwdefaults__, h, seen, files, depth + 1, values)
             for cell in obj.__closure__ or ():

@@ -77,3 +77,28 @@ def test_compile_key_follows_constants_shapes_and_sources():
     assert key(Net(4, 1e-2, table), x) != base  # a scalar the graph captures
     assert key(Net(4, 1e-6, table + 1), x) != base  # a tensor constant's value
     assert key(Net(8, 1e-6, table), x) != base  # a parameter's shape
+
+
+def test_compile_key_sees_through_mindspore_wrappers():
+    """``runtime.jit(mindspore.value_and_grad(loss, ...))`` (compiled_value_and_grad): the key
+    follows the closure's model, not only the wrapper's name."""
+    import mindspore
+    import numpy as np
+    from mindspore import Parameter, Tensor, nn
+
+    class Scale(nn.Cell):
+        def __init__(self, value: float):
+            super().__init__()
+            self.weight = Parameter(Tensor(np.ones((4,), np.float32)), name="weight")
+            self.value = value
+
+        def construct(self, x):
+            return (x * self.weight * self.value).sum()
+
+    def key(value):
+        net = Scale(value)
+        step = mindspore.value_and_grad(lambda x: net(x), None, net.trainable_params())
+        return runtime.compile_key(step, (Tensor(np.ones((2, 4), np.float32)),), {})
+
+    assert key(2.0) == key(2.0)
+    assert key(2.0) != key(3.0)
