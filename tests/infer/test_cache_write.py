@@ -23,6 +23,7 @@ import torch
 import adapters.torch as torch_ms
 import adapters.torch.nn.functional as F_ms
 from adapters.kernels import cache as fused_cache
+from adapters.kernels import swiglu as fused_swiglu
 from adapters.torch.nn.functional import _project_qkv_composite, _write_rows_composite, _write_slots_composite
 from msmm import runtime
 from msmm.models.core import attention as attention_torch
@@ -296,3 +297,51 @@ def test_decode_takes_project_qkv_for_plain_layers_only(rng):
     assert not internlm2._fused_qkv()  # its own q/k/v layout
     attention.k_proj = modules["msmm.models.lora"].LoRALinear(attention.k_proj, r=2, alpha=4)
     assert not attention._fused_qkv()
+
+
+# ---- F.swiglu_linear: SwiGLU's gate and up projections for a few rows in one kernel
+
+
+def _swiglu(*args):
+    return F_ms.swiglu_linear(*args)
+
+
+_swiglu_compiled = runtime.jit(_swiglu)
+
+
+@pytest.mark.parametrize("mode", ["pynative", "jit"])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_swiglu_linear_matches_numpy_and_the_composite(rng, mode, rows):
+    x = rng.standard_normal((rows, 1, HIDDEN)).astype(np.float32)
+    wg, wu = (rng.standard_normal((24, HIDDEN)).astype(np.float32) for _ in range(2))
+    args = (torch_ms.tensor(x), torch_ms.tensor(wg), None, torch_ms.tensor(wu), None)
+    assert fused_swiglu.serves(*args)
+    got = (_swiglu_compiled if mode == "jit" else _swiglu)(*args).asnumpy()
+    a, b = x @ wg.T, x @ wu.T
+    np.testing.assert_allclose(got, a / (1 + np.exp(-a)) * b, rtol=1e-5, atol=1e-5)
+    composite = F_ms.silu_mul(F_ms.linear(args[0], args[1]), F_ms.linear(args[0], args[3])).asnumpy()
+    np.testing.assert_array_equal(got, composite)
+
+
+def test_swiglu_linear_gradient_and_fallbacks(rng):
+    x = torch_ms.tensor(rng.standard_normal((2, 1, HIDDEN)).astype(np.float32))
+    wg, wu = (torch_ms.tensor(rng.standard_normal((24, HIDDEN)).astype(np.float32)) for _ in range(2))
+    weight = torch_ms.tensor(rng.standard_normal((2, 1, 24)).astype(np.float32))
+
+    def loss(fused):
+        def fn(x, wg, wu):
+            out = F_ms.swiglu_linear(x, wg, None, wu, None) if fused else F_ms.silu_mul(F_ms.linear(x, wg),
+                                                                                      F_ms.linear(x, wu))
+            return (out * weight).sum()
+        return fn
+
+    grads = [mindspore.grad(loss(fused), grad_position=(0, 1, 2))(x, wg, wu) for fused in (True, False)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-4, atol=1e-5)
+    # more rows than the kernel takes, or biases: the composite, same values
+    many = torch_ms.tensor(rng.standard_normal((9, 1, HIDDEN)).astype(np.float32))
+    bias = torch_ms.tensor(rng.standard_normal(24).astype(np.float32))
+    assert not fused_swiglu.serves(many, wg, None, wu, None) and not fused_swiglu.serves(x, wg, bias, wu, None)
+    for args in ((many, wg, None, wu, None), (x, wg, bias, wu, None)):
+        expected = F_ms.silu_mul(F_ms.linear(args[0], wg, args[2]), F_ms.linear(args[0], wu)).asnumpy()
+        np.testing.assert_array_equal(F_ms.swiglu_linear(*args).asnumpy(), expected)

@@ -21,6 +21,7 @@ from ...kernels import cache as fused_cache
 from ...kernels import gemv as fused_gemv
 from ...kernels import norm as fused_norm
 from ...kernels import rope as fused_rope
+from ...kernels import swiglu as fused_swiglu
 from .._dispatch import kernel, register
 from .._dtype import finfo
 
@@ -29,7 +30,7 @@ __all__ = [
     "layer_norm", "rms_norm", "group_norm", "normalize",
     "gelu", "quick_gelu", "silu", "silu_mul", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "logsigmoid",
     "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
-    "scaled_dot_product_attention", "rotary_embedding", "write_slots", "write_rows", "project_qkv",
+    "scaled_dot_product_attention", "rotary_embedding", "write_slots", "write_rows", "project_qkv", "swiglu_linear",
     "interpolate", "pad", "embedding", "dropout", "one_hot", "pixel_shuffle", "pixel_unshuffle",
 ]
 
@@ -651,6 +652,30 @@ def rotary_embedding(input: Tensor, cos: Tensor, sin: Tensor, transpose_heads: b
     if transpose_heads and input.ndim != 4:
         raise ValueError(f"rotary_embedding: transpose_heads needs input [B, L, H, D], got {input.ndim} dims")
     return _rotary_embedding(input, cos, sin, transpose_heads)
+
+
+@register("swiglu_linear", "CPU",
+          note="fused kernel for <= 8 rows without biases (adapters/kernels/swiglu.py); else linear, linear, silu_mul")
+def _swiglu_linear_cpu(x, gate_weight, gate_bias, up_weight, up_bias):
+    if fused_swiglu.serves(x, gate_weight, gate_bias, up_weight, up_bias):
+        return fused_swiglu.swiglu_linear(x, gate_weight, up_weight)
+    return silu_mul(linear(x, gate_weight, gate_bias), linear(x, up_weight, up_bias))
+
+
+@register("swiglu_linear", "Ascend", tested=False, note="linear, linear, silu_mul")
+def _swiglu_linear_ascend(x, gate_weight, gate_bias, up_weight, up_bias):
+    return silu_mul(linear(x, gate_weight, gate_bias), linear(x, up_weight, up_bias))
+
+
+_swiglu_linear = kernel("swiglu_linear")
+
+
+def swiglu_linear(x: Tensor, gate_weight: Tensor, gate_bias: Optional[Tensor], up_weight: Tensor,
+                  up_bias: Optional[Tensor]) -> Tensor:
+    """SwiGLU's gating (not in torch): ``silu(linear(x, gate_weight, gate_bias)) * linear(x,
+    up_weight, up_bias)``; on CPU one kernel for inputs of at most 8 rows without biases
+    (decoding), else the two linear layers and ``silu_mul``."""
+    return _swiglu_linear(x, gate_weight, gate_bias, up_weight, up_bias)
 
 
 def _write_slots_composite(cache, new, slots):

@@ -14,6 +14,11 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
+# adapters (MindSpore) has SwiGLU's gate and up projections in one kernel for a few rows
+# (decoding), F.swiglu_linear; torch has none
+_swiglu_linear = getattr(F, "swiglu_linear", None)
+
+
 class SwiGLUMLP(nn.Module):
     """down(silu(gate(x)) * up(x)); names follow HF Llama/Qwen2 (gate_proj, up_proj, down_proj)."""
 
@@ -26,7 +31,15 @@ class SwiGLUMLP(nn.Module):
         self.down_proj = RowParallelLinear(f, h, bias, std, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _swiglu_linear is not None and x.shape[-2] == 1 and self._plain_gate_up():  # decoding
+            return self.down_proj(_swiglu_linear(x, self.gate_proj.weight, self.gate_proj.bias, self.up_proj.weight,
+                                                 self.up_proj.bias))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def _plain_gate_up(self) -> bool:
+        """Plain gate/up linear layers (not LoRA or quantized, no sequence parallelism)."""
+        return (isinstance(self.gate_proj, ColumnParallelLinear) and isinstance(self.up_proj, ColumnParallelLinear)
+                and not self.gate_proj.sequence_parallel)
 
 
 ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu, "silu": F.silu}
