@@ -87,11 +87,13 @@ def converted_models() -> SimpleNamespace:
         return _converted
     from auto_convert import hook
 
-    if hook.installed() is not None:
-        raise RuntimeError("auto_convert hook already installed in this process; ms_backend installs its own")
     cache = tempfile.mkdtemp(prefix="msmm_ms_models_")
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    # a hook msmm.runtime installed earlier in this process (an earlier test started the
+    # trainer) is set aside for the block: ours converts into its own cache, then it comes back
+    finders = list(sys.meta_path)
     with _swapped({}):
+        hook.uninstall()
         hook.install([PACKAGE], cache_dir=cache)
         try:
             with warnings.catch_warnings():
@@ -99,7 +101,7 @@ def converted_models() -> SimpleNamespace:
                 modules = {name: importlib.import_module(f"{PACKAGE}.{name}") for name in MODULES}
             _converted_sys_modules.update(_package_modules())
         finally:
-            hook.uninstall()
+            sys.meta_path[:] = finders
     bound = modules["text.decoder"].torch
     if not bound.__name__.startswith("adapters.torch"):
         raise RuntimeError(f"converted msmm.models bound {bound.__name__}, not adapters.torch")
