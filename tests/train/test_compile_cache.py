@@ -10,17 +10,17 @@ import sys
 
 import pytest
 
-from msmm import runtime
+from msmm import compile_cache
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compile_cache_worker.py")
 LOADED = "Use the compilation cache"  # MindSpore's warning for each graph it loads
 
 
 def run(eps: float, cache_dir=None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != runtime.COMPILE_CACHE_ENV}
+    env = {k: v for k, v in os.environ.items() if k != compile_cache.COMPILE_CACHE_ENV}
     env.update(GLOG_v="2", OMP_NUM_THREADS="1")  # 2: MindSpore's warnings, which say when a graph is loaded
     if cache_dir is not None:
-        env[runtime.COMPILE_CACHE_ENV] = str(cache_dir)
+        env[compile_cache.COMPILE_CACHE_ENV] = str(cache_dir)
     proc = subprocess.run([sys.executable, WORKER, str(eps)], env=env, capture_output=True, text=True, timeout=600)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert line is not None, proc.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_compile_key_follows_constants_shapes_and_sources():
             return x * self.weight + self.eps + self.table
 
     def key(net, x):
-        return runtime.compile_key(net.construct, (x,), {})
+        return compile_cache.compile_key(net.construct, (x,), {})
 
     table = np.arange(4, dtype=np.float32)
     x = Tensor(np.zeros((2, 4), np.float32))
@@ -98,7 +98,7 @@ def test_compile_key_sees_through_mindspore_wrappers():
     def key(value):
         net = Scale(value)
         step = mindspore.value_and_grad(lambda x: net(x), None, net.trainable_params())
-        return runtime.compile_key(step, (Tensor(np.ones((2, 4), np.float32)),), {})
+        return compile_cache.compile_key(step, (Tensor(np.ones((2, 4), np.float32)),), {})
 
     assert key(2.0) == key(2.0)
     assert key(2.0) != key(3.0)
