@@ -1,6 +1,8 @@
 """Image preprocessing equals the HF processors of transformers 4.53 (slow, PIL-based ones) bit
 for bit, with the resize kernel (msmm/data/csrc/resize.cpp) and with its PIL fallback; the
 kernel equals the installed Pillow's bicubic resize."""
+import ctypes
+import functools
 import os
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from PIL import Image
 from transformers import CLIPImageProcessor, GotOcr2ImageProcessor, LlavaImageProcessor, Qwen2VLImageProcessor
 
+from adapters.kernels import build
 from msmm.data import image_processing, resize
 from msmm.data.image_processing import (
     IMAGENET_MEAN,
@@ -68,11 +71,29 @@ def test_kernel_off_by_environment(monkeypatch):
     assert resize.native.__wrapped__() is None
 
 
+ISAS = ("native", "no_avx512")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_for(isa: str):
+    """The resize kernel as this machine builds it, or built without AVX-512 (``-mno-avx512f``:
+    the SSE/AVX2 paths a CPU without AVX-512 compiles), or None when the kernel is off."""
+    if resize.native() is None:
+        return None
+    if isa == "native":
+        return resize.native()
+    library = ctypes.CDLL(str(build.compile_source(resize.SOURCE, (*resize.FLAGS, "-mno-avx512f"))))
+    order = resize._pass_order(library)
+    assert order is not None, "the resize kernel built without AVX-512 does not reproduce this Pillow"
+    return resize.NativeResize(library, order)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("seed", range(4))
-def test_resize_kernel_equals_pillow(seed):
+def test_resize_kernel_equals_pillow(seed, isa):
     """Random sizes (up and down, extreme aspect ratios, 1 px sides, both pass orders), whole
     images and crop windows, 1, 3 or 4 channels: equal to Image.resize(size, BICUBIC), every byte."""
-    kernel = resize.native()
+    kernel = kernel_for(isa)
     if kernel is None:
         pytest.skip("resize kernel off")
     rng = np.random.default_rng(seed)
@@ -93,13 +114,14 @@ def test_resize_kernel_equals_pillow(seed):
         np.testing.assert_array_equal(window, expected[top : top + height, left : left + width])
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("seed", range(3))
-def test_resize_kernel_canvas_and_rgbx_equal_pillow(seed):
+def test_resize_kernel_canvas_and_rgbx_equal_pillow(seed, isa):
     """The image read where it lies on a virtual canvas of a background colour (LLaVA's
     pad-to-square, never built) and read from Pillow's own RGBX memory (pixels 4 bytes apart):
     equal to pasting it on the canvas and Image.resize(size, BICUBIC), every byte, whole and
     windowed, up and down, both pass orders, images touching and not touching the borders."""
-    kernel = resize.native()
+    kernel = kernel_for(isa)
     if kernel is None:
         pytest.skip("resize kernel off")
     rng = np.random.default_rng(100 + seed)
