@@ -177,6 +177,24 @@ def run_sanity(threads: int) -> dict:
     return {**timed(step, 3, 20), "tokens_per_step": s["batch"] * s["tokens"], "peak_rss_mb": peak_rss_mb()}
 
 
+class SameBatch:
+    """A data iterator that yields one batch forever (the trainer's data interface: iteration and
+    a resumable state, here none)."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def build_msmm_trainer(name: str, threads: int, text_layers: Optional[int] = None):
     """(trainer, memory stages): an msmm Trainer over the config, fed the same batch forever."""
     sys.path.insert(0, REPO)
@@ -198,20 +216,9 @@ def build_msmm_trainer(name: str, threads: int, text_layers: Optional[int] = Non
     breakdown["model_built"] = runtime.memory_breakdown()
     batch = make_batch(name)
 
-    class Same:
-        def __iter__(self):
-            while True:
-                yield batch
-
-        def state_dict(self):
-            return {}
-
-        def load_state_dict(self, state):
-            pass
-
     size = CONFIGS[name]["batch"]
     config = TrainConfig(train_iters=10**6, global_batch_size=size, micro_batch_size=size, lr=1e-5, log_interval=10**9)
-    trainer = Trainer(model, config, Same())
+    trainer = Trainer(model, config, SameBatch(batch))
     memory["trainer_built"] = rss_mb()
     breakdown["trainer_built"] = runtime.memory_breakdown()
     memory["breakdown"] = breakdown  # MB by kind per stage: runtime.memory_breakdown()
