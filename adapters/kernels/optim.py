@@ -3,7 +3,8 @@
 :data:`AVAILABLE` is False when the library cannot be built or ``MSMM_FUSED_KERNELS=0``;
 :func:`sum_squares` then concatenates the tensors and reduces with MindSpore kernels (on 10M
 elements, 1 thread: 56 ms vs the kernel's 7; summing per tensor takes 101), and the optimizer
-keeps MindSpore's ``AdamWeightDecay`` per parameter instead of :func:`adamw_`.
+keeps MindSpore's ``AdamWeightDecay`` per parameter instead of :func:`adamw_`, and the
+trainer's single-micro-batch step its in-graph guard instead of :func:`adamw_step_`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 
 import mindspore
 from mindspore import Tensor, ops
+from mindspore.ops import constexpr
 
 from .build import library
 from .custom import OPENMP, custom_op, scalar
@@ -70,3 +72,33 @@ def adamw_(params: Sequence[Tensor], exp_avg: Sequence[Tensor], exp_avg_sq: Sequ
     for k in range(len(params)):
         args += [params[k], exp_avg[k], exp_avg_sq[k], grads[k]]
     return _ADAMW(hyper, decay, *args)
+
+
+def _two_elements(*shapes):
+    return [2]
+
+
+_ADAMW_STEP = custom_op(_LIBRARY, "AdamWStep", _two_elements, _float32) if AVAILABLE else None
+
+
+@constexpr
+def _constants(beta1: float, beta2: float, eps: float, weight_decay: float, clip: float) -> Tensor:
+    return Tensor([beta1, beta2, eps, weight_decay, clip], mindspore.float32)
+
+
+def adamw_step_(params: Sequence[Tensor], exp_avg: Sequence[Tensor], exp_avg_sq: Sequence[Tensor],
+                grads: Sequence[Tensor], decayed: Tensor, step: Tensor, lr: Tensor, numerator: Tensor,
+                denominator: Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
+                clip: float) -> Tensor:
+    """A whole optimizer step from one micro-batch's float32 gradients ``grads`` of the loss
+    ``numerator / denominator``, in one kernel (needs :data:`AVAILABLE`). Returns ``[norm,
+    finite]`` (float32 [2]): ``norm`` of the gradients of the mean loss, ``finite`` 1 when it and
+    the mean loss are finite, else 0. Only if finite: ``step`` (int32 []) += 1 and one
+    ``torch.optim.AdamW`` update of the parameters and moments, in place, from the gradients
+    times ``min(1, clip / (norm + 1e-6))`` (``clip`` <= 0: no clipping), weight decay where
+    ``decayed`` [N] is 1. The same in-place caveat as :func:`adamw_`."""
+    args = []
+    for k in range(len(params)):
+        args += [params[k], exp_avg[k], exp_avg_sq[k], grads[k]]
+    return _ADAMW_STEP(_constants(beta1, beta2, eps, weight_decay, clip), lr, numerator.astype(mindspore.float32),
+                       denominator.astype(mindspore.float32), step, decayed, *args)

@@ -117,6 +117,14 @@ class AdamW(AdamWBase):
                 ops.assign(self.params[k], target.astype(self.params[k].dtype))
         return step
 
+    def fused_step(self, grads: Tuple[Tensor, ...], lr: Tensor, numerator: Tensor, denominator: Tensor,
+                   clip: float) -> Tensor:
+        """A whole step from one micro-batch's gradients of ``numerator / denominator`` in one
+        kernel (``self.fused`` only; ``adapters.kernels.optim.adamw_step_``): ``[norm, finite]``;
+        clipped to ``clip`` and applied only if finite."""
+        return fused.adamw_step_(self.params, self.exp_avg, self.exp_avg_sq, grads, self.decay_mask, self.step, lr,
+                                 numerator, denominator, self.beta1, self.beta2, self.eps, self.weight_decay, clip)
+
     # ---- state ----------------------------------------------------------------------------
 
     def state_arrays(self, with_master: bool) -> Dict[str, np.ndarray]:

@@ -1,11 +1,14 @@
 """The compiled training step: gradient accumulation, clipping, AdamW.
 
-With one micro-batch per step on one rank and ``MSMM_ONE_GRAPH_STEP=1`` (``one_graph``, set
-by the trainer), the whole step is one graph,
-``whole_step(labels, inputs, lr)``: forward + backward, the gradient norm (one ``SumSquares``
-kernel), the clip factor and the AdamW update, which an in-graph guard skips when the loss or
-the norm is not finite (the parameters, moments and step count stay as they were). The
-gradients go straight from the backward into the update, never into the buffers below.
+With one micro-batch per step on one rank (``one_graph``, set by the trainer: by default when
+the optimizer is fused, i.e. float32 parameters on CPU; ``MSMM_ONE_GRAPH_STEP=1`` / ``0``
+forces it on or off), the whole step is one graph, ``whole_step(labels, inputs, lr)``:
+forward + backward, then one kernel (``AdamW.fused_step``) that takes the gradient norm, skips
+the update when the loss or the norm is not finite (parameters, moments and step count stay as
+they were), clips and applies AdamW. Without the fused kernels the same graph computes the norm
+with one ``SumSquares`` kernel and guards the update with an in-graph ``if`` (which costs
+compile memory). The gradients go straight from the backward into the update, never into the
+buffers below.
 
 Otherwise three graphs (``mindspore.jit``, AST capture), each compiled once per input shape:
 
@@ -149,6 +152,9 @@ class TrainStep(nn.Cell):
     def _whole_step(self, labels: Tensor, inputs: Dict[str, Tensor], lr: Tensor):
         (numerator, denominator, tokens), grads = self._grad_fn(labels, inputs)
         grads = tuple(g if g.dtype == mindspore.float32 else g.astype(mindspore.float32) for g in grads)
+        if self.optimizer.fused:  # norm, guard, clip and AdamW in one kernel: no control flow
+            norm_finite = self.optimizer.fused_step(grads, lr, numerator, denominator, self.clip_grad)
+            return numerator, denominator, tokens, norm_finite[0], norm_finite[1] > 0.5
         scale = 1.0 / ops.maximum(denominator.astype(mindspore.float32), 1e-12)
         norm = ops.sqrt(sum_squares(grads, scale.reshape(1))).reshape(())
         finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(numerator * scale))

@@ -298,9 +298,11 @@ class Trainer:
             self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad, vocab_parallel,
                                      sharded, world.cp_size)
         self.sequence_parallel_grads = self._sequence_parallel_grads(sharded)
-        # one micro-batch on one rank: forward, backward, clip and update in one graph (if asked)
+        # one micro-batch on one rank: forward, backward, clip and update in one graph; by default
+        # where one kernel does the norm, guard, clip and update (fp32 parameters on CPU), else if asked
+        default = "1" if getattr(self.optimizer, "fused", False) else "0"
         self.step_fn.one_graph = (self.stage is None and world.size == 1 and self.micro_batches == 1
-                                  and os.environ.get(ONE_GRAPH_ENV, "0") == "1")
+                                  and os.environ.get(ONE_GRAPH_ENV, default) == "1")
         self.iteration = 0
         self._heap_released = False
         self.arguments = arguments or {}

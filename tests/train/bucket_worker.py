@@ -64,6 +64,7 @@ def main(spec_path: str, out_path: str) -> None:
             "loss": [r["loss"] for r in history],
             "grad_norm": [r["grad_norm"] for r in history],
             "compiles": len(graph_api.ms_compile_cache) - compiled,
+            "one_graph": trainer.step_fn.one_graph,
             "recomputed_cells": recomputed,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "weights": {n: [float(p.asnumpy().sum()), float(np.abs(p.asnumpy()).max())]

@@ -1,6 +1,7 @@
 """The training step's fast paths: one ``SumSquares`` kernel for the gradient norm (fused and
 composite, against numpy), and one compiled graph per step for a single micro-batch on one
-rank, which must train exactly like the accumulating three-graph step and skip a non-finite
+rank (with the one-kernel optimizer step, and with the in-graph guard the unfused optimizer
+takes), which must train exactly like the accumulating three-graph step and skip a non-finite
 step in-graph (parameters, moments and step count unchanged) as the host check does."""
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_sum_squares_matches_numpy(rng):
         assert float(fn(tensors, scale).asnumpy()[0]) == pytest.approx(expected, rel=1e-6)
 
 
-def tiny_trainer(monkeypatch, one_graph: bool, batches, **config):
+def tiny_trainer(monkeypatch, one_graph: bool, batches, fused: bool = True, **config):
     """Embedding, a gate (``sqrt(gate)``: a zero entry has a finite output, an infinite
     gradient) and a head."""
     from adapters import torch
@@ -52,6 +53,10 @@ def tiny_trainer(monkeypatch, one_graph: bool, batches, **config):
                     log_interval=10**6)
     trainer = Trainer(Tiny(), TrainConfig(**{**settings, **config}), ListSource(batches))
     assert trainer.step_fn.one_graph == one_graph
+    if not fused:
+        trainer.optimizer.fused = False
+    elif not trainer.optimizer.fused:
+        pytest.skip("fused kernels off or not built")
     return trainer
 
 
@@ -69,11 +74,12 @@ def weights(trainer):
     return {n: p.asnumpy().copy() for n, p in trainer.model.state_dict().items()}
 
 
-def test_one_graph_step_trains_like_the_three_graph_step(monkeypatch, rng):
+@pytest.mark.parametrize("fused", [True, False])
+def test_one_graph_step_trains_like_the_three_graph_step(monkeypatch, rng, fused):
     batches = make_batches(rng, 3)
     runs = []
     for one_graph in (False, True):
-        trainer = tiny_trainer(monkeypatch, one_graph, batches)
+        trainer = tiny_trainer(monkeypatch, one_graph, batches, fused)
         runs.append((trainer.train(), weights(trainer), trainer.optimizer.state_arrays(False)))
     (three, w3, s3), (one, w1, s1) = runs
     for a, b in zip(three, one):
@@ -87,11 +93,59 @@ def test_one_graph_step_trains_like_the_three_graph_step(monkeypatch, rng):
         np.testing.assert_allclose(s1[key], s3[key], rtol=1e-4, atol=1e-9)
 
 
-@pytest.mark.parametrize("one_graph", [False, True])
-def test_non_finite_step_is_skipped_or_stops_alike(monkeypatch, rng, one_graph):
+@pytest.mark.parametrize("reduction,clip", [("micro_batch", 0.5), ("token", 100.0)])
+def test_one_kernel_step_trains_like_torch_adamw(monkeypatch, rng, reduction, clip):
+    """The one-graph step with the one-kernel optimizer against torch: the same Tiny model,
+    ``clip_grad_norm_`` and ``torch.optim.AdamW`` (decay groups as Megatron's), 4 steps, with
+    clipping active and with a bound never reached."""
+    import torch
+
+    batches = make_batches(rng, 4)
+    trainer = tiny_trainer(monkeypatch, True, batches, lr_decay_style="constant", weight_decay=0.1,
+                           adam_beta2=0.95, loss_reduction=reduction, clip_grad=clip)
+    start = weights(trainer)
+    history = trainer.train()
+
+    emb, head = torch.nn.Embedding(VOCAB, WIDTH), torch.nn.Linear(WIDTH, VOCAB)
+    gate = torch.nn.Parameter(torch.tensor(start["gate"]))
+    with torch.no_grad():
+        emb.weight.copy_(torch.tensor(start["emb.weight"]))
+        head.weight.copy_(torch.tensor(start["head.weight"]))
+        head.bias.copy_(torch.tensor(start["head.bias"]))
+    opt = torch.optim.AdamW([{"params": [emb.weight, head.weight], "weight_decay": 0.1},
+                             {"params": [head.bias, gate], "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.95))
+    params = [emb.weight, head.weight, head.bias, gate]
+    for batch, ours in zip(batches, history):
+        logits = head(emb(torch.tensor(batch["input_ids"])) * torch.sqrt(gate))
+        targets = torch.tensor(batch["labels"])[:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), targets.reshape(-1),
+                                                   ignore_index=-100, reduction="none").reshape(targets.shape)
+        counted = (targets != -100).float()
+        loss = (losses * counted).sum() / counted.sum()  # one micro-batch: both reductions are this mean
+        opt.zero_grad()
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        opt.step()
+        assert ours["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+        assert ours["grad_norm"] == pytest.approx(norm, rel=1e-4)
+        assert not ours["skipped"]
+    assert (history[0]["grad_norm"] > clip) == (clip < 1)  # clipping active / never
+    final = weights(trainer)
+    for name, reference in (("emb.weight", emb.weight), ("head.weight", head.weight), ("head.bias", head.bias),
+                            ("gate", gate)):
+        assert not np.array_equal(final[name], start[name])
+        np.testing.assert_allclose(final[name], reference.detach().numpy(), rtol=1e-4, atol=1e-6)
+    assert int(trainer.optimizer.step.asnumpy()) == 4
+
+
+ONE_GRAPH_VARIANTS = [(False, True), (True, True), (True, False)]  # (one_graph, fused)
+
+
+@pytest.mark.parametrize("one_graph,fused", ONE_GRAPH_VARIANTS)
+def test_non_finite_step_is_skipped_or_stops_alike(monkeypatch, rng, one_graph, fused):
     batches = make_batches(rng, 2)
     batches[1]["input_ids"][0, 3] = 0  # token 0's embedding row is NaN: the second step's loss is NaN
-    trainer = tiny_trainer(monkeypatch, one_graph, batches, skip_nonfinite_steps=True)
+    trainer = tiny_trainer(monkeypatch, one_graph, batches, fused, skip_nonfinite_steps=True)
     emb = trainer.model.emb.weight
     values = emb.asnumpy().copy()
     values[0] = np.nan
@@ -107,15 +161,15 @@ def test_non_finite_step_is_skipped_or_stops_alike(monkeypatch, rng, one_graph):
     for key, value in trainer.optimizer.state_arrays(False).items():
         np.testing.assert_array_equal(value, state[key])
 
-    stopping = tiny_trainer(monkeypatch, one_graph, batches[1:])
+    stopping = tiny_trainer(monkeypatch, one_graph, batches[1:], fused)
     stopping.model.emb.weight.set_data(Tensor(values))
     with pytest.raises(NonFiniteError, match="iteration 1: the loss is nan"):
         stopping.train_step()
 
 
-@pytest.mark.parametrize("one_graph", [False, True])
-def test_non_finite_gradient_with_a_finite_loss_is_named(monkeypatch, rng, one_graph):
-    trainer = tiny_trainer(monkeypatch, one_graph, make_batches(rng, 1))
+@pytest.mark.parametrize("one_graph,fused", ONE_GRAPH_VARIANTS)
+def test_non_finite_gradient_with_a_finite_loss_is_named(monkeypatch, rng, one_graph, fused):
+    trainer = tiny_trainer(monkeypatch, one_graph, make_batches(rng, 1), fused)
     trainer.model.gate.set_data(Tensor(np.array([0.0] + [1.0] * (WIDTH - 1), np.float32)))
     with pytest.raises(NonFiniteError, match=r"gradient norm is (inf|nan) \(first non-finite gradient: gate\)"):
         trainer.train_step()
