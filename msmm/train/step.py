@@ -1,16 +1,15 @@
 """The compiled training step: gradient accumulation, clipping, AdamW.
 
-With one micro-batch per step on one rank (``one_graph``, set by the trainer: by default when
-the optimizer is fused, i.e. float32 parameters on CPU; ``MSMM_ONE_GRAPH_STEP=1`` / ``0``
-forces it on or off), the whole step is one graph, ``whole_step(labels, inputs, lr)``:
-forward + backward, then one kernel (``AdamW.fused_step``) that takes the gradient norm, skips
-the update when the loss or the norm is not finite (parameters, moments and step count stay as
-they were), clips and applies AdamW. Without the fused kernels the same graph computes the norm
-with one ``SumSquares`` kernel and guards the update with an in-graph ``if`` (which costs
-compile memory). The gradients go straight from the backward into the update, never into the
-buffers below.
+With one micro-batch per step on one rank and ``MSMM_ONE_GRAPH_STEP=1`` (``one_graph``, set
+by the trainer), the whole step is one graph, ``whole_step(labels, inputs, lr)``: forward +
+backward, then one kernel (``AdamW.fused_step``) that takes the gradient norm, skips the update
+when the loss or the norm is not finite (parameters, moments and step count stay as they were),
+clips and applies AdamW; without the fused kernels the norm is one ``SumSquares`` kernel and an
+in-graph ``if`` guards the update. The gradients go straight from the backward into the update,
+never into the buffers below. It is opt-in: compiling the backward with its gradients as
+values costs more memory than with each written to its buffer (tiny: +240 MB peak).
 
-Otherwise three graphs (``mindspore.jit``, AST capture), each compiled once per input shape:
+Otherwise (``mindspore.jit``, AST capture, each compiled once per input shape):
 
 * ``micro_step(labels, **inputs)``: forward + backward of one micro-batch over the
   trainable parameters only (``value_and_grad`` with ``weights=``; frozen parameters get no
@@ -20,7 +19,10 @@ Otherwise three graphs (``mindspore.jit``, AST capture), each compiled once per 
   tensor-parallel shards and of the rest (the trainer sums the first over the ranks), one
   ``SumSquares`` kernel each (``adapters.kernels.optim``);
 * ``apply(lr, coef)``: one AdamW update from the gradients times ``coef`` (coef = 1/denominator
-  times the clip factor).
+  times the clip factor);
+* or, on one rank with the fused optimizer (``fused_update``), instead of the last two:
+  ``update_fused(lr, numerator, denominator)``, the same one kernel as ``whole_step``'s over the
+  buffers (norm, guard, clip, AdamW), so no norm graph and no host round trip between them.
 
 Between them, in Python: the data-parallel all-reduce of the gradient buffers, the NaN/Inf
 checks, and the clip factor ``min(1, clip / (norm + 1e-6))`` (Megatron's and
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import mindspore
 import numpy as np
@@ -126,6 +128,9 @@ class TrainStep(nn.Cell):
         self.grad_sumsq = runtime.jit(self._grad_sumsq)
         self.reduce_scatter_grads = runtime.jit(self._reduce_scatter_grads)
         self.apply = runtime.jit(self._apply)
+        # norm, guard, clip and update in one kernel over the buffers (one rank, fp32 on CPU)
+        self.fused_update = bool(getattr(optimizer, "fused", False)) and not self.distributed and not any(self.sharded)
+        self.update_fused = runtime.jit(self._update_fused)
         self.sync_master = runtime.jit(self._sync_master)
         self.sync_master()
 
@@ -202,6 +207,9 @@ class TrainStep(nn.Cell):
             return self.optimizer(lr, coef)
         return self.optimizer(self.grad_acc, lr, coef)
 
+    def _update_fused(self, lr: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
+        return self.optimizer.fused_step(tuple(self.grad_acc), lr, numerator, denominator, self.clip_grad)
+
     def _sync_master(self) -> Tensor:
         return self.optimizer.sync_master()
 
@@ -238,6 +246,14 @@ class TrainStep(nn.Cell):
         overwritten by the next micro-batch."""
         self.apply(Tensor(lr, mindspore.float32), Tensor(coef, mindspore.float32))
         self._accumulating = False
+
+    def update_from_loss(self, lr: float, numerator: float, denominator: float) -> Tuple[float, bool]:
+        """(gradient norm, finite): one optimizer step from the accumulated gradients of the loss
+        ``numerator / denominator`` (``fused_update`` only), clipped, skipped if not finite."""
+        out = self.update_fused(Tensor(lr, mindspore.float32), Tensor(numerator, mindspore.float32),
+                                Tensor(denominator, mindspore.float32)).asnumpy()
+        self._accumulating = False
+        return float(out[0]), bool(out[1] > 0.5)
 
     def first_nonfinite_grad(self) -> Optional[str]:
         """Name of the first parameter whose gradient holds a NaN or Inf (for the error message).

@@ -298,11 +298,9 @@ class Trainer:
             self.step_fn = TrainStep(model, self.optimizer, config.loss_reduction, config.clip_grad, vocab_parallel,
                                      sharded, world.cp_size)
         self.sequence_parallel_grads = self._sequence_parallel_grads(sharded)
-        # one micro-batch on one rank: forward, backward, clip and update in one graph; by default
-        # where one kernel does the norm, guard, clip and update (fp32 parameters on CPU), else if asked
-        default = "1" if getattr(self.optimizer, "fused", False) else "0"
+        # one micro-batch on one rank: forward, backward, clip and update in one graph (if asked)
         self.step_fn.one_graph = (self.stage is None and world.size == 1 and self.micro_batches == 1
-                                  and os.environ.get(ONE_GRAPH_ENV, default) == "1")
+                                  and os.environ.get(ONE_GRAPH_ENV, "0") == "1")
         self.iteration = 0
         self._heap_released = False
         self.arguments = arguments or {}
@@ -396,6 +394,10 @@ class Trainer:
             result = self.step_fn.forward_backward(self.inputs(batch))
             numerator += result.numerator
             denominator += result.denominator
+        if self.stage is None and self.world.size == 1 and self.step_fn.fused_update:
+            # one rank: norm, guard, clip and AdamW in one kernel, no host round trip between them
+            norm, finite = self.step_fn.update_from_loss(lr, numerator, denominator)
+            return numerator / max(denominator, 1e-12), norm, finite, samples, tokens
         sums = np.array([numerator, denominator], np.float32)
         if self.stage is not None:  # only the last stage has the loss
             result = self.step_fn.run_schedule(batches)

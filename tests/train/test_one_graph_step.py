@@ -93,15 +93,16 @@ def test_one_graph_step_trains_like_the_three_graph_step(monkeypatch, rng, fused
         np.testing.assert_allclose(s1[key], s3[key], rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("one_graph", [False, True])
 @pytest.mark.parametrize("reduction,clip", [("micro_batch", 0.5), ("token", 100.0)])
-def test_one_kernel_step_trains_like_torch_adamw(monkeypatch, rng, reduction, clip):
-    """The one-graph step with the one-kernel optimizer against torch: the same Tiny model,
-    ``clip_grad_norm_`` and ``torch.optim.AdamW`` (decay groups as Megatron's), 4 steps, with
-    clipping active and with a bound never reached."""
+def test_one_kernel_step_trains_like_torch_adamw(monkeypatch, rng, reduction, clip, one_graph):
+    """The one-kernel optimizer step (after the gradient buffers, and in the one-graph step)
+    against torch: the same Tiny model, ``clip_grad_norm_`` and ``torch.optim.AdamW`` (decay
+    groups as Megatron's), 4 steps, with clipping active and with a bound never reached."""
     import torch
 
     batches = make_batches(rng, 4)
-    trainer = tiny_trainer(monkeypatch, True, batches, lr_decay_style="constant", weight_decay=0.1,
+    trainer = tiny_trainer(monkeypatch, one_graph, batches, lr_decay_style="constant", weight_decay=0.1,
                            adam_beta2=0.95, loss_reduction=reduction, clip_grad=clip)
     start = weights(trainer)
     history = trainer.train()
@@ -136,6 +137,7 @@ def test_one_kernel_step_trains_like_torch_adamw(monkeypatch, rng, reduction, cl
         assert not np.array_equal(final[name], start[name])
         np.testing.assert_allclose(final[name], reference.detach().numpy(), rtol=1e-4, atol=1e-6)
     assert int(trainer.optimizer.step.asnumpy()) == 4
+    assert trainer.step_fn.fused_update  # the three-graph run took the one-kernel update too
 
 
 ONE_GRAPH_VARIANTS = [(False, True), (True, True), (True, False)]  # (one_graph, fused)
