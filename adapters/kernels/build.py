@@ -4,7 +4,9 @@ Each source file becomes its own library, built with ``g++ -O3 -march=native`` i
 cache directory keyed by the source text, the compiler, the flags and the CPU's feature
 flags: a cache shared between machines of different ISAs never hands one machine
 another's build. The write is atomic (a temporary file renamed into place), so msrun
-workers importing at the same time at worst compile twice.
+workers importing at the same time at worst compile twice. A build is marked used (its mtime)
+whenever it is loaded, and a new build deletes all but the ``KEEP_BUILDS`` most recently used
+builds of the same source, so editing a kernel does not grow the cache forever.
 
     python -m adapters.kernels.build      # ahead of time (``make install`` runs it)
 
@@ -18,6 +20,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +32,7 @@ from typing import Dict, Optional, Sequence
 CSRC = Path(__file__).resolve().parent / "csrc"
 CXX = os.environ.get("CXX", "g++")
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-shared", "-fPIC")
+KEEP_BUILDS = 4  # builds kept per source, the most recently used (a new build prunes the rest)
 
 
 def enabled() -> bool:
@@ -84,8 +88,14 @@ def compile_source(source: Path, flags: Sequence[str] = ()) -> Path:
     if _compiler_version() is None:
         raise BuildError(f"no C++ compiler ({CXX!r} not found) to build {source.name}")
     out = cache_dir() / f"{source.stem}-{_key(source, flags)}.so"
-    if out.exists():
+    try:
+        os.utime(out)  # marks the build used (what pruning keeps); raises if it is not there
         return out
+    except FileNotFoundError:
+        pass
+    except OSError:  # a read-only cache
+        if out.exists():
+            return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
@@ -97,7 +107,28 @@ def compile_source(source: Path, flags: Sequence[str] = ()) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    prune(out)
     return out
+
+
+def prune(out: Path, keep: int = KEEP_BUILDS) -> None:
+    """Delete all but the ``keep`` most recently used builds of ``out``'s source in its cache
+    directory (the others come from older sources or flags, other compilers or CPUs sharing the
+    cache). A library a running process has loaded stays mapped after its file is removed."""
+    name = re.compile(rf"{re.escape(out.name.rsplit('-', 1)[0])}-[0-9a-f]{{16}}\.so")
+    builds = []
+    for path in out.parent.iterdir():
+        if name.fullmatch(path.name):
+            try:
+                builds.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # pruned by another process just now
+                pass
+    builds.sort(reverse=True)
+    for _, path in builds[keep:]:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 _failed: Dict[str, str] = {}
