@@ -30,21 +30,51 @@ def reshape(input, shape: Sequence[int]):
 
 
 @constexpr
-def _single_swap(dims: tuple):
-    """(a, b) when the permutation ``dims`` only swaps dims a and b, else None."""
+def _block_swap(shape: tuple, dims: tuple):
+    """(grouped shape, a, b) when ``permute(x, dims)`` is ``x.reshape(grouped).transpose(a, b)``
+    reshaped to the result, else None: after merging each run of dims that stay adjacent and
+    in order, the permutation swaps two groups. One swapped pair of dims is the simplest case;
+    ``[N, 3, H, D] -> [3, H, N, D]`` (dims (1, 2, 0, 3), a ViT's fused qkv) is the swap of dims
+    0 and 1 of ``[N, 3 * H, D]``."""
     rank = len(dims)
-    moved = [i for i, d in enumerate(dims) if d % rank != i] if rank else []
-    if len(moved) == 2 and dims[moved[0]] % rank == moved[1] and dims[moved[1]] % rank == moved[0]:
-        return moved[0], moved[1]
-    return None
+    if rank < 2 or len(shape) != rank:
+        return None
+    order = [d % rank for d in dims]
+    groups = [[order[0]]]  # runs of the result whose input dims are consecutive and ascending
+    for d in order[1:]:
+        if d == groups[-1][-1] + 1:
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    by_input = sorted(range(len(groups)), key=lambda g: groups[g][0])  # the groups in input order
+    position = {g: i for i, g in enumerate(by_input)}
+    moved = [i for i in range(len(groups)) if position[i] != i]  # two: a transposition
+    if len(moved) != 2:
+        return None
+    grouped = []
+    for g in by_input:
+        size = 1
+        for d in groups[g]:
+            size *= shape[d]
+        grouped.append(size)
+    return tuple(grouped), moved[0], moved[1]
 
 
-@register("permute", "CPU", note="a permutation that swaps two dims: the transpose entry's blocked copy; "
-                                 "else mint.permute")
+@constexpr
+def _permuted_shape(shape: tuple, dims: tuple) -> tuple:
+    return tuple(shape[d % len(shape)] for d in dims)
+
+
+@register("permute", "CPU", note="a permutation that swaps two dims or two blocks of adjacent dims: the "
+                                 "transpose entry's blocked copy of the grouped shape; else mint.permute (whose "
+                                 "Transpose kernel keeps an 8-byte source index per element while compiled)")
 def _permute_cpu(input, dims):
-    swap = _single_swap(dims)
-    if swap is not None and fused_transpose.supports(input, swap[0], swap[1]):
-        return fused_transpose.swap_dims(input, swap[0], swap[1])
+    swap = _block_swap(tuple(input.shape), dims)
+    if swap is not None:
+        grouped, a, b = swap
+        staged = input.reshape(grouped)
+        if fused_transpose.supports(staged, a, b):
+            return fused_transpose.swap_dims(staged, a, b).reshape(_permuted_shape(tuple(input.shape), dims))
     return mint.permute(input, dims)
 
 

@@ -29,6 +29,9 @@ DIFFERING: Dict[str, str] = {
     "transpose": "graph mode reads transpose(a, b) as a full permutation (ValueError for 2 axes on >2-D)",
     "size": "MindSpore's Tensor.size is the element count (an int attribute), not a method returning the shape",
     "expand": "graph mode: expand(*sizes) fails (takes one tuple only)",
+    "permute": "same values, but the CPU Transpose kernel keeps an 8-byte source index per element for the "
+               "life of the compiled graph (32 MB in the small benchmark's training step); torch.permute "
+               "copies swaps of two dims or two blocks of dims with the fused transpose kernel",
     "max": "graph mode: max(dim) returns the values only (the legacy numpy-style overload), no indices",
     "min": "graph mode: values only; PyNative: backward of min(dim) fails ('pointer[input_tensor] is null')",
     "argmax": "graph mode: argmax() without dim reduces the last axis instead of the flattened tensor",
@@ -114,6 +117,13 @@ def _sizes(sizes: tuple) -> tuple:
 
 # ------------------------------------------------------------- other meaning or signature
 transpose = _shape.transpose
+
+
+def permute(input, *dims):
+    """``x.permute(*dims)`` or ``x.permute(dims)``: ``torch.permute`` (its CPU kernel choice)."""
+    return _shape.permute(input, _sizes(dims))
+
+
 max = _math.max  # noqa: A001
 min = _math.min  # noqa: A001
 argmax = _math.argmax

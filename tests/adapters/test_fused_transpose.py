@@ -2,8 +2,9 @@
 ``swapaxes`` and ``permute`` (a permutation that swaps two dims) against real torch, values and
 gradients, in PyNative and under ``mindspore.jit``, through the fused kernel and through the
 ``mint`` kernels it falls back to: several ranks and dim pairs (memcpy'd rows, short rows in
-tiles, the last dim swapped), non-contiguous inputs, int32, and the calls left to ``mint``
-(small tensors, other dtypes, general permutations)."""
+tiles, the last dim swapped), permutations that swap two blocks of dims (``permute`` and the
+``Tensor.permute`` rewrite), non-contiguous inputs, int32, and the calls left to ``mint``
+(small tensors, other dtypes, other permutations)."""
 from typing import Callable
 
 import mindspore as ms
@@ -14,6 +15,7 @@ from mindspore import mint
 
 import adapters.torch as torch_ms
 from adapters.kernels import transpose as fused_transpose
+from adapters.torch import _shape
 from tests.adapters.harness import MODES, check_function, randn
 
 pytestmark = pytest.mark.skipif(not fused_transpose.AVAILABLE, reason="fused kernels off or not buildable")
@@ -125,17 +127,62 @@ def test_int32(mode):
 
 
 def _general_permute(x):
-    return torch_ms.permute(x, (1, 2, 0, 3))
+    return torch_ms.permute(x, (2, 0, 3, 1))
 
 
 def _torch_general_permute(x):
-    return x.permute(1, 2, 0, 3)
+    return x.permute(2, 0, 3, 1)
+
+
+# name -> (input shape, dims): permutations that swap two blocks of adjacent dims, which the
+# fused kernel serves on the grouped shape ([N, 3, H, D] -> [3, H, N, D] is [N, 3H, D]'s
+# swap of dims 0 and 1), and their grouped shape and swapped pair
+BLOCK_SWAPS = {
+    "vit_qkv_heads_first": ((40, 3, 4, 32), (1, 2, 0, 3), ((40, 12, 32), 0, 1)),
+    "blocks_of_two": ((3, 5, 7, 11, 4), (2, 3, 0, 1, 4), ((15, 77, 4), 0, 1)),
+    "block_with_between": ((4, 6, 5, 7, 8), (3, 4, 2, 0, 1), ((24, 5, 56), 0, 2)),
+    "negative_dims": ((40, 3, 4, 32), (-3, -2, -4, -1), ((40, 12, 32), 0, 1)),
+}
+
+
+def _block_permute(x, dims):
+    return torch_ms.permute(x, dims)
+
+
+def _torch_block_permute(x, dims):
+    return x.permute(*dims)
+
+
+def _method_permute(x, dims):  # x.permute(*dims) as auto_convert rewrites it
+    return torch_ms.tensor_methods.permute(x, *dims)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fn", [_block_permute, _method_permute])
+@pytest.mark.parametrize("case", list(BLOCK_SWAPS))
+def test_block_swap_permute_matches_torch(case, fn, mode):
+    shape, dims, (grouped, a, b) = BLOCK_SWAPS[case]
+    assert _shape._block_swap(shape, dims) == (grouped, a, b)
+    assert fused_transpose.supports(ms.Tensor(randn(*grouped)), a, b)
+    _check(fn, _torch_block_permute, randn(*shape), (dims,), mode)
+
+
+def test_block_swap_plan():
+    """Which permutations are one swap of blocks: not the identity, a rotation of three
+    blocks, nor a reversal of four dims."""
+    assert _shape._block_swap((2, 3, 4, 5), (0, 1, 2, 3)) is None
+    assert _shape._block_swap((2, 3, 4, 5), (1, 2, 0, 3)) == ((2, 12, 5), 0, 1)
+    assert _shape._block_swap((2, 3, 4, 5), (2, 0, 1, 3)) == ((6, 4, 5), 0, 1)
+    assert _shape._block_swap((2, 3, 4, 5), (1, 2, 3, 0)) == ((2, 60), 0, 1)
+    assert _shape._block_swap((2, 3, 4, 5), (2, 0, 3, 1)) is None
+    assert _shape._block_swap((2, 3, 4, 5), (3, 2, 1, 0)) is None
+    assert _shape._block_swap((2, 3, 4), (1, 2, 0, 3)) is None  # rank mismatch
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_left_to_mint(mode):
-    """Small tensors, float64 and permutations that are not one swap keep mint's kernels, and
-    still match torch."""
+    """Small tensors, float64 and permutations that are not one swap of two blocks of dims
+    keep mint's kernels, and still match torch."""
     small, big = ms.Tensor(randn(2, 3, 4, 5)), ms.Tensor(randn(2, 40, 4, 32))
     assert not fused_transpose.supports(small, 1, 2)
     assert not fused_transpose.supports(big.astype(ms.float64), 1, 2)

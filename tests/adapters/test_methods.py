@@ -19,7 +19,7 @@ INPUTS = dict(x=randn(2, 3, 4), y=randn(2, 3, 4, seed=1), v=randn(4, seed=2),
 # case -> methods it exercises as MindSpore's own methods, grouped (one compile per group)
 AGREEING = {
     "agreeing_shapes": {
-        "view": ("view",), "reshape": ("reshape",), "permute": ("permute",), "shape": ("shape",),
+        "view": ("view",), "reshape": ("reshape",), "shape": ("shape",),
         "dim": ("dim",), "ndim": ("ndim",), "numel": ("numel",), "flatten": ("flatten",),
         "unsqueeze": ("unsqueeze",), "expand_as": ("expand_as",),
         "narrow": ("narrow",), "t": ("t",), "swapaxes": ("swapaxes", "swapdims"), "T": ("T",), "mT": ("mT",),
@@ -42,7 +42,7 @@ AGREEING = {
 
 # group of rewritten cases -> the differing methods they exercise
 REWRITTEN = {
-    "rewritten_shapes": ("transpose", "size", "expand", "flip", "unflatten", "repeat", "roll", "clone", "detach",
+    "rewritten_shapes": ("transpose", "permute", "size", "expand", "flip", "unflatten", "repeat", "roll", "clone", "detach",
                          "unbind", "squeeze", "repeat_interleave"),
     "rewritten_reductions": ("max", "min", "argmax", "amax", "softmax", "log_softmax", "norm", "var", "std", "topk",
                              "sort", "argsort", "cumsum"),

@@ -55,6 +55,12 @@ def _linear_cpu(input, weight, bias):
 
 
 _matmul_nt = ops.MatMul(transpose_b=True)
+# A bias over the last dim of rows [M, N] (NCHW: dim 1 of [N, C, H, W] and [N, C, D, H, W]).
+# ``out + bias`` is a broadcasting Add, whose CPU kernel keeps two 8-byte input indices per
+# output element for the life of the compiled graph (ArithmeticCpuTypeFunc::InitBroadCast at
+# its first launch): 90 MB on the small benchmark's training step. BiasAdd keeps none.
+_bias_add = ops.BiasAdd()
+_bias_add_3d = ops.BiasAdd(data_format="NCDHW")
 
 
 def _matmul_rows_serves(input, weight, bias) -> bool:
@@ -68,11 +74,12 @@ def _linear_rows(input, weight, bias):
     (a free reshape to [M, K] and back). MindSpore's ``Dense`` (mint's linear) does the same
     forward, but its backward transposes the output gradient and the weight gradient with
     ``Transpose`` kernels (two per weight, 0.2 ms each at the LM head of the tiny train step);
-    MatMul's own backward is two MatMuls with transpose flags and no copies."""
+    MatMul's own backward is two MatMuls with transpose flags and no copies. The bias is a
+    ``BiasAdd`` (not a broadcasting ``Add``: see ``_bias_add``)."""
     rows = input if len(input.shape) == 2 else input.reshape(-1, input.shape[-1])
     out = _matmul_nt(rows, weight)
     if bias is not None:
-        out = out + bias
+        out = _bias_add(out, bias)
     return out if len(input.shape) == 2 else out.reshape(tuple(input.shape[:-1]) + (weight.shape[0],))
 
 
@@ -131,6 +138,14 @@ def _check_conv(input: Tensor, weight: Tensor, groups: int, n: int) -> None:
                          f"groups={groups} expects {weight.shape[1] * groups}")
 
 
+def _add_channel_bias(out, bias, bias_add):
+    """``out [N, C, ...] + bias [C]``: float32 through ``bias_add`` (no per-element index table,
+    see ``_bias_add``), other dtypes (BiasAdd has no float16 CPU kernel) a broadcasting add."""
+    if out.dtype == mindspore.float32 and bias.dtype == mindspore.float32:
+        return bias_add(out, bias)
+    return out + bias.reshape((1, -1) + (1,) * (len(out.shape) - 2))
+
+
 @register("conv2d", "CPU", note="ops.Conv2D (legacy kernel), explicit padding")
 def _conv2d_cpu(input, weight, bias, stride, padding, dilation, groups):
     kernel_size = tuple(weight.shape[2:])
@@ -138,7 +153,7 @@ def _conv2d_cpu(input, weight, bias, stride, padding, dilation, groups):
     conv = ops.Conv2D(weight.shape[0], kernel_size, pad_mode="pad", pad=pads, stride=stride,
                       dilation=dilation, group=groups)
     out = conv(input, weight)
-    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+    return out if bias is None else _add_channel_bias(out, bias, _bias_add)
 
 
 @register("conv2d", "Ascend", tested=False, note="mint.nn.functional.conv2d")
@@ -153,7 +168,7 @@ def _conv3d_cpu(input, weight, bias, stride, padding, dilation, groups):
     conv = ops.Conv3D(weight.shape[0], kernel_size, pad_mode="pad", pad=pads, stride=stride,
                       dilation=dilation, group=groups)
     out = conv(input, weight)
-    return out if bias is None else out + bias.reshape(1, -1, 1, 1, 1)
+    return out if bias is None else _add_channel_bias(out, bias, _bias_add_3d)
 
 
 @register("conv3d", "Ascend", tested=False, note="mint.nn.functional.conv3d")

@@ -13,10 +13,6 @@ def reshape(x):
     return x.reshape(6, 4), x.reshape((4, -1)), x.reshape(-1), x.reshape([2, 12])
 
 
-def permute(x):
-    return x.permute(2, 0, 1), x.permute((1, 2, 0)), x.permute(-1, 0, 1)
-
-
 def transpose(x):
     return x.transpose(0, 2), x.transpose(-1, -2)
 
@@ -384,6 +380,10 @@ def transpose_rewritten(x):
     return methods.transpose(x, 0, 2), methods.transpose(x, -1, -2)
 
 
+def permute_rewritten(x):
+    return methods.permute(x, 2, 0, 1), methods.permute(x, (1, 2, 0)), methods.permute(x, -1, 0, 1)
+
+
 def size_rewritten(x):
     return (x.reshape(methods.size(x, 0), -1), x.reshape(methods.size(x, -1), -1),
             torch.zeros(methods.size(x)), x.reshape(*methods.size(x)[:-1], 2, 2))
@@ -561,7 +561,7 @@ def random_inplace_rewritten(x):
 
 
 def agreeing_shapes(x, v):
-    return (*view(x), *reshape(x), *permute(x), *shape(x), dim(x), ndim(x), numel(x), *flatten(x),
+    return (*view(x), *reshape(x), *shape(x), dim(x), ndim(x), numel(x), *flatten(x),
             *unsqueeze(x), *expand_as(x, v), *narrow(x), *t(x), *swapaxes(x), *T(x), *mT(x),
             *chunk(x), *split(x), contiguous(x))
 
@@ -583,9 +583,10 @@ def agreeing_dtypes(x, i):
 
 
 def rewritten_shapes(x, v):
-    return (*transpose_rewritten(x), *size_rewritten(x), *expand_rewritten(x, v), *flip_rewritten(x),
-            *unflatten_rewritten(x), *repeat_rewritten(x, v), *roll_rewritten(x), clone_rewritten(x),
-            detach_rewritten(x), *unbind_rewritten(x), *squeeze_rewritten(x), *repeat_interleave_rewritten(x))
+    return (*transpose_rewritten(x), *permute_rewritten(x), *size_rewritten(x), *expand_rewritten(x, v),
+            *flip_rewritten(x), *unflatten_rewritten(x), *repeat_rewritten(x, v), *roll_rewritten(x),
+            clone_rewritten(x), detach_rewritten(x), *unbind_rewritten(x), *squeeze_rewritten(x),
+            *repeat_interleave_rewritten(x))
 
 
 def rewritten_reductions(x):
