@@ -95,18 +95,9 @@ class AdamW(AdamWBase):
         return self.step
 
     def construct(self, grads: Tuple[Tensor, ...], lr: Tensor, coef: Tensor) -> Tensor:
-        step = self.step + 1
-        t = step.astype(mindspore.float32)
-        bias_correction1 = 1.0 - ops.pow(self.beta1, t)
-        bias_correction2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, t))
-        kernel_lr = lr * bias_correction2_sqrt / bias_correction1
-        kernel_eps = self.eps * bias_correction2_sqrt
-        kernel_decay = self.weight_decay * bias_correction1 / bias_correction2_sqrt
-        if self.fused:  # the step count's assign depends on the in-place kernel: that keeps it in the graph
-            done = fused.adamw_(self.params, self.exp_avg, self.exp_avg_sq, grads, self.decay_mask * kernel_decay,
-                                kernel_lr, self.beta1, self.beta2, kernel_eps, coef)
-            ops.assign(self.step, ops.depend(step, done))
-            return step
+        if self.fused:
+            return self.update(fused.interleave(self.params, self.exp_avg, self.exp_avg_sq, grads), lr, coef)
+        step, kernel_lr, kernel_eps, kernel_decay = self._corrected(lr)
         ops.assign(self.step, step)
         no_decay = kernel_decay * 0.0
         for k in range(len(self.params)):
@@ -117,13 +108,36 @@ class AdamW(AdamWBase):
                 ops.assign(self.params[k], target.astype(self.params[k].dtype))
         return step
 
-    def fused_step(self, grads: Tuple[Tensor, ...], lr: Tensor, numerator: Tensor, denominator: Tensor,
+    def _corrected(self, lr: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(next step count, lr, eps, weight decay) with the bias corrections folded in."""
+        step = self.step + 1
+        t = step.astype(mindspore.float32)
+        bias_correction1 = 1.0 - ops.pow(self.beta1, t)
+        bias_correction2_sqrt = ops.sqrt(1.0 - ops.pow(self.beta2, t))
+        return (step, lr * bias_correction2_sqrt / bias_correction1, self.eps * bias_correction2_sqrt,
+                self.weight_decay * bias_correction1 / bias_correction2_sqrt)
+
+    def operands(self, grad_buffers: Sequence[Parameter]) -> mindspore.ParameterTuple:
+        """The fused kernels' operands over gradient buffers, built once (``fused.interleave``)."""
+        return mindspore.ParameterTuple(fused.interleave(self.params, self.exp_avg, self.exp_avg_sq, grad_buffers))
+
+    def update(self, operands: Sequence[Tensor], lr: Tensor, coef: Tensor) -> Tensor:
+        """The fused update (``self.fused`` only) from ``operands`` (``fused.interleave``'s order);
+        the step count's assign depends on the in-place kernel: that keeps it in the graph."""
+        step, kernel_lr, kernel_eps, kernel_decay = self._corrected(lr)
+        done = fused.adamw_(operands, self.decay_mask * kernel_decay, kernel_lr, self.beta1, self.beta2, kernel_eps,
+                            coef)
+        ops.assign(self.step, ops.depend(step, done))
+        return step
+
+    def fused_step(self, operands: Sequence[Tensor], lr: Tensor, numerator: Tensor, denominator: Tensor,
                    clip: float) -> Tensor:
         """A whole step from one micro-batch's gradients of ``numerator / denominator`` in one
-        kernel (``self.fused`` only; ``adapters.kernels.optim.adamw_step_``): ``[norm, finite]``;
-        clipped to ``clip`` and applied only if finite."""
-        return fused.adamw_step_(self.params, self.exp_avg, self.exp_avg_sq, grads, self.decay_mask, self.step, lr,
-                                 numerator, denominator, self.beta1, self.beta2, self.eps, self.weight_decay, clip)
+        kernel (``self.fused`` only; ``adapters.kernels.optim.adamw_step_``; ``operands`` in
+        ``fused.interleave``'s order): ``[norm, finite]``; clipped to ``clip`` and applied only if
+        finite."""
+        return fused.adamw_step_(operands, self.decay_mask, self.step, lr, numerator, denominator, self.beta1,
+                                 self.beta2, self.eps, self.weight_decay, clip)
 
     # ---- state ----------------------------------------------------------------------------
 

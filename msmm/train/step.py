@@ -42,6 +42,7 @@ import mindspore
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from adapters.kernels import optim as fused
 from adapters.kernels.optim import sum_squares
 from msmm import runtime
 
@@ -119,6 +120,12 @@ class TrainStep(nn.Cell):
             Parameter(ops.zeros(p.shape, mindspore.float32), name=f"grad_acc.{name}", requires_grad=False)
             for name, p in zip(optimizer.names, self.weights)])
         self._accumulating = False  # False: the next micro-batch overwrites the buffers
+        # Built here, not in the graphs (a list grown in a graph compiles in time and memory
+        # quadratic in its length): the buffers of tensor-parallel shards and of the rest, and
+        # the fused optimizer's (parameter, moments, buffer) operands
+        self.grad_parts = tuple(mindspore.ParameterTuple([g for g, split in zip(self.grad_acc, self.sharded) if split == part])
+                                for part in (True, False))
+        self.operands = optimizer.operands(self.grad_acc) if getattr(optimizer, "fused", False) else None
         self._grad_fn = mindspore.value_and_grad(self._loss, None, self.weights, has_aux=True)
         self.one_graph = False  # the trainer sets it when a step is one micro-batch on one rank
         self._last_batch: Optional[Dict[str, Tensor]] = None  # of whole_step, to name a non-finite gradient
@@ -129,7 +136,7 @@ class TrainStep(nn.Cell):
         self.reduce_scatter_grads = runtime.jit(self._reduce_scatter_grads)
         self.apply = runtime.jit(self._apply)
         # norm, guard, clip and update in one kernel over the buffers (one rank, fp32 on CPU)
-        self.fused_update = bool(getattr(optimizer, "fused", False)) and not self.distributed and not any(self.sharded)
+        self.fused_update = self.operands is not None and not self.distributed and not any(self.sharded)
         self.update_fused = runtime.jit(self._update_fused)
         self.sync_master = runtime.jit(self._sync_master)
         self.sync_master()
@@ -158,7 +165,8 @@ class TrainStep(nn.Cell):
         (numerator, denominator, tokens), grads = self._grad_fn(labels, inputs)
         grads = tuple(g if g.dtype == mindspore.float32 else g.astype(mindspore.float32) for g in grads)
         if self.optimizer.fused:  # norm, guard, clip and AdamW in one kernel: no control flow
-            norm_finite = self.optimizer.fused_step(grads, lr, numerator, denominator, self.clip_grad)
+            operands = fused.interleave(self.optimizer.params, self.optimizer.exp_avg, self.optimizer.exp_avg_sq, grads)
+            norm_finite = self.optimizer.fused_step(operands, lr, numerator, denominator, self.clip_grad)
             return numerator, denominator, tokens, norm_finite[0], norm_finite[1] > 0.5
         scale = 1.0 / ops.maximum(denominator.astype(mindspore.float32), 1e-12)
         norm = ops.sqrt(sum_squares(grads, scale.reshape(1))).reshape(())
@@ -179,11 +187,7 @@ class TrainStep(nn.Cell):
         the first summed over the tensor-parallel ranks plus the second."""
         if self.distributed:  # this rank's range of the reduced gradients
             return self.optimizer.grad_sumsq(scale)
-        sums = []
-        for part in (True, False):
-            sums.append(sum_squares([g for g, sharded in zip(self.grad_acc, self.sharded) if sharded == part],
-                                    scale.reshape(1)))
-        return ops.concat(sums)
+        return ops.concat([sum_squares(part, scale.reshape(1)) for part in self.grad_parts])
 
     def grad_norm(self, scale: float, sum_over_tensor_parallel: Optional[Callable[[Tensor], Tensor]] = None,
                   sum_over_data_parallel: Optional[Callable[[Tensor], Tensor]] = None,
@@ -205,10 +209,12 @@ class TrainStep(nn.Cell):
     def _apply(self, lr: Tensor, coef: Tensor) -> Tensor:
         if self.distributed:  # from its range of the reduced gradients
             return self.optimizer(lr, coef)
+        if self.operands is not None:
+            return self.optimizer.update(self.operands, lr, coef)
         return self.optimizer(self.grad_acc, lr, coef)
 
     def _update_fused(self, lr: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
-        return self.optimizer.fused_step(tuple(self.grad_acc), lr, numerator, denominator, self.clip_grad)
+        return self.optimizer.fused_step(self.operands, lr, numerator, denominator, self.clip_grad)
 
     def _sync_master(self) -> Tensor:
         return self.optimizer.sync_master()
