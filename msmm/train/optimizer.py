@@ -96,7 +96,7 @@ class AdamW(AdamWBase):
 
     def construct(self, grads: Tuple[Tensor, ...], lr: Tensor, coef: Tensor) -> Tensor:
         if self.fused:
-            return self.update(fused.interleave(self.params, self.exp_avg, self.exp_avg_sq, grads), lr, coef)
+            return self.update(self.operands(grads), lr, coef)
         step, kernel_lr, kernel_eps, kernel_decay = self._corrected(lr)
         ops.assign(self.step, step)
         no_decay = kernel_decay * 0.0
@@ -117,9 +117,11 @@ class AdamW(AdamWBase):
         return (step, lr * bias_correction2_sqrt / bias_correction1, self.eps * bias_correction2_sqrt,
                 self.weight_decay * bias_correction1 / bias_correction2_sqrt)
 
-    def operands(self, grad_buffers: Sequence[Parameter]) -> mindspore.ParameterTuple:
-        """The fused kernels' operands over gradient buffers, built once (``fused.interleave``)."""
-        return mindspore.ParameterTuple(fused.interleave(self.params, self.exp_avg, self.exp_avg_sq, grad_buffers))
+    def operands(self, grads: Sequence[Tensor]) -> list:
+        """The fused kernels' operands: each parameter, its moments and ``grads``' entry
+        (``fused.interleave``). Over gradient buffers, build them once outside the graph and
+        wrap them in a ``ParameterTuple`` (a list built in a graph compiles slowly)."""
+        return fused.interleave(self.params, self.exp_avg, self.exp_avg_sq, grads)
 
     def update(self, operands: Sequence[Tensor], lr: Tensor, coef: Tensor) -> Tensor:
         """The fused update (``self.fused`` only) from ``operands`` (``fused.interleave``'s order);

@@ -42,7 +42,6 @@ import mindspore
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from adapters.kernels import optim as fused
 from adapters.kernels.optim import sum_squares
 from msmm import runtime
 
@@ -125,7 +124,8 @@ class TrainStep(nn.Cell):
         # the fused optimizer's (parameter, moments, buffer) operands
         self.grad_parts = tuple(mindspore.ParameterTuple([g for g, split in zip(self.grad_acc, self.sharded) if split == part])
                                 for part in (True, False))
-        self.operands = optimizer.operands(self.grad_acc) if getattr(optimizer, "fused", False) else None
+        self.operands = (mindspore.ParameterTuple(optimizer.operands(self.grad_acc))
+                         if getattr(optimizer, "fused", False) else None)
         self._grad_fn = mindspore.value_and_grad(self._loss, None, self.weights, has_aux=True)
         self.one_graph = False  # the trainer sets it when a step is one micro-batch on one rank
         self._last_batch: Optional[Dict[str, Tensor]] = None  # of whole_step, to name a non-finite gradient
@@ -165,8 +165,8 @@ class TrainStep(nn.Cell):
         (numerator, denominator, tokens), grads = self._grad_fn(labels, inputs)
         grads = tuple(g if g.dtype == mindspore.float32 else g.astype(mindspore.float32) for g in grads)
         if self.optimizer.fused:  # norm, guard, clip and AdamW in one kernel: no control flow
-            operands = fused.interleave(self.optimizer.params, self.optimizer.exp_avg, self.optimizer.exp_avg_sq, grads)
-            norm_finite = self.optimizer.fused_step(operands, lr, numerator, denominator, self.clip_grad)
+            norm_finite = self.optimizer.fused_step(self.optimizer.operands(grads), lr, numerator, denominator,
+                                                    self.clip_grad)
             return numerator, denominator, tokens, norm_finite[0], norm_finite[1] > 0.5
         scale = 1.0 / ops.maximum(denominator.astype(mindspore.float32), 1e-12)
         norm = ops.sqrt(sum_squares(grads, scale.reshape(1))).reshape(())
